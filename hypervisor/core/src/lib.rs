@@ -1,0 +1,2 @@
+//! Hardware-free logic of the hypervisor.
+#![no_std]
