@@ -1,2 +1,20 @@
 //! Hardware-free logic of the hypervisor.
-#![no_std]
+//!
+//! Everything here is plain data manipulation: no port I/O, no MSRs, no page tables
+//! of the running machine. The kernel (`hypervisor/`) reads the hardware and hands the
+//! raw values to these functions; the same code is unit-tested on the host
+//! (`cargo test -p hv-core`).
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod acpi_s5;
+pub mod boot_conf;
+pub mod cpu_features;
+pub mod frames;
+pub mod memory_map;
+pub mod preflight;
+pub mod vmx_caps;
+
+/// Size of a 4 KiB page frame.
+pub const PAGE_SIZE: u64 = 4096;
