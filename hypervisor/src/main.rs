@@ -1,23 +1,293 @@
+//! The hypervisor kernel: entered by the bootloader on the bootstrap processor (BSP),
+//! it takes over memory, builds its own page tables, starts every application
+//! processor (AP), turns VMX on everywhere and reports what the machine can do.
+//!
+//! Boot order (see docs/ARCHITECTURE.md): console, IDT, frames, heap, screen, own page
+//! tables, own stack → GDT/TSS, payload, CPU features, TSC, LAPIC, ACPI, APs, VMX
+//! probe, pre-flight report, VMXON on every CPU, ready.
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
+mod acpi;
+mod arch;
+mod console;
+mod mm;
+mod payload;
+mod platform;
+mod vmx;
+
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+
+use bootloader_api::config::{BootloaderConfig, Mapping};
+use bootloader_api::info::MemoryRegionKind;
 use bootloader_api::{entry_point, BootInfo};
+use hv_core::boot_conf::WhenIdle;
+use hv_core::preflight::{CpuSource, Preflight, VmxUnavailable};
+use hv_core::vmx_caps::VmxCapabilities;
+use spin::Once;
 
-entry_point!(kernel_main);
+use arch::{gdt, idt, lapic, percpu, smp, tsc};
+use mm::{frames, heap, paging, stacks};
 
-fn kernel_main(_boot_info: &'static mut BootInfo) -> ! {
-    for b in b"hello from hypervisor\n" {
-        // SAFETY: port 0x3F8 is COM1's data register; a write only sends a byte.
-        unsafe { x86_64::instructions::port::Port::<u8>::new(0x3f8).write(*b) };
+/// The bootloader maps all physical memory at an offset of its choosing.
+static BOOTLOADER_CONFIG: BootloaderConfig = {
+    let mut config = BootloaderConfig::new_default();
+    config.mappings.physical_memory = Some(Mapping::Dynamic);
+    config.kernel_stack_size = 128 * 1024;
+    config
+};
+
+entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
+
+/// Size of the BSP's own (guarded) stack.
+const BSP_STACK_SIZE: usize = 128 * 1024;
+/// Exit code for "this machine cannot run the hypervisor".
+const EXIT_NO_VMX: u8 = 1;
+
+/// What the BSP carries over from the bootloader to its own stack.
+struct Handoff {
+    entry_tsc: u64,
+    rsdp: Option<u64>,
+    ramdisk: Option<&'static [u8]>,
+}
+
+static HANDOFF: Once<Handoff> = Once::new();
+
+/// What the APs wait for after checking in.
+static AP_COMMAND: AtomicU8 = AtomicU8::new(AP_WAIT);
+const AP_WAIT: u8 = 0;
+const AP_ENABLE_VMX: u8 = 1;
+const AP_PARK: u8 = 2;
+static VMX_CAPS: Once<VmxCapabilities> = Once::new();
+static VMX_ON: AtomicU32 = AtomicU32::new(0);
+static VMX_DONE: AtomicU32 = AtomicU32::new(0);
+
+/// Stops the boot with a clear message (the BSP only; before anything can run).
+fn boot_failure(what: core::fmt::Arguments<'_>) -> ! {
+    console::write_fatal(format_args!("FATAL: cpu 0: boot failed: {what}\n"));
+    arch::halt_forever()
+}
+
+fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    let entry_tsc = tsc::now();
+    percpu::install_bsp();
+    console::init();
+    idt::init_early();
+    log::info!("hypervisor: {} starting", env!("CARGO_PKG_VERSION"));
+
+    let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
+        boot_failure(format_args!("the bootloader did not map physical memory"))
+    };
+    let usable = boot_info.memory_regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| (r.start, r.end));
+    let mem = frames::init(phys_offset, usable);
+    log::info!("memory: {} MiB usable in {} ranges", mem.usable_bytes >> 20, mem.ranges);
+    if mem.dropped_bytes > 0 {
+        log::warn!("memory: {} KiB in small fragments not used", mem.dropped_bytes >> 10);
     }
-    loop {
-        x86_64::instructions::hlt();
+    if let Err(e) = heap::init() {
+        boot_failure(format_args!("no memory for the heap: {e:?}"));
+    }
+    if let Some(fb) = boot_info.framebuffer.take() {
+        let info = fb.info();
+        console::attach_screen(console::framebuffer::FramebufferConsole::new(fb.into_buffer(), info));
+        log::info!("console: framebuffer {}x{}", info.width, info.height);
+    } else {
+        log::info!("console: no framebuffer; serial only");
+    }
+
+    let stats = match paging::switch_to_own_tables() {
+        Ok(s) => s,
+        Err(e) => boot_failure(format_args!("could not build the page tables: {e:?}")),
+    };
+    log::info!(
+        "paging: own tables loaded: {} mappings, {} executable, {} writable+executable made non-executable (W^X)",
+        stats.leaves,
+        stats.executable,
+        stats.wx_fixed
+    );
+    if let Err(e) = stacks::init() {
+        boot_failure(format_args!("no room for stacks: {e:?}"));
+    }
+    let top = match stacks::allocate(BSP_STACK_SIZE) {
+        Ok(top) => top,
+        Err(e) => boot_failure(format_args!("no BSP stack: {e:?}")),
+    };
+    let ramdisk = boot_info.ramdisk_addr.into_option().map(|addr| {
+        // SAFETY: the bootloader loaded the ramdisk at this address with this length;
+        // the mapping was copied into our tables and the memory is never reused.
+        unsafe { core::slice::from_raw_parts(addr as *const u8, boot_info.ramdisk_len as usize) }
+    });
+    HANDOFF.call_once(|| Handoff { entry_tsc, rsdp: boot_info.rsdp_addr.into_option(), ramdisk });
+    // SAFETY: `top` is the top of a fresh, mapped, guarded stack; `bsp_main` never
+    // returns, so nothing on the old stack is used again.
+    unsafe { core::arch::asm!("mov rsp, {top}", "call {main}", top = in(reg) top, main = sym bsp_main, options(noreturn)) }
+}
+
+/// The rest of the BSP's boot, on its own guarded stack.
+extern "C" fn bsp_main() -> ! {
+    let Some(handoff) = HANDOFF.get() else { boot_failure(format_args!("lost the boot hand-off")) };
+    if let Err(e) = gdt::init_for_this_cpu() {
+        boot_failure(format_args!("no GDT/TSS: {e:?}"));
+    }
+    idt::enable_ist();
+    idt::load();
+
+    let conf = payload::read(handoff.ramdisk);
+    console::set_level(conf.log_level);
+
+    let cpu = arch::cpuid::features();
+    let (hz, source) = tsc::init(cpu.tsc_hz_from_cpuid);
+    log::info!("tsc: {} MHz ({source:?})", hz / 1_000_000);
+    let apic_mode = match lapic::init_bsp(cpu.x2apic) {
+        Ok(mode) => mode,
+        Err(e) => boot_failure(format_args!("cannot map the local APIC: {e:?}")),
+    };
+    percpu::set_apic_id(lapic::id());
+    log::info!("lapic: {} mode, bsp apic id {}", if apic_mode == lapic::Mode::X2Apic { "x2APIC" } else { "xAPIC" }, lapic::id());
+
+    let acpi_info = match handoff.rsdp {
+        Some(rsdp) => match acpi::read(rsdp) {
+            Ok(info) => Some(info),
+            Err(e) => {
+                log::warn!("acpi: tables unusable ({e:?}); continuing as if there were none");
+                None
+            }
+        },
+        None => None,
+    };
+    platform::init(acpi_info.as_ref().and_then(|a| a.soft_off), cpu.under_qemu_or_kvm());
+    let (targets, source) = match &acpi_info {
+        Some(info) => {
+            log::info!("acpi: MADT lists {} processors (bsp apic id {})", info.ap_apic_ids.len() + 1, info.bsp_apic_id);
+            (smp::Targets::Madt(&info.ap_apic_ids), CpuSource::Madt)
+        }
+        None => {
+            log::info!("acpi: no ACPI tables; finding application processors by INIT-SIPI-SIPI broadcast");
+            (smp::Targets::Broadcast, CpuSource::Broadcast)
+        }
+    };
+    let aps = match smp::start_aps(targets, ap_entry) {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("smp: application processors not started ({e:?}); running on the BSP only");
+            0
+        }
+    };
+    let cpus = aps + 1;
+    log::info!("smp: {cpus} cpus online");
+
+    let vmx = vmx::probe(&cpu);
+    let preflight = Preflight {
+        cpu: &cpu,
+        cpus_found: cpus,
+        cpu_source: source,
+        vmx: vmx.as_ref().map_err(|e| *e),
+        acpi: acpi_info.is_some(),
+        dmar: acpi_info.as_ref().is_some_and(|a| a.dmar),
+        tsc_hz: hz,
+    };
+    console::write_block(|out| preflight.render(out));
+
+    let caps = match vmx {
+        Ok(caps) => caps,
+        Err(why) => no_vmx(why),
+    };
+    log::info!("vmx: capabilities: {caps}");
+    let caps = VMX_CAPS.call_once(|| caps);
+    match vmx::enable_on_this_cpu(caps) {
+        Ok(()) => {
+            VMX_ON.fetch_add(1, Ordering::AcqRel);
+            log::info!("vmx: cpu 0 on");
+        }
+        Err(why) if aps == 0 => no_vmx(why),
+        Err(why) => log::error!("vmx: cpu 0 failed: {}", why.reason()),
+    }
+    AP_COMMAND.store(AP_ENABLE_VMX, Ordering::Release);
+    lapic::send_ipi(hv_core::apic::DeliveryMode::Fixed, idt::WAKE_VECTOR, hv_core::apic::Destination::AllExcludingSelf);
+    let deadline = tsc::deadline_us(2_000_000);
+    while VMX_DONE.load(Ordering::Acquire) < aps && tsc::now() < deadline {
+        core::hint::spin_loop();
+    }
+    let on = VMX_ON.load(Ordering::Acquire);
+    if VMX_DONE.load(Ordering::Acquire) < aps {
+        log::warn!("vmx: {} cpus did not report back", aps - VMX_DONE.load(Ordering::Acquire));
+    }
+    log::info!("memory: {} MiB free after boot", frames::free_bytes() >> 20);
+    log::info!("hypervisor: ready, {cpus} cpus, vmx on {on}");
+    let ticks = tsc::now() - handoff.entry_tsc;
+    log::info!("boot: entry to ready: {ticks} tsc ticks ({} ms)", ticks * 1000 / hz.max(1));
+
+    match conf.when_idle {
+        WhenIdle::PowerOff => platform::power_off(0),
+        WhenIdle::Halt => {
+            log::info!("hypervisor: nothing to run yet; cpus halted (when_idle = halt)");
+            arch::halt_forever()
+        }
     }
 }
 
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {
-        x86_64::instructions::hlt();
+/// VMX cannot be used: say why and what to do, then power off.
+fn no_vmx(why: VmxUnavailable) -> ! {
+    AP_COMMAND.store(AP_PARK, Ordering::Release);
+    log::info!("vmx: unavailable: {}", why.reason());
+    log::info!("vmx: to fix: {}", why.fix());
+    platform::power_off(EXIT_NO_VMX)
+}
+
+/// Where every AP arrives from the trampoline, on its own stack, with the hypervisor's
+/// page tables; `index` is its dense CPU number.
+extern "C" fn ap_entry(index: u64) -> ! {
+    idt::load();
+    let block = alloc::boxed::Box::leak(alloc::boxed::Box::new(percpu::PerCpu::new(index as u32)));
+    // SAFETY: a fresh, leaked block for this CPU alone, installed before any use.
+    unsafe { percpu::install(block) };
+    if let Err(e) = gdt::init_for_this_cpu() {
+        log::error!("smp: cpu {index}: no GDT/TSS ({e:?}); parking it");
+        smp::check_in();
+        arch::halt_forever();
     }
+    lapic::enable_this_cpu();
+    percpu::set_apic_id(lapic::id());
+    log::info!("smp: cpu {index} online (apic id {})", lapic::id());
+    smp::check_in();
+
+    loop {
+        match AP_COMMAND.load(Ordering::Acquire) {
+            AP_WAIT => {
+                // Sleep until the BSP's wake-up IPI; `sti; hlt` cannot miss it.
+                x86_64::instructions::interrupts::enable_and_hlt();
+                x86_64::instructions::interrupts::disable();
+            }
+            AP_ENABLE_VMX => break,
+            _ => arch::halt_forever(),
+        }
+    }
+    // The BSP removed the trampoline's identity mapping; drop it from this TLB too.
+    x86_64::instructions::tlb::flush_all();
+    if let Some(caps) = VMX_CAPS.get() {
+        match vmx::enable_on_this_cpu(caps) {
+            Ok(()) => {
+                VMX_ON.fetch_add(1, Ordering::AcqRel);
+                log::info!("vmx: cpu {index} on");
+            }
+            Err(why) => log::error!("vmx: cpu {index} failed: {}", why.reason()),
+        }
+    }
+    VMX_DONE.fetch_add(1, Ordering::AcqRel);
+    arch::halt_forever()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let rsp: u64;
+    // SAFETY: reads the stack pointer into a register; no memory access.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
+    let cpu = percpu::index();
+    console::write_fatal(format_args!(
+        "FATAL: cpu {cpu}: hypervisor panic: {info}\nFATAL:   rsp {rsp:#018x} cr3 {:#x}\nFATAL: cpu {cpu} halted\n",
+        paging::root()
+    ));
+    arch::halt_forever()
 }

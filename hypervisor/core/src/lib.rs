@@ -9,6 +9,7 @@
 extern crate alloc;
 
 pub mod acpi_s5;
+pub mod apic;
 pub mod boot_conf;
 pub mod cpu_features;
 pub mod frames;

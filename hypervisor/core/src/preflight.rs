@@ -87,7 +87,7 @@ impl Preflight<'_> {
     }
 
     /// Writes the report, one line per item, each line prefixed with `preflight: `.
-    pub fn render(&self, out: &mut impl Write) -> fmt::Result {
+    pub fn render<W: Write + ?Sized>(&self, out: &mut W) -> fmt::Result {
         let caps = self.vmx.ok();
         let cap = |f: fn(&VmxCapabilities) -> bool| yn(caps.is_some_and(f));
         let p = "preflight:";

@@ -1,0 +1,126 @@
+//! The hypervisor's console: every log line goes to the 16550 serial port (COM1) and,
+//! when the firmware gave us one, to the boot framebuffer as text. Many real machines
+//! have no serial port, so the screen matters as much as the serial line.
+
+pub mod framebuffer;
+pub mod serial;
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use spin::Mutex;
+
+use framebuffer::FramebufferConsole;
+use hv_core::boot_conf::LogLevel;
+
+struct Sinks {
+    serial: serial::Serial,
+    screen: Option<FramebufferConsole>,
+}
+
+impl Write for Sinks {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.serial.write_str(s)?;
+        if let Some(screen) = &mut self.screen {
+            screen.write_str(s)?;
+        }
+        Ok(())
+    }
+}
+
+static SINKS: Mutex<Sinks> = Mutex::new(Sinks { serial: serial::Serial::com1(), screen: None });
+static LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Info as u8);
+
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() as u8 <= LEVEL.load(Ordering::Relaxed) + 1
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        // Libraries' own messages (e.g. tar-no-std reporting the archive's end blocks
+        // as an error) are diagnostics for us, not the user: show them at debug level.
+        if !record.target().starts_with("hypervisor") && LEVEL.load(Ordering::Relaxed) < LogLevel::Debug as u8 {
+            return;
+        }
+        let prefix = match record.level() {
+            log::Level::Error => "ERROR: ",
+            log::Level::Warn => "WARN: ",
+            log::Level::Info => "",
+            log::Level::Debug => "debug: ",
+            log::Level::Trace => "trace: ",
+        };
+        let mut sinks = SINKS.lock();
+        let _ = write!(sinks, "{prefix}{}\r\n", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: Logger = Logger;
+
+/// Sets up the serial port and the `log` facade. Called first thing on the BSP.
+pub fn init() {
+    SINKS.lock().serial.init();
+    // A second call cannot happen (BSP only, once); ignore the error rather than panic.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Trace);
+}
+
+/// Adds the framebuffer as a second sink.
+pub fn attach_screen(screen: FramebufferConsole) {
+    SINKS.lock().screen = Some(screen);
+}
+
+/// Sets the level threshold (from `hypervisor.conf`).
+pub fn set_level(level: LogLevel) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// Writes a multi-line block (e.g. the pre-flight report) without interleaving with
+/// other CPUs' lines.
+pub fn write_block(f: impl FnOnce(&mut dyn Write) -> fmt::Result) {
+    let mut sinks = SINKS.lock();
+    let mut crlf = CrLf(&mut *sinks);
+    let _ = f(&mut crlf);
+}
+
+/// Translates `\n` into `\r\n` for terminals on the serial line.
+struct CrLf<'a>(&'a mut dyn Write);
+
+impl Write for CrLf<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for (i, part) in s.split('\n').enumerate() {
+            if i > 0 {
+                self.0.write_str("\r\n")?;
+            }
+            self.0.write_str(part)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a fatal message even when the console lock is held, e.g. by the CPU that is
+/// now panicking inside a log call, or by a CPU that died holding it. Waits a bounded
+/// time for the lock, then takes it by force: a garbled line beats a silent hang.
+pub fn write_fatal(args: fmt::Arguments<'_>) {
+    let mut spins = 0u32;
+    let mut guard = loop {
+        if let Some(g) = SINKS.try_lock() {
+            break g;
+        }
+        spins += 1;
+        if spins > 10_000_000 {
+            // SAFETY: the holder is stuck (it is this CPU, or a CPU that faulted while
+            // holding the lock); console state is plain data that tolerates a torn write.
+            unsafe { SINKS.force_unlock() };
+        }
+        core::hint::spin_loop();
+    };
+    let mut crlf = CrLf(&mut *guard);
+    let _ = crlf.write_fmt(args);
+}

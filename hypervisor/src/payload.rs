@@ -1,0 +1,39 @@
+//! The boot payload: a ustar archive passed as the bootloader's ramdisk, holding
+//! `config.toml` (the partition config, for the service partition), `hypervisor.conf`
+//! (the hypervisor's own settings) and partition images. The hypervisor only indexes
+//! the archive (via `tar-no-std`) and reads `hypervisor.conf`.
+
+use hv_core::boot_conf::{self, BootConf};
+use tar_no_std::TarArchiveRef;
+
+/// Reads the payload; logs what it holds and any problem, and returns the settings
+/// (defaults when there is no payload or it is damaged).
+pub fn read(ramdisk: Option<&'static [u8]>) -> BootConf {
+    let Some(bytes) = ramdisk else {
+        log::warn!("payload: no boot payload (ramdisk) was passed; using default settings");
+        return BootConf::default();
+    };
+    let archive = match TarArchiveRef::new(bytes) {
+        Ok(a) => a,
+        Err(_) => {
+            log::error!("payload: the ramdisk ({} bytes) is not a valid tar archive; rebuild the image with `cargo xtask build`", bytes.len());
+            return BootConf::default();
+        }
+    };
+    let mut conf = None;
+    let mut entries = 0;
+    for entry in archive.entries() {
+        entries += 1;
+        let name = entry.filename();
+        let name = name.as_str().unwrap_or("?");
+        log::info!("payload: {name} ({} bytes)", entry.data().len());
+        if name == "hypervisor.conf" {
+            conf = Some(boot_conf::parse(entry.data(), |problem| log::warn!("payload: {problem}; keeping the default")));
+        }
+    }
+    log::info!("payload: {entries} entries, {} bytes", bytes.len());
+    conf.unwrap_or_else(|| {
+        log::warn!("payload: no hypervisor.conf; using default settings");
+        BootConf::default()
+    })
+}
