@@ -6,6 +6,7 @@
 //! 2. ACPI soft-off (S5) from the FADT and the DSDT's `\_S5`: real hardware and QEMU.
 //! 3. Bochs: the string "Shutdown" written to port 0x8900 ends the simulation. Only
 //!    reached when ACPI is absent (Bochs + OVMF has no tables) or did not work.
+//!
 //! If all fail, the CPU halts with a line saying the machine can be switched off.
 
 use core::sync::atomic::{AtomicBool, Ordering};

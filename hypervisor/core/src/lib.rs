@@ -8,6 +8,7 @@
 
 extern crate alloc;
 
+pub mod acpi_info;
 pub mod acpi_s5;
 pub mod apic;
 pub mod boot_conf;

@@ -210,7 +210,7 @@ fn exception_name(vector: u64) -> &'static str {
         19 => "#XM SIMD exception",
         20 => "#VE virtualization exception",
         21 => "#CP control protection",
-        0..=31 => "reserved exception",
+        v if v < 32 => "reserved exception",
         _ => "unexpected interrupt",
     }
 }
