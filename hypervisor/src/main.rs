@@ -23,7 +23,7 @@ use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::info::MemoryRegionKind;
 use bootloader_api::{entry_point, BootInfo};
-use hv_core::boot_conf::WhenIdle;
+use hv_core::boot_conf::{BootConf, SelfTest, WhenIdle};
 use hv_core::preflight::{CpuSource, Preflight, VmxUnavailable};
 use hv_core::vmx_caps::VmxCapabilities;
 use spin::Once;
@@ -63,6 +63,10 @@ const AP_PARK: u8 = 2;
 static VMX_CAPS: Once<VmxCapabilities> = Once::new();
 static VMX_ON: AtomicU32 = AtomicU32::new(0);
 static VMX_DONE: AtomicU32 = AtomicU32::new(0);
+/// The settings from the boot payload, for the APs.
+static CONF: Once<BootConf> = Once::new();
+/// The number of APs that checked in (valid once the APs are told to enable VMX).
+static AP_COUNT: AtomicU32 = AtomicU32::new(0);
 
 /// Stops the boot with a clear message (the BSP only; before anything can run).
 fn boot_failure(what: core::fmt::Arguments<'_>) -> ! {
@@ -134,7 +138,7 @@ extern "C" fn bsp_main() -> ! {
     idt::enable_ist();
     idt::load();
 
-    let conf = payload::read(handoff.ramdisk);
+    let conf = *CONF.call_once(|| payload::read(handoff.ramdisk));
     console::set_level(conf.log_level);
 
     let cpu = arch::cpuid::features();
@@ -204,6 +208,7 @@ extern "C" fn bsp_main() -> ! {
         Err(why) if aps == 0 => no_vmx(why),
         Err(why) => log::error!("vmx: cpu 0 failed: {}", why.reason()),
     }
+    AP_COUNT.store(aps, Ordering::Release);
     AP_COMMAND.store(AP_ENABLE_VMX, Ordering::Release);
     lapic::send_ipi(hv_core::apic::DeliveryMode::Fixed, idt::WAKE_VECTOR, hv_core::apic::Destination::AllExcludingSelf);
     let deadline = tsc::deadline_us(2_000_000);
@@ -213,6 +218,9 @@ extern "C" fn bsp_main() -> ! {
     let on = VMX_ON.load(Ordering::Acquire);
     if VMX_DONE.load(Ordering::Acquire) < aps {
         log::warn!("vmx: {} cpus did not report back", aps - VMX_DONE.load(Ordering::Acquire));
+    }
+    if conf.selftest == SelfTest::CpuFault {
+        await_selftest_fault(aps);
     }
     log::info!("memory: {} MiB free after boot", frames::free_bytes() >> 20);
     log::info!("hypervisor: ready, {cpus} cpus, vmx on {on}");
@@ -228,6 +236,23 @@ extern "C" fn bsp_main() -> ! {
     }
 }
 
+/// `selftest = cpu-fault`: the last AP faults on purpose; the BSP checks that it was
+/// reported and carries on.
+fn await_selftest_fault(aps: u32) {
+    if aps == 0 {
+        log::warn!("selftest: cpu-fault needs at least 2 cpus; skipped");
+        return;
+    }
+    let deadline = tsc::deadline_us(2_000_000);
+    while idt::FATAL_TRAPS.load(Ordering::Acquire) == 0 && tsc::now() < deadline {
+        core::hint::spin_loop();
+    }
+    match idt::FATAL_TRAPS.load(Ordering::Acquire) {
+        0 => log::error!("selftest: cpu {aps} did not report its fault"),
+        n => log::info!("selftest: {n} cpu halted by its own fault; cpu 0 keeps running"),
+    }
+}
+
 /// VMX cannot be used: say why and what to do, then power off.
 fn no_vmx(why: VmxUnavailable) -> ! {
     AP_COMMAND.store(AP_PARK, Ordering::Release);
@@ -239,6 +264,9 @@ fn no_vmx(why: VmxUnavailable) -> ! {
 /// Where every AP arrives from the trampoline, on its own stack, with the hypervisor's
 /// page tables; `index` is its dense CPU number.
 extern "C" fn ap_entry(index: u64) -> ! {
+    // The trampoline hands over a page-aligned stack top; at this depth it is the next
+    // page boundary up.
+    let stack_top = stack_pointer().next_multiple_of(4096);
     idt::load();
     let block = alloc::boxed::Box::leak(alloc::boxed::Box::new(percpu::PerCpu::new(index as u32)));
     // SAFETY: a fresh, leaked block for this CPU alone, installed before any use.
@@ -276,14 +304,28 @@ extern "C" fn ap_entry(index: u64) -> ! {
         }
     }
     VMX_DONE.fetch_add(1, Ordering::AcqRel);
+    let is_last = index == u64::from(AP_COUNT.load(Ordering::Acquire));
+    if is_last && CONF.get().is_some_and(|c| c.selftest == SelfTest::CpuFault) {
+        let guard = stack_top - smp::AP_STACK_SIZE as u64 - 4096;
+        log::info!("selftest: cpu {index} reads its stack guard page at {guard:#x}");
+        // SAFETY: deliberately not safe: the guard page is unmapped, the read faults
+        // (#PF) and the exception handler halts this CPU. Nothing is read or written.
+        unsafe { core::ptr::read_volatile(guard as *const u64) };
+    }
     arch::halt_forever()
+}
+
+/// The current stack pointer.
+fn stack_pointer() -> u64 {
+    let rsp: u64;
+    // SAFETY: reads the stack pointer into a register; no memory access.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
+    rsp
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    let rsp: u64;
-    // SAFETY: reads the stack pointer into a register; no memory access.
-    unsafe { core::arch::asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
+    let rsp = stack_pointer();
     let cpu = percpu::index();
     console::write_fatal(format_args!(
         "FATAL: cpu {cpu}: hypervisor panic: {info}\nFATAL:   rsp {rsp:#018x} cr3 {:#x}\nFATAL: cpu {cpu} halted\n",

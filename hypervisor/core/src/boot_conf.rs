@@ -24,16 +24,27 @@ pub enum WhenIdle {
     PowerOff,
 }
 
+/// A deliberate fault the hypervisor injects into itself at boot, to show (in a test
+/// scenario, or on a new machine) that a CPU exception is reported and stops only the
+/// CPU that took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfTest {
+    None,
+    /// The last AP reads its own stack guard page after VMXON.
+    CpuFault,
+}
+
 /// The parsed settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BootConf {
     pub log_level: LogLevel,
     pub when_idle: WhenIdle,
+    pub selftest: SelfTest,
 }
 
 impl Default for BootConf {
     fn default() -> Self {
-        Self { log_level: LogLevel::Info, when_idle: WhenIdle::Halt }
+        Self { log_level: LogLevel::Info, when_idle: WhenIdle::Halt, selftest: SelfTest::None }
     }
 }
 
@@ -101,6 +112,11 @@ pub fn parse<'a>(bytes: &'a [u8], mut report: impl FnMut(ConfProblem<'a>)) -> Bo
                 "power-off" => conf.when_idle = WhenIdle::PowerOff,
                 _ => report(bad),
             },
+            "selftest" => match value {
+                "none" => conf.selftest = SelfTest::None,
+                "cpu-fault" => conf.selftest = SelfTest::CpuFault,
+                _ => report(bad),
+            },
             _ => report(ConfProblem { line, kind: ProblemKind::UnknownKey(key) }),
         }
     }
@@ -120,9 +136,9 @@ mod tests {
 
     #[test]
     fn parses_settings_and_comments() {
-        let (conf, problems) = parse_all(b"# written by hv-boot\nlog_level = debug\n\nwhen_idle=power-off # tests\n");
+        let (conf, problems) = parse_all(b"# written by hv-boot\nlog_level = debug\n\nwhen_idle=power-off # tests\nselftest=cpu-fault\n");
         assert!(problems.is_empty());
-        assert_eq!(conf, BootConf { log_level: LogLevel::Debug, when_idle: WhenIdle::PowerOff });
+        assert_eq!(conf, BootConf { log_level: LogLevel::Debug, when_idle: WhenIdle::PowerOff, selftest: SelfTest::CpuFault });
     }
 
     #[test]

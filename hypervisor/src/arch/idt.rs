@@ -131,6 +131,8 @@ static mut IDT: Idt = Idt([Gate { offset_low: 0, selector: 0, ist: 0, type_attr:
 
 /// Number of NMIs seen (all CPUs).
 pub static NMI_COUNT: AtomicU64 = AtomicU64::new(0);
+/// Number of CPUs halted by a fatal exception.
+pub static FATAL_TRAPS: AtomicU64 = AtomicU64::new(0);
 
 const NMI: u64 = 2;
 const DOUBLE_FAULT: u64 = 8;
@@ -268,5 +270,6 @@ fn fatal_trap(f: &TrapFrame) -> ! {
         f.r14,
         f.r15,
     ));
+    FATAL_TRAPS.fetch_add(1, Ordering::AcqRel);
     crate::arch::halt_forever()
 }
