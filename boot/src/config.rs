@@ -1,0 +1,663 @@
+//! The partition config file: schema, parsing and validation.
+//!
+//! A config file is TOML:
+//!
+//! ```toml
+//! [hypervisor]
+//! log_level = "info"      # error|warn|info|debug|trace (default info)
+//! when_idle = "halt"      # "halt" | "power-off" (default halt)
+//! selftest = "none"       # "none" | "cpu-fault" (default none; see SelfTest)
+//!
+//! [[partition]]           # zero or more
+//! name = "hello"          # [a-z0-9-]{1,32}, unique
+//! kind = "guest"          # "service" | "guest"; at most one service
+//! memory_mib = 16         # 1..=65536
+//! vcpus = 1               # 1..=64
+//! cpus = [1]              # optional; if present length == vcpus, no duplicates
+//! image = "path/to/file"  # relative to the config file's directory
+//! ```
+//!
+//! [`load`] parses a file and validates it into a [`Config`]; every problem is reported
+//! as a [`ConfigError`] whose `Display` names the file, the field and the fix.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Longest allowed partition name.
+pub const MAX_NAME_LEN: usize = 32;
+/// Allowed range of `memory_mib`.
+pub const MEMORY_MIB_RANGE: std::ops::RangeInclusive<i64> = 1..=65536;
+/// Allowed range of `vcpus`.
+pub const VCPUS_RANGE: std::ops::RangeInclusive<i64> = 1..=64;
+
+/// Verbosity of the kernel's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// The normal level.
+    #[default]
+    Info,
+    /// Debugging detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The spelling used in config files and in `hypervisor.conf`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// What the kernel does once it is ready and has nothing left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenIdle {
+    /// Idle forever (interactive use, `cargo xtask run`).
+    #[default]
+    Halt,
+    /// Power the machine off with code 0 (tests).
+    PowerOff,
+}
+
+impl WhenIdle {
+    /// The spelling used in config files and in `hypervisor.conf`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhenIdle::Halt => "halt",
+            WhenIdle::PowerOff => "power-off",
+        }
+    }
+}
+
+/// A fault the kernel injects into itself at boot (`selftest` in `[hypervisor]`), to
+/// show that a CPU exception is reported and halts only the CPU that took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelfTest {
+    /// No self-test (the default).
+    #[default]
+    None,
+    /// The last application processor reads its own stack guard page after VMXON.
+    CpuFault,
+}
+
+impl SelfTest {
+    /// The spelling used in config files and in `hypervisor.conf`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SelfTest::None => "none",
+            SelfTest::CpuFault => "cpu-fault",
+        }
+    }
+}
+
+/// The kind of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionKind {
+    /// The (single) service partition.
+    Service,
+    /// An ordinary guest.
+    Guest,
+}
+
+/// The `[hypervisor]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HypervisorSettings {
+    /// Kernel log level.
+    #[serde(default)]
+    pub log_level: LogLevel,
+    /// Behaviour once ready.
+    #[serde(default)]
+    pub when_idle: WhenIdle,
+    /// A deliberate fault at boot (tests and new-machine checks).
+    #[serde(default, skip_serializing_if = "is_no_selftest")]
+    pub selftest: SelfTest,
+}
+
+fn is_no_selftest(s: &SelfTest) -> bool {
+    *s == SelfTest::None
+}
+
+/// A `[[partition]]` entry exactly as written in the file (before validation).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartition {
+    name: String,
+    kind: PartitionKind,
+    memory_mib: i64,
+    vcpus: i64,
+    #[serde(default)]
+    cpus: Option<Vec<i64>>,
+    image: String,
+}
+
+/// The whole file exactly as written (before validation).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    hypervisor: HypervisorSettings,
+    #[serde(default)]
+    partition: Vec<RawPartition>,
+}
+
+/// A validated partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// Unique name, `[a-z0-9-]{1,32}`.
+    pub name: String,
+    /// Service or guest.
+    pub kind: PartitionKind,
+    /// Memory size in MiB.
+    pub memory_mib: u32,
+    /// Number of virtual CPUs.
+    pub vcpus: u32,
+    /// Physical CPUs to pin the virtual CPUs to, if given (one per vCPU).
+    pub cpus: Option<Vec<u32>>,
+    /// The image file on the host (the config's relative path resolved).
+    pub image: PathBuf,
+}
+
+impl Partition {
+    /// Path of this partition's image inside the boot payload.
+    pub fn payload_image_path(&self) -> String {
+        format!("images/{}", self.name)
+    }
+}
+
+/// A validated config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// The `[hypervisor]` settings (defaults filled in).
+    pub hypervisor: HypervisorSettings,
+    /// The partitions, in file order.
+    pub partitions: Vec<Partition>,
+}
+
+/// Serialisable form of a partition inside the payload's `config.toml`.
+#[derive(Serialize)]
+struct CanonicalPartition<'a> {
+    name: &'a str,
+    kind: PartitionKind,
+    memory_mib: u32,
+    vcpus: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpus: Option<&'a [u32]>,
+    image: String,
+}
+
+/// Serialisable form of the payload's `config.toml`.
+#[derive(Serialize)]
+struct CanonicalConfig<'a> {
+    hypervisor: HypervisorSettings,
+    partition: Vec<CanonicalPartition<'a>>,
+}
+
+impl Config {
+    /// The canonical re-serialisation stored as `config.toml` in the boot payload:
+    /// every default written out, and each `image` rewritten to its path inside the
+    /// payload (`images/<name>`).
+    pub fn to_canonical_toml(&self) -> String {
+        let canonical = CanonicalConfig {
+            hypervisor: self.hypervisor,
+            partition: self
+                .partitions
+                .iter()
+                .map(|p| CanonicalPartition {
+                    name: &p.name,
+                    kind: p.kind,
+                    memory_mib: p.memory_mib,
+                    vcpus: p.vcpus,
+                    cpus: p.cpus.as_deref(),
+                    image: p.payload_image_path(),
+                })
+                .collect(),
+        };
+        toml::to_string(&canonical).expect("a validated config always serialises")
+    }
+
+    /// The `hypervisor.conf` file of the boot payload (`key=value` lines).
+    pub fn hypervisor_conf(&self) -> String {
+        let mut conf = format!(
+            "log_level={}\nwhen_idle={}\n",
+            self.hypervisor.log_level.as_str(),
+            self.hypervisor.when_idle.as_str()
+        );
+        if self.hypervisor.selftest != SelfTest::None {
+            conf.push_str(&format!("selftest={}\n", self.hypervisor.selftest.as_str()));
+        }
+        conf
+    }
+}
+
+/// Why a config file was rejected.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read {
+        /// The config file.
+        file: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema (unknown field, wrong type,
+    /// unknown value...). The message from the parser names the field and the line.
+    Parse {
+        /// The config file.
+        file: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A field has a value the hypervisor cannot accept.
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// The field, e.g. `partition[1].memory_mib` (index 0-based, as in the file).
+        field: String,
+        /// What is wrong.
+        problem: String,
+        /// How to fix it.
+        fix: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { file, error } => write!(
+                f,
+                "config file {}: cannot read it: {error}; fix: check the path given with --config",
+                file.display()
+            ),
+            ConfigError::Parse { file, message } => {
+                write!(f, "config file {}: ", file.display())?;
+                for line in message.trim_end().lines() {
+                    writeln!(f, "{line}")?;
+                }
+                write!(
+                    f,
+                    "fix: correct the field or value shown (fields: [hypervisor] log_level, \
+                     when_idle; [[partition]] name, kind, memory_mib, vcpus, cpus, image)"
+                )
+            }
+            ConfigError::Invalid { file, field, problem, fix } => {
+                write!(f, "config file {}: field `{field}`: {problem}; fix: {fix}", file.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    /// The field a validation error is about (`None` for read/parse errors).
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// Reads and validates a config file. Relative `image` paths are resolved against the
+/// directory containing `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { file: path.to_path_buf(), error })?;
+    parse(&text, path)
+}
+
+/// Parses and validates config text as if read from `path` (used to name the file in
+/// errors and to resolve relative image paths).
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|e| ConfigError::Parse { file: path.to_path_buf(), message: e.to_string() })?;
+    validate(raw, path)
+}
+
+/// Checks a partition name against `[a-z0-9-]{1,32}`.
+fn name_is_valid(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    let invalid = |field: String, problem: String, fix: String| ConfigError::Invalid {
+        file: path.to_path_buf(),
+        field,
+        problem,
+        fix,
+    };
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
+
+    let mut partitions: Vec<Partition> = Vec::with_capacity(raw.partition.len());
+    let mut service: Option<usize> = None;
+    for (i, p) in raw.partition.into_iter().enumerate() {
+        let field = |name: &str| format!("partition[{i}].{name}");
+
+        if !name_is_valid(&p.name) {
+            return Err(invalid(
+                field("name"),
+                format!("{:?} is not a valid partition name", p.name),
+                format!("use 1 to {MAX_NAME_LEN} characters from a-z, 0-9 and '-' (e.g. \"guest-1\")"),
+            ));
+        }
+        if let Some(j) = partitions.iter().position(|q| q.name == p.name) {
+            return Err(invalid(
+                field("name"),
+                format!("name {:?} is already used by partition[{j}]", p.name),
+                "give every partition a unique name".to_string(),
+            ));
+        }
+        if p.kind == PartitionKind::Service {
+            if let Some(j) = service {
+                return Err(invalid(
+                    field("kind"),
+                    format!("partition[{j}] is already the service partition"),
+                    "declare at most one partition with kind = \"service\"; make the others \
+                     kind = \"guest\""
+                        .to_string(),
+                ));
+            }
+            service = Some(i);
+        }
+        if !MEMORY_MIB_RANGE.contains(&p.memory_mib) {
+            return Err(invalid(
+                field("memory_mib"),
+                format!("{} MiB is out of range", p.memory_mib),
+                format!("use a value from {} to {}", MEMORY_MIB_RANGE.start(), MEMORY_MIB_RANGE.end()),
+            ));
+        }
+        if !VCPUS_RANGE.contains(&p.vcpus) {
+            return Err(invalid(
+                field("vcpus"),
+                format!("{} vCPUs is out of range", p.vcpus),
+                format!("use a value from {} to {}", VCPUS_RANGE.start(), VCPUS_RANGE.end()),
+            ));
+        }
+        let cpus = match p.cpus {
+            None => None,
+            Some(list) => {
+                if list.len() as i64 != p.vcpus {
+                    return Err(invalid(
+                        field("cpus"),
+                        format!("lists {} CPUs but vcpus = {}", list.len(), p.vcpus),
+                        "list exactly one physical CPU per vCPU, or remove `cpus`".to_string(),
+                    ));
+                }
+                let mut out = Vec::with_capacity(list.len());
+                for (k, &cpu) in list.iter().enumerate() {
+                    let cpu = u32::try_from(cpu).map_err(|_| {
+                        invalid(
+                            format!("partition[{i}].cpus[{k}]"),
+                            format!("{cpu} is not a CPU number"),
+                            "use CPU numbers starting at 0".to_string(),
+                        )
+                    })?;
+                    if out.contains(&cpu) {
+                        return Err(invalid(
+                            field("cpus"),
+                            format!("CPU {cpu} is listed twice"),
+                            "list each physical CPU at most once".to_string(),
+                        ));
+                    }
+                    out.push(cpu);
+                }
+                Some(out)
+            }
+        };
+        if p.image.is_empty() {
+            return Err(invalid(
+                field("image"),
+                "the image path is empty".to_string(),
+                "give the path of the partition's image file, relative to the config file".to_string(),
+            ));
+        }
+        let image = base_dir.join(&p.image);
+        match std::fs::metadata(&image) {
+            Ok(m) if m.is_file() && m.len() > 0 => {}
+            Ok(m) if m.is_file() => {
+                return Err(invalid(
+                    field("image"),
+                    format!("image file {} is empty", image.display()),
+                    "build the partition image first, or point `image` at a non-empty file".to_string(),
+                ))
+            }
+            Ok(_) => {
+                return Err(invalid(
+                    field("image"),
+                    format!("{} is not a regular file", image.display()),
+                    "point `image` at a file (relative to the config file's directory)".to_string(),
+                ))
+            }
+            Err(e) => {
+                return Err(invalid(
+                    field("image"),
+                    format!("image file {} cannot be read: {e}", image.display()),
+                    "build the partition image first, or correct the path (it is relative to \
+                     the config file's directory)"
+                        .to_string(),
+                ))
+            }
+        }
+
+        partitions.push(Partition {
+            name: p.name,
+            kind: p.kind,
+            memory_mib: p.memory_mib as u32,
+            vcpus: p.vcpus as u32,
+            cpus,
+            image,
+        });
+    }
+
+    Ok(Config { source: path.to_path_buf(), hypervisor: raw.hypervisor, partitions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A temporary directory holding a config file and a non-empty image `guest.bin`.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("guest.bin"), b"\x90\x90\xf4").unwrap();
+            std::fs::write(dir.path().join("empty.bin"), b"").unwrap();
+            Fixture { dir }
+        }
+
+        fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+            let path = self.dir.path().join("config.toml");
+            std::fs::write(&path, text).unwrap();
+            load(&path)
+        }
+    }
+
+    fn partition(name: &str, extra: &str) -> String {
+        format!(
+            "[[partition]]\nname = \"{name}\"\nkind = \"guest\"\nmemory_mib = 16\nvcpus = 1\n\
+             image = \"guest.bin\"\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let f = Fixture::new();
+        let c = f.parse("").unwrap();
+        assert_eq!(c.hypervisor.log_level, LogLevel::Info);
+        assert_eq!(c.hypervisor.when_idle, WhenIdle::Halt);
+        assert!(c.partitions.is_empty());
+        assert_eq!(c.hypervisor_conf(), "log_level=info\nwhen_idle=halt\n");
+    }
+
+    #[test]
+    fn full_config_is_accepted() {
+        let f = Fixture::new();
+        let text = format!(
+            "[hypervisor]\nlog_level = \"trace\"\nwhen_idle = \"power-off\"\n\
+             [[partition]]\nname = \"svc\"\nkind = \"service\"\nmemory_mib = 64\nvcpus = 2\n\
+             cpus = [1, 0]\nimage = \"guest.bin\"\n{}",
+            partition("hello-2", "")
+        );
+        let c = f.parse(&text).unwrap();
+        assert_eq!(c.hypervisor.log_level, LogLevel::Trace);
+        assert_eq!(c.hypervisor.when_idle, WhenIdle::PowerOff);
+        assert_eq!(c.partitions.len(), 2);
+        assert_eq!(c.partitions[0].cpus, Some(vec![1, 0]));
+        assert_eq!(c.partitions[0].kind, PartitionKind::Service);
+        assert_eq!(c.partitions[1].cpus, None);
+        assert_eq!(c.partitions[1].image, f.dir.path().join("guest.bin"));
+        assert_eq!(c.hypervisor_conf(), "log_level=trace\nwhen_idle=power-off\n");
+        let canonical = c.to_canonical_toml();
+        assert!(canonical.contains("image = \"images/svc\""), "{canonical}");
+        assert!(canonical.contains("when_idle = \"power-off\""), "{canonical}");
+        // The canonical form parses back to the same settings.
+        let again: RawConfig = toml::from_str(&canonical).unwrap();
+        assert_eq!(again.hypervisor, c.hypervisor);
+        assert_eq!(again.partition.len(), 2);
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let f = Fixture::new();
+        let e = f.parse("[hypervisor]\nlog_lvl = \"info\"\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("config.toml"), "{msg}");
+        assert!(msg.contains("log_lvl"), "{msg}");
+        assert!(msg.contains("fix:"), "{msg}");
+
+        let e = f.parse(&partition("a", "colour = \"red\"")).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+
+        let e = f.parse("[hypervisr]\n").unwrap_err();
+        assert!(e.to_string().contains("hypervisr"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_values_are_rejected() {
+        let f = Fixture::new();
+        let e = f.parse("[hypervisor]\nlog_level = \"loud\"\n").unwrap_err();
+        assert!(e.to_string().contains("loud"), "{e}");
+        let e = f.parse("[hypervisor]\nwhen_idle = \"sleep\"\n").unwrap_err();
+        assert!(e.to_string().contains("sleep"), "{e}");
+        let e = f.parse("[hypervisor]\nselftest = \"explode\"\n").unwrap_err();
+        assert!(e.to_string().contains("explode"), "{e}");
+        let text = partition("a", "").replace("\"guest\"", "\"vm\"");
+        assert!(f.parse(&text).is_err());
+    }
+
+    #[test]
+    fn selftest_reaches_hypervisor_conf_only_when_set() {
+        let f = Fixture::new();
+        let c = f.parse("[hypervisor]\nselftest = \"cpu-fault\"\n").unwrap();
+        assert_eq!(c.hypervisor.selftest, SelfTest::CpuFault);
+        assert_eq!(c.hypervisor_conf(), "log_level=info\nwhen_idle=halt\nselftest=cpu-fault\n");
+        let plain = f.parse("[hypervisor]\n").unwrap();
+        assert!(!plain.hypervisor_conf().contains("selftest"));
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let f = Fixture::new();
+        let e = f.parse(&format!("{}{}", partition("a", ""), partition("a", ""))).unwrap_err();
+        assert_eq!(e.field(), Some("partition[1].name"));
+        let msg = e.to_string();
+        assert!(msg.contains("config.toml") && msg.contains("unique"), "{msg}");
+    }
+
+    #[test]
+    fn bad_names_are_rejected() {
+        let f = Fixture::new();
+        for name in ["", "Upper", "under_score", "a.b", &"x".repeat(33)] {
+            let e = f.parse(&partition(name, "")).unwrap_err();
+            assert_eq!(e.field(), Some("partition[0].name"), "{name:?}: {e}");
+        }
+        assert!(f.parse(&partition(&"x".repeat(32), "")).is_ok());
+    }
+
+    #[test]
+    fn two_services_are_rejected() {
+        let f = Fixture::new();
+        let text = format!("{}{}", partition("a", ""), partition("b", "")).replace("guest\"", "service\"");
+        let e = f.parse(&text).unwrap_err();
+        assert_eq!(e.field(), Some("partition[1].kind"));
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_rejected() {
+        let f = Fixture::new();
+        for (from, to, field) in [
+            ("memory_mib = 16", "memory_mib = 0", "partition[0].memory_mib"),
+            ("memory_mib = 16", "memory_mib = 65537", "partition[0].memory_mib"),
+            ("memory_mib = 16", "memory_mib = -5", "partition[0].memory_mib"),
+            ("vcpus = 1", "vcpus = 0", "partition[0].vcpus"),
+            ("vcpus = 1", "vcpus = 65", "partition[0].vcpus"),
+        ] {
+            let e = f.parse(&partition("a", "").replace(from, to)).unwrap_err();
+            assert_eq!(e.field(), Some(field), "{to}: {e}");
+            assert!(e.to_string().contains("fix: use a value from"), "{e}");
+        }
+        assert!(f.parse(&partition("a", "").replace("memory_mib = 16", "memory_mib = 65536")).is_ok());
+    }
+
+    #[test]
+    fn bad_cpu_lists_are_rejected() {
+        let f = Fixture::new();
+        let e = f.parse(&partition("a", "cpus = [0, 1]")).unwrap_err();
+        assert_eq!(e.field(), Some("partition[0].cpus"));
+        let text = partition("a", "cpus = [2, 2]").replace("vcpus = 1", "vcpus = 2");
+        let e = f.parse(&text).unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+        let e = f.parse(&partition("a", "cpus = [-1]")).unwrap_err();
+        assert_eq!(e.field(), Some("partition[0].cpus[0]"));
+        assert!(f.parse(&partition("a", "cpus = [3]")).is_ok());
+    }
+
+    #[test]
+    fn missing_or_empty_image_is_rejected() {
+        let f = Fixture::new();
+        let e = f.parse(&partition("a", "").replace("guest.bin", "nope.bin")).unwrap_err();
+        assert_eq!(e.field(), Some("partition[0].image"));
+        let msg = e.to_string();
+        assert!(msg.contains("nope.bin") && msg.contains("fix:"), "{msg}");
+        let e = f.parse(&partition("a", "").replace("guest.bin", "empty.bin")).unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_field_is_rejected() {
+        let f = Fixture::new();
+        let e = f.parse(&partition("a", "").replace("vcpus = 1\n", "")).unwrap_err();
+        assert!(e.to_string().contains("vcpus"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_names_the_fix() {
+        let e = load(Path::new("/nonexistent/dir/cfg.toml")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("/nonexistent/dir/cfg.toml") && msg.contains("fix:"), "{msg}");
+    }
+}

@@ -1,0 +1,192 @@
+//! The scenario catalogue: every emulator test described as data.
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// Which machine a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Emulator {
+    /// Bochs with OVMF (emulates VMX).
+    Bochs,
+    /// QEMU TCG with OVMF (no VMX).
+    Qemu,
+    /// No emulator: the scenario inspects the built image on the host.
+    None,
+}
+
+impl Emulator {
+    /// Lower-case name, as in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Emulator::Bochs => "bochs",
+            Emulator::Qemu => "qemu",
+            Emulator::None => "none",
+        }
+    }
+}
+
+/// One test scenario.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    /// Unique name (what `cargo xtask test FILTER` matches against).
+    pub name: &'static str,
+    /// Where it runs.
+    pub emulator: Emulator,
+    /// Emulated CPU model (Bochs `cpu: model=`), if any.
+    pub cpu_model: Option<&'static str>,
+    /// Number of emulated CPUs.
+    pub cpus: u32,
+    /// Partition config file used to build the image, relative to the workspace root.
+    pub config: &'static str,
+    /// Wall-clock limit for the emulator; the process group is killed after it.
+    pub timeout: Duration,
+    /// Text that must each appear in some line of the serial log.
+    pub expected: Vec<String>,
+    /// Whether the emulator must exit by itself (the kernel powering off).
+    pub require_self_exit: bool,
+    /// Whether `FATAL:` lines are part of the expected output (a deliberate CPU fault);
+    /// they must then be listed in `expected`. A panic still fails the scenario.
+    pub fatal_expected: bool,
+}
+
+/// The Bochs CPU model with the richest VMX support.
+pub const ICELAKE: &str = "corei7_icelake_u";
+/// A Bochs CPU model with fewer VMX features.
+pub const SKYLAKE: &str = "corei7_skylake_x";
+/// Config of the boot scenarios (power off once ready).
+pub const BOOT_CONFIG: &str = "tests/configs/boot.toml";
+
+/// The lines a successful boot with `cpus` CPUs prints.
+pub fn boot_expectations(cpus: u32) -> Vec<String> {
+    let mut lines: Vec<String> = (0..cpus).map(|n| format!("vmx: cpu {n} on")).collect();
+    lines.push(format!("hypervisor: ready, {cpus} cpus, vmx on {cpus}"));
+    lines.push("platform: power off (code 0)".to_string());
+    lines
+}
+
+/// A Bochs boot scenario.
+fn bochs_boot(name: &'static str, model: &'static str, cpus: u32, timeout_s: u64) -> Scenario {
+    Scenario {
+        name,
+        emulator: Emulator::Bochs,
+        cpu_model: Some(model),
+        cpus,
+        config: BOOT_CONFIG,
+        timeout: Duration::from_secs(timeout_s),
+        expected: boot_expectations(cpus),
+        require_self_exit: true,
+        fatal_expected: false,
+    }
+}
+
+/// Config of the `cpu-fault` scenario (`selftest = "cpu-fault"`).
+pub const CPU_FAULT_CONFIG: &str = "tests/configs/cpu-fault.toml";
+
+/// The deliberate fault of the last AP: dumped, that CPU halted, the rest carries on.
+fn cpu_fault() -> Scenario {
+    let mut expected = vec![
+        "selftest: cpu 1 reads its stack guard page".to_string(),
+        "FATAL: cpu 1: #PF page fault (vector 14) error code 0x0 (stack overflow: guard page hit)".to_string(),
+        "FATAL:   rip 0x".to_string(),
+        "cr2 0x".to_string(),
+        "FATAL:   rax 0x".to_string(),
+        "FATAL: cpu 1 halted".to_string(),
+        "selftest: 1 cpu halted by its own fault; cpu 0 keeps running".to_string(),
+    ];
+    expected.extend(boot_expectations(2));
+    Scenario {
+        name: "cpu-fault",
+        emulator: Emulator::Bochs,
+        cpu_model: Some(ICELAKE),
+        cpus: 2,
+        config: CPU_FAULT_CONFIG,
+        timeout: Duration::from_secs(180),
+        expected,
+        require_self_exit: true,
+        fatal_expected: true,
+    }
+}
+
+/// Every scenario, in the order they are run.
+pub fn catalogue() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "image-layout",
+            emulator: Emulator::None,
+            cpu_model: None,
+            cpus: 0,
+            config: BOOT_CONFIG,
+            timeout: Duration::from_secs(30),
+            expected: Vec::new(),
+            require_self_exit: false,
+            fatal_expected: false,
+        },
+        bochs_boot("boot-4cpu", ICELAKE, 4, 300),
+        bochs_boot("boot-2cpu", ICELAKE, 2, 180),
+        bochs_boot("boot-1cpu", ICELAKE, 1, 120),
+        bochs_boot("boot-skylake", SKYLAKE, 2, 180),
+        Scenario {
+            name: "no-vmx",
+            emulator: Emulator::Qemu,
+            cpu_model: None,
+            cpus: 2,
+            config: BOOT_CONFIG,
+            timeout: Duration::from_secs(90),
+            expected: vec!["vmx: unavailable: ".to_string(), "platform: power off".to_string()],
+            require_self_exit: true,
+            fatal_expected: false,
+        },
+        cpu_fault(),
+    ]
+}
+
+/// The scenarios whose name contains any of `filters` (all of them when `filters` is
+/// empty), in catalogue order.
+pub fn select(filters: &[String]) -> Vec<Scenario> {
+    catalogue()
+        .into_iter()
+        .filter(|s| filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_required_ones_exist() {
+        let all = catalogue();
+        let mut names: Vec<&str> = all.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len());
+        for required in ["boot-1cpu", "boot-2cpu", "boot-4cpu", "boot-skylake", "no-vmx", "image-layout", "cpu-fault"] {
+            assert!(names.contains(&required), "{required}");
+        }
+    }
+
+    #[test]
+    fn boot_scenarios_expect_every_cpu() {
+        let s = select(&["boot-4cpu".to_string()]);
+        assert_eq!(s.len(), 1);
+        for n in 0..4 {
+            assert!(s[0].expected.contains(&format!("vmx: cpu {n} on")));
+        }
+        assert!(s[0].expected.contains(&"hypervisor: ready, 4 cpus, vmx on 4".to_string()));
+        assert!(s[0].require_self_exit);
+    }
+
+    #[test]
+    fn filters_match_substrings() {
+        assert_eq!(select(&[]).len(), catalogue().len());
+        let names: Vec<&str> = select(&["boot".to_string()]).iter().map(|s| s.name).collect();
+        assert_eq!(names, ["boot-4cpu", "boot-2cpu", "boot-1cpu", "boot-skylake"]);
+        let names: Vec<&str> = select(&["vmx".to_string(), "layout".to_string()]).iter().map(|s| s.name).collect();
+        assert_eq!(names, ["image-layout", "no-vmx"]);
+        let names: Vec<&str> = select(&["fault".to_string()]).iter().map(|s| s.name).collect();
+        assert_eq!(names, ["cpu-fault"]);
+        assert!(select(&["nothing-matches".to_string()]).is_empty());
+    }
+}
