@@ -84,7 +84,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
         boot_failure(format_args!("the bootloader did not map physical memory"))
     };
-    let usable = boot_info.memory_regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| (r.start, r.end));
+    let usable =
+        boot_info.memory_regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| (r.start, r.end));
     let mem = frames::init(phys_offset, usable);
     log::info!("memory: {} MiB usable in {} ranges", mem.usable_bytes >> 20, mem.ranges);
     if mem.dropped_bytes > 0 {
@@ -111,6 +112,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         stats.executable,
         stats.wx_fixed
     );
+    check_w_xor_x();
     if let Err(e) = stacks::init() {
         boot_failure(format_args!("no room for stacks: {e:?}"));
     }
@@ -126,7 +128,25 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     HANDOFF.call_once(|| Handoff { entry_tsc, rsdp: boot_info.rsdp_addr.into_option(), ramdisk });
     // SAFETY: `top` is the top of a fresh, mapped, guarded stack; `bsp_main` never
     // returns, so nothing on the old stack is used again.
-    unsafe { core::arch::asm!("mov rsp, {top}", "call {main}", top = in(reg) top, main = sym bsp_main, options(noreturn)) }
+    unsafe {
+        core::arch::asm!("mov rsp, {top}", "call {main}", top = in(reg) top, main = sym bsp_main, options(noreturn))
+    }
+}
+
+/// Checks W^X on the kernel image as the CPU will enforce it: code read+execute,
+/// constants read-only and non-executable, data read+write and non-executable.
+fn check_w_xor_x() {
+    use paging::Protection::{ReadExecute, ReadOnly, ReadWrite};
+    static CONSTANT: [u8; 8] = *b"rodata!!";
+    static VARIABLE: AtomicU32 = AtomicU32::new(0);
+    let code = paging::protection(kernel_main as fn(&'static mut BootInfo) -> ! as usize as u64);
+    let rodata = paging::protection(CONSTANT.as_ptr() as u64);
+    let data = paging::protection(&VARIABLE as *const AtomicU32 as u64);
+    if (code, rodata, data) == (ReadExecute, ReadOnly, ReadWrite) {
+        log::info!("paging: W^X holds: code RX, constants R+NX, data RW+NX");
+    } else {
+        log::error!("paging: W^X check failed: code {code:?}, constants {rodata:?}, data {data:?}");
+    }
 }
 
 /// The rest of the BSP's boot, on its own guarded stack.
@@ -149,7 +169,11 @@ extern "C" fn bsp_main() -> ! {
         Err(e) => boot_failure(format_args!("cannot map the local APIC: {e:?}")),
     };
     percpu::set_apic_id(lapic::id());
-    log::info!("lapic: {} mode, bsp apic id {}", if apic_mode == lapic::Mode::X2Apic { "x2APIC" } else { "xAPIC" }, lapic::id());
+    log::info!(
+        "lapic: {} mode, bsp apic id {}",
+        if apic_mode == lapic::Mode::X2Apic { "x2APIC" } else { "xAPIC" },
+        lapic::id()
+    );
 
     let acpi_info = match handoff.rsdp {
         Some(rsdp) => match acpi::read(rsdp) {

@@ -28,7 +28,8 @@ pub fn read(ramdisk: Option<&'static [u8]>) -> BootConf {
         let name = name.as_str().unwrap_or("?");
         log::info!("payload: {name} ({} bytes)", entry.data().len());
         if name == "hypervisor.conf" {
-            conf = Some(boot_conf::parse(entry.data(), |problem| log::warn!("payload: {problem}; keeping the default")));
+            conf =
+                Some(boot_conf::parse(entry.data(), |problem| log::warn!("payload: {problem}; keeping the default")));
         }
     }
     log::info!("payload: {entries} entries, {} bytes", bytes.len());

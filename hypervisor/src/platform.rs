@@ -41,6 +41,7 @@ pub fn init(soft_off: Option<SoftOff>, under_qemu: bool) {
 /// Powers the machine off; `code` reaches the QEMU test runner as the exit status.
 pub fn power_off(code: u8) -> ! {
     log::info!("platform: power off (code {code})");
+    crate::console::drain();
     if UNDER_QEMU.load(Ordering::Relaxed) {
         // SAFETY: under QEMU, port 0xF4 is isa-debug-exit when configured and unused
         // otherwise (the write is then ignored).
@@ -61,7 +62,9 @@ pub fn power_off(code: u8) -> ! {
             outb(BOCHS_SHUTDOWN_PORT, b);
         }
     }
-    crate::console::write_fatal(format_args!("platform: could not power off; it is safe to switch the machine off now\n"));
+    crate::console::write_fatal(format_args!(
+        "platform: could not power off; it is safe to switch the machine off now\n"
+    ));
     halt_forever()
 }
 

@@ -38,7 +38,11 @@ pub struct AcpiInfo {
 /// # Safety
 /// `rsdp` must be the firmware's RSDP address and `handler` must map physical memory
 /// that holds the tables.
-pub unsafe fn read<'a, H: AcpiHandler>(handler: H, rsdp: usize, bytes: impl Fn(u64, usize) -> &'a [u8]) -> Result<AcpiInfo, AcpiError> {
+pub unsafe fn read<'a, H: AcpiHandler>(
+    handler: H,
+    rsdp: usize,
+    bytes: impl Fn(u64, usize) -> &'a [u8],
+) -> Result<AcpiInfo, AcpiError> {
     // SAFETY: forwarded to the caller's contract.
     let tables = unsafe { AcpiTables::from_rsdp(handler, rsdp)? };
     let platform = tables.platform_info()?;
@@ -50,7 +54,12 @@ pub unsafe fn read<'a, H: AcpiHandler>(handler: H, rsdp: usize, bytes: impl Fn(u
         .map(|p| p.local_apic_id)
         .collect();
     let dmar = tables.headers().any(|h| h.signature == Signature::DMAR);
-    Ok(AcpiInfo { bsp_apic_id: processors.boot_processor.local_apic_id, ap_apic_ids, dmar, soft_off: soft_off(&tables, bytes) })
+    Ok(AcpiInfo {
+        bsp_apic_id: processors.boot_processor.local_apic_id,
+        ap_apic_ids,
+        dmar,
+        soft_off: soft_off(&tables, bytes),
+    })
 }
 
 fn soft_off<'a, H: AcpiHandler>(tables: &AcpiTables<H>, bytes: impl Fn(u64, usize) -> &'a [u8]) -> Option<SoftOff> {

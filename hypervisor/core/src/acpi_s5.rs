@@ -102,7 +102,9 @@ mod tests {
     #[test]
     fn skips_references_that_are_not_names() {
         // A method referring to _S5_ first (no NameOp before it), then the real object.
-        let aml = [0x70, b'_', b'S', b'5', b'_', 0x60, 0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x01, 0x0b, 0x03, 0x00];
+        let aml = [
+            0x70, b'_', b'S', b'5', b'_', 0x60, 0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x01, 0x0b, 0x03, 0x00,
+        ];
         assert_eq!(find_s5(&aml), Some(SleepTypes { slp_typ_a: 1, slp_typ_b: 3 }));
     }
 

@@ -62,7 +62,10 @@ pub enum ProblemKind<'a> {
     /// A line without `=`.
     NoEquals,
     UnknownKey(&'a str),
-    BadValue { key: &'a str, value: &'a str },
+    BadValue {
+        key: &'a str,
+        value: &'a str,
+    },
 }
 
 impl core::fmt::Display for ConfProblem<'_> {
@@ -136,9 +139,13 @@ mod tests {
 
     #[test]
     fn parses_settings_and_comments() {
-        let (conf, problems) = parse_all(b"# written by hv-boot\nlog_level = debug\n\nwhen_idle=power-off # tests\nselftest=cpu-fault\n");
+        let (conf, problems) =
+            parse_all(b"# written by hv-boot\nlog_level = debug\n\nwhen_idle=power-off # tests\nselftest=cpu-fault\n");
         assert!(problems.is_empty());
-        assert_eq!(conf, BootConf { log_level: LogLevel::Debug, when_idle: WhenIdle::PowerOff, selftest: SelfTest::CpuFault });
+        assert_eq!(
+            conf,
+            BootConf { log_level: LogLevel::Debug, when_idle: WhenIdle::PowerOff, selftest: SelfTest::CpuFault }
+        );
     }
 
     #[test]

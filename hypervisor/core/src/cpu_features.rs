@@ -91,7 +91,11 @@ impl CpuFeatures {
             let base_family = (l1.eax >> 8) & 0xf;
             let base_model = (l1.eax >> 4) & 0xf;
             f.family = if base_family == 0xf { base_family + ((l1.eax >> 20) & 0xff) } else { base_family };
-            f.model = if base_family == 0x6 || base_family == 0xf { base_model | (((l1.eax >> 16) & 0xf) << 4) } else { base_model };
+            f.model = if base_family == 0x6 || base_family == 0xf {
+                base_model | (((l1.eax >> 16) & 0xf) << 4)
+            } else {
+                base_model
+            };
             f.stepping = l1.eax & 0xf;
             f.vmx = l1.ecx & (1 << 5) != 0;
             f.x2apic = l1.ecx & (1 << 21) != 0;
@@ -167,7 +171,12 @@ mod tests {
 
     fn fake(leaf: u32, _sub: u32) -> CpuidResult {
         match leaf {
-            0 => CpuidResult { eax: 0x16, ebx: u32::from_le_bytes(*b"Genu"), edx: u32::from_le_bytes(*b"ineI"), ecx: u32::from_le_bytes(*b"ntel") },
+            0 => CpuidResult {
+                eax: 0x16,
+                ebx: u32::from_le_bytes(*b"Genu"),
+                edx: u32::from_le_bytes(*b"ineI"),
+                ecx: u32::from_le_bytes(*b"ntel"),
+            },
             // Family 6, model 0x7e (Ice Lake client), stepping 5; APIC ID 3.
             1 => CpuidResult { eax: 0x0007_06e5, ebx: 3 << 24, ecx: (1 << 5) | (1 << 21) | (1 << 24), edx: 0 },
             0x15 => CpuidResult { eax: 2, ebx: 200, ecx: 19_200_000, edx: 0 },

@@ -129,7 +129,10 @@ impl<const N: usize> UsableMemory<N> {
 
     /// The usable ranges above 1 MiB, clipped at 1 MiB.
     pub fn above_low_memory(&self) -> impl Iterator<Item = PhysRange> + '_ {
-        self.ranges().iter().filter(|r| r.end > LOW_MEMORY_END).map(|r| PhysRange::new(r.start.max(LOW_MEMORY_END), r.end))
+        self.ranges()
+            .iter()
+            .filter(|r| r.end > LOW_MEMORY_END)
+            .map(|r| PhysRange::new(r.start.max(LOW_MEMORY_END), r.end))
     }
 
     /// The highest usable page below 1 MiB at or above `min`, for the AP trampoline
@@ -154,17 +157,27 @@ mod tests {
 
     #[test]
     fn merges_sorts_and_aligns() {
-        let m = UsableMemory::<8>::from_regions([(0x20_0000, 0x30_0000), (0x1000, 0x9_f000), (0x10_0000, 0x20_0000), (0x40_0123, 0x50_0fff)]);
+        let m = UsableMemory::<8>::from_regions([
+            (0x20_0000, 0x30_0000),
+            (0x1000, 0x9_f000),
+            (0x10_0000, 0x20_0000),
+            (0x40_0123, 0x50_0fff),
+        ]);
         assert_eq!(
             m.ranges(),
-            &[PhysRange::new(0x1000, 0x9_f000), PhysRange::new(0x10_0000, 0x30_0000), PhysRange::new(0x40_1000, 0x50_0000)]
+            &[
+                PhysRange::new(0x1000, 0x9_f000),
+                PhysRange::new(0x10_0000, 0x30_0000),
+                PhysRange::new(0x40_1000, 0x50_0000)
+            ]
         );
         assert_eq!(m.total_bytes(), 0x9e000 + 0x20_0000 + 0xff000);
     }
 
     #[test]
     fn overlapping_regions_merge() {
-        let m = UsableMemory::<4>::from_regions([(0x10_0000, 0x30_0000), (0x20_0000, 0x40_0000), (0x3f_f000, 0x41_0000)]);
+        let m =
+            UsableMemory::<4>::from_regions([(0x10_0000, 0x30_0000), (0x20_0000, 0x40_0000), (0x3f_f000, 0x41_0000)]);
         assert_eq!(m.ranges(), &[PhysRange::new(0x10_0000, 0x41_0000)]);
     }
 
@@ -176,7 +189,8 @@ mod tests {
 
     #[test]
     fn full_set_drops_smallest() {
-        let m = UsableMemory::<2>::from_regions([(0x10_0000, 0x10_1000), (0x20_0000, 0x30_0000), (0x40_0000, 0x50_0000)]);
+        let m =
+            UsableMemory::<2>::from_regions([(0x10_0000, 0x10_1000), (0x20_0000, 0x30_0000), (0x40_0000, 0x50_0000)]);
         assert_eq!(m.ranges(), &[PhysRange::new(0x20_0000, 0x30_0000), PhysRange::new(0x40_0000, 0x50_0000)]);
         assert_eq!(m.dropped_bytes, 0x1000);
     }

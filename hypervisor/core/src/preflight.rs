@@ -74,7 +74,11 @@ pub struct Preflight<'a> {
 }
 
 fn yn(b: bool) -> &'static str {
-    if b { "yes" } else { "no" }
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
 }
 
 impl Preflight<'_> {
@@ -91,7 +95,11 @@ impl Preflight<'_> {
         let caps = self.vmx.ok();
         let cap = |f: fn(&VmxCapabilities) -> bool| yn(caps.is_some_and(f));
         let p = "preflight:";
-        writeln!(out, "{p} cpu             {} (family {:#x} model {:#x} stepping {})", self.cpu.brand, self.cpu.family, self.cpu.model, self.cpu.stepping)?;
+        writeln!(
+            out,
+            "{p} cpu             {} (family {:#x} model {:#x} stepping {})",
+            self.cpu.brand, self.cpu.family, self.cpu.model, self.cpu.stepping
+        )?;
         let source = match self.cpu_source {
             CpuSource::Madt => "ACPI MADT",
             CpuSource::Broadcast => "no ACPI tables: INIT-SIPI-SIPI broadcast",
@@ -102,10 +110,22 @@ impl Preflight<'_> {
             Err(e) => writeln!(out, "{p} vmx             no: {}", e.reason())?,
         }
         writeln!(out, "{p} ept             {}", cap(|c| c.ept))?;
-        writeln!(out, "{p} ept large pages {} (2M {}, 1G {})", cap(|c| c.ept_2m || c.ept_1g), cap(|c| c.ept_2m), cap(|c| c.ept_1g))?;
+        writeln!(
+            out,
+            "{p} ept large pages {} (2M {}, 1G {})",
+            cap(|c| c.ept_2m || c.ept_1g),
+            cap(|c| c.ept_2m),
+            cap(|c| c.ept_1g)
+        )?;
         writeln!(out, "{p} vpid            {}", cap(|c| c.vpid))?;
         writeln!(out, "{p} unrestricted    {}", cap(|c| c.unrestricted_guest))?;
-        writeln!(out, "{p} apicv           {} (virtual-interrupt delivery {}, posted interrupts {})", cap(VmxCapabilities::apicv), cap(|c| c.virtual_interrupt_delivery), cap(|c| c.posted_interrupts))?;
+        writeln!(
+            out,
+            "{p} apicv           {} (virtual-interrupt delivery {}, posted interrupts {})",
+            cap(VmxCapabilities::apicv),
+            cap(|c| c.virtual_interrupt_delivery),
+            cap(|c| c.posted_interrupts)
+        )?;
         writeln!(out, "{p} preempt timer   {}", cap(|c| c.preemption_timer))?;
         writeln!(out, "{p} tsc-deadline    {}", yn(self.cpu.tsc_deadline))?;
         writeln!(out, "{p} x2apic          {}", yn(self.cpu.x2apic))?;
@@ -125,14 +145,30 @@ mod tests {
     use alloc::string::String;
 
     fn caps() -> VmxCapabilities {
-        VmxCapabilities { ept: true, ept_walk_wb: true, invept: true, unrestricted_guest: true, ept_2m: true, vpid: true, ..Default::default() }
+        VmxCapabilities {
+            ept: true,
+            ept_walk_wb: true,
+            invept: true,
+            unrestricted_guest: true,
+            ept_2m: true,
+            vpid: true,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn capable_machine_report() {
         let cpu = CpuFeatures { x2apic: true, tsc_deadline: true, ..Default::default() };
         let c = caps();
-        let p = Preflight { cpu: &cpu, cpus_found: 4, cpu_source: CpuSource::Broadcast, vmx: Ok(&c), acpi: false, dmar: false, tsc_hz: 2_000_000_000 };
+        let p = Preflight {
+            cpu: &cpu,
+            cpus_found: 4,
+            cpu_source: CpuSource::Broadcast,
+            vmx: Ok(&c),
+            acpi: false,
+            dmar: false,
+            tsc_hz: 2_000_000_000,
+        };
         let mut s = String::new();
         p.render(&mut s).unwrap();
         assert!(s.contains("preflight: cores found     4 (no ACPI tables: INIT-SIPI-SIPI broadcast)"), "{s}");
@@ -148,7 +184,15 @@ mod tests {
     fn no_vmx_report_names_reason() {
         let cpu = CpuFeatures::default();
         let why = VmxUnavailable::NotReported { under_hypervisor: true };
-        let p = Preflight { cpu: &cpu, cpus_found: 2, cpu_source: CpuSource::Madt, vmx: Err(why), acpi: true, dmar: false, tsc_hz: 0 };
+        let p = Preflight {
+            cpu: &cpu,
+            cpus_found: 2,
+            cpu_source: CpuSource::Madt,
+            vmx: Err(why),
+            acpi: true,
+            dmar: false,
+            tsc_hz: 0,
+        };
         let mut s = String::new();
         p.render(&mut s).unwrap();
         assert!(s.contains("preflight: vmx             no: the CPU does not report VMX"));
@@ -161,7 +205,15 @@ mod tests {
     fn vmx_without_ept_cannot_host_guests() {
         let cpu = CpuFeatures::default();
         let c = VmxCapabilities::default();
-        let p = Preflight { cpu: &cpu, cpus_found: 1, cpu_source: CpuSource::Madt, vmx: Ok(&c), acpi: true, dmar: true, tsc_hz: 0 };
+        let p = Preflight {
+            cpu: &cpu,
+            cpus_found: 1,
+            cpu_source: CpuSource::Madt,
+            vmx: Ok(&c),
+            acpi: true,
+            dmar: true,
+            tsc_hz: 0,
+        };
         assert_eq!(p.verdict(), Err("EPT"));
     }
 }

@@ -209,7 +209,11 @@ impl VmxCapabilities {
 }
 
 fn yn(b: bool) -> &'static str {
-    if b { "yes" } else { "no" }
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
 }
 
 /// The one-line capability summary: `ept yes (2M yes, 1G yes, A/D yes), vpid yes, ...`.

@@ -127,7 +127,8 @@ const INTERRUPT_GATE: u8 = 0x8e;
 #[repr(C, align(16))]
 struct Idt([Gate; 256]);
 
-static mut IDT: Idt = Idt([Gate { offset_low: 0, selector: 0, ist: 0, type_attr: 0, offset_mid: 0, offset_high: 0, reserved: 0 }; 256]);
+static mut IDT: Idt =
+    Idt([Gate { offset_low: 0, selector: 0, ist: 0, type_attr: 0, offset_mid: 0, offset_high: 0, reserved: 0 }; 256]);
 
 /// Number of NMIs seen (all CPUs).
 pub static NMI_COUNT: AtomicU64 = AtomicU64::new(0);

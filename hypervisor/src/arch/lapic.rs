@@ -35,7 +35,9 @@ const X2APIC_ICR_MSR: u32 = 0x830;
 pub enum Mode {
     X2Apic,
     /// xAPIC registers at this (uncached) virtual address.
-    XApic { mmio: u64 },
+    XApic {
+        mmio: u64,
+    },
 }
 
 static MODE: Once<Mode> = Once::new();
@@ -88,7 +90,9 @@ fn read(reg: u32) -> u32 {
 fn write(reg: u32, value: u32) {
     match mode() {
         // SAFETY: x2APIC register MSR; callers write only SVR and EOI this way.
-        Mode::X2Apic => unsafe { x86_64::registers::model_specific::Msr::new(0x800 + reg / 16).write(u64::from(value)) },
+        Mode::X2Apic => unsafe {
+            x86_64::registers::model_specific::Msr::new(0x800 + reg / 16).write(u64::from(value))
+        },
         // SAFETY: as in `read`; the xAPIC page accepts 32-bit writes to its registers.
         Mode::XApic { mmio } => unsafe { ((mmio + u64::from(reg)) as *mut u32).write_volatile(value) },
     }

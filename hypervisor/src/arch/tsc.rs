@@ -56,8 +56,8 @@ pub fn init(from_cpuid: Option<u64>) -> (u64, Source) {
 /// count: OUT2 goes high when the count reaches zero, visible in port 0x61 bit 5).
 fn calibrate_with_pit() -> Option<u64> {
     const COUNT: u16 = 11_932; // ~10 ms
-    // SAFETY: ports 0x42/0x43/0x61 belong to the PIT and the speaker gate, which
-    // nothing else in the hypervisor uses; the speaker stays off (bit 1 clear).
+                               // SAFETY: ports 0x42/0x43/0x61 belong to the PIT and the speaker gate, which
+                               // nothing else in the hypervisor uses; the speaker stays off (bit 1 clear).
     let ticks = unsafe {
         let b = inb(PORT_B);
         outb(PORT_B, (b & !0x02) | 0x01); // gate channel 2 on, speaker off

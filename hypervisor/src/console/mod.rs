@@ -71,6 +71,13 @@ pub fn init() {
     log::set_max_level(log::LevelFilter::Trace);
 }
 
+/// Waits until the serial port has sent everything (before power-off).
+pub fn drain() {
+    if let Some(mut sinks) = SINKS.try_lock() {
+        sinks.serial.drain();
+    }
+}
+
 /// Adds the framebuffer as a second sink.
 pub fn attach_screen(screen: FramebufferConsole) {
     SINKS.lock().screen = Some(screen);

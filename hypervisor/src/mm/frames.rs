@@ -32,7 +32,11 @@ pub fn init(phys_offset: u64, regions: impl IntoIterator<Item = (u64, u64)>) -> 
     if let Some(page) = usable.low_page(PAGE_SIZE) {
         TRAMPOLINE_PAGE.store(page, Ordering::Relaxed);
     }
-    let summary = MemorySummary { usable_bytes: usable.total_bytes(), ranges: usable.ranges().len(), dropped_bytes: usable.dropped_bytes };
+    let summary = MemorySummary {
+        usable_bytes: usable.total_bytes(),
+        ranges: usable.ranges().len(),
+        dropped_bytes: usable.dropped_bytes,
+    };
     *FRAMES.lock() = Some(FrameAllocator::new(usable.above_low_memory()));
     summary
 }

@@ -80,7 +80,14 @@ fn index(virt: u64, level: u32) -> usize {
 }
 
 /// Recursively copies the old table at `old` (level `level`) into the new one.
-fn copy_table(old: u64, new: u64, level: u32, parent_nx: bool, parent_w: bool, stats: &mut CopyStats) -> Result<(), MapError> {
+fn copy_table(
+    old: u64,
+    new: u64,
+    level: u32,
+    parent_nx: bool,
+    parent_w: bool,
+    stats: &mut CopyStats,
+) -> Result<(), MapError> {
     for i in 0..512 {
         let e = read_entry(old, i);
         if e & PRESENT == 0 {
@@ -198,6 +205,31 @@ pub fn unmap_4k(virt: u64) {
     }
     write_entry(table, index(virt, 1), 0);
     x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(virt));
+}
+
+/// A page's protection as the CPU sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    Unmapped,
+    ReadExecute,
+    ReadOnly,
+    ReadWrite,
+    /// Writable and executable: a W^X violation.
+    ReadWriteExecute,
+}
+
+/// The protection of the page holding `virt` in the hypervisor's tables.
+#[must_use]
+pub fn protection(virt: u64) -> Protection {
+    match translate(virt) {
+        None => Protection::Unmapped,
+        Some((_, f)) => match (f & WRITABLE != 0, f & NO_EXECUTE == 0) {
+            (false, true) => Protection::ReadExecute,
+            (false, false) => Protection::ReadOnly,
+            (true, false) => Protection::ReadWrite,
+            (true, true) => Protection::ReadWriteExecute,
+        },
+    }
 }
 
 /// The physical address and entry flags `virt` maps to, if any.

@@ -76,8 +76,12 @@ pub fn map_device(phys: u64, len: u64) -> Result<u64, StackError> {
     drop(region);
     use paging::flags::{CACHE_DISABLE, NO_EXECUTE, WRITABLE, WRITE_THROUGH};
     for page in 0..pages {
-        paging::map_4k(virt + page * PAGE_SIZE, first + page * PAGE_SIZE, WRITABLE | NO_EXECUTE | CACHE_DISABLE | WRITE_THROUGH)
-            .map_err(StackError::Map)?;
+        paging::map_4k(
+            virt + page * PAGE_SIZE,
+            first + page * PAGE_SIZE,
+            WRITABLE | NO_EXECUTE | CACHE_DISABLE | WRITE_THROUGH,
+        )
+        .map_err(StackError::Map)?;
     }
     Ok(virt + (phys - first))
 }

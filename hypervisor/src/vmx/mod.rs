@@ -3,7 +3,9 @@
 
 use hv_core::cpu_features::CpuFeatures;
 use hv_core::preflight::VmxUnavailable;
-use hv_core::vmx_caps::{apply_fixed_bits, feature_control_action, FeatureControlAction, RawVmxMsrs, VmxCapabilities, BASIC_TRUE_CONTROLS};
+use hv_core::vmx_caps::{
+    apply_fixed_bits, feature_control_action, FeatureControlAction, RawVmxMsrs, VmxCapabilities, BASIC_TRUE_CONTROLS,
+};
 use x86_64::registers::control::{Cr0, Cr4, Cr4Flags};
 
 use crate::arch::msr::{self, Msr};
@@ -39,7 +41,9 @@ fn read_raw_msrs() -> RawVmxMsrs {
         let secondary = hv_core::vmx_caps::allowed1(procbased, hv_core::vmx_caps::proc1::ACTIVATE_SECONDARY);
         let procbased2 = if secondary { msr::read(Msr::VmxProcbasedCtls2) } else { 0 };
         use hv_core::vmx_caps::proc2::{ENABLE_EPT, ENABLE_VPID};
-        let ept_vpid = if hv_core::vmx_caps::allowed1(procbased2, ENABLE_EPT) || hv_core::vmx_caps::allowed1(procbased2, ENABLE_VPID) {
+        let ept_vpid = if hv_core::vmx_caps::allowed1(procbased2, ENABLE_EPT)
+            || hv_core::vmx_caps::allowed1(procbased2, ENABLE_VPID)
+        {
             msr::read(Msr::VmxEptVpidCap)
         } else {
             0
