@@ -294,7 +294,7 @@ impl fmt::Display for ConfigError {
                 write!(
                     f,
                     "fix: correct the field or value shown (fields: [hypervisor] log_level, \
-                     when_idle; [[partition]] name, kind, memory_mib, vcpus, cpus, image)"
+                     when_idle, selftest; [[partition]] name, kind, memory_mib, vcpus, cpus, image)"
                 )
             }
             ConfigError::Invalid { file, field, problem, fix } => {
