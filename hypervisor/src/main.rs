@@ -49,6 +49,8 @@ const EXIT_NO_VMX: u8 = 1;
 /// What the BSP carries over from the bootloader to its own stack.
 struct Handoff {
     entry_tsc: u64,
+    /// TSC when the hypervisor's own tables and stack were in place.
+    paging_tsc: u64,
     rsdp: Option<u64>,
     ramdisk: Option<&'static [u8]>,
 }
@@ -125,7 +127,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         // the mapping was copied into our tables and the memory is never reused.
         unsafe { core::slice::from_raw_parts(addr as *const u8, boot_info.ramdisk_len as usize) }
     });
-    HANDOFF.call_once(|| Handoff { entry_tsc, rsdp: boot_info.rsdp_addr.into_option(), ramdisk });
+    let paging_tsc = tsc::now();
+    HANDOFF.call_once(|| Handoff { entry_tsc, paging_tsc, rsdp: boot_info.rsdp_addr.into_option(), ramdisk });
     // SAFETY: `top` is the top of a fresh, mapped, guarded stack; `bsp_main` never
     // returns, so nothing on the old stack is used again.
     unsafe {
@@ -196,6 +199,7 @@ extern "C" fn bsp_main() -> ! {
             (smp::Targets::Broadcast, CpuSource::Broadcast)
         }
     };
+    let smp_start_tsc = tsc::now();
     let aps = match smp::start_aps(targets, ap_entry) {
         Ok(n) => n,
         Err(e) => {
@@ -206,6 +210,7 @@ extern "C" fn bsp_main() -> ! {
     let cpus = aps + 1;
     log::info!("smp: {cpus} cpus online");
 
+    let smp_end_tsc = tsc::now();
     let vmx = vmx::probe(&cpu);
     let preflight = Preflight {
         cpu: &cpu,
@@ -224,6 +229,7 @@ extern "C" fn bsp_main() -> ! {
     };
     log::info!("vmx: capabilities: {caps}");
     let caps = VMX_CAPS.call_once(|| caps);
+    let vmx_start_tsc = tsc::now();
     match vmx::enable_on_this_cpu(caps) {
         Ok(()) => {
             VMX_ON.fetch_add(1, Ordering::AcqRel);
@@ -248,8 +254,18 @@ extern "C" fn bsp_main() -> ! {
     }
     log::info!("memory: {} MiB free after boot", frames::free_bytes() >> 20);
     log::info!("hypervisor: ready, {cpus} cpus, vmx on {on}");
-    let ticks = tsc::now() - handoff.entry_tsc;
+    let ready_tsc = tsc::now();
+    let ticks = ready_tsc - handoff.entry_tsc;
     log::info!("boot: entry to ready: {ticks} tsc ticks ({} ms)", ticks * 1000 / hz.max(1));
+    log::info!(
+        "boot: phases (tsc ticks): memory+paging {}, devices+acpi {}, ap start-up {} (fixed waits {}), report+vmx probe {}, vmxon on all {}",
+        handoff.paging_tsc - handoff.entry_tsc,
+        smp_start_tsc - handoff.paging_tsc,
+        smp_end_tsc - smp_start_tsc,
+        smp::fixed_wait_ticks(source == CpuSource::Broadcast, aps),
+        vmx_start_tsc - smp_end_tsc,
+        ready_tsc - vmx_start_tsc,
+    );
 
     match conf.when_idle {
         WhenIdle::PowerOff => platform::power_off(0),

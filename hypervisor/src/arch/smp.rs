@@ -265,6 +265,16 @@ fn start_broadcast(t: &Trampoline, vector: u8) -> Result<(), SmpError> {
     }
 }
 
+/// TSC ticks that AP start-up spends in fixed waits, by design: the 10 ms after each
+/// INIT, and with the broadcast method the 200 us between the SIPIs and the final
+/// window in which no further AP checks in. (With a MADT list the wait for each AP
+/// ends early, at its check-in.)
+#[must_use]
+pub fn fixed_wait_ticks(broadcast: bool, aps: u32) -> u64 {
+    let us = if broadcast { 10_000 + 200 + CHECK_IN_TIMEOUT_US } else { 10_000 * u64::from(aps) };
+    us * tsc::hz() / 1_000_000
+}
+
 /// Called by each AP right after it has set up its CPU state.
 pub fn check_in() {
     CHECKED_IN.fetch_add(1, Ordering::AcqRel);
