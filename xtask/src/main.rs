@@ -5,6 +5,7 @@
 //! - `run [...]`: boot the image in KVM, QEMU or Bochs and stream the serial console;
 //! - `test [FILTER...]`: host unit tests, then the emulator scenarios;
 //! - `bench`: boot-time measurements under Bochs;
+//! - `fuzz [TARGET] [--seconds N]`: the libFuzzer targets of `hypervisor/core/fuzz`;
 //! - `usb DEVICE [--yes]`: write the image to a removable drive.
 //!
 //! Every path under `target/` honours `CARGO_TARGET_DIR`. `HV_KERNEL_ELF` may name a
@@ -12,6 +13,7 @@
 
 mod bench;
 mod build;
+mod fuzz;
 mod paths;
 mod run;
 mod test;
@@ -90,6 +92,15 @@ enum Command {
     },
     /// Measure boot time (TSC ticks from entry to ready) with 1, 2 and 4 CPUs under Bochs.
     Bench,
+    /// Fuzz the parsers of untrusted bytes (installs cargo-fuzz when missing).
+    Fuzz {
+        /// One target (boot_conf, acpi_s5) [default: all].
+        #[arg(value_name = "TARGET")]
+        target: Option<String>,
+        /// How long to run each target.
+        #[arg(long, value_name = "N", default_value_t = 60)]
+        seconds: u64,
+    },
     /// Write the disk image to a removable drive.
     Usb {
         /// The drive, e.g. `sdb` or `/dev/sdb` (a whole disk, not a partition).
@@ -114,6 +125,7 @@ fn main() -> ExitCode {
         }
         Command::Test { filters, timeout } => test::cmd_test(&filters, timeout),
         Command::Bench => bench::cmd_bench(),
+        Command::Fuzz { target, seconds } => fuzz::cmd_fuzz(target, seconds),
         Command::Usb { device, yes, image } => usb::cmd_usb(&device, yes, image),
     };
     match result {
