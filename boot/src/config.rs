@@ -14,7 +14,8 @@
 //! memory_mib = 16         # 1..=65536
 //! vcpus = 1               # 1..=64
 //! cpus = [1]              # optional; if present length == vcpus, no duplicates
-//! image = "path/to/file"  # relative to the config file's directory
+//! image = "path/to/file"  # relative to the config file's directory, or
+//!                         # "guest:NAME" for a test guest from guest-images/ (built by xtask)
 //! ```
 //!
 //! [`load`] parses a file and validates it into a [`Config`]; every problem is reported
@@ -319,17 +320,31 @@ impl ConfigError {
 /// Reads and validates a config file. Relative `image` paths are resolved against the
 /// directory containing `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with_guests(path, None)
+}
+
+/// Like [`load`], resolving `image = "guest:NAME"` to `NAME` in `guests`, the directory of
+/// the test guests built by `cargo xtask` (without it such images are an error).
+pub fn load_with_guests(path: &Path, guests: Option<&Path>) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { file: path.to_path_buf(), error })?;
-    parse(&text, path)
+    parse_with_guests(&text, path, guests)
 }
 
 /// Parses and validates config text as if read from `path` (used to name the file in
 /// errors and to resolve relative image paths).
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    parse_with_guests(text, path, None)
+}
+
+/// [`parse`] with the built test guests' directory (see [`load_with_guests`]).
+pub fn parse_with_guests(text: &str, path: &Path, guests: Option<&Path>) -> Result<Config, ConfigError> {
     let raw: RawConfig =
         toml::from_str(text).map_err(|e| ConfigError::Parse { file: path.to_path_buf(), message: e.to_string() })?;
-    validate(raw, path)
+    validate(raw, path, guests)
 }
+
+/// The prefix of `image` values that name a test guest from `guest-images/`.
+pub const GUEST_IMAGE_PREFIX: &str = "guest:";
 
 /// Checks a partition name against `[a-z0-9-]{1,32}`.
 fn name_is_valid(name: &str) -> bool {
@@ -337,7 +352,7 @@ fn name_is_valid(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+fn validate(raw: RawConfig, path: &Path, guests: Option<&Path>) -> Result<Config, ConfigError> {
     let invalid = |field: String, problem: String, fix: String| ConfigError::Invalid {
         file: path.to_path_buf(),
         field,
@@ -430,7 +445,24 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                 "give the path of the partition's image file, relative to the config file".to_string(),
             ));
         }
-        let image = base_dir.join(&p.image);
+        let image = match (p.image.strip_prefix(GUEST_IMAGE_PREFIX), guests) {
+            (Some(guest), Some(dir)) if name_is_valid(guest) => dir.join(guest),
+            (Some(guest), Some(_)) => {
+                return Err(invalid(
+                    field("image"),
+                    format!("{guest:?} is not a valid test guest name"),
+                    "name a crate of guest-images/, e.g. \"guest:guest-hello\"".to_string(),
+                ))
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    field("image"),
+                    format!("{:?} names a test guest, which only `cargo xtask` builds", p.image),
+                    "build the image with `cargo xtask build --config FILE` (or `cargo xtask test`)".to_string(),
+                ))
+            }
+            (None, _) => base_dir.join(&p.image),
+        };
         match std::fs::metadata(&image) {
             Ok(m) if m.is_file() && m.len() > 0 => {}
             Ok(m) if m.is_file() => {

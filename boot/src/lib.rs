@@ -7,6 +7,7 @@
 //! [`build_image`] chains the three.
 
 pub mod config;
+pub mod flat;
 pub mod image;
 pub mod payload;
 
@@ -58,8 +59,16 @@ impl std::error::Error for BuildError {}
 
 /// Validates `config_path`, writes the payload next to `out` (as `<out>.payload.tar`) and
 /// builds the UEFI disk image `out` from the kernel ELF `kernel`.
-pub fn build_image(config_path: &Path, kernel: &Path, out: &Path) -> Result<BuiltImage, BuildError> {
-    let config = config::load(config_path).map_err(BuildError::Config)?;
+///
+/// `guests` is the directory of the test guests built by `cargo xtask`, for configs that
+/// name `image = "guest:NAME"`.
+pub fn build_image(
+    config_path: &Path,
+    guests: Option<&Path>,
+    kernel: &Path,
+    out: &Path,
+) -> Result<BuiltImage, BuildError> {
+    let config = config::load_with_guests(config_path, guests).map_err(BuildError::Config)?;
     let mut payload_name = out.file_name().unwrap_or_default().to_os_string();
     payload_name.push(".payload.tar");
     let payload_path = out.with_file_name(payload_name);

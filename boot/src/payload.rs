@@ -3,13 +3,16 @@
 //! Layout:
 //! - `config.toml`: the validated config, canonically re-serialised
 //!   ([`Config::to_canonical_toml`]);
-//! - `hypervisor.conf`: `key=value` lines (`log_level=...`, `when_idle=...`);
-//! - `images/<name>`: one file per partition, the partition's image.
+//! - `hypervisor.conf`: `key=value` lines (`log_level=...`, `when_idle=...`), then one
+//!   `partition=` line per partition (see [`partition_line`]);
+//! - `images/<name>`: one file per partition: an ELF64 image flattened (see
+//!   [`crate::flat`]), anything else as it is.
 //!
 //! Entries are written in that order with mode 0644, owner 0 and mtime 0, so the same
 //! config always produces the same bytes.
 
-use crate::config::Config;
+use crate::config::{Config, Partition, PartitionKind};
+use crate::flat::{self, FlatImage};
 use std::io;
 use std::path::Path;
 
@@ -20,9 +23,8 @@ pub const SETTINGS_ENTRY: &str = "hypervisor.conf";
 
 /// Builds the payload archive in memory.
 pub fn build(config: &Config) -> io::Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
-    append(&mut builder, CONFIG_ENTRY, config.to_canonical_toml().as_bytes())?;
-    append(&mut builder, SETTINGS_ENTRY, config.hypervisor_conf().as_bytes())?;
+    let mut settings = config.hypervisor_conf();
+    let mut images = Vec::with_capacity(config.partitions.len());
     for partition in &config.partitions {
         let data = std::fs::read(&partition.image).map_err(|e| {
             io::Error::new(
@@ -30,9 +32,50 @@ pub fn build(config: &Config) -> io::Result<Vec<u8>> {
                 format!("reading image of partition {:?} ({}): {e}", partition.name, partition.image.display()),
             )
         })?;
-        append(&mut builder, &partition.payload_image_path(), &data)?;
+        let (bytes, flat) = if flat::is_elf(&data) {
+            let image = flat::flatten(&data, u64::from(partition.memory_mib) << 20).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("image of partition {:?} ({}): {e}", partition.name, partition.image.display()),
+                )
+            })?;
+            (image.bytes.clone(), Some(image))
+        } else {
+            (data, None)
+        };
+        settings.push_str(&partition_line(partition, flat.as_ref()));
+        images.push((partition.payload_image_path(), bytes));
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    append(&mut builder, CONFIG_ENTRY, config.to_canonical_toml().as_bytes())?;
+    append(&mut builder, SETTINGS_ENTRY, settings.as_bytes())?;
+    for (path, bytes) in images {
+        append(&mut builder, &path, &bytes)?;
     }
     builder.into_inner()
+}
+
+/// One partition as the hypervisor reads it from `hypervisor.conf`:
+/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B+...],image=images/N[,load=0x..,entry=0x..]`.
+/// `load` and `entry` are present for flattened ELF images (partitions the hypervisor
+/// can start itself).
+#[must_use]
+pub fn partition_line(p: &Partition, flat: Option<&FlatImage>) -> String {
+    let kind = match p.kind {
+        PartitionKind::Service => "service",
+        PartitionKind::Guest => "guest",
+    };
+    let mut line = format!("partition=name={},kind={kind},memory_mib={},vcpus={}", p.name, p.memory_mib, p.vcpus);
+    if let Some(cpus) = &p.cpus {
+        let list: Vec<String> = cpus.iter().map(u32::to_string).collect();
+        line.push_str(&format!(",cpus={}", list.join("+")));
+    }
+    line.push_str(&format!(",image={}", p.payload_image_path()));
+    if let Some(f) = flat {
+        line.push_str(&format!(",load={:#x},entry={:#x}", f.load, f.entry));
+    }
+    line.push('\n');
+    line
 }
 
 /// Builds the payload archive and writes it to `out`.
@@ -85,8 +128,40 @@ mod tests {
         }
         let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["config.toml", "hypervisor.conf", "images/hello"]);
-        assert_eq!(entries[1].1, "log_level=info\nwhen_idle=power-off\n");
+        assert_eq!(
+            entries[1].1,
+            "log_level=info\nwhen_idle=power-off\npartition=name=hello,kind=guest,memory_mib=16,vcpus=1,image=images/hello\n"
+        );
         assert!(entries[0].1.contains("image = \"images/hello\""));
         assert_eq!(entries[2].1, "guest image bytes");
+    }
+
+    #[test]
+    fn partition_lines_carry_cpus_and_flat_image_addresses() {
+        let p = Partition {
+            name: "two".into(),
+            kind: PartitionKind::Guest,
+            memory_mib: 32,
+            vcpus: 2,
+            cpus: Some(vec![1, 3]),
+            image: "x".into(),
+        };
+        let flat = FlatImage { load: 0x20_0000, entry: 0x20_0040, bytes: vec![] };
+        assert_eq!(
+            partition_line(&p, Some(&flat)),
+            "partition=name=two,kind=guest,memory_mib=32,vcpus=2,cpus=1+3,image=images/two,load=0x200000,entry=0x200040\n"
+        );
+    }
+
+    #[test]
+    fn guest_images_need_the_built_guests_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[[partition]]\nname = \"hello\"\nkind = \"guest\"\nmemory_mib = 16\nvcpus = 1\nimage = \"guest:guest-hello\"\n";
+        let cfg_path = dir.path().join("c.toml");
+        let err = crate::config::parse(text, &cfg_path).unwrap_err().to_string();
+        assert!(err.contains("cargo xtask"), "{err}");
+        std::fs::write(dir.path().join("guest-hello"), b"elf?").unwrap();
+        let config = crate::config::parse_with_guests(text, &cfg_path, Some(dir.path())).unwrap();
+        assert_eq!(config.partitions[0].image, dir.path().join("guest-hello"));
     }
 }

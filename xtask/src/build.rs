@@ -35,6 +35,49 @@ pub fn kernel() -> Result<PathBuf, String> {
     Ok(elf)
 }
 
+/// The test guests: the `guest-*` crates of `guest-images/`.
+pub fn guest_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(paths::workspace().join("guest-images"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("src/main.rs").is_file())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with("guest-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Builds every test guest (no_std, static relocation model, linked at 2 MiB by
+/// `guest-images/link.ld`) and returns the directory holding their ELF files.
+pub fn guests() -> Result<PathBuf, String> {
+    let root = paths::workspace().join("guest-images");
+    let target = paths::target().join("guests");
+    let script = root.join("link.ld");
+    for name in guest_names() {
+        let output = ui::with_spinner(&format!("building test guest {name}"), || {
+            Command::new(paths::cargo())
+                .current_dir(&root)
+                .env("CARGO_TARGET_DIR", &target)
+                .args(["rustc", "--manifest-path"])
+                .arg(root.join(&name).join("Cargo.toml"))
+                .args(["--release", "--target", "x86_64-unknown-none", "--", "-C", "relocation-model=static"])
+                .arg(format!("-Clink-arg=-T{}", script.display()))
+                .output()
+        })
+        .map_err(|e| format!("running cargo: {e}"))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let lines: Vec<&str> = stderr.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            return Err(format!("building test guest {name} failed ({}):\n{tail}", output.status));
+        }
+    }
+    Ok(target.join("x86_64-unknown-none/release"))
+}
+
 /// Checks a user-given config path, naming the fix when it is missing.
 pub fn check_config(config: &Path) -> Result<(), String> {
     if config.is_file() {
@@ -52,17 +95,25 @@ pub fn check_config(config: &Path) -> Result<(), String> {
 /// Builds the kernel, then the payload and disk image `out` from `config`.
 pub fn image(config: &Path, out: &Path) -> Result<hv_boot::BuiltImage, String> {
     check_config(config)?;
+    let guests = guests()?;
     // Validate first: a bad config should not wait for a kernel build.
-    hv_boot::config::load(config).map_err(|e| e.to_string())?;
+    hv_boot::config::load_with_guests(config, Some(&guests)).map_err(|e| e.to_string())?;
     let kernel = kernel()?;
-    image_from_kernel(config, &kernel, out)
+    image_from_kernel(config, &guests, &kernel, out)
 }
 
 /// Builds the payload and disk image `out` from `config` and an already built kernel.
-pub fn image_from_kernel(config: &Path, kernel: &Path, out: &Path) -> Result<hv_boot::BuiltImage, String> {
+pub fn image_from_kernel(
+    config: &Path,
+    guests: &Path,
+    kernel: &Path,
+    out: &Path,
+) -> Result<hv_boot::BuiltImage, String> {
     check_config(config)?;
-    ui::with_spinner(&format!("creating disk image {}", out.display()), || hv_boot::build_image(config, kernel, out))
-        .map_err(|e| e.to_string())
+    ui::with_spinner(&format!("creating disk image {}", out.display()), || {
+        hv_boot::build_image(config, Some(guests), kernel, out)
+    })
+    .map_err(|e| e.to_string())
 }
 
 fn report(built: &hv_boot::BuiltImage) {

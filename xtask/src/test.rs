@@ -97,15 +97,15 @@ pub fn build_images(scenarios: &[Scenario]) -> BTreeMap<&'static str, Result<Pat
     if configs.is_empty() {
         return images;
     }
-    let kernel = build::kernel();
+    let kernel = build::guests().and_then(|guests| build::kernel().map(|kernel| (guests, kernel)));
     for config in configs {
-        let result = kernel.clone().and_then(|kernel| {
+        let result = kernel.clone().and_then(|(guests, kernel)| {
             let stem = std::path::Path::new(config)
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "image".into());
             let out = paths::target().join("test-images").join(format!("{stem}.img"));
-            build::image_from_kernel(&paths::workspace().join(config), &kernel, &out).map(|b| b.image)
+            build::image_from_kernel(&paths::workspace().join(config), &guests, &kernel, &out).map(|b| b.image)
         });
         images.insert(config, result);
     }

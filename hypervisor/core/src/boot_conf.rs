@@ -66,6 +66,8 @@ pub enum ProblemKind<'a> {
         key: &'a str,
         value: &'a str,
     },
+    /// A `partition=` line that was rejected (and skipped), with the reason.
+    BadPartition(&'static str),
 }
 
 impl core::fmt::Display for ConfProblem<'_> {
@@ -77,13 +79,151 @@ impl core::fmt::Display for ConfProblem<'_> {
             ProblemKind::BadValue { key, value } => {
                 write!(f, "hypervisor.conf line {}: bad value '{value}' for '{key}'", self.line)
             }
+            ProblemKind::BadPartition(why) => {
+                write!(f, "hypervisor.conf line {}: partition skipped: {why}", self.line)
+            }
         }
     }
 }
 
-/// Parses the file. Returns the settings (defaults where a line was bad) and calls
-/// `report` for every problem.
-pub fn parse<'a>(bytes: &'a [u8], mut report: impl FnMut(ConfProblem<'a>)) -> BootConf {
+/// Most CPUs a partition line may list (and most vCPUs a partition may have).
+pub const MAX_VCPUS: usize = 64;
+/// Largest partition the hypervisor accepts, in MiB (64 GiB).
+pub const MAX_MEMORY_MIB: u32 = 65_536;
+
+/// The kind of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionKind {
+    Service,
+    Guest,
+}
+
+/// One `partition=` line, validated:
+/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B],image=P[,load=0x..,entry=0x..]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionSpec<'a> {
+    pub name: &'a str,
+    pub kind: PartitionKind,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    /// Physical CPU of each vCPU, when pinned (`cpus_len == vcpus`), else `cpus_len == 0`.
+    pub cpus: [u32; MAX_VCPUS],
+    pub cpus_len: usize,
+    /// Path of the image inside the payload.
+    pub image: &'a str,
+    /// Load address and entry point of a flat image the hypervisor can start itself.
+    pub flat: Option<(u64, u64)>,
+}
+
+impl PartitionSpec<'_> {
+    /// The physical CPUs the vCPUs are pinned to (empty when not pinned).
+    #[must_use]
+    pub fn pinned_cpus(&self) -> &[u32] {
+        &self.cpus[..self.cpus_len]
+    }
+
+    /// RAM size in bytes.
+    #[must_use]
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) << 20
+    }
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// Parses the value of a `partition=` line.
+pub fn parse_partition(value: &str) -> Result<PartitionSpec<'_>, &'static str> {
+    let mut spec = PartitionSpec {
+        name: "",
+        kind: PartitionKind::Guest,
+        memory_mib: 0,
+        vcpus: 0,
+        cpus: [0; MAX_VCPUS],
+        cpus_len: 0,
+        image: "",
+        flat: None,
+    };
+    let (mut kind, mut load, mut entry) = (None, None, None);
+    for field in value.split(',') {
+        let (key, val) = field.split_once('=').ok_or("a field without '='")?;
+        let val = val.trim();
+        match key.trim() {
+            "name" => spec.name = val,
+            "kind" => {
+                kind = Some(match val {
+                    "guest" => PartitionKind::Guest,
+                    "service" => PartitionKind::Service,
+                    _ => return Err("kind must be guest or service"),
+                })
+            }
+            "memory_mib" => {
+                spec.memory_mib = parse_number(val)
+                    .and_then(|m| u32::try_from(m).ok())
+                    .filter(|m| (1..=MAX_MEMORY_MIB).contains(m))
+                    .ok_or("memory_mib must be 1 to 65536")?
+            }
+            "vcpus" => {
+                spec.vcpus = parse_number(val)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .filter(|v| (1..=MAX_VCPUS as u32).contains(v))
+                    .ok_or("vcpus must be 1 to 64")?
+            }
+            "cpus" => {
+                for cpu in val.split('+') {
+                    if spec.cpus_len == MAX_VCPUS {
+                        return Err("more than 64 cpus listed");
+                    }
+                    let cpu = parse_number(cpu).and_then(|c| u32::try_from(c).ok()).ok_or("cpus must be numbers")?;
+                    if spec.pinned_cpus().contains(&cpu) {
+                        return Err("a cpu is listed twice");
+                    }
+                    spec.cpus[spec.cpus_len] = cpu;
+                    spec.cpus_len += 1;
+                }
+            }
+            "image" => spec.image = val,
+            "load" => load = Some(parse_number(val).ok_or("load must be a number")?),
+            "entry" => entry = Some(parse_number(val).ok_or("entry must be a number")?),
+            _ => return Err("unknown field"),
+        }
+    }
+    spec.kind = kind.ok_or("kind is missing")?;
+    let name_ok = (1..=32).contains(&spec.name.len())
+        && spec.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !name_ok {
+        return Err("name must be 1 to 32 of a-z, 0-9, '-'");
+    }
+    if spec.memory_mib == 0 || spec.vcpus == 0 || spec.image.is_empty() {
+        return Err("memory_mib, vcpus and image are required");
+    }
+    if spec.cpus_len != 0 && spec.cpus_len != spec.vcpus as usize {
+        return Err("cpus must list one cpu per vcpu");
+    }
+    spec.flat = match (load, entry) {
+        (Some(l), Some(e)) => Some((l, e)),
+        (None, None) => None,
+        _ => return Err("load and entry go together"),
+    };
+    Ok(spec)
+}
+
+/// Parses the file without collecting partitions (see [`parse_with_partitions`]).
+pub fn parse<'a>(bytes: &'a [u8], report: impl FnMut(ConfProblem<'a>)) -> BootConf {
+    parse_with_partitions(bytes, report, |_| {})
+}
+
+/// Parses the file. Returns the settings (defaults where a line was bad), calls
+/// `report` for every problem and `partition` for every valid `partition=` line.
+pub fn parse_with_partitions<'a>(
+    bytes: &'a [u8],
+    mut report: impl FnMut(ConfProblem<'a>),
+    mut partition: impl FnMut(PartitionSpec<'a>),
+) -> BootConf {
     let mut conf = BootConf::default();
     let Ok(text) = core::str::from_utf8(bytes) else {
         report(ConfProblem { line: 0, kind: ProblemKind::NotText });
@@ -114,6 +254,10 @@ pub fn parse<'a>(bytes: &'a [u8], mut report: impl FnMut(ConfProblem<'a>)) -> Bo
                 "halt" => conf.when_idle = WhenIdle::Halt,
                 "power-off" => conf.when_idle = WhenIdle::PowerOff,
                 _ => report(bad),
+            },
+            "partition" => match parse_partition(value) {
+                Ok(spec) => partition(spec),
+                Err(why) => report(ConfProblem { line, kind: ProblemKind::BadPartition(why) }),
             },
             "selftest" => match value {
                 "none" => conf.selftest = SelfTest::None,
@@ -166,6 +310,28 @@ mod tests {
             ]
         );
         assert_eq!(alloc::format!("{}", problems[1]), "hypervisor.conf line 2: unknown key 'speed'");
+    }
+
+    #[test]
+    fn partition_lines_are_parsed_and_validated() {
+        let text = b"partition=name=hello,kind=guest,memory_mib=16,vcpus=2,cpus=1+3,image=images/hello,load=0x200000,entry=0x200010\n\
+                     partition=name=svc,kind=service,memory_mib=64,vcpus=1,image=images/svc\n\
+                     partition=name=BAD,kind=guest,memory_mib=16,vcpus=1,image=x\n\
+                     partition=name=a,kind=guest,memory_mib=0,vcpus=1,image=x\n\
+                     partition=name=b,kind=guest,memory_mib=1,vcpus=2,cpus=1,image=x\n\
+                     partition=name=c,kind=guest,memory_mib=1,vcpus=1,image=x,load=0x1000\n\
+                     partition=name=d,kind=vm,memory_mib=1,vcpus=1,image=x\n";
+        let mut parts = Vec::new();
+        let mut problems = Vec::new();
+        parse_with_partitions(text, |p| problems.push(p), |s| parts.push(s));
+        assert_eq!(parts.len(), 2);
+        assert_eq!((parts[0].name, parts[0].vcpus, parts[0].pinned_cpus()), ("hello", 2, &[1, 3][..]));
+        assert_eq!(parts[0].flat, Some((0x20_0000, 0x20_0010)));
+        assert_eq!(parts[0].memory_bytes(), 16 << 20);
+        assert_eq!((parts[1].kind, parts[1].flat, parts[1].pinned_cpus()), (PartitionKind::Service, None, &[][..]));
+        let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [3, 4, 5, 6, 7]);
+        assert!(problems.iter().all(|p| matches!(p.kind, ProblemKind::BadPartition(_))));
     }
 
     #[test]

@@ -1,0 +1,134 @@
+//! The binary interface between the hypervisor and the software it runs.
+//!
+//! Changing anything here changes both sides on purpose: the hypervisor
+//! (`hypervisor/`), the test guests and (later) the service partition all build
+//! against this crate.
+//!
+//! # Hypercalls
+//! A partition calls the hypervisor with `VMCALL`: RAX holds the hypercall number,
+//! RBX, RCX, RDX and RSI the arguments (the KVM convention). The result comes back in
+//! RAX: a value `>= 0` is success (and may carry a result), a negative value is an
+//! [`Error`]. A bad number or argument returns an error; it never faults the
+//! hypervisor. Pointers are guest-physical addresses inside the caller's RAM.
+//!
+//! # 64-bit start state
+//! A guest image is loaded at its link address (its ELF's physical addresses) and
+//! entered in 64-bit mode with paging, as [`start`] describes.
+#![no_std]
+
+/// Hypercall numbers (RAX).
+pub mod hypercall {
+    /// Writes bytes to the hypervisor console, prefixed with the partition's name.
+    /// RBX = guest-physical address, RCX = length (at most [`super::CONSOLE_WRITE_MAX`]).
+    /// Returns the number of bytes written.
+    pub const CONSOLE_WRITE: u64 = 1;
+    /// Returns the calling vCPU's id (0-based within its partition).
+    pub const VCPU_ID: u64 = 2;
+    /// Stops the calling partition (all its vCPUs). RBX = exit code, reported in the log.
+    /// Does not return.
+    pub const PARTITION_STOP: u64 = 3;
+    /// Copies the calling vCPU's exit statistics to RBX (guest-physical address), at most
+    /// RCX bytes, as an array of [`super::ExitCount`]; returns the number of entries.
+    pub const EXIT_STATS: u64 = 4;
+    /// Does nothing and returns 0 (for measuring the hypercall round trip).
+    pub const NOP: u64 = 5;
+}
+
+/// Most bytes one `CONSOLE_WRITE` takes.
+pub const CONSOLE_WRITE_MAX: u64 = 256;
+
+/// Hypercall errors, returned in RAX as negative numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i64)]
+pub enum Error {
+    /// No such hypercall number.
+    UnknownHypercall = -1,
+    /// A pointer argument is outside the caller's RAM (or the range wraps).
+    BadAddress = -2,
+    /// A length argument is zero or too large.
+    BadLength = -3,
+    /// The caller may not use this hypercall.
+    NotPermitted = -4,
+}
+
+impl Error {
+    /// The error a RAX value encodes, if it is an error.
+    #[must_use]
+    pub fn from_rax(rax: u64) -> Option<Self> {
+        match rax as i64 {
+            -1 => Some(Self::UnknownHypercall),
+            -2 => Some(Self::BadAddress),
+            -3 => Some(Self::BadLength),
+            -4 => Some(Self::NotPermitted),
+            _ => None,
+        }
+    }
+
+    /// The value placed in RAX.
+    #[must_use]
+    pub const fn to_rax(self) -> u64 {
+        self as i64 as u64
+    }
+}
+
+/// One entry of the `EXIT_STATS` result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ExitCount {
+    /// Basic exit reason (Intel SDM Vol. 3 appendix C).
+    pub reason: u32,
+    pub _reserved: u32,
+    pub count: u64,
+}
+
+/// The 64-bit start state the hypervisor gives a guest's boot vCPU.
+pub mod start {
+    /// Guest-physical address of the PML4 the hypervisor writes; PDPT and page
+    /// directories follow it. They identity-map the first 4 GiB (or all of RAM, if less)
+    /// with 2 MiB pages, read/write/execute.
+    pub const PAGE_TABLES: u64 = 0x1000;
+    /// Guest-physical address of a 3-entry GDT: null, 64-bit code (selector 0x08),
+    /// data (selector 0x10). GDTR limit is 23.
+    pub const GDT: u64 = 0x800;
+    pub const CODE_SELECTOR: u16 = 0x08;
+    pub const DATA_SELECTOR: u16 = 0x10;
+    /// Lowest address a guest image may be linked at (everything below holds the boot
+    /// structures and the initial stack).
+    pub const MIN_LOAD_ADDRESS: u64 = 0x20_0000;
+    // Registers at entry: RIP = the image's entry point; RSP = the image's lowest load
+    // address minus 8 (the stack grows down from there; minus 8 gives an
+    // `extern "C" fn` entry the alignment it would have after a call); RDI = vCPU id; RSI = RAM size in bytes;
+    // RFLAGS = 0x2 (interrupts off); CR0 = PE|MP|ET|NE|WP|PG; CR4 = PAE (+ VMXE hidden);
+    // EFER = LME|LMA|NXE; all other GPRs 0.
+}
+
+/// Guest-side wrappers (used by test guests; compiled everywhere, only called in
+/// VMX non-root mode).
+pub mod guest {
+    /// Issues a hypercall.
+    ///
+    /// # Safety
+    /// Must run in a guest of this hypervisor (VMCALL elsewhere raises #UD), and any
+    /// pointer arguments must describe memory the hypervisor may read or write.
+    #[inline(always)]
+    pub unsafe fn hypercall(nr: u64, a: u64, b: u64, c: u64, d: u64) -> u64 {
+        let ret: u64;
+        // SAFETY: VMCALL traps to the hypervisor, which only touches the registers named
+        // here and, for pointer arguments, the memory the caller vouched for. RBX is
+        // reserved by LLVM, so it is swapped in and out around the call.
+        unsafe {
+            core::arch::asm!(
+                "xchg rbx, {a}",
+                "vmcall",
+                "xchg rbx, {a}",
+                a = inout(reg) a => _,
+                inout("rax") nr => ret,
+                in("rcx") b,
+                in("rdx") c,
+                in("rsi") d,
+                options(nostack),
+            );
+        }
+        ret
+    }
+}
