@@ -13,9 +13,13 @@ extern crate alloc;
 mod acpi;
 mod arch;
 mod console;
+mod dispatch;
+mod guests;
 mod mm;
+mod partition;
 mod payload;
 mod platform;
+mod vcpu;
 mod vmx;
 
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
@@ -161,7 +165,8 @@ extern "C" fn bsp_main() -> ! {
     idt::enable_ist();
     idt::load();
 
-    let conf = *CONF.call_once(|| payload::read(handoff.ramdisk));
+    let (conf, partitions) = payload::read(handoff.ramdisk);
+    let conf = *CONF.call_once(|| conf);
     console::set_level(conf.log_level);
 
     let cpu = arch::cpuid::features();
@@ -228,6 +233,14 @@ extern "C" fn bsp_main() -> ! {
         Err(why) => no_vmx(why),
     };
     log::info!("vmx: capabilities: {caps}");
+    let guests_possible = match vcpu::init(&vmx::read_raw_msrs()) {
+        Ok(()) => true,
+        Err(missing) => {
+            log::error!("vmx: cannot run guests on this CPU: {missing}");
+            false
+        }
+    };
+    partition::init(cpus, hv_core::ept::LargePages { two_mib: caps.ept_2m, one_gib: caps.ept_1g });
     let caps = VMX_CAPS.call_once(|| caps);
     let vmx_start_tsc = tsc::now();
     match vmx::enable_on_this_cpu(caps) {
@@ -238,6 +251,14 @@ extern "C" fn bsp_main() -> ! {
         Err(why) if aps == 0 => no_vmx(why),
         Err(why) => log::error!("vmx: cpu 0 failed: {}", why.reason()),
     }
+    let started = if partitions.is_empty() {
+        0
+    } else if guests_possible {
+        guests::start_all(&partitions, handoff.ramdisk, cpus)
+    } else {
+        log::error!("partitions: {} not started: this CPU cannot run guests", partitions.len());
+        0
+    };
     AP_COUNT.store(aps, Ordering::Release);
     AP_COMMAND.store(AP_ENABLE_VMX, Ordering::Release);
     lapic::send_ipi(hv_core::apic::DeliveryMode::Fixed, idt::WAKE_VECTOR, hv_core::apic::Destination::AllExcludingSelf);
@@ -267,6 +288,15 @@ extern "C" fn bsp_main() -> ! {
         ready_tsc - vmx_start_tsc,
     );
 
+    if started > 0 {
+        if let Some(v) = partition::vcpu_for_cpu(0).filter(|v| v.started.load(Ordering::Acquire)) {
+            vcpu::run(v, caps);
+        }
+        while partition::any_running() {
+            core::hint::spin_loop();
+        }
+        log::info!("hypervisor: all partitions stopped");
+    }
     match conf.when_idle {
         WhenIdle::PowerOff => platform::power_off(0),
         WhenIdle::Halt => {
@@ -344,6 +374,11 @@ extern "C" fn ap_entry(index: u64) -> ! {
         }
     }
     VMX_DONE.fetch_add(1, Ordering::AcqRel);
+    if let Some(v) = partition::vcpu_for_cpu(index as u32).filter(|v| v.started.load(Ordering::Acquire)) {
+        if let Some(caps) = VMX_CAPS.get() {
+            vcpu::run(v, caps);
+        }
+    }
     let is_last = index == u64::from(AP_COUNT.load(Ordering::Acquire));
     if is_last && CONF.get().is_some_and(|c| c.selftest == SelfTest::CpuFault) {
         let guard = stack_top - smp::AP_STACK_SIZE as u64 - 4096;

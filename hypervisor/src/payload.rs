@@ -3,12 +3,20 @@
 //! (the hypervisor's own settings) and partition images. The hypervisor only indexes
 //! the archive (via `tar-no-std`) and reads `hypervisor.conf`.
 
-use hv_core::boot_conf::{self, BootConf};
+use alloc::vec::Vec;
+
+use hv_core::boot_conf::{self, BootConf, PartitionSpec};
 use tar_no_std::TarArchiveRef;
 
 /// Reads the payload; logs what it holds and any problem, and returns the settings
-/// (defaults when there is no payload or it is damaged).
-pub fn read(ramdisk: Option<&'static [u8]>) -> BootConf {
+/// (defaults when there is no payload or it is damaged) and the partitions it names.
+pub fn read(ramdisk: Option<&'static [u8]>) -> (BootConf, Vec<PartitionSpec<'static>>) {
+    let mut partitions = Vec::new();
+    let conf = read_into(ramdisk, &mut partitions);
+    (conf, partitions)
+}
+
+fn read_into(ramdisk: Option<&'static [u8]>, partitions: &mut Vec<PartitionSpec<'static>>) -> BootConf {
     let Some(bytes) = ramdisk else {
         log::warn!("payload: no boot payload (ramdisk) was passed; using default settings");
         return BootConf::default();
@@ -28,8 +36,11 @@ pub fn read(ramdisk: Option<&'static [u8]>) -> BootConf {
         let name = name.as_str().unwrap_or("?");
         log::info!("payload: {name} ({} bytes)", entry.data().len());
         if name == "hypervisor.conf" {
-            conf =
-                Some(boot_conf::parse(entry.data(), |problem| log::warn!("payload: {problem}; keeping the default")));
+            conf = Some(boot_conf::parse_with_partitions(
+                entry.data(),
+                |problem| log::warn!("payload: {problem}"),
+                |spec| partitions.push(spec),
+            ));
         }
     }
     log::info!("payload: {entries} entries, {} bytes", bytes.len());

@@ -108,6 +108,35 @@ fn cpu_fault() -> Scenario {
     }
 }
 
+/// A scenario running test guests: each partition's own `PASS` line must appear, the
+/// partitions must stop themselves with code 0, and the hypervisor must power off.
+fn guests(
+    name: &'static str,
+    model: &'static str,
+    cpus: u32,
+    config: &'static str,
+    partitions: &[(&str, &str)],
+) -> Scenario {
+    let mut expected = Vec::new();
+    for (partition, guest) in partitions {
+        expected.push(format!("[{partition}] PASS {guest}"));
+        expected.push(format!("partition {partition}: stopped itself (code 0)"));
+    }
+    expected.push("hypervisor: all partitions stopped".to_string());
+    expected.push("platform: power off (code 0)".to_string());
+    Scenario {
+        name,
+        emulator: Emulator::Bochs,
+        cpu_model: Some(model),
+        cpus,
+        config,
+        timeout: Duration::from_secs(180),
+        expected,
+        require_self_exit: true,
+        fatal_expected: false,
+    }
+}
+
 /// Every scenario, in the order they are run.
 pub fn catalogue() -> Vec<Scenario> {
     vec![
@@ -138,6 +167,16 @@ pub fn catalogue() -> Vec<Scenario> {
             fatal_expected: false,
         },
         cpu_fault(),
+        guests("guest-hello", ICELAKE, 2, "tests/configs/guest-hello.toml", &[("hello", "guest-hello")]),
+        guests("guest-hello-skylake", SKYLAKE, 2, "tests/configs/guest-hello.toml", &[("hello", "guest-hello")]),
+        guests("guest-cpuid", ICELAKE, 2, "tests/configs/guest-cpuid.toml", &[("cpuid", "guest-cpuid")]),
+        guests(
+            "two-guests",
+            ICELAKE,
+            2,
+            "tests/configs/two-guests.toml",
+            &[("alpha", "guest-hello"), ("beta", "guest-hello")],
+        ),
     ]
 }
 

@@ -12,7 +12,7 @@ pub extern "C" fn _start(vcpu: u64, ram_bytes: u64) -> ! {
     println!("hello from guest-hello: vcpu {vcpu}, {} MiB of RAM", ram_bytes >> 20);
     let mut ok = true;
     ok &= check("guest-hello", "vcpu id hypercall matches RDI", guest_rt::vcpu_id() == vcpu);
-    ok &= check("guest-hello", "RAM size is a whole number of MiB", ram_bytes > 0 && ram_bytes % (1 << 20) == 0);
+    ok &= check("guest-hello", "RAM size is a whole number of MiB", ram_bytes > 0 && ram_bytes.is_multiple_of(1 << 20));
     if ok {
         println!("PASS guest-hello");
     }

@@ -22,12 +22,58 @@ impl Write for Console {
     }
 }
 
-/// Prints to the hypervisor console.
+/// A line being formatted: sent in one hypercall when full or dropped.
+pub struct LineBuffer {
+    buf: [u8; hv_abi::CONSOLE_WRITE_MAX as usize],
+    len: usize,
+}
+
+impl LineBuffer {
+    pub const fn new() -> Self {
+        Self { buf: [0; hv_abi::CONSOLE_WRITE_MAX as usize], len: 0 }
+    }
+
+    fn flush(&mut self) {
+        if self.len > 0 {
+            // Console::write_str never fails.
+            let _ = Console.write_str(core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?"));
+            self.len = 0;
+        }
+    }
+}
+
+impl Default for LineBuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Write for LineBuffer {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len == self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LineBuffer {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Prints a line to the hypervisor console (one hypercall per line when it fits).
 #[macro_export]
 macro_rules! println {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
-        let _ = writeln!($crate::Console, $($arg)*);
+        let mut line = $crate::LineBuffer::new();
+        let _ = writeln!(line, $($arg)*);
     }};
 }
 

@@ -10,13 +10,19 @@ extern crate alloc;
 
 pub mod acpi_info;
 pub mod acpi_s5;
+pub mod addr;
 pub mod apic;
 pub mod boot_conf;
 pub mod cpu_features;
+pub mod ept;
+pub mod exit;
 pub mod frames;
 pub mod memory_map;
 pub mod preflight;
+pub mod virt_cpuid;
+pub mod virt_msr;
 pub mod vmx_caps;
+pub mod vmx_controls;
 
 /// Size of a 4 KiB page frame.
 pub const PAGE_SIZE: u64 = 4096;

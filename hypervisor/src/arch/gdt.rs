@@ -21,6 +21,10 @@ const IST_STACK_SIZE: usize = 16 * 1024;
 
 /// Kernel code selector (GDT entry 1), the one the IDT gates use.
 pub const KERNEL_CS: u16 = 0x08;
+/// Kernel data selector (GDT entry 2).
+pub const KERNEL_DS: u16 = 0x10;
+/// TSS selector (GDT entries 3-4).
+pub const TSS_SELECTOR: u16 = 0x18;
 
 /// Builds and loads a GDT with a TSS for the current CPU. The tables live forever.
 pub fn init_for_this_cpu() -> Result<(), stacks::StackError> {
@@ -38,6 +42,9 @@ pub fn init_for_this_cpu() -> Result<(), stacks::StackError> {
     debug_assert_eq!(code.0, KERNEL_CS);
     let gdt: &'static GlobalDescriptorTable = Box::leak(gdt);
     gdt.load();
+    let cpu = crate::arch::percpu::current();
+    cpu.gdt_base.store(gdt as *const GlobalDescriptorTable as u64, core::sync::atomic::Ordering::Release);
+    cpu.tss_base.store(tss as *const TaskStateSegment as u64, core::sync::atomic::Ordering::Release);
     // SAFETY: the selectors come from the GDT just loaded, which lives forever; the
     // code segment is a 64-bit ring-0 code segment and the data segment a writable one.
     unsafe {

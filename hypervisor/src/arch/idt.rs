@@ -181,6 +181,12 @@ pub fn enable_ist() {
     fill_gates(true);
 }
 
+/// The IDT's address (the VMCS host state needs it).
+#[must_use]
+pub fn base() -> u64 {
+    core::ptr::addr_of!(IDT) as u64
+}
+
 /// Loads the shared IDT on the current CPU.
 pub fn load() {
     let ptr = DescriptorTablePointer {

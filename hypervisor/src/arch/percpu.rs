@@ -3,7 +3,7 @@
 //! Slot 0 of the structure is a pointer to itself, so `mov reg, gs:[0]` yields the
 //! current CPU's `PerCpu` without knowing the CPU number first.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::arch::msr::{self, Msr};
 
@@ -16,6 +16,9 @@ pub struct PerCpu {
     pub index: u32,
     /// Local APIC ID (x2APIC ID in x2APIC mode).
     pub apic_id: AtomicU32,
+    /// This CPU's GDT and TSS (the VMCS host state needs their bases).
+    pub gdt_base: AtomicU64,
+    pub tss_base: AtomicU64,
 }
 
 // SAFETY: `self_ptr` is only read, and only as a pointer to this very `PerCpu`; the
@@ -25,7 +28,13 @@ unsafe impl Sync for PerCpu {}
 impl PerCpu {
     /// A per-CPU block for CPU `index`, not yet installed.
     pub const fn new(index: u32) -> Self {
-        Self { self_ptr: core::ptr::null(), index, apic_id: AtomicU32::new(u32::MAX) }
+        Self {
+            self_ptr: core::ptr::null(),
+            index,
+            apic_id: AtomicU32::new(u32::MAX),
+            gdt_base: AtomicU64::new(0),
+            tss_base: AtomicU64::new(0),
+        }
     }
 }
 

@@ -71,6 +71,36 @@ pub fn init() {
     log::set_max_level(log::LevelFilter::Trace);
 }
 
+/// Writes a partition's console output, each line prefixed with `[name] `. Bytes
+/// that are not printable ASCII (or newline) are shown as `.`, so a guest cannot send
+/// terminal control sequences to the user's console.
+///
+/// `line_start` is the partition's own "next byte starts a line" state, kept across
+/// calls (a guest may write one line in several pieces).
+pub fn write_partition_output(name: &str, bytes: &[u8], line_start: &core::sync::atomic::AtomicBool) {
+    let mut sinks = SINKS.lock();
+    let mut at_start = line_start.load(Ordering::Relaxed);
+    for &b in bytes {
+        if at_start {
+            let _ = write!(sinks, "[{name}] ");
+            at_start = false;
+        }
+        match b {
+            b'\n' => {
+                let _ = sinks.write_str("\r\n");
+                at_start = true;
+            }
+            0x20..=0x7e => {
+                let _ = sinks.write_char(b as char);
+            }
+            _ => {
+                let _ = sinks.write_char('.');
+            }
+        }
+    }
+    line_start.store(at_start, Ordering::Relaxed);
+}
+
 /// Waits until the serial port has sent everything (before power-off).
 pub fn drain() {
     if let Some(mut sinks) = SINKS.try_lock() {

@@ -27,8 +27,12 @@ pub fn probe(cpu: &CpuFeatures) -> Result<VmxCapabilities, VmxUnavailable> {
     Ok(VmxCapabilities::decode(&read_raw_msrs()))
 }
 
-/// Reads the capability MSRs, preferring the TRUE_ variants (SDM A.2).
-fn read_raw_msrs() -> RawVmxMsrs {
+pub mod run;
+pub mod vmcs;
+
+/// Reads the capability MSRs, preferring the TRUE_ variants (SDM A.2). Only call after
+/// [`probe`] succeeded.
+pub fn read_raw_msrs() -> RawVmxMsrs {
     // SAFETY: all of these exist when CPUID reports VMX, except: the TRUE_ MSRs (only
     // read when IA32_VMX_BASIC[55] says they exist), PROCBASED_CTLS2 (only when the
     // primary controls allow secondary ones) and EPT_VPID_CAP (only when EPT or VPID

@@ -1,0 +1,463 @@
+//! The VM-exit dispatcher: one handler per exit reason, named after it
+//! (`handle_<reason>`, the names of `hv_core::exit::ExitReason::name`).
+//!
+//! Handlers are small and run without allocation; they format only when they log a
+//! partition's end. Whatever a guest does, the outcome is "continue" or "stop this
+//! partition" with a clear line: never a hypervisor fault.
+
+use core::sync::atomic::Ordering;
+
+use hv_abi::{hypercall, Error as HcError};
+use hv_core::exit::{
+    reinject, CrAccess, CrAccessType, EptViolation, ExitReason, ExitReasonField, Injection, InterruptionInfo,
+    IoInstruction,
+};
+use hv_core::virt_cpuid::{virtual_cpuid, VcpuTopology};
+use hv_core::virt_msr::{policy, MsrPolicy, VirtMsr};
+use x86::vmx::vmcs::{control, guest, ro};
+
+use crate::arch::cpuid::cpuid;
+use crate::mm::frames;
+use crate::partition::{Vcpu, EXIT_REASONS};
+use crate::vmx::run::GuestRegisters;
+use crate::vmx::vmcs;
+
+/// What the vCPU loop does after a handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Continue,
+    Stop,
+}
+
+/// Exception vectors injected into guests (SDM Vol. 3 table 6-1).
+const UD: u8 = 6;
+const GP: u8 = 13;
+
+/// Handles the exit that just happened on `vcpu`.
+pub fn handle_exit(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    let field = ExitReasonField(vmcs::read(ro::EXIT_REASON) as u32);
+    let basic = field.basic();
+    if let Some(counter) = vcpu.exits.get(usize::from(basic).min(EXIT_REASONS - 1)) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    // An event that was being delivered when the exit happened must be delivered again
+    // (SDM 28.2.4); handlers below may override it with their own injection.
+    let vectoring = InterruptionInfo(vmcs::read(ro::IDT_VECTORING_INFO) as u32);
+    if let Some(again) = reinject(vectoring) {
+        let _ = vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, u64::from(again.info.0));
+        if again.copy_error_code {
+            let _ = vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, vmcs::read(ro::IDT_VECTORING_ERR_CODE));
+        }
+        if again.needs_instruction_length {
+            let _ = vmcs::write(control::VMENTRY_INSTRUCTION_LEN, vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
+        }
+    }
+    if field.entry_failure() {
+        return handle_entry_failure(vcpu, basic);
+    }
+    let Some(reason) = field.reason() else {
+        return stop_with_dump(vcpu, "unknown exit reason", u64::from(basic));
+    };
+    match reason {
+        ExitReason::Cpuid => handle_cpuid(vcpu, regs),
+        ExitReason::Vmcall => handle_vmcall(vcpu, regs),
+        ExitReason::Hlt => handle_hlt(vcpu),
+        ExitReason::IoInstruction => handle_io_instruction(vcpu, regs),
+        ExitReason::Rdmsr => handle_rdmsr(vcpu, regs),
+        ExitReason::Wrmsr => handle_wrmsr(vcpu, regs),
+        ExitReason::CrAccess => handle_cr_access(vcpu, regs),
+        ExitReason::TripleFault => handle_triple_fault(vcpu),
+        ExitReason::EptViolation => handle_ept_violation(vcpu),
+        ExitReason::EptMisconfiguration => handle_ept_misconfiguration(vcpu),
+        ExitReason::ExceptionOrNmi => handle_exception_or_nmi(vcpu),
+        ExitReason::ExternalInterrupt | ExitReason::PreemptionTimer | ExitReason::InterruptWindow => Outcome::Continue,
+        ExitReason::Invd | ExitReason::Wbinvd => handle_wbinvd(),
+        ExitReason::Mwait | ExitReason::Monitor | ExitReason::Pause => skip_instruction(),
+        r if r.is_vmx_instruction() => handle_vmx_instruction(),
+        other => stop_with_dump(vcpu, other.name(), u64::from(basic)),
+    }
+}
+
+/// Advances the guest's RIP past the instruction that exited.
+fn skip_instruction() -> Outcome {
+    let rip = vmcs::read(guest::RIP);
+    let len = vmcs::read(ro::VMEXIT_INSTRUCTION_LEN);
+    let _ = vmcs::write(guest::RIP, rip.wrapping_add(len));
+    // Skipping an instruction ends any STI/MOV-SS blocking (SDM 25.4.2).
+    let interruptibility = vmcs::read(guest::INTERRUPTIBILITY_STATE) & !0x3;
+    let _ = vmcs::write(guest::INTERRUPTIBILITY_STATE, interruptibility);
+    Outcome::Continue
+}
+
+/// Queues `event` for delivery into the guest on the next VM entry (SDM 27.6).
+fn inject(event: Injection) -> Outcome {
+    let _ = vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, u64::from(event.info.0));
+    if let Some(code) = event.error_code {
+        let _ = vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, u64::from(code));
+    }
+    if event.needs_instruction_length() {
+        let _ = vmcs::write(control::VMENTRY_INSTRUCTION_LEN, vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
+    }
+    Outcome::Continue
+}
+
+fn handle_cpuid(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
+    let topology = VcpuTopology { vcpu_id: vcpu.id, vcpu_count: vcpu.vm.vcpu_count.load(Ordering::Relaxed).max(1) };
+    let r = virtual_cpuid(leaf, subleaf, cpuid(leaf, subleaf), topology);
+    // Features whose VM-execution control is off must not be advertised (#UD otherwise).
+    let r = hv_core::virt_cpuid::hide_disabled_features(leaf, subleaf, r, crate::vcpu::secondary_controls());
+    regs.rax = u64::from(r.eax);
+    regs.rbx = u64::from(r.ebx);
+    regs.rcx = u64::from(r.ecx);
+    regs.rdx = u64::from(r.edx);
+    skip_instruction()
+}
+
+fn handle_vmcall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    let (nr, a, b) = (regs.rax, regs.rbx, regs.rcx);
+    let result = match nr {
+        hypercall::CONSOLE_WRITE => hypercall_console_write(vcpu, a, b),
+        hypercall::VCPU_ID => Ok(u64::from(vcpu.id)),
+        hypercall::PARTITION_STOP => {
+            vcpu.vm.stop(a);
+            return Outcome::Stop;
+        }
+        hypercall::EXIT_STATS => hypercall_exit_stats(vcpu, a, b),
+        hypercall::NOP => Ok(0),
+        _ => Err(HcError::UnknownHypercall),
+    };
+    regs.rax = match result {
+        Ok(v) => v,
+        Err(e) => e.to_rax(),
+    };
+    skip_instruction()
+}
+
+/// CONSOLE_WRITE(gpa, len): validated against the caller's RAM, then written with the
+/// partition's name in front of each line.
+fn hypercall_console_write(vcpu: &'static Vcpu, gpa: u64, len: u64) -> Result<u64, HcError> {
+    if len == 0 || len > hv_abi::CONSOLE_WRITE_MAX {
+        return Err(HcError::BadLength);
+    }
+    let host = vcpu.vm.guest_range(gpa, len).ok_or(HcError::BadAddress)?;
+    // SAFETY: the range lies inside the VM's RAM (checked above), which is direct-mapped
+    // and stays allocated; the guest may change it concurrently, which only garbles its
+    // own output.
+    let bytes = unsafe { core::slice::from_raw_parts(frames::phys_to_virt(host), len as usize) };
+    crate::console::write_partition_output(vcpu.vm.name, bytes, &vcpu.vm.console_line_start);
+    Ok(len)
+}
+
+/// EXIT_STATS(gpa, len): writes `ExitCount` entries for the reasons seen.
+fn hypercall_exit_stats(vcpu: &'static Vcpu, gpa: u64, len: u64) -> Result<u64, HcError> {
+    let entry = core::mem::size_of::<hv_abi::ExitCount>() as u64;
+    let capacity = len / entry;
+    if capacity == 0 {
+        return Err(HcError::BadLength);
+    }
+    let host = vcpu.vm.guest_range(gpa, capacity * entry).ok_or(HcError::BadAddress)?;
+    let mut written = 0;
+    for (reason, counter) in vcpu.exits.iter().enumerate() {
+        let count = counter.load(Ordering::Relaxed);
+        if count == 0 || written == capacity {
+            continue;
+        }
+        let record = hv_abi::ExitCount { reason: reason as u32, _reserved: 0, count };
+        // SAFETY: `host + written * entry` lies inside the checked range of the VM's RAM.
+        unsafe { frames::phys_to_virt(host + written * entry).cast::<hv_abi::ExitCount>().write_unaligned(record) };
+        written += 1;
+    }
+    Ok(written)
+}
+
+fn handle_hlt(vcpu: &'static Vcpu) -> Outcome {
+    // No interrupt source can reach a guest yet (the virtual LAPIC comes next), so a
+    // halted vCPU would sleep forever: end the partition with a clear line instead.
+    log::warn!(
+        "partition {}: vcpu {} halted and nothing can wake it yet; stopping the partition",
+        vcpu.vm.name,
+        vcpu.id
+    );
+    vcpu.vm.stop(0);
+    Outcome::Stop
+}
+
+fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    let Some(io) = IoInstruction::decode(vmcs::read(ro::EXIT_QUALIFICATION)) else {
+        return stop_with_dump(vcpu, "I/O exit with an invalid size", 0);
+    };
+    if io.string {
+        return stop_with_dump(vcpu, "string I/O (INS/OUTS) is not emulated yet", u64::from(io.port));
+    }
+    // No device claims any port yet: reads return all-ones, writes are ignored.
+    if io.is_in {
+        let mask: u64 = match io.size {
+            1 => 0xff,
+            2 => 0xffff,
+            _ => 0xffff_ffff,
+        };
+        regs.rax = if io.size == 4 { mask } else { (regs.rax & !mask) | mask };
+    }
+    skip_instruction()
+}
+
+fn handle_rdmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    let msr = regs.rcx as u32;
+    let value = match policy(msr) {
+        MsrPolicy::Virtualized(v) => read_virtual_msr(vcpu, v),
+        // A passthrough MSR only exits when the bitmap cannot describe it.
+        MsrPolicy::Passthrough | MsrPolicy::PassthroughReadOnly | MsrPolicy::Unknown => None,
+    };
+    match value {
+        Some(v) => {
+            regs.rax = v & 0xffff_ffff;
+            regs.rdx = v >> 32;
+            skip_instruction()
+        }
+        None => inject(InterruptionInfo::hardware_exception(GP, Some(0))),
+    }
+}
+
+fn read_virtual_msr(vcpu: &'static Vcpu, msr: VirtMsr) -> Option<u64> {
+    Some(match msr {
+        VirtMsr::Tsc => crate::arch::tsc::now(),
+        // xAPIC at the architectural base, enabled; the boot vCPU is the BSP (SDM 11.4.4).
+        VirtMsr::ApicBase => 0xfee0_0000 | (1 << 11) | if vcpu.id == 0 { 1 << 8 } else { 0 },
+        // Locked, VMX off: the guest sees no VMX.
+        VirtMsr::FeatureControl => 1,
+        VirtMsr::Pat => vmcs::read(guest::IA32_PAT_FULL),
+        VirtMsr::MtrrCap => 0x508,
+        VirtMsr::MiscEnable => 1,
+        VirtMsr::TscAdjust
+        | VirtMsr::SpecCtrl
+        | VirtMsr::BiosSignId
+        | VirtMsr::McgCap
+        | VirtMsr::McgStatus
+        | VirtMsr::MtrrPhysBase(_)
+        | VirtMsr::MtrrPhysMask(_)
+        | VirtMsr::MtrrFixed(_)
+        | VirtMsr::MtrrDefType
+        | VirtMsr::TscDeadline => 0,
+        _ => return None,
+    })
+}
+
+fn handle_wrmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    let msr = regs.rcx as u32;
+    let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
+    let accepted = match policy(msr) {
+        MsrPolicy::Virtualized(VirtMsr::Pat) => {
+            // Every PAT entry must be a valid memory type: 0, 1, 4, 5, 6 or 7 (SDM 13.12.2).
+            let valid = (0..8).all(|i| matches!((value >> (8 * i)) & 0xff, 0 | 1 | 4 | 5 | 6 | 7));
+            valid && vmcs::write(guest::IA32_PAT_FULL, value).is_ok()
+        }
+        MsrPolicy::Virtualized(VirtMsr::FeatureControl) => false,
+        MsrPolicy::Virtualized(_) => true,
+        MsrPolicy::Passthrough | MsrPolicy::PassthroughReadOnly | MsrPolicy::Unknown => false,
+    };
+    let _ = vcpu;
+    if accepted {
+        skip_instruction()
+    } else {
+        inject(InterruptionInfo::hardware_exception(GP, Some(0)))
+    }
+}
+
+fn handle_cr_access(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    let access = CrAccess::decode(vmcs::read(ro::EXIT_QUALIFICATION));
+    if access.access != CrAccessType::MovToCr || !matches!(access.cr, 0 | 4) {
+        return stop_with_dump(vcpu, "control-register access not emulated yet", u64::from(access.cr));
+    }
+    let value = gpr(regs, access.gpr.index());
+    // The guest sees `value`; the CPU runs with the VMX fixed bits applied (SDM A.7/A.8).
+    // SAFETY: the CR0/CR4 fixed MSRs exist when VMX is on.
+    let (fixed0, fixed1, shadow, field) = unsafe {
+        use crate::arch::msr::{read, Msr};
+        if access.cr == 0 {
+            (read(Msr::VmxCr0Fixed0) & !0x8000_0001, read(Msr::VmxCr0Fixed1), control::CR0_READ_SHADOW, guest::CR0)
+        } else {
+            (read(Msr::VmxCr4Fixed0), read(Msr::VmxCr4Fixed1), control::CR4_READ_SHADOW, guest::CR4)
+        }
+    };
+    let _ = vmcs::write(shadow, value);
+    let _ = vmcs::write(field, hv_core::vmx_caps::apply_fixed_bits(value, fixed0, fixed1));
+    skip_instruction()
+}
+
+/// Reads general-purpose register `index` (SDM numbering: 0 RAX ... 15 R15; RSP from the VMCS).
+fn gpr(regs: &GuestRegisters, index: u8) -> u64 {
+    match index {
+        0 => regs.rax,
+        1 => regs.rcx,
+        2 => regs.rdx,
+        3 => regs.rbx,
+        4 => vmcs::read(guest::RSP),
+        5 => regs.rbp,
+        6 => regs.rsi,
+        7 => regs.rdi,
+        8 => regs.r8,
+        9 => regs.r9,
+        10 => regs.r10,
+        11 => regs.r11,
+        12 => regs.r12,
+        13 => regs.r13,
+        14 => regs.r14,
+        _ => regs.r15,
+    }
+}
+
+fn handle_triple_fault(vcpu: &'static Vcpu) -> Outcome {
+    stop_with_dump(vcpu, "triple fault", 0)
+}
+
+fn handle_ept_violation(vcpu: &'static Vcpu) -> Outcome {
+    let gpa = vmcs::read(ro::GUEST_PHYSICAL_ADDR_FULL);
+    let v = EptViolation::decode(vmcs::read(ro::EXIT_QUALIFICATION));
+    let kind = if v.fetch {
+        "instruction fetch"
+    } else if v.write {
+        "write"
+    } else {
+        "read"
+    };
+    log::error!(
+        "partition {}: vcpu {}: {kind} at guest-physical {gpa:#x}, outside its RAM ({} MiB) and any device; stopping this partition",
+        vcpu.vm.name,
+        vcpu.id,
+        vcpu.vm.ram_bytes.load(Ordering::Relaxed) >> 20
+    );
+    vcpu.vm.stop(u64::MAX);
+    Outcome::Stop
+}
+
+fn handle_ept_misconfiguration(vcpu: &'static Vcpu) -> Outcome {
+    stop_with_dump(vcpu, "EPT misconfiguration (a hypervisor bug)", vmcs::read(ro::GUEST_PHYSICAL_ADDR_FULL))
+}
+
+fn handle_exception_or_nmi(vcpu: &'static Vcpu) -> Outcome {
+    let info = InterruptionInfo(vmcs::read(ro::VMEXIT_INTERRUPTION_INFO) as u32);
+    // With an empty exception bitmap only NMIs exit here: they were meant for the host,
+    // which has nothing to do with them yet.
+    if info.vector() == 2 {
+        return Outcome::Continue;
+    }
+    stop_with_dump(vcpu, "unexpected exception exit", u64::from(info.vector()))
+}
+
+fn handle_wbinvd() -> Outcome {
+    // SAFETY: WBINVD writes back and invalidates caches; it has no effect on memory
+    // contents and the guest asked for exactly this (INVD is treated as WBINVD).
+    unsafe { core::arch::asm!("wbinvd", options(nostack)) };
+    skip_instruction()
+}
+
+fn handle_vmx_instruction() -> Outcome {
+    // The guest sees no VMX (CPUID, FEATURE_CONTROL): VMX instructions raise #UD.
+    inject(InterruptionInfo::hardware_exception(UD, None))
+}
+
+fn handle_entry_failure(vcpu: &'static Vcpu, basic: u16) -> Outcome {
+    let why = match basic {
+        33 => "invalid guest state",
+        34 => "MSR loading",
+        41 => "machine-check event",
+        _ => "unknown cause",
+    };
+    log::error!(
+        "partition {}: vcpu {}: VM entry failed: {why} (exit reason {basic}); stopping this partition",
+        vcpu.vm.name,
+        vcpu.id
+    );
+    dump_guest_state(vcpu);
+    vcpu.vm.stop(u64::MAX);
+    Outcome::Stop
+}
+
+fn stop_with_dump(vcpu: &'static Vcpu, what: &str, detail: u64) -> Outcome {
+    log::error!("partition {}: vcpu {}: {what} ({detail:#x}); stopping this partition", vcpu.vm.name, vcpu.id);
+    dump_guest_state(vcpu);
+    vcpu.vm.stop(u64::MAX);
+    Outcome::Stop
+}
+
+/// Logs the guest's state from the VMCS and its saved registers.
+pub fn dump_guest_state(vcpu: &'static Vcpu) {
+    // SAFETY: called on the vCPU's own physical CPU, the only one touching its registers.
+    let r = unsafe { &*vcpu.regs.get() };
+    let f = vmcs::read;
+    log::error!(
+        "partition {}: vcpu {} (cpu {}) state: rip {:#x} rsp {:#x} rflags {:#x} cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x}/{:#x} exit qualification {:#x}",
+        vcpu.vm.name,
+        vcpu.id,
+        vcpu.cpu,
+        f(guest::RIP),
+        f(guest::RSP),
+        f(guest::RFLAGS),
+        f(guest::CR0),
+        f(guest::CR3),
+        f(guest::CR4),
+        f(guest::IA32_EFER_FULL),
+        f(guest::CS_SELECTOR),
+        f(guest::CS_ACCESS_RIGHTS),
+        f(ro::EXIT_QUALIFICATION),
+    );
+    log::error!(
+        "partition {}: vcpu {} registers: rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rbp {:#x} r8 {:#x} r9 {:#x} r10 {:#x} r11 {:#x} r12 {:#x} r13 {:#x} r14 {:#x} r15 {:#x}",
+        vcpu.vm.name, vcpu.id, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15
+    );
+}
+
+/// Logs a vCPU's exit statistics and, for the partition's last vCPU, its end.
+pub fn report_stop(vcpu: &'static Vcpu, last: bool) {
+    let vm = vcpu.vm;
+    let mut line = heapless_line::Line::new();
+    for (reason, counter) in vcpu.exits.iter().enumerate() {
+        let n = counter.load(Ordering::Relaxed);
+        if n > 0 {
+            let name = ExitReason::from_basic(reason as u16).map_or("other", ExitReason::name);
+            line.push(name, n);
+        }
+    }
+    log::info!("partition {}: vcpu {} exits: {}", vm.name, vcpu.id, line.as_str());
+    if last {
+        match vm.exit_code.load(Ordering::Acquire) {
+            u64::MAX => log::info!("partition {}: stopped by the hypervisor", vm.name),
+            code => log::info!("partition {}: stopped itself (code {code})", vm.name),
+        }
+    }
+}
+
+/// A fixed-size text buffer for the exit-statistics line (no allocation).
+mod heapless_line {
+    use core::fmt::Write;
+
+    pub struct Line {
+        buf: [u8; 512],
+        len: usize,
+    }
+
+    impl Line {
+        pub fn new() -> Self {
+            Self { buf: [0; 512], len: 0 }
+        }
+
+        pub fn push(&mut self, name: &str, count: u64) {
+            let sep = if self.len == 0 { "" } else { ", " };
+            let _ = write!(self, "{sep}{name} {count}");
+        }
+
+        pub fn as_str(&self) -> &str {
+            core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+        }
+    }
+
+    impl Write for Line {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            let n = s.len().min(self.buf.len() - self.len);
+            self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+            self.len += n;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Creating the partitions the boot payload names, through the control interface.
+//!
+//! This is the hypervisor's own small guest builder for flat images (ELF images that
+//! `boot/` flattened on the build host): it maps the RAM, copies the image, writes the
+//! 64-bit boot structures of `hv_abi::start` (GDT, identity page tables) and starts the
+//! boot vCPU. Everything read from the payload is checked again here: a bad partition
+//! is skipped with a clear line and the others start.
+
+use hv_abi::start;
+use hv_core::boot_conf::{PartitionKind, PartitionSpec};
+use tar_no_std::TarArchiveRef;
+
+use crate::partition::{self, BootState, ControlError};
+
+/// Identity-mapped span of the boot page tables: 4 GiB with 2 MiB pages.
+const IDENTITY_GIB: u64 = 4;
+/// Page-table entry bits: present, writable, 2 MiB page (SDM Vol. 3 4.5).
+const PTE_PRESENT_WRITABLE: u64 = 0x3;
+const PTE_LARGE: u64 = 0x80;
+
+/// Why a partition was not started.
+#[derive(Debug)]
+enum BuildError {
+    NotFlat,
+    ServiceNotYet,
+    ImageMissing,
+    BadLayout(&'static str),
+    MultiVcpuNotYet,
+    NoFreeCpu,
+    Control(ControlError),
+}
+
+impl From<ControlError> for BuildError {
+    fn from(e: ControlError) -> Self {
+        Self::Control(e)
+    }
+}
+
+/// Builds and starts every partition in `specs`; returns how many started.
+pub fn start_all(specs: &[PartitionSpec<'static>], payload: Option<&'static [u8]>, cpus_online: u32) -> u32 {
+    let mut started = 0;
+    for spec in specs {
+        match build(spec, payload, cpus_online) {
+            Ok(cpu) => {
+                started += 1;
+                log::info!(
+                    "partition {}: {} MiB, vcpu 0 on cpu {cpu}, entry {:#x}",
+                    spec.name,
+                    spec.memory_mib,
+                    spec.flat.map_or(0, |f| f.1)
+                );
+            }
+            Err(e) => log::error!("partition {}: not started: {}", spec.name, describe(&e)),
+        }
+    }
+    started
+}
+
+fn describe(e: &BuildError) -> &'static str {
+    match e {
+        BuildError::NotFlat => {
+            "its image is not a flattened ELF image (no load/entry); the service partition will load such images"
+        }
+        BuildError::ServiceNotYet => "service partitions are not supported yet",
+        BuildError::ImageMissing => "its image is missing from the boot payload",
+        BuildError::BadLayout(why) => why,
+        BuildError::MultiVcpuNotYet => "more than one vCPU needs the virtual LAPIC (INIT/SIPI), which is not there yet",
+        BuildError::NoFreeCpu => "no free physical CPU for its vCPU (one vCPU per CPU in this version)",
+        BuildError::Control(ControlError::OutOfMemory) => "not enough free memory for its RAM",
+        BuildError::Control(ControlError::CpuUnavailable) => "its pinned CPU does not exist or already runs a vCPU",
+        BuildError::Control(_) => "the control interface refused it",
+    }
+}
+
+fn find_image(payload: Option<&'static [u8]>, path: &str) -> Option<&'static [u8]> {
+    let archive = TarArchiveRef::new(payload?).ok()?;
+    archive.entries().find(|e| e.filename().as_str().is_ok_and(|n| n == path)).map(|e| e.data())
+}
+
+fn build(spec: &PartitionSpec<'static>, payload: Option<&'static [u8]>, cpus_online: u32) -> Result<u32, BuildError> {
+    if spec.kind == PartitionKind::Service {
+        return Err(BuildError::ServiceNotYet);
+    }
+    let (load, entry) = spec.flat.ok_or(BuildError::NotFlat)?;
+    if spec.vcpus > 1 {
+        return Err(BuildError::MultiVcpuNotYet);
+    }
+    let image = find_image(payload, spec.image).ok_or(BuildError::ImageMissing)?;
+    let ram = spec.memory_bytes();
+    // Validate the layout before creating anything.
+    let end = load.checked_add(image.len() as u64).ok_or(BuildError::BadLayout("image end overflows"))?;
+    if load < start::MIN_LOAD_ADDRESS {
+        return Err(BuildError::BadLayout("image loads below 2 MiB, where the boot structures live"));
+    }
+    if end > ram {
+        return Err(BuildError::BadLayout("image does not fit in the partition's RAM"));
+    }
+    if !(load..end).contains(&entry) {
+        return Err(BuildError::BadLayout("entry point outside the image"));
+    }
+    if !ram.is_multiple_of(2 << 20) {
+        return Err(BuildError::BadLayout("memory_mib must be a multiple of 2"));
+    }
+    let cpu = match spec.pinned_cpus().first() {
+        Some(&cpu) => cpu,
+        None => {
+            (1..cpus_online).chain(0..1).find(|&c| partition::vcpu_for_cpu(c).is_none()).ok_or(BuildError::NoFreeCpu)?
+        }
+    };
+
+    let vm = partition::create_vm(spec.name)?;
+    partition::map_ram(vm, ram)?;
+    partition::write_guest(vm, load, image)?;
+    write_boot_structures(vm)?;
+    let vcpu = partition::create_vcpu(vm, cpu)?;
+    partition::set_boot_state(
+        vcpu,
+        BootState {
+            rip: entry,
+            rsp: load - 8,
+            rdi: 0,
+            rsi: ram,
+            cr3: start::PAGE_TABLES,
+            gdt_base: start::GDT,
+            gdt_limit: 23,
+        },
+    )?;
+    partition::start_vcpu(vcpu)?;
+    Ok(cpu)
+}
+
+/// Writes the GDT and identity page tables of `hv_abi::start` into the VM's RAM.
+fn write_boot_structures(vm: partition::VmHandle) -> Result<(), ControlError> {
+    let gdt: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+    for (i, d) in gdt.iter().enumerate() {
+        partition::write_guest(vm, start::GDT + 8 * i as u64, &d.to_le_bytes())?;
+    }
+    let pml4 = start::PAGE_TABLES;
+    let pdpt = pml4 + 0x1000;
+    let pd = pdpt + 0x1000;
+    partition::write_guest(vm, pml4, &(pdpt | PTE_PRESENT_WRITABLE).to_le_bytes())?;
+    for gib in 0..IDENTITY_GIB {
+        let table = pd + gib * 0x1000;
+        partition::write_guest(vm, pdpt + 8 * gib, &(table | PTE_PRESENT_WRITABLE).to_le_bytes())?;
+        let mut entries = [0u8; 4096];
+        for (j, e) in entries.as_chunks_mut::<8>().0.iter_mut().enumerate() {
+            let addr = (gib << 30) + ((j as u64) << 21);
+            e.copy_from_slice(&(addr | PTE_PRESENT_WRITABLE | PTE_LARGE).to_le_bytes());
+        }
+        partition::write_guest(vm, table, &entries)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! Partitions (VMs) and their vCPUs, behind a handle-based control interface with
+//! KVM's three levels:
+//!
+//! - the system: [`create_vm`];
+//! - a VM handle: [`map_ram`], [`write_guest`], [`create_vcpu`], [`stop_vm`];
+//! - a vCPU handle: [`set_boot_state`], [`start_vcpu`], [`exit_stats`].
+//!
+//! Handles carry a generation number and are checked on every call: a stale handle
+//! (of a destroyed VM) or a made-up one gets [`ControlError::BadHandle`]. In this
+//! version the hypervisor drives the interface itself at boot, from the partitions
+//! the boot payload names (`guests.rs`); the service partition will reach the same
+//! calls by hypercall.
+//!
+//! Isolation: a VM's RAM is a run of frames taken from the frame allocator for it
+//! alone and is the only memory its EPT maps; hypervisor memory is never mapped.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+use hv_core::addr::{GuestPhysAddr, HostPhysAddr};
+use hv_core::ept::{EptPermissions, LargePages, MemoryType, TableMemory};
+use spin::Mutex;
+
+use crate::mm::frames;
+use crate::vmx::run::GuestRegisters;
+
+/// Most partitions at once.
+pub const MAX_VMS: usize = 16;
+/// Most vCPUs per partition.
+pub const MAX_VCPUS: usize = 64;
+/// Exit reasons counted per vCPU (basic reasons 0..=79).
+pub const EXIT_REASONS: usize = 80;
+
+/// Errors of the control interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlError {
+    /// Unknown, stale or foreign handle.
+    BadHandle,
+    /// No free VM or vCPU slot.
+    NoSlot,
+    /// Not enough free memory for the VM's RAM or its tables.
+    OutOfMemory,
+    /// A guest-physical range outside the VM's RAM, unaligned, or overlapping.
+    BadRange,
+    /// The vCPU's physical CPU does not exist or already runs a vCPU.
+    CpuUnavailable,
+    /// The operation does not fit the VM's or vCPU's state (e.g. RAM mapped twice).
+    BadState,
+}
+
+/// The EPT's page-table frames, taken from the frame allocator and reached through
+/// the direct map.
+pub struct KernelTables;
+
+impl TableMemory for KernelTables {
+    fn allocate_table(&mut self) -> Option<HostPhysAddr> {
+        frames::allocate_frame().ok().map(HostPhysAddr::new)
+    }
+
+    fn read(&self, table: HostPhysAddr, index: usize) -> u64 {
+        // SAFETY: `table` is an EPT table frame this allocator handed out (direct-mapped)
+        // and the EPT code keeps `index < 512`.
+        unsafe { frames::phys_to_virt(table.as_u64()).cast::<u64>().add(index & 511).read_volatile() }
+    }
+
+    fn write(&mut self, table: HostPhysAddr, index: usize, value: u64) {
+        // SAFETY: as in `read`; the table belongs to this VM's EPT, whose mutex the
+        // caller holds.
+        unsafe { frames::phys_to_virt(table.as_u64()).cast::<u64>().add(index & 511).write_volatile(value) }
+    }
+
+    fn free_table(&mut self, _table: HostPhysAddr) {
+        // The boot-time frame allocator does not take frames back; a freed EPT table
+        // stays unused until a later allocator can reuse it.
+    }
+}
+
+/// The registers a vCPU starts with (64-bit start state, see `hv_abi::start`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BootState {
+    pub rip: u64,
+    pub rsp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub cr3: u64,
+    pub gdt_base: u64,
+    pub gdt_limit: u16,
+}
+
+/// One virtual CPU. Its registers are only touched by the physical CPU it runs on.
+pub struct Vcpu {
+    pub vm: &'static Vm,
+    pub id: u32,
+    pub cpu: u32,
+    pub boot: Mutex<BootState>,
+    pub regs: UnsafeCell<GuestRegisters>,
+    pub exits: [AtomicU64; EXIT_REASONS],
+    pub vpid: u16,
+    /// Set by [`start_vcpu`]; the physical CPU enters only a started vCPU.
+    pub started: AtomicBool,
+}
+
+// SAFETY: `regs` is accessed only by the vCPU's own physical CPU (the one it was
+// started on); everything else is immutable, atomic or behind a mutex.
+unsafe impl Sync for Vcpu {}
+
+/// One partition.
+pub struct Vm {
+    pub name: &'static str,
+    pub generation: u32,
+    /// Host-physical base and size of the VM's RAM (guest-physical 0 .. size).
+    pub ram_base: AtomicU64,
+    pub ram_bytes: AtomicU64,
+    pub ept: Mutex<Option<hv_core::ept::Ept<KernelTables>>>,
+    pub eptp: AtomicU64,
+    pub vcpus: [AtomicPtr<Vcpu>; MAX_VCPUS],
+    pub vcpu_count: AtomicU32,
+    /// vCPUs that are still running, and those that have left their loop.
+    pub running: AtomicU32,
+    pub finished: AtomicU32,
+    pub stopped: AtomicBool,
+    pub exit_code: AtomicU64,
+    /// Console state: the next byte the partition writes starts a line.
+    pub console_line_start: AtomicBool,
+}
+
+/// A handle to a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmHandle {
+    index: u16,
+    generation: u32,
+}
+
+/// A handle to a vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuHandle {
+    vm: VmHandle,
+    vcpu: u16,
+}
+
+static VMS: [AtomicPtr<Vm>; MAX_VMS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_VMS];
+static GENERATION: AtomicU32 = AtomicU32::new(1);
+static NEXT_VPID: AtomicU32 = AtomicU32::new(1);
+/// The vCPU each physical CPU runs (at most one in this version: no scheduler yet).
+static CPU_VCPU: [AtomicPtr<Vcpu>; 256] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 256];
+/// Physical CPUs that exist (set at boot).
+static CPUS_ONLINE: AtomicU32 = AtomicU32::new(1);
+/// Large EPT pages this CPU supports.
+static LARGE_PAGES: Mutex<LargePages> = Mutex::new(LargePages { two_mib: false, one_gib: false });
+
+/// Records the machine facts the control interface needs.
+pub fn init(cpus_online: u32, large: LargePages) {
+    CPUS_ONLINE.store(cpus_online, Ordering::Release);
+    *LARGE_PAGES.lock() = large;
+}
+
+fn vm(handle: VmHandle) -> Result<&'static Vm, ControlError> {
+    let slot = VMS.get(usize::from(handle.index)).ok_or(ControlError::BadHandle)?;
+    let ptr = slot.load(Ordering::Acquire);
+    // SAFETY: non-null entries point at leaked `Vm`s that live forever.
+    let vm = unsafe { ptr.as_ref() }.ok_or(ControlError::BadHandle)?;
+    if vm.generation != handle.generation {
+        return Err(ControlError::BadHandle);
+    }
+    Ok(vm)
+}
+
+fn vcpu(handle: VcpuHandle) -> Result<&'static Vcpu, ControlError> {
+    let vm = vm(handle.vm)?;
+    let ptr = vm.vcpus.get(usize::from(handle.vcpu)).ok_or(ControlError::BadHandle)?.load(Ordering::Acquire);
+    // SAFETY: non-null entries point at leaked `Vcpu`s that live forever.
+    unsafe { ptr.as_ref() }.ok_or(ControlError::BadHandle)
+}
+
+/// System level: creates an empty VM.
+pub fn create_vm(name: &'static str) -> Result<VmHandle, ControlError> {
+    let generation = GENERATION.fetch_add(1, Ordering::AcqRel);
+    let index = VMS.iter().position(|s| s.load(Ordering::Acquire).is_null()).ok_or(ControlError::NoSlot)?;
+    let vm = alloc::boxed::Box::leak(alloc::boxed::Box::new(Vm {
+        name,
+        generation,
+        ram_base: AtomicU64::new(0),
+        ram_bytes: AtomicU64::new(0),
+        ept: Mutex::new(None),
+        eptp: AtomicU64::new(0),
+        vcpus: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_VCPUS],
+        vcpu_count: AtomicU32::new(0),
+        running: AtomicU32::new(0),
+        finished: AtomicU32::new(0),
+        stopped: AtomicBool::new(false),
+        exit_code: AtomicU64::new(0),
+        console_line_start: AtomicBool::new(true),
+    }));
+    VMS[index]
+        .compare_exchange(core::ptr::null_mut(), vm, Ordering::AcqRel, Ordering::Acquire)
+        .map_err(|_| ControlError::NoSlot)?;
+    Ok(VmHandle { index: index as u16, generation })
+}
+
+/// VM level: gives the VM `bytes` of RAM at guest-physical 0, from frames taken for it
+/// alone, mapped write-back and read/write/execute in a new EPT.
+pub fn map_ram(handle: VmHandle, bytes: u64) -> Result<(), ControlError> {
+    let vm = vm(handle)?;
+    if bytes == 0 || !bytes.is_multiple_of(2 << 20) {
+        return Err(ControlError::BadRange);
+    }
+    let mut ept_slot = vm.ept.lock();
+    if ept_slot.is_some() {
+        return Err(ControlError::BadState);
+    }
+    let base = frames::allocate_zeroed(bytes / 4096, 2 << 20, u64::MAX).map_err(|_| ControlError::OutOfMemory)?;
+    let large = *LARGE_PAGES.lock();
+    let mut ept = hv_core::ept::Ept::new(KernelTables, large).map_err(|_| ControlError::OutOfMemory)?;
+    let flush = ept
+        .map(GuestPhysAddr::new(0), HostPhysAddr::new(base), bytes, EptPermissions::RWX, MemoryType::WriteBack)
+        .map_err(|_| ControlError::OutOfMemory)?;
+    // A fresh EPT has never been used by any CPU: nothing to invalidate.
+    flush.acknowledge();
+    vm.eptp.store(ept.eptp(false), Ordering::Release);
+    vm.ram_base.store(base, Ordering::Release);
+    vm.ram_bytes.store(bytes, Ordering::Release);
+    *ept_slot = Some(ept);
+    Ok(())
+}
+
+/// VM level: copies `data` into the VM's RAM at `gpa`.
+pub fn write_guest(handle: VmHandle, gpa: u64, data: &[u8]) -> Result<(), ControlError> {
+    let vm = vm(handle)?;
+    let host = vm.guest_range(gpa, data.len() as u64).ok_or(ControlError::BadRange)?;
+    // SAFETY: `host` is inside this VM's RAM (checked), direct-mapped, and the VM does
+    // not run yet while the builder writes it (and the guest may race only with itself).
+    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), frames::phys_to_virt(host), data.len()) };
+    Ok(())
+}
+
+/// VM level: creates vCPU number `vcpu_count` of the VM, pinned to physical `cpu`.
+pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlError> {
+    let vm = vm(handle)?;
+    if cpu >= CPUS_ONLINE.load(Ordering::Acquire) || !CPU_VCPU[cpu as usize].load(Ordering::Acquire).is_null() {
+        return Err(ControlError::CpuUnavailable);
+    }
+    let id = vm.vcpu_count.load(Ordering::Acquire);
+    if id as usize >= MAX_VCPUS {
+        return Err(ControlError::NoSlot);
+    }
+    let vcpu = alloc::boxed::Box::leak(alloc::boxed::Box::new(Vcpu {
+        vm,
+        id,
+        cpu,
+        boot: Mutex::new(BootState::default()),
+        regs: UnsafeCell::new(GuestRegisters::default()),
+        exits: [const { AtomicU64::new(0) }; EXIT_REASONS],
+        vpid: (NEXT_VPID.fetch_add(1, Ordering::AcqRel) & 0xffff) as u16,
+        started: AtomicBool::new(false),
+    }));
+    CPU_VCPU[cpu as usize]
+        .compare_exchange(core::ptr::null_mut(), vcpu, Ordering::AcqRel, Ordering::Acquire)
+        .map_err(|_| ControlError::CpuUnavailable)?;
+    vm.vcpus[id as usize].store(vcpu, Ordering::Release);
+    vm.vcpu_count.store(id + 1, Ordering::Release);
+    Ok(VcpuHandle { vm: handle, vcpu: id as u16 })
+}
+
+/// vCPU level: sets the registers the vCPU starts with.
+pub fn set_boot_state(handle: VcpuHandle, state: BootState) -> Result<(), ControlError> {
+    *vcpu(handle)?.boot.lock() = state;
+    Ok(())
+}
+
+/// vCPU level: marks the vCPU runnable; its physical CPU enters it once released.
+pub fn start_vcpu(handle: VcpuHandle) -> Result<(), ControlError> {
+    let v = vcpu(handle)?;
+    if v.vm.ram_bytes.load(Ordering::Acquire) == 0 {
+        return Err(ControlError::BadState);
+    }
+    if v.started.swap(true, Ordering::AcqRel) {
+        return Err(ControlError::BadState);
+    }
+    v.vm.running.fetch_add(1, Ordering::AcqRel);
+    Ok(())
+}
+
+/// vCPU level: the vCPU's exit count for basic exit reason `reason`.
+#[allow(dead_code, reason = "a control-interface call the service partition will reach by hypercall (issue 5)")]
+pub fn exit_stats(handle: VcpuHandle, reason: usize) -> Result<u64, ControlError> {
+    Ok(vcpu(handle)?.exits.get(reason).map_or(0, |c| c.load(Ordering::Relaxed)))
+}
+
+/// VM level: stops every vCPU of the VM (each leaves its loop at its next exit).
+#[allow(dead_code, reason = "a control-interface call the service partition will reach by hypercall (issue 5)")]
+pub fn stop_vm(handle: VmHandle, code: u64) -> Result<(), ControlError> {
+    vm(handle)?.stop(code);
+    Ok(())
+}
+
+impl Vm {
+    /// The host-physical address of guest range `[gpa, gpa + len)`, if it lies in RAM.
+    #[must_use]
+    pub fn guest_range(&self, gpa: u64, len: u64) -> Option<u64> {
+        let end = gpa.checked_add(len)?;
+        (end <= self.ram_bytes.load(Ordering::Acquire)).then(|| self.ram_base.load(Ordering::Acquire) + gpa)
+    }
+
+    /// Asks every vCPU to stop; the first caller's code is kept.
+    pub fn stop(&self, code: u64) {
+        if !self.stopped.swap(true, Ordering::AcqRel) {
+            self.exit_code.store(code, Ordering::Release);
+        }
+    }
+
+    /// Whether a stop was requested.
+    #[must_use]
+    pub fn stop_requested(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+}
+
+/// The vCPU assigned to physical CPU `cpu`, if it was started.
+#[must_use]
+pub fn vcpu_for_cpu(cpu: u32) -> Option<&'static Vcpu> {
+    let ptr = CPU_VCPU.get(cpu as usize)?.load(Ordering::Acquire);
+    // SAFETY: non-null entries point at leaked `Vcpu`s that live forever.
+    unsafe { ptr.as_ref() }
+}
+
+/// Whether any VM still has running vCPUs.
+#[must_use]
+pub fn any_running() -> bool {
+    VMS.iter().any(|slot| {
+        // SAFETY: non-null entries point at leaked `Vm`s that live forever.
+        unsafe { slot.load(Ordering::Acquire).as_ref() }.is_some_and(|vm| vm.running.load(Ordering::Acquire) > 0)
+    })
+}

@@ -1,0 +1,263 @@
+//! Running one vCPU on its physical CPU: VMCS set-up (host state, 64-bit guest start
+//! state, controls computed from the capability MSRs, bitmaps, EPT, VPID) and the
+//! enter → exit → dispatch loop.
+
+use core::sync::atomic::Ordering;
+
+use hv_core::vmx_caps::{apply_fixed_bits, VmxCapabilities};
+use hv_core::vmx_controls::{self, Controls};
+use spin::Once;
+use x86::vmx::vmcs::{control, guest, host};
+
+use crate::arch::msr::{self, Msr};
+use crate::arch::{gdt, percpu};
+use crate::dispatch::{self, Outcome};
+use crate::mm::{frames, paging};
+use crate::partition::Vcpu;
+use crate::vmx::run::{self, Entry};
+use crate::vmx::vmcs::{self, VmInstructionError, Vmcs};
+
+/// Pages shared by every vCPU: I/O bitmaps A and B (every port exits: unclaimed ports
+/// are emulated by the hypervisor, later forwarded) and the MSR bitmap.
+struct SharedPages {
+    io_a: u64,
+    io_b: u64,
+    msr: u64,
+}
+
+static SHARED: Once<Option<SharedPages>> = Once::new();
+/// The controls every vCPU uses (computed once on the BSP).
+static CONTROLS: Once<Controls> = Once::new();
+
+/// Computes the controls from the capability MSRs; `Err` names what is missing.
+pub fn init(raw: &hv_core::vmx_caps::RawVmxMsrs) -> Result<(), vmx_controls::MissingControl> {
+    let controls = vmx_controls::compute(raw, &vmx_controls::hypervisor_request())?;
+    CONTROLS.call_once(|| controls);
+    Ok(())
+}
+
+/// The secondary processor-based controls in use (0 before [`init`]).
+pub fn secondary_controls() -> u32 {
+    CONTROLS.get().map_or(0, |c| c.proc2)
+}
+
+fn shared() -> Option<&'static SharedPages> {
+    SHARED
+        .call_once(|| {
+            let io_a = frames::allocate_frame().ok()?;
+            let io_b = frames::allocate_frame().ok()?;
+            let msr = frames::allocate_frame().ok()?;
+            let bitmap = hv_core::virt_msr::MsrBitmap::for_policy();
+            // SAFETY: three fresh, direct-mapped frames owned by these bitmaps; filled once
+            // before any vCPU uses them, read-only afterwards (by the CPU).
+            unsafe {
+                core::ptr::write_bytes(frames::phys_to_virt(io_a), 0xff, 4096);
+                core::ptr::write_bytes(frames::phys_to_virt(io_b), 0xff, 4096);
+                core::ptr::copy_nonoverlapping(bitmap.as_bytes().as_ptr(), frames::phys_to_virt(msr), 4096);
+            }
+            Some(SharedPages { io_a, io_b, msr })
+        })
+        .as_ref()
+}
+
+/// CR0 bits for a 64-bit guest: PE, MP, ET, NE, WP, PG (SDM 2.5).
+const GUEST_CR0: u64 = 0x8001_0033;
+/// CR0.PE and CR0.PG, which unrestricted guest lets the guest own.
+const CR0_PE_PG: u64 = 0x8000_0001;
+/// CR4.PAE (SDM 2.5).
+const GUEST_CR4: u64 = 1 << 5;
+/// CR4.VMXE: fixed to 1 in VMX operation, hidden from the guest by the read shadow.
+const CR4_VMXE: u64 = 1 << 13;
+/// EFER.LME | EFER.LMA | EFER.NXE.
+const GUEST_EFER: u64 = 0xd00;
+/// The power-on PAT value (SDM 13.12.4).
+const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+/// Segment access rights (SDM 25.4.1, table 25-2): 64-bit code, data, busy TSS, unusable.
+const AR_CODE64: u64 = 0xa09b;
+const AR_DATA: u64 = 0xc093;
+const AR_TSS_BUSY: u64 = 0x8b;
+const AR_UNUSABLE: u64 = 1 << 16;
+
+/// Runs `vcpu` on this CPU until its partition stops. Returns normally; the caller
+/// then idles this CPU.
+pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
+    let name = vcpu.vm.name;
+    if let Err(e) = setup(vcpu, caps) {
+        log::error!("partition {name}: vcpu {}: VMCS set-up failed: {}", vcpu.id, e.describe());
+        vcpu.vm.stop(u64::MAX);
+        finish(vcpu);
+        return;
+    }
+    let mut launched = false;
+    while !vcpu.vm.stop_requested() {
+        // SAFETY: only this physical CPU touches the vCPU's registers.
+        let regs = unsafe { &mut *vcpu.regs.get() };
+        match run::enter(regs, launched) {
+            Entry::Exited => {
+                launched = true;
+                if dispatch::handle_exit(vcpu, regs) == Outcome::Stop {
+                    break;
+                }
+            }
+            Entry::FailInvalid | Entry::FailValid => {
+                let err = VmInstructionError(Some(vmcs::read(x86::vmx::vmcs::ro::VM_INSTRUCTION_ERROR) as u32));
+                log::error!(
+                    "partition {name}: vcpu {}: VM entry failed: {} ({:?}); stopping this partition",
+                    vcpu.id,
+                    err.describe(),
+                    err.0
+                );
+                dispatch::dump_guest_state(vcpu);
+                vcpu.vm.stop(u64::MAX);
+                break;
+            }
+        }
+    }
+    finish(vcpu);
+}
+
+/// The vCPU left its loop: it reports its exits, the last one out the partition's
+/// end, and only then does it stop counting as running (so that "all partitions
+/// stopped" follows every report).
+fn finish(vcpu: &'static Vcpu) {
+    let vm = vcpu.vm;
+    let finished = vm.finished.fetch_add(1, Ordering::AcqRel) + 1;
+    dispatch::report_stop(vcpu, finished == vm.running.load(Ordering::Acquire));
+    vm.running.fetch_sub(1, Ordering::AcqRel);
+}
+
+fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstructionError> {
+    let fail = VmInstructionError(None);
+    let controls = CONTROLS.get().ok_or(fail)?;
+    let pages = shared().ok_or(fail)?;
+    let region = Vmcs::new(caps.revision_id).ok_or(fail)?;
+    // The region stays the current VMCS of this CPU for the vCPU's lifetime (its frame
+    // is never returned to the allocator).
+    region.clear_and_load()?;
+    let w = vmcs::write;
+    let cpu = percpu::current();
+    let boot = *vcpu.boot.lock();
+
+    let (efer, pat, gs_base, cr0_fixed0, cr0_fixed1, cr4_fixed0, cr4_fixed1) =
+        // SAFETY: IA32_EFER, IA32_PAT and IA32_GS_BASE exist on every CPU that has VMX;
+        // the CR0/CR4 fixed MSRs exist when VMX does. Reads have no side effects.
+        unsafe {
+        (
+            x86_64::registers::model_specific::Msr::new(0xc000_0080).read(),
+            x86_64::registers::model_specific::Msr::new(0x277).read(),
+            msr::read(Msr::GsBase),
+            msr::read(Msr::VmxCr0Fixed0),
+            msr::read(Msr::VmxCr0Fixed1),
+            msr::read(Msr::VmxCr4Fixed0),
+            msr::read(Msr::VmxCr4Fixed1),
+        )
+    };
+
+    // Host state (SDM 25.5): where and how the CPU comes back on a VM exit.
+    w(host::CR0, x86_64::registers::control::Cr0::read_raw())?;
+    w(host::CR3, paging::root())?;
+    w(host::CR4, x86_64::registers::control::Cr4::read_raw())?;
+    w(host::CS_SELECTOR, u64::from(gdt::KERNEL_CS))?;
+    for field in [host::SS_SELECTOR, host::DS_SELECTOR, host::ES_SELECTOR] {
+        w(field, u64::from(gdt::KERNEL_DS))?;
+    }
+    w(host::FS_SELECTOR, 0)?;
+    w(host::GS_SELECTOR, 0)?;
+    w(host::TR_SELECTOR, u64::from(gdt::TSS_SELECTOR))?;
+    w(host::FS_BASE, 0)?;
+    w(host::GS_BASE, gs_base)?;
+    w(host::TR_BASE, cpu.tss_base.load(Ordering::Acquire))?;
+    w(host::GDTR_BASE, cpu.gdt_base.load(Ordering::Acquire))?;
+    w(host::IDTR_BASE, crate::arch::idt::base())?;
+    w(host::IA32_SYSENTER_CS, 0)?;
+    w(host::IA32_SYSENTER_ESP, 0)?;
+    w(host::IA32_SYSENTER_EIP, 0)?;
+    w(host::IA32_EFER_FULL, efer)?;
+    w(host::IA32_PAT_FULL, pat)?;
+    w(host::RIP, run::exit_entry_point())?;
+
+    // Controls (SDM 25.6), computed from the capability MSRs at boot.
+    w(control::PINBASED_EXEC_CONTROLS, u64::from(controls.pin))?;
+    w(control::PRIMARY_PROCBASED_EXEC_CONTROLS, u64::from(controls.proc))?;
+    w(control::SECONDARY_PROCBASED_EXEC_CONTROLS, u64::from(controls.proc2))?;
+    w(control::VMEXIT_CONTROLS, u64::from(controls.exit))?;
+    w(control::VMENTRY_CONTROLS, u64::from(controls.entry | vmx_controls::entry::IA32E_MODE_GUEST))?;
+    w(control::EXCEPTION_BITMAP, 0)?;
+    w(control::PAGE_FAULT_ERR_CODE_MASK, 0)?;
+    w(control::PAGE_FAULT_ERR_CODE_MATCH, 0)?;
+    w(control::CR3_TARGET_COUNT, 0)?;
+    w(control::VMEXIT_MSR_STORE_COUNT, 0)?;
+    w(control::VMEXIT_MSR_LOAD_COUNT, 0)?;
+    w(control::VMENTRY_MSR_LOAD_COUNT, 0)?;
+    w(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0)?;
+    w(control::IO_BITMAP_A_ADDR_FULL, pages.io_a)?;
+    w(control::IO_BITMAP_B_ADDR_FULL, pages.io_b)?;
+    w(control::MSR_BITMAPS_ADDR_FULL, pages.msr)?;
+    w(control::EPTP_FULL, vcpu.vm.eptp.load(Ordering::Acquire))?;
+    if controls.proc2 & vmx_controls::proc2::ENABLE_VPID != 0 {
+        w(control::VPID, u64::from(vcpu.vpid))?;
+    }
+    let unrestricted = controls.proc2 & vmx_controls::proc2::UNRESTRICTED_GUEST != 0;
+    let cr0_owned = if unrestricted { CR0_PE_PG } else { 0 };
+    let cr0_mask = (cr0_fixed0 | !cr0_fixed1) & 0xffff_ffff & !cr0_owned;
+    let cr4_mask = (cr4_fixed0 | !cr4_fixed1) & 0xffff_ffff;
+    let cr0 = apply_fixed_bits(GUEST_CR0, cr0_fixed0 & !cr0_owned, cr0_fixed1);
+    let cr4 = apply_fixed_bits(GUEST_CR4 | CR4_VMXE, cr4_fixed0, cr4_fixed1);
+    w(control::CR0_GUEST_HOST_MASK, cr0_mask)?;
+    w(control::CR0_READ_SHADOW, GUEST_CR0)?;
+    w(control::CR4_GUEST_HOST_MASK, cr4_mask)?;
+    w(control::CR4_READ_SHADOW, GUEST_CR4)?;
+
+    // Guest state (SDM 25.4): the 64-bit start state of `hv_abi::start`.
+    w(guest::CR0, cr0)?;
+    w(guest::CR3, boot.cr3)?;
+    w(guest::CR4, cr4)?;
+    w(guest::DR7, 0x400)?;
+    w(guest::RSP, boot.rsp)?;
+    w(guest::RIP, boot.rip)?;
+    w(guest::RFLAGS, 0x2)?;
+    w(guest::CS_SELECTOR, u64::from(hv_abi::start::CODE_SELECTOR))?;
+    w(guest::CS_BASE, 0)?;
+    w(guest::CS_LIMIT, 0xffff_ffff)?;
+    w(guest::CS_ACCESS_RIGHTS, AR_CODE64)?;
+    for (sel, base, limit, ar) in [
+        (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS),
+        (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS),
+        (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS),
+        (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS),
+        (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS),
+    ] {
+        w(sel, u64::from(hv_abi::start::DATA_SELECTOR))?;
+        w(base, 0)?;
+        w(limit, 0xffff_ffff)?;
+        w(ar, AR_DATA)?;
+    }
+    w(guest::LDTR_SELECTOR, 0)?;
+    w(guest::LDTR_BASE, 0)?;
+    w(guest::LDTR_LIMIT, 0)?;
+    w(guest::LDTR_ACCESS_RIGHTS, AR_UNUSABLE)?;
+    w(guest::TR_SELECTOR, 0)?;
+    w(guest::TR_BASE, 0)?;
+    w(guest::TR_LIMIT, 0x67)?;
+    w(guest::TR_ACCESS_RIGHTS, AR_TSS_BUSY)?;
+    w(guest::GDTR_BASE, boot.gdt_base)?;
+    w(guest::GDTR_LIMIT, u64::from(boot.gdt_limit))?;
+    w(guest::IDTR_BASE, 0)?;
+    w(guest::IDTR_LIMIT, 0)?;
+    w(guest::IA32_EFER_FULL, GUEST_EFER)?;
+    w(guest::IA32_PAT_FULL, DEFAULT_PAT)?;
+    w(guest::IA32_DEBUGCTL_FULL, 0)?;
+    w(guest::IA32_SYSENTER_CS, 0)?;
+    w(guest::IA32_SYSENTER_ESP, 0)?;
+    w(guest::IA32_SYSENTER_EIP, 0)?;
+    w(guest::LINK_PTR_FULL, u64::MAX)?;
+    w(guest::ACTIVITY_STATE, 0)?;
+    w(guest::INTERRUPTIBILITY_STATE, 0)?;
+    w(guest::PENDING_DBG_EXCEPTIONS, 0)?;
+
+    // SAFETY: only this CPU touches the vCPU's registers; nothing runs the vCPU yet.
+    let regs = unsafe { &mut *vcpu.regs.get() };
+    regs.rdi = boot.rdi;
+    regs.rsi = boot.rsi;
+    Ok(())
+}

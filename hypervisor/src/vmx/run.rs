@@ -1,0 +1,152 @@
+//! Entering the guest and coming back: the only code that switches between the
+//! hypervisor's registers and a guest's.
+//!
+//! `hv_vmx_run(regs, launched)` saves the host's callee-saved registers, records the
+//! stack pointer as HOST_RSP, loads the guest's general-purpose registers from `regs`
+//! and executes VMLAUNCH (first entry) or VMRESUME. On a VM exit the CPU continues at
+//! `hv_vmx_exit` (HOST_RIP) with that stack: the guest registers are stored back into
+//! `regs`, the host registers restored, and the call returns 0. If the entry itself
+//! fails, it returns 1 (VMfailInvalid) or 2 (VMfailValid: see VM_INSTRUCTION_ERROR).
+
+/// The guest registers the VMCS does not hold (RSP, RIP and RFLAGS live in the VMCS).
+/// The layout is fixed: the assembly below uses these offsets.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GuestRegisters {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub cr2: u64,
+}
+
+core::arch::global_asm!(
+    r#"
+    .global hv_vmx_run
+hv_vmx_run:
+    push rbp
+    push rbx
+    push r12
+    push r13
+    push r14
+    push r15
+    push rdi                      // the GuestRegisters pointer, found again at exit
+    mov rax, 0x6c14               // HOST_RSP
+    vmwrite rax, rsp
+    jbe 3f
+    test rsi, rsi                 // launched? (flags survive the moves below)
+    mov rax, [rdi + 15*8]
+    mov cr2, rax
+    mov rax, [rdi + 0*8]
+    mov rbx, [rdi + 1*8]
+    mov rcx, [rdi + 2*8]
+    mov rdx, [rdi + 3*8]
+    mov rsi, [rdi + 4*8]
+    mov rbp, [rdi + 6*8]
+    mov r8,  [rdi + 7*8]
+    mov r9,  [rdi + 8*8]
+    mov r10, [rdi + 9*8]
+    mov r11, [rdi + 10*8]
+    mov r12, [rdi + 11*8]
+    mov r13, [rdi + 12*8]
+    mov r14, [rdi + 13*8]
+    mov r15, [rdi + 14*8]
+    mov rdi, [rdi + 5*8]
+    jnz 2f
+    vmlaunch
+    jmp 3f
+2:
+    vmresume
+3:
+    // VM entry failed: CF=1 VMfailInvalid, ZF=1 VMfailValid.
+    mov eax, 1
+    mov ecx, 2
+    cmovz eax, ecx
+    pop rdi
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    pop rbp
+    ret
+
+    .global hv_vmx_exit
+hv_vmx_exit:
+    push rdi                      // guest RDI; [rsp + 8] is the GuestRegisters pointer
+    mov rdi, [rsp + 8]
+    mov [rdi + 0*8], rax
+    mov [rdi + 1*8], rbx
+    mov [rdi + 2*8], rcx
+    mov [rdi + 3*8], rdx
+    mov [rdi + 4*8], rsi
+    mov [rdi + 6*8], rbp
+    mov [rdi + 7*8], r8
+    mov [rdi + 8*8], r9
+    mov [rdi + 9*8], r10
+    mov [rdi + 10*8], r11
+    mov [rdi + 11*8], r12
+    mov [rdi + 12*8], r13
+    mov [rdi + 13*8], r14
+    mov [rdi + 14*8], r15
+    mov rax, cr2
+    mov [rdi + 15*8], rax
+    pop rax
+    mov [rdi + 5*8], rax
+    add rsp, 8
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    pop rbp
+    xor eax, eax
+    ret
+    "#
+);
+
+extern "C" {
+    fn hv_vmx_run(regs: *mut GuestRegisters, launched: u64) -> u64;
+    fn hv_vmx_exit();
+}
+
+/// How an attempt to run the guest ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// The guest ran and exited; the exit reason is in the VMCS.
+    Exited,
+    /// VMLAUNCH/VMRESUME failed: VMfailInvalid.
+    FailInvalid,
+    /// VMLAUNCH/VMRESUME failed: VMfailValid (VM-instruction error in the VMCS).
+    FailValid,
+}
+
+/// The address to put in HOST_RIP.
+#[must_use]
+pub fn exit_entry_point() -> u64 {
+    hv_vmx_exit as *const () as u64
+}
+
+/// Runs the guest of the current VMCS until its next VM exit.
+pub fn enter(regs: &mut GuestRegisters, launched: bool) -> Entry {
+    // SAFETY: the current VMCS is fully set up with HOST_RIP = `hv_vmx_exit` and the
+    // host state of this CPU; `hv_vmx_run` saves and restores every callee-saved
+    // register and returns on this stack whether the entry fails or the guest exits.
+    // The guest cannot reach hypervisor memory (EPT) and `regs` stays valid throughout.
+    match unsafe { hv_vmx_run(regs, u64::from(launched)) } {
+        0 => Entry::Exited,
+        1 => Entry::FailInvalid,
+        _ => Entry::FailValid,
+    }
+}

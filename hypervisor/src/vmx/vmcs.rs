@@ -1,0 +1,83 @@
+//! The VMCS of one vCPU: its region, and typed access to its fields through VMREAD and
+//! VMWRITE (SDM Vol. 3 chapter 25 "Virtual-machine control structures"; field
+//! encodings from the `x86` crate, appendix B).
+
+use crate::mm::frames;
+
+/// The VM-instruction error number (SDM 31.4), or `None` for VMfailInvalid (no current
+/// VMCS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmInstructionError(pub Option<u32>);
+
+impl VmInstructionError {
+    /// Reads the error of the last failed VMX instruction on the current VMCS.
+    fn current() -> Self {
+        // SAFETY: VMREAD of a read-only field of the current VMCS; if there is none the
+        // read fails and we report VMfailInvalid.
+        match unsafe { x86::bits64::vmx::vmread(x86::vmx::vmcs::ro::VM_INSTRUCTION_ERROR) } {
+            Ok(n) => Self(Some(n as u32)),
+            Err(_) => Self(None),
+        }
+    }
+
+    /// The SDM's name for the error (table 31-1), for the log.
+    #[must_use]
+    pub fn describe(&self) -> &'static str {
+        match self.0 {
+            None => "VMfailInvalid (no current VMCS)",
+            Some(2) => "VMCLEAR with invalid physical address",
+            Some(4) => "VMLAUNCH with non-clear VMCS",
+            Some(5) => "VMRESUME with non-launched VMCS",
+            Some(7) => "VM entry with invalid control field(s)",
+            Some(8) => "VM entry with invalid host-state field(s)",
+            Some(9) => "VMPTRLD with invalid physical address",
+            Some(11) => "VMPTRLD with incorrect VMCS revision identifier",
+            Some(12) => "VMREAD/VMWRITE from/to unsupported VMCS component",
+            Some(13) => "VMWRITE to read-only VMCS component",
+            Some(26) => "VM entry with events blocked by MOV SS",
+            Some(_) => "other VM-instruction error",
+        }
+    }
+}
+
+/// A VMCS region (one 4 KiB frame).
+pub struct Vmcs {
+    phys: u64,
+}
+
+impl Vmcs {
+    /// Allocates a region stamped with the revision identifier (SDM 25.2).
+    pub fn new(revision_id: u32) -> Option<Self> {
+        let phys = frames::allocate_frame().ok()?;
+        // SAFETY: a fresh, direct-mapped frame owned by this VMCS; bits 30:0 of the first
+        // word are the revision identifier, bit 31 (shadow VMCS) clear.
+        unsafe { frames::phys_to_virt(phys).cast::<u32>().write_volatile(revision_id & 0x7fff_ffff) };
+        Some(Self { phys })
+    }
+
+    /// VMCLEAR then VMPTRLD: makes this the current VMCS of this CPU, in the clear
+    /// state (the next entry is a VMLAUNCH).
+    pub fn clear_and_load(&self) -> Result<(), VmInstructionError> {
+        // SAFETY: `phys` is this VMCS's own 4 KiB-aligned region with the right
+        // revision; VMX is on (the caller runs after VMXON on this CPU).
+        unsafe {
+            x86::bits64::vmx::vmclear(self.phys).map_err(|_| VmInstructionError::current())?;
+            x86::bits64::vmx::vmptrld(self.phys).map_err(|_| VmInstructionError::current())
+        }
+    }
+}
+
+/// Writes a field of the current VMCS.
+pub fn write(field: u32, value: u64) -> Result<(), VmInstructionError> {
+    // SAFETY: VMWRITE only changes the current VMCS (checked by the CPU: a missing VMCS
+    // or a bad field encoding fails with an error, reported to the caller). What a
+    // field's value means for the guest is validated at VM entry.
+    unsafe { x86::bits64::vmx::vmwrite(field, value) }.map_err(|_| VmInstructionError::current())
+}
+
+/// Reads a field of the current VMCS (0 if it cannot be read).
+#[must_use]
+pub fn read(field: u32) -> u64 {
+    // SAFETY: VMREAD has no side effect; failure yields 0.
+    unsafe { x86::bits64::vmx::vmread(field) }.unwrap_or(0)
+}
