@@ -148,8 +148,14 @@ static CPUS_ONLINE: AtomicU32 = AtomicU32::new(1);
 /// Large EPT pages this CPU supports.
 static LARGE_PAGES: Mutex<LargePages> = Mutex::new(LargePages { two_mib: false, one_gib: false });
 
+/// Bytes in hypervisor memory that the `guest-ept` scenario looks for in guest RAM
+/// (and must never find).
+pub static HYPERVISOR_CANARY: [u8; 24] = *b"HV-CANARY:hypervisor-mem";
+
 /// Records the machine facts the control interface needs.
 pub fn init(cpus_online: u32, large: LargePages) {
+    // Keep the canary in the image (nothing else reads it).
+    core::hint::black_box(&HYPERVISOR_CANARY);
     CPUS_ONLINE.store(cpus_online, Ordering::Release);
     *LARGE_PAGES.lock() = large;
 }

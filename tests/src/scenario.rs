@@ -137,6 +137,21 @@ fn guests(
     }
 }
 
+/// A Bochs scenario on `corei7_icelake_u` with 2 CPUs and explicit expectations.
+fn bochs_expect(name: &'static str, config: &'static str, expected: &[&str]) -> Scenario {
+    Scenario {
+        name,
+        emulator: Emulator::Bochs,
+        cpu_model: Some(ICELAKE),
+        cpus: 2,
+        config,
+        timeout: Duration::from_secs(180),
+        expected: expected.iter().map(|s| s.to_string()).collect(),
+        require_self_exit: true,
+        fatal_expected: false,
+    }
+}
+
 /// Every scenario, in the order they are run.
 pub fn catalogue() -> Vec<Scenario> {
     vec![
@@ -170,6 +185,43 @@ pub fn catalogue() -> Vec<Scenario> {
         guests("guest-hello", ICELAKE, 2, "tests/configs/guest-hello.toml", &[("hello", "guest-hello")]),
         guests("guest-hello-skylake", SKYLAKE, 2, "tests/configs/guest-hello.toml", &[("hello", "guest-hello")]),
         guests("guest-cpuid", ICELAKE, 2, "tests/configs/guest-cpuid.toml", &[("cpuid", "guest-cpuid")]),
+        guests(
+            "guest-hypercall",
+            ICELAKE,
+            2,
+            "tests/configs/guest-hypercall.toml",
+            &[("hypercall", "guest-hypercall")],
+        ),
+        bochs_expect(
+            "guest-triplefault",
+            "tests/configs/guest-triplefault.toml",
+            &[
+                "[crash] guest-triplefault: loading an empty IDT and executing UD2",
+                "partition crash: vcpu 0: triple fault",
+                "partition crash: vcpu 0 (cpu 1) state: rip 0x",
+                "partition crash: stopped by the hypervisor",
+                "[survivor] PASS guest-hello",
+                "partition survivor: stopped itself (code 0)",
+                "hypervisor: all partitions stopped",
+                "platform: power off (code 0)",
+            ],
+        ),
+        bochs_expect(
+            "guest-ept",
+            "tests/configs/guest-ept.toml",
+            &[
+                "[ept] PASS guest-ept: all RAM above 4 MiB keeps what was written",
+                "[ept] PASS guest-ept: no other partition's tag is visible",
+                "[ept] PASS guest-ept: no hypervisor canary is visible",
+                "[ept] PASS guest-ept: the canary detector recognises the canary",
+                "[ept-peer] PASS guest-ept: 18 MiB touched and isolated",
+                "partition ept: vcpu 0: read at guest-physical 0x1000000, outside its RAM (16 MiB)",
+                "partition ept: stopped by the hypervisor",
+                "partition ept-peer: vcpu 0: read at guest-physical 0x1200000, outside its RAM (18 MiB)",
+                "hypervisor: all partitions stopped",
+                "platform: power off (code 0)",
+            ],
+        ),
         guests(
             "two-guests",
             ICELAKE,
@@ -225,7 +277,7 @@ mod tests {
         let names: Vec<&str> = select(&["vmx".to_string(), "layout".to_string()]).iter().map(|s| s.name).collect();
         assert_eq!(names, ["image-layout", "no-vmx"]);
         let names: Vec<&str> = select(&["fault".to_string()]).iter().map(|s| s.name).collect();
-        assert_eq!(names, ["cpu-fault"]);
+        assert_eq!(names, ["cpu-fault", "guest-triplefault"]);
         assert!(select(&["nothing-matches".to_string()]).is_empty());
     }
 }

@@ -1,0 +1,65 @@
+//! `guest-hypercall`: bad hypercall numbers and bad arguments get error codes, never a
+//! crash; good calls still work afterwards.
+#![no_std]
+#![no_main]
+
+use guest_rt::hv_abi::{hypercall as hc, Error, ExitCount};
+use guest_rt::{check, println, raw_hypercall, stop};
+
+const NAME: &str = "guest-hypercall";
+static MESSAGE: &[u8] = b"hypercall console write works\n";
+static mut STATS: [ExitCount; 16] = [ExitCount { reason: 0, _reserved: 0, count: 0 }; 16];
+
+fn is(ret: u64, e: Error) -> bool {
+    Error::from_rax(ret) == Some(e)
+}
+
+/// Entry point (see `hv_abi::start`): RDI = vCPU id, RSI = RAM size in bytes.
+#[no_mangle]
+#[link_section = ".text._start"]
+pub extern "C" fn _start(vcpu: u64, ram: u64) -> ! {
+    let mut ok = true;
+    ok &= check(
+        NAME,
+        "unknown number 0xdead -> UnknownHypercall",
+        is(raw_hypercall(0xdead, 0, 0, 0, 0), Error::UnknownHypercall),
+    );
+    ok &= check(
+        NAME,
+        "number u64::MAX -> UnknownHypercall",
+        is(raw_hypercall(u64::MAX, 1, 2, 3, 4), Error::UnknownHypercall),
+    );
+    let w = |gpa: u64, len: u64| raw_hypercall(hc::CONSOLE_WRITE, gpa, len, 0, 0);
+    ok &= check(NAME, "console write just past RAM -> BadAddress", is(w(ram, 8), Error::BadAddress));
+    ok &= check(NAME, "console write straddling the end of RAM -> BadAddress", is(w(ram - 4, 8), Error::BadAddress));
+    ok &= check(NAME, "console write with a wrapping range -> BadAddress", is(w(u64::MAX - 3, 8), Error::BadAddress));
+    ok &= check(NAME, "console write of 0 bytes -> BadLength", is(w(0x20_0000, 0), Error::BadLength));
+    ok &= check(NAME, "console write of 257 bytes -> BadLength", is(w(0x20_0000, 257), Error::BadLength));
+    let len = MESSAGE.len() as u64;
+    ok &= check(NAME, "a good console write returns its length", w(MESSAGE.as_ptr() as u64, len) == len);
+    let stats = core::ptr::addr_of_mut!(STATS) as u64;
+    let entry = core::mem::size_of::<ExitCount>() as u64;
+    let s = |gpa: u64, bytes: u64| raw_hypercall(hc::EXIT_STATS, gpa, bytes, 0, 0);
+    ok &= check(
+        NAME,
+        "exit stats into a buffer smaller than one entry -> BadLength",
+        is(s(stats, entry - 1), Error::BadLength),
+    );
+    ok &= check(
+        NAME,
+        "exit stats into a buffer past RAM -> BadAddress",
+        is(s(ram - entry, 2 * entry), Error::BadAddress),
+    );
+    let n = s(stats, 16 * entry);
+    // SAFETY: the hypervisor wrote `n` entries into STATS; nothing else touches it.
+    let entries = unsafe { &*core::ptr::addr_of!(STATS) };
+    let vmcalls = entries.iter().take(n as usize).find(|e| e.reason == 18).map_or(0, |e| e.count);
+    println!("{NAME}: exit stats: {n} reasons, {vmcalls} VMCALL exits so far");
+    ok &= check(NAME, "exit stats count this vCPU's VMCALL exits", n >= 1 && vmcalls >= 10);
+    ok &= check(NAME, "NOP returns 0", raw_hypercall(hc::NOP, 1, 2, 3, 4) == 0);
+    ok &= check(NAME, "VCPU_ID still answers", raw_hypercall(hc::VCPU_ID, 0, 0, 0, 0) == vcpu);
+    if ok {
+        println!("PASS {NAME}");
+    }
+    stop(if ok { 0 } else { 1 })
+}
