@@ -227,6 +227,9 @@ fn read_virtual_msr(vcpu: &'static Vcpu, msr: VirtMsr) -> Option<u64> {
         // Locked, VMX off: the guest sees no VMX.
         VirtMsr::FeatureControl => 1,
         VirtMsr::Pat => vmcs::read(guest::IA32_PAT_FULL),
+        VirtMsr::Efer => vmcs::read(guest::IA32_EFER_FULL),
+        // No supervisor XSAVE state is offered to guests.
+        VirtMsr::Xss => 0,
         VirtMsr::MtrrCap => 0x508,
         VirtMsr::MiscEnable => 1,
         VirtMsr::TscAdjust
@@ -253,6 +256,8 @@ fn handle_wrmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
             valid && vmcs::write(guest::IA32_PAT_FULL, value).is_ok()
         }
         MsrPolicy::Virtualized(VirtMsr::FeatureControl) => false,
+        MsrPolicy::Virtualized(VirtMsr::Efer) => write_efer(value),
+        MsrPolicy::Virtualized(VirtMsr::Xss) => value == 0,
         MsrPolicy::Virtualized(_) => true,
         MsrPolicy::Passthrough | MsrPolicy::PassthroughReadOnly | MsrPolicy::Unknown => false,
     };
@@ -262,6 +267,24 @@ fn handle_wrmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     } else {
         inject(InterruptionInfo::hardware_exception(GP, Some(0)))
     }
+}
+
+/// EFER bits a guest may write: SCE (0), LME (8), NXE (11); LMA (10) is the CPU's
+/// (SDM 2.2.1). LME may not change while paging is on.
+fn write_efer(value: u64) -> bool {
+    const SCE: u64 = 1 << 0;
+    const LME: u64 = 1 << 8;
+    const LMA: u64 = 1 << 10;
+    const NXE: u64 = 1 << 11;
+    const CR0_PG: u64 = 1 << 31;
+    let current = vmcs::read(guest::IA32_EFER_FULL);
+    if value & !(SCE | LME | LMA | NXE) != 0 {
+        return false;
+    }
+    if (value ^ current) & LME != 0 && vmcs::read(guest::CR0) & CR0_PG != 0 {
+        return false;
+    }
+    vmcs::write(guest::IA32_EFER_FULL, (value & (SCE | LME | NXE)) | (current & LMA)).is_ok()
 }
 
 fn handle_cr_access(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {

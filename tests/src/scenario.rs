@@ -185,6 +185,14 @@ pub fn catalogue() -> Vec<Scenario> {
         guests("guest-hello", ICELAKE, 2, "tests/configs/guest-hello.toml", &[("hello", "guest-hello")]),
         guests("guest-hello-skylake", SKYLAKE, 2, "tests/configs/guest-hello.toml", &[("hello", "guest-hello")]),
         guests("guest-cpuid", ICELAKE, 2, "tests/configs/guest-cpuid.toml", &[("cpuid", "guest-cpuid")]),
+        guests("guest-msr", ICELAKE, 2, "tests/configs/guest-msr.toml", &[("msr", "guest-msr")]),
+        guests(
+            "guest-exceptions",
+            ICELAKE,
+            2,
+            "tests/configs/guest-exceptions.toml",
+            &[("exceptions", "guest-exceptions")],
+        ),
         guests(
             "guest-hypercall",
             ICELAKE,

@@ -109,3 +109,171 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     println!("FAIL guest panic: {info}");
     stop(1)
 }
+
+/// Exceptions inside the guest: an IDT whose 32 exception gates record what happened
+/// and, when the test announced the fault with [`expect_fault`], resume after the
+/// faulting instruction. An unannounced exception prints `FAIL` and stops the guest.
+pub mod exceptions {
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    /// What the last exception was.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Seen {
+        pub vector: u64,
+        pub error_code: u64,
+        pub rip: u64,
+        pub cr2: u64,
+    }
+
+    static VECTOR: AtomicU64 = AtomicU64::new(u64::MAX);
+    static ERROR: AtomicU64 = AtomicU64::new(0);
+    static RIP: AtomicU64 = AtomicU64::new(0);
+    static CR2: AtomicU64 = AtomicU64::new(0);
+    /// Bytes to skip after the announced faulting instruction (0: not announced;
+    /// [`TRAP`]: an announced trap, resumed where it reports).
+    static SKIP: AtomicU64 = AtomicU64::new(0);
+    const TRAP: u64 = u64::MAX;
+
+    #[repr(C)]
+    struct Frame {
+        r11: u64,
+        r10: u64,
+        r9: u64,
+        r8: u64,
+        rdx: u64,
+        rcx: u64,
+        rax: u64,
+        rsi: u64,
+        rdi: u64,
+        vector: u64,
+        error_code: u64,
+        rip: u64,
+        cs: u64,
+        rflags: u64,
+        rsp: u64,
+        ss: u64,
+    }
+
+    // Vectors with a CPU-pushed error code: 8, 10-14, 17, 21, 29, 30.
+    core::arch::global_asm!(
+        r#"
+        .section .text.guest_exceptions, "ax"
+        .balign 16
+        .global guest_rt_exception_stubs
+    guest_rt_exception_stubs:
+        .set vec, 0
+        .rept 32
+        .balign 16
+        .if (vec == 8) | (vec == 10) | (vec == 11) | (vec == 12) | (vec == 13) | (vec == 14) | (vec == 17) | (vec == 21) | (vec == 29) | (vec == 30)
+        .else
+        push 0
+        .endif
+        push vec
+        jmp guest_rt_exception_common
+        .set vec, vec + 1
+        .endr
+    guest_rt_exception_common:
+        push rdi
+        push rsi
+        push rax
+        push rcx
+        push rdx
+        push r8
+        push r9
+        push r10
+        push r11
+        mov rdi, rsp
+        cld
+        call {handler}
+        pop r11
+        pop r10
+        pop r9
+        pop r8
+        pop rdx
+        pop rcx
+        pop rax
+        pop rsi
+        pop rdi
+        add rsp, 16
+        iretq
+        .text
+        "#,
+        handler = sym on_exception,
+    );
+
+    extern "C" {
+        static guest_rt_exception_stubs: [u8; 32 * 16];
+    }
+
+    #[repr(C, align(16))]
+    struct Idt([[u64; 2]; 32]);
+    static mut IDT: Idt = Idt([[0; 2]; 32]);
+
+    extern "C" fn on_exception(frame: &mut Frame) {
+        let cr2: u64;
+        // SAFETY: reading CR2 has no side effects (the guest runs in ring 0).
+        unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
+        VECTOR.store(frame.vector, Ordering::SeqCst);
+        ERROR.store(frame.error_code, Ordering::SeqCst);
+        RIP.store(frame.rip, Ordering::SeqCst);
+        CR2.store(cr2, Ordering::SeqCst);
+        match SKIP.swap(0, Ordering::SeqCst) {
+            0 => {
+                crate::println!(
+                    "FAIL unexpected exception: vector {} error {:#x} at rip {:#x} (cr2 {:#x})",
+                    frame.vector,
+                    frame.error_code,
+                    frame.rip,
+                    cr2
+                );
+                crate::stop(1)
+            }
+            // A trap (#BP) already reports the next instruction.
+            TRAP => {}
+            // A fault reports the faulting instruction: resume after it.
+            n => frame.rip = frame.rip.wrapping_add(n),
+        }
+    }
+
+    /// Installs the IDT (64-bit interrupt gates, code selector 0x08 of the boot GDT).
+    pub fn install() {
+        let base = core::ptr::addr_of!(guest_rt_exception_stubs) as u64;
+        for v in 0..32u64 {
+            let h = base + v * 16;
+            let low = (h & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((h >> 16) & 0xffff) << 48;
+            // SAFETY: the IDT is written before it is loaded, by the only vCPU.
+            unsafe { (*core::ptr::addr_of_mut!(IDT)).0[v as usize] = [low, h >> 32] };
+        }
+        let limit = (core::mem::size_of::<Idt>() - 1) as u16;
+        let mut pointer = [0u8; 10];
+        pointer[..2].copy_from_slice(&limit.to_le_bytes());
+        pointer[2..].copy_from_slice(&(core::ptr::addr_of!(IDT) as u64).to_le_bytes());
+        // SAFETY: the IDT is static and its gates point at the stubs above.
+        unsafe { core::arch::asm!("lidt [{}]", in(reg) pointer.as_ptr(), options(nostack)) };
+    }
+
+    /// Announces that the next instruction faults and is `len` bytes long.
+    pub fn expect_fault(len: u64) {
+        VECTOR.store(u64::MAX, Ordering::SeqCst);
+        SKIP.store(len, Ordering::SeqCst);
+    }
+
+    /// Announces that the next instruction traps (the CPU resumes after it).
+    pub fn expect_trap() {
+        VECTOR.store(u64::MAX, Ordering::SeqCst);
+        SKIP.store(TRAP, Ordering::SeqCst);
+    }
+
+    /// The exception seen since the last [`expect_fault`], if any.
+    pub fn seen() -> Option<Seen> {
+        match VECTOR.load(Ordering::SeqCst) {
+            u64::MAX => None,
+            vector => Some(Seen {
+                vector,
+                error_code: ERROR.load(Ordering::SeqCst),
+                rip: RIP.load(Ordering::SeqCst),
+                cr2: CR2.load(Ordering::SeqCst),
+            }),
+        }
+    }
+}
