@@ -72,6 +72,7 @@ pub fn handle_exit(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         ExitReason::ExceptionOrNmi => handle_exception_or_nmi(vcpu),
         ExitReason::ExternalInterrupt | ExitReason::PreemptionTimer | ExitReason::InterruptWindow => Outcome::Continue,
         ExitReason::Invd | ExitReason::Wbinvd => handle_wbinvd(),
+        ExitReason::Xsetbv => handle_xsetbv(regs),
         ExitReason::Mwait | ExitReason::Monitor | ExitReason::Pause => skip_instruction(),
         r if r.is_vmx_instruction() => handle_vmx_instruction(),
         other => stop_with_dump(vcpu, other.name(), u64::from(basic)),
@@ -366,6 +367,27 @@ fn handle_exception_or_nmi(vcpu: &'static Vcpu) -> Outcome {
         return Outcome::Continue;
     }
     stop_with_dump(vcpu, "unexpected exception exit", u64::from(info.vector()))
+}
+
+/// XSETBV always exits (SDM 26.1.2). The new XCR0 is checked as the CPU would check
+/// it (SDM 13.3): XCR0 only (ECX = 0), x87 always on, AVX only with SSE, the three
+/// AVX-512 bits together and only with AVX, nothing the CPU does not support; then it
+/// is loaded. The host uses no extended state, and each CPU runs one vCPU, so the
+/// guest's XCR0 can stay loaded across exits.
+fn handle_xsetbv(regs: &mut GuestRegisters) -> Outcome {
+    let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
+    let leaf = cpuid(0xd, 0);
+    let supported = (u64::from(leaf.edx) << 32) | u64::from(leaf.eax);
+    if regs.rcx & 0xffff_ffff != 0 || !hv_core::virt_cpuid::xcr0_is_valid(value, supported) {
+        return inject(InterruptionInfo::hardware_exception(GP, Some(0)));
+    }
+    // SAFETY: the value passed the CPU's own XCR0 rules for this CPU, and CR4.OSXSAVE
+    // is set in the host (vmx::enable_on_this_cpu) whenever the CPU has XSAVE; the
+    // hypervisor itself never uses extended state.
+    unsafe {
+        core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack))
+    };
+    skip_instruction()
 }
 
 fn handle_wbinvd() -> Outcome {

@@ -3,6 +3,8 @@
 #![no_std]
 #![no_main]
 
+use core::arch::x86_64::__cpuid;
+
 use guest_rt::exceptions::{expect_fault, install, seen};
 use guest_rt::hv_abi::{hypercall as hc, ExitCount};
 use guest_rt::{check, println, raw_hypercall, stop};
@@ -28,6 +30,21 @@ fn faults(f: impl FnOnce()) -> bool {
     expect_fault(2);
     f();
     seen().is_some_and(|s| s.vector == 13 && s.error_code == 0)
+}
+
+fn xsetbv(value: u64) {
+    // SAFETY: XSETBV of XCR0 exits to the hypervisor, which validates the value; a bad
+    // value raises #GP, which the guest's handler skips (3 bytes: 0f 01 d1).
+    unsafe {
+        core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack))
+    };
+}
+
+fn xgetbv() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV of XCR0 is allowed once CR4.OSXSAVE is set; no side effects.
+    unsafe { core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
 }
 
 static mut STATS: [ExitCount; 32] = [ExitCount { reason: 0, _reserved: 0, count: 0 }; 32];
@@ -75,6 +92,21 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
     );
     ok &= check(NAME, "writing an unknown MSR (0x1234) raises #GP", faults(|| wrmsr(0x1234, 1)));
     ok &= check(NAME, "virtualised and unknown MSRs exit to the hypervisor", msr_exits() > before);
+
+    // XSETBV always exits; the hypervisor applies a valid XCR0 and refuses a bad one.
+    if __cpuid(1).ecx & (1 << 26) != 0 {
+        // SAFETY: sets CR4.OSXSAVE (bit 18), which the CPU reports (XSAVE), so that
+        // XSETBV/XGETBV are allowed in this guest.
+        unsafe { core::arch::asm!("mov rax, cr4", "bts rax, 18", "mov cr4, rax", out("rax") _) };
+        xsetbv(0b11);
+        ok &= check(NAME, "XSETBV with x87|SSE takes effect (XGETBV reads 3)", xgetbv() == 0b11);
+        expect_fault(3);
+        xsetbv(0b10);
+        ok &= check(NAME, "XSETBV without x87 raises #GP", seen().is_some_and(|s| s.vector == 13));
+        ok &= check(NAME, "XCR0 is unchanged after the refused XSETBV", xgetbv() == 0b11);
+    } else {
+        println!("{NAME}: no XSAVE on this CPU; XSETBV checks skipped");
+    }
 
     if ok {
         println!("PASS {NAME}");

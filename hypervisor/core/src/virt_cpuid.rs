@@ -296,3 +296,41 @@ mod tests {
         }
     }
 }
+
+/// XCR0 bits (SDM Vol. 1 13.3): x87 (0), SSE (1), AVX (2), AVX-512 opmask, ZMM_Hi256 and
+/// Hi16_ZMM (5-7).
+const XCR0_X87: u64 = 1 << 0;
+const XCR0_SSE: u64 = 1 << 1;
+const XCR0_AVX: u64 = 1 << 2;
+const XCR0_AVX512: u64 = 0b111 << 5;
+
+/// Whether `value` is an XCR0 the CPU would accept given the `supported` bits (CPUID
+/// 0xD.0 EDX:EAX): no unsupported bit, x87 set, AVX only with SSE, the AVX-512 bits
+/// all or none and only with AVX (SDM Vol. 1 13.3, XSETBV in Vol. 2).
+#[must_use]
+pub const fn xcr0_is_valid(value: u64, supported: u64) -> bool {
+    value & !supported == 0
+        && value & XCR0_X87 != 0
+        && (value & XCR0_AVX == 0 || value & XCR0_SSE != 0)
+        && (value & XCR0_AVX512 == 0 || (value & XCR0_AVX512 == XCR0_AVX512 && value & XCR0_AVX != 0))
+}
+
+#[cfg(test)]
+mod xcr0_tests {
+    use super::xcr0_is_valid;
+
+    #[test]
+    fn xcr0_rules() {
+        let all = 0xe7;
+        assert!(xcr0_is_valid(0b1, all));
+        assert!(xcr0_is_valid(0b11, all));
+        assert!(xcr0_is_valid(0b111, all));
+        assert!(xcr0_is_valid(0xe7, all));
+        assert!(!xcr0_is_valid(0, all), "x87 must be on");
+        assert!(!xcr0_is_valid(0b110, all), "x87 must be on");
+        assert!(!xcr0_is_valid(0b101, all), "AVX needs SSE");
+        assert!(!xcr0_is_valid(0b0010_0111, all), "AVX-512 bits go together");
+        assert!(!xcr0_is_valid(0xe3, all), "AVX-512 needs AVX");
+        assert!(!xcr0_is_valid(0b111, 0b11), "unsupported bit");
+    }
+}

@@ -82,7 +82,10 @@ pub fn write_partition_output(name: &str, bytes: &[u8], line_start: &core::sync:
     let mut at_start = line_start.load(Ordering::Relaxed);
     for &b in bytes {
         if at_start {
-            let _ = write!(sinks, "[{name}] ");
+            // Plain writes, no formatting machinery: this runs on the hypercall path.
+            let _ = sinks.write_str("[");
+            let _ = sinks.write_str(name);
+            let _ = sinks.write_str("] ");
             at_start = false;
         }
         match b {

@@ -71,7 +71,8 @@ pub fn read_raw_msrs() -> RawVmxMsrs {
 pub fn enable_on_this_cpu(caps: &VmxCapabilities) -> Result<(), VmxUnavailable> {
     // SAFETY: the MSRs exist (probe() succeeded on the BSP; all CPUs are alike). The
     // feature-control write is what the SDM prescribes when the MSR is unlocked; the
-    // CR0/CR4 writes only set bits VMX requires (NE, VMXE) and keep paging intact:
+    // CR0/CR4 writes only set bits VMX requires (NE, VMXE), plus OSXSAVE (which only
+    // permits XSETBV/XSAVE), and keep paging intact:
     // CR0 fixed-0 contains PE and PG, which are already set.
     unsafe {
         match feature_control_action(msr::read(Msr::FeatureControl)) {
@@ -81,7 +82,12 @@ pub fn enable_on_this_cpu(caps: &VmxCapabilities) -> Result<(), VmxUnavailable> 
         }
         let cr0 = apply_fixed_bits(Cr0::read_raw(), msr::read(Msr::VmxCr0Fixed0), msr::read(Msr::VmxCr0Fixed1));
         Cr0::write_raw(cr0);
-        let cr4 = Cr4::read_raw() | Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits();
+        let mut cr4 = Cr4::read_raw() | Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits();
+        // OSXSAVE lets the hypervisor execute XSETBV for its guests (the XSETBV exit);
+        // set only when the CPU has XSAVE (CPUID.1:ECX[26]).
+        if crate::arch::cpuid::cpuid(1, 0).ecx & (1 << 26) != 0 {
+            cr4 |= Cr4Flags::OSXSAVE.bits();
+        }
         Cr4::write_raw(apply_fixed_bits(cr4, msr::read(Msr::VmxCr4Fixed0), msr::read(Msr::VmxCr4Fixed1)));
     }
     let region = frames::allocate_frame().map_err(|_| VmxUnavailable::VmxonFailed)?;
