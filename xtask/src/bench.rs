@@ -1,12 +1,33 @@
-//! `cargo xtask bench`: boot-time numbers under Bochs.
+//! `cargo xtask bench`: numbers under Bochs (`corei7_icelake_u`).
+//!
+//! - Boot time: the kernel's `boot: entry to ready: T tsc ticks` line with 1, 2 and 4 CPUs.
+//! - Exit round trips: `tests/configs/bench.toml` runs the `guest-bench` test guest on one
+//!   CPU; it prints one `bench: NAME n=.. min=.. median=.. p99=..` line per metric (TSC
+//!   ticks, RDTSC overhead included).
+//!
+//! Everything goes to `$TARGET/bench.json` and a table. Under Bochs with
+//! `clock: sync=none` the TSC advances by `TSC Hz / ips` per emulated instruction, so
+//! ticks convert to instructions: the table shows both. The command never fails on a
+//! number, only when a run did not print the lines it should.
 
 use crate::{paths, test};
+use hv_tests::runner::ScenarioResult;
 use hv_tests::scenario::{self, Emulator, Scenario};
+use serde_json::{json, Value};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// CPU counts measured.
 const CPU_COUNTS: [u32; 3] = [1, 2, 4];
+/// The exit-latency config.
+const BENCH_CONFIG: &str = "tests/configs/bench.toml";
+/// The exit metrics `guest-bench` prints.
+const EXIT_METRICS: [&str; 4] = ["exit.cpuid", "exit.vmcall", "exit.io_unclaimed", "exit.rdmsr"];
+/// The native baselines `guest-bench` prints; `native.rdtsc` is the measurement overhead.
+const NATIVE_METRICS: [&str; 2] = ["native.rdtsc", "native.loop"];
+/// The name of the measurement-overhead metric.
+const OVERHEAD: &str = "native.rdtsc";
 
 /// Reads `T` from the last `boot: entry to ready: T tsc ticks` line of a log.
 pub fn entry_to_ready_ticks(log: &str) -> Option<u64> {
@@ -16,9 +37,172 @@ pub fn entry_to_ready_ticks(log: &str) -> Option<u64> {
     })
 }
 
+/// One measured metric (all values in `unit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metric {
+    pub name: String,
+    pub unit: &'static str,
+    pub min: u64,
+    pub median: u64,
+    pub p99: u64,
+    pub n: u64,
+    /// Instructions of the timed operation, when the guest knows it (`insns=`).
+    pub insns: Option<u64>,
+}
+
+impl Metric {
+    /// A single value (n = 1): min = median = p99 = `value`.
+    pub fn single(name: String, value: u64) -> Self {
+        Metric { name, unit: "tsc", min: value, median: value, p99: value, n: 1, insns: None }
+    }
+
+    /// The metric as it appears in `bench.json`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "unit": self.unit,
+            "min": self.min,
+            "median": self.median,
+            "p99": self.p99,
+            "n": self.n,
+        })
+    }
+}
+
+/// Parses one `bench: NAME n=N min=A median=B p99=C [key=value ...]` line (anything may
+/// precede `bench: `, such as the `[bench]` partition prefix). Unknown keys are ignored;
+/// `n`, `min`, `median` and `p99` are required, and every token after the name must be
+/// `key=number`.
+pub fn parse_bench_line(line: &str) -> Option<Metric> {
+    let rest = &line[line.find("bench: ")? + "bench: ".len()..];
+    let mut tokens = rest.split_whitespace();
+    let name = tokens.next()?;
+    let name_ok = name.contains('.')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_');
+    if !name_ok {
+        return None;
+    }
+    let (mut n, mut min, mut median, mut p99, mut insns) = (None, None, None, None, None);
+    for token in tokens {
+        let (key, value) = token.split_once('=')?;
+        let value: u64 = value.parse().ok()?;
+        match key {
+            "n" => n = Some(value),
+            "min" => min = Some(value),
+            "median" => median = Some(value),
+            "p99" => p99 = Some(value),
+            "insns" => insns = Some(value),
+            _ => {}
+        }
+    }
+    Some(Metric { name: name.to_string(), unit: "tsc", min: min?, median: median?, p99: p99?, n: n?, insns })
+}
+
+/// Every `bench:` metric line of a serial log, in order (the last one wins for a name
+/// printed twice).
+pub fn bench_metrics(log: &str) -> Vec<Metric> {
+    let mut out: Vec<Metric> = Vec::new();
+    for m in hv_tests::judge::strip_escapes(log).lines().filter_map(parse_bench_line) {
+        match out.iter_mut().find(|o| o.name == m.name) {
+            Some(old) => *old = m,
+            None => out.push(m),
+        }
+    }
+    out
+}
+
+/// The TSC frequency in MHz from the kernel's `tsc: N MHz` line.
+pub fn tsc_mhz(log: &str) -> Option<u64> {
+    hv_tests::judge::strip_escapes(log).lines().find_map(|line| {
+        let rest = &line[line.find("tsc: ")? + "tsc: ".len()..];
+        rest.split_once(" MHz")?.0.trim().parse().ok()
+    })
+}
+
+/// The `ips=` of the `cpu:` line of a bochsrc.
+pub fn bochsrc_ips(bochsrc: &str) -> Option<u64> {
+    bochsrc.lines().filter(|l| l.trim_start().starts_with("cpu:")).find_map(|l| {
+        l.split(',').find_map(|field| field.trim().strip_prefix("ips=")).and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// TSC ticks per emulated instruction: TSC Hz / ips.
+pub fn ticks_per_instruction(tsc_mhz: u64, ips: u64) -> Option<f64> {
+    (tsc_mhz > 0 && ips > 0).then(|| tsc_mhz as f64 * 1e6 / ips as f64)
+}
+
+/// TSC ticks per emulated instruction as the guest measured it: (`native.loop` median −
+/// `native.rdtsc` median) / the loop's instruction count.
+pub fn measured_ticks_per_instruction(metrics: &[Metric]) -> Option<f64> {
+    let get = |name: &str| metrics.iter().find(|m| m.name == name);
+    let lp = get("native.loop")?;
+    let insns = lp.insns.filter(|&i| i > 0)?;
+    let ticks = lp.median.checked_sub(get(OVERHEAD)?.median)?;
+    (ticks > 0).then(|| ticks as f64 / insns as f64)
+}
+
+/// The whole `bench.json` document. Besides the metrics: the kernel's TSC frequency, the
+/// Bochs ips and the ticks per emulated instruction used for instruction counts (when
+/// known; `null` otherwise).
+pub fn to_json(
+    cpu_model: &str,
+    metrics: &[Metric],
+    tsc_mhz: Option<u64>,
+    bochs_ips: Option<u64>,
+    ticks_per_instruction: Option<f64>,
+) -> Value {
+    json!({
+        "emulator": Emulator::Bochs.as_str(),
+        "cpu_model": cpu_model,
+        "tsc_mhz": tsc_mhz,
+        "bochs_ips": bochs_ips,
+        "ticks_per_instruction": ticks_per_instruction,
+        "metrics": metrics.iter().map(Metric::to_json).collect::<Vec<_>>(),
+    })
+}
+
+/// The scenario running `guest-bench` on one CPU.
+fn exit_scenario() -> Scenario {
+    Scenario {
+        name: "bench-exits",
+        emulator: Emulator::Bochs,
+        cpu_model: Some(scenario::ICELAKE),
+        cpus: 1,
+        config: BENCH_CONFIG,
+        timeout: Duration::from_secs(300),
+        expected: vec![
+            "[bench] PASS guest-bench".to_string(),
+            "partition bench: stopped itself (code 0)".to_string(),
+            "hypervisor: all partitions stopped".to_string(),
+            "platform: power off (code 0)".to_string(),
+        ],
+        require_self_exit: true,
+        fatal_expected: false,
+    }
+}
+
+fn read_log(r: &ScenarioResult) -> String {
+    r.log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
+}
+
+/// The ips the runner gave Bochs for run `r` (from its generated bochsrc), else the
+/// runner's setting.
+fn run_ips(r: &ScenarioResult) -> u64 {
+    r.log
+        .as_deref()
+        .and_then(Path::parent)
+        .and_then(|dir| std::fs::read_to_string(dir.join("bochsrc")).ok())
+        .and_then(|rc| bochsrc_ips(&rc))
+        .unwrap_or_else(hv_tests::emulator::bochs_ips)
+}
+
+fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"))
+}
+
 /// `cargo xtask bench`.
 pub fn cmd_bench() -> Result<ExitCode, String> {
-    let scenarios: Vec<Scenario> = CPU_COUNTS
+    let mut scenarios: Vec<Scenario> = CPU_COUNTS
         .iter()
         .map(|&cpus| Scenario {
             name: match cpus {
@@ -36,40 +220,106 @@ pub fn cmd_bench() -> Result<ExitCode, String> {
             fatal_expected: false,
         })
         .collect();
+    scenarios.push(exit_scenario());
     let results = test::run_scenarios(scenarios, None);
 
-    let mut json = serde_json::Map::new();
-    let mut rows = Vec::new();
-    let mut missing = 0;
+    let mut problems = Vec::new();
+    let mut boot = Vec::new();
     for (cpus, r) in CPU_COUNTS.iter().zip(&results) {
-        let log = r.log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
-        let ticks = entry_to_ready_ticks(&log);
-        if ticks.is_none() {
-            missing += 1;
+        match entry_to_ready_ticks(&read_log(r)) {
+            Some(t) => boot.push(Metric::single(format!("boot.entry_to_ready.cpus{cpus}"), t)),
+            None => problems.push(format!("{}: no `boot: entry to ready` line in the log", r.name)),
         }
-        json.insert(
-            format!("boot.entry_to_ready_tsc.cpus{cpus}"),
-            ticks.map_or(serde_json::Value::Null, serde_json::Value::from),
-        );
-        rows.push((cpus, ticks, r.seconds, r.passed));
     }
+    let exit_run = &results[CPU_COUNTS.len()];
+    let exit_log = read_log(exit_run);
+    let mut measured = bench_metrics(&exit_log);
+    for want in EXIT_METRICS.iter().chain(&NATIVE_METRICS) {
+        if !measured.iter().any(|m| m.name == *want) {
+            problems.push(format!("{}: no `bench: {want}` line in the log", exit_run.name));
+        }
+    }
+    // Exits first, then the baselines, then anything else the guest printed.
+    let rank = |name: &str| EXIT_METRICS.iter().chain(&NATIVE_METRICS).position(|m| *m == name).unwrap_or(usize::MAX);
+    measured.sort_by_key(|m| rank(&m.name));
+    let tsc = tsc_mhz(&exit_log).or_else(|| results.iter().find_map(|r| tsc_mhz(&read_log(r))));
+    let ips = run_ips(exit_run);
+    let nominal_tpi = tsc.and_then(|mhz| ticks_per_instruction(mhz, ips));
+    let measured_tpi = measured_ticks_per_instruction(&measured);
+    // The loop is the direct measurement; TSC Hz / ips is the fallback.
+    let tpi = measured_tpi.or(nominal_tpi);
+    let overhead = measured.iter().find(|m| m.name == OVERHEAD).map(|m| m.median);
+
+    let mut metrics = measured.clone();
+    metrics.extend(boot.iter().cloned());
     let path = paths::target().join("bench.json");
-    let text = serde_json::to_string_pretty(&serde_json::Value::Object(json)).map_err(|e| e.to_string())?;
+    let doc = to_json(scenario::ICELAKE, &metrics, tsc, Some(ips), tpi);
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(paths::target()).map_err(|e| e.to_string())?;
     std::fs::write(&path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
 
     println!();
-    println!("{:>5}  {:>22}  {:>8}  run", "cpus", "entry→ready (tsc)", "wall s");
-    for (cpus, ticks, secs, passed) in rows {
+    for r in &results {
         println!(
-            "{cpus:>5}  {:>22}  {secs:>8.1}  {}",
-            ticks.map_or("n/a".to_string(), |t| t.to_string()),
-            if passed { "ok" } else { "failed" }
+            "run {:<12} {:>6.1} s wall  {}",
+            r.name,
+            r.seconds,
+            if r.passed { "ok".to_string() } else { format!("failed: {}", r.failure.as_deref().unwrap_or("?")) }
+        );
+    }
+    println!();
+    println!(
+        "bochs {}, 1 cpu, ips {ips}, kernel's tsc {}",
+        scenario::ICELAKE,
+        tsc.map_or("n/a".into(), |t| format!("{t} MHz"))
+    );
+    println!("ticks per emulated instruction: TSC Hz / ips = {}", fmt_opt(nominal_tpi, 2));
+    if let (Some(lp), Some(m)) = (measured.iter().find(|m| m.name == "native.loop"), measured_tpi) {
+        println!(
+            "ticks per emulated instruction: measured   = {m:.2} (native.loop: ({} - {} {OVERHEAD}) ticks / {} instructions)",
+            lp.median,
+            overhead.unwrap_or(0),
+            lp.insns.unwrap_or(0)
+        );
+        if let Some(n) = nominal_tpi.filter(|n| (n / m - 1.0).abs() > 0.1) {
+            println!(
+                "note: the two disagree ({n:.2} vs {m:.2}): Bochs' TSC does not run at the frequency CPUID reports; \
+                 instruction counts below use the measured {m:.2}"
+            );
+        }
+    }
+    println!("path = median - {OVERHEAD} median (the measurement overhead); insns = ticks / ticks per instruction");
+    println!();
+    println!(
+        "{:<26} {:>11} {:>11} {:>11} {:>6} {:>9} {:>9} {:>9}",
+        "name", "min", "median", "p99", "n", "path", "insns", "path ins"
+    );
+    for m in &measured {
+        let path_ticks = (m.name != OVERHEAD).then(|| overhead.map(|oh| m.median.saturating_sub(oh))).flatten();
+        println!(
+            "{:<26} {:>11} {:>11} {:>11} {:>6} {:>9} {:>9} {:>9}",
+            m.name,
+            m.min,
+            m.median,
+            m.p99,
+            m.n,
+            path_ticks.map_or_else(|| "-".to_string(), |p| p.to_string()),
+            fmt_opt(tpi.map(|t| m.median as f64 / t), 1),
+            fmt_opt(path_ticks.zip(tpi).map(|(p, t)| p as f64 / t), 1),
+        );
+    }
+    for m in &boot {
+        println!(
+            "{:<26} {:>11} {:>11} {:>11} {:>6} {:>9} {:>9} {:>9}",
+            m.name, m.min, m.median, m.p99, m.n, "-", "-", "-"
         );
     }
     println!("written: {}", path.display());
-    if missing > 0 {
-        println!("{missing} measurement(s) missing: no `boot: entry to ready` line in the log");
+    if !problems.is_empty() {
+        for p in &problems {
+            println!("missing: {p}");
+        }
+        println!("{} measurement(s) missing", problems.len());
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -87,5 +337,93 @@ mod tests {
         assert_eq!(entry_to_ready_ticks(log), Some(317629652));
         assert_eq!(entry_to_ready_ticks("boot: entry to ready: many tsc ticks\n"), None);
         assert_eq!(entry_to_ready_ticks(""), None);
+    }
+
+    #[test]
+    fn bench_lines_are_parsed() {
+        let m = parse_bench_line("[bench] bench: exit.cpuid n=10000 min=123 median=130 p99=150 max=900").unwrap();
+        assert_eq!(
+            m,
+            Metric { name: "exit.cpuid".into(), unit: "tsc", min: 123, median: 130, p99: 150, n: 10000, insns: None }
+        );
+        let m = parse_bench_line("bench: native.loop n=5 min=1 median=2 p99=3 insns=201").unwrap();
+        assert_eq!((m.name.as_str(), m.insns), ("native.loop", Some(201)));
+        // Missing or malformed fields, prose and foreign lines are not metrics.
+        for bad in [
+            "bench: exit.cpuid n=10000 min=123 median=130",
+            "bench: exit.cpuid n=10000 min=x median=130 p99=150",
+            "bench: exit.cpuid n=10000 min=1 median=2 p99=3 garbage",
+            "bench: total 123 tsc ticks",
+            "bench: Exit n=1 min=1 median=1 p99=1",
+            "[bench] PASS guest-bench",
+            "",
+        ] {
+            assert_eq!(parse_bench_line(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bench_metrics_come_from_a_serial_log() {
+        let log = "\x1b[2J\x1b[01;01Htsc: 1497 MHz (Cpuid)\r\n\
+                   [bench] bench: native.rdtsc n=10 min=90 median=90 p99=91 max=95\r\n\
+                   hypervisor: ready, 1 cpus, vmx on 1\n\
+                   [bench] bench: exit.cpuid n=10 min=1000 median=1100 p99=1200 max=1300\n\
+                   [bench] bench: exit.cpuid n=10 min=1 median=2 p99=3\n\
+                   [bench] PASS guest-bench\n";
+        let m = bench_metrics(log);
+        let names: Vec<&str> = m.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["native.rdtsc", "exit.cpuid"]);
+        assert_eq!(m[1].median, 2, "the last line of a name wins");
+        assert_eq!(tsc_mhz(log), Some(1497));
+        assert_eq!(tsc_mhz("no such line\n"), None);
+    }
+
+    #[test]
+    fn ips_comes_from_the_generated_bochsrc() {
+        let rc = hv_tests::emulator::bochsrc(Path::new("/tmp/x"), "corei7_icelake_u", 1, 12_345_678);
+        assert_eq!(bochsrc_ips(&rc), Some(12_345_678));
+        assert_eq!(bochsrc_ips("megs: 256\n"), None);
+        let metrics: Vec<Metric> =
+            ["bench: native.rdtsc n=1 min=6 median=6 p99=6", "bench: native.loop n=1 min=1 median=207 p99=1 insns=201"]
+                .iter()
+                .filter_map(|l| parse_bench_line(l))
+                .collect();
+        assert_eq!(measured_ticks_per_instruction(&metrics), Some(1.0));
+        assert_eq!(measured_ticks_per_instruction(&metrics[..1]), None);
+        let tpi = ticks_per_instruction(1500, 100_000_000).unwrap();
+        assert!((tpi - 15.0).abs() < 1e-9);
+        assert_eq!(ticks_per_instruction(0, 1), None);
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let metrics = vec![
+            parse_bench_line("bench: exit.cpuid n=10000 min=1 median=2 p99=3 max=4").unwrap(),
+            Metric::single("boot.entry_to_ready.cpus1".into(), 356037539),
+        ];
+        let doc = to_json("corei7_icelake_u", &metrics, Some(1497), Some(100_000_000), Some(1.0));
+        assert_eq!(doc["emulator"], "bochs");
+        assert_eq!(doc["cpu_model"], "corei7_icelake_u");
+        assert_eq!(doc["tsc_mhz"], 1497);
+        assert_eq!(doc["bochs_ips"], 100_000_000);
+        assert_eq!(doc["ticks_per_instruction"], 1.0);
+        let unknown = to_json("corei7_icelake_u", &[], None, None, None);
+        assert!(unknown["tsc_mhz"].is_null() && unknown["ticks_per_instruction"].is_null());
+        assert_eq!(unknown["metrics"], json!([]));
+        let list = doc["metrics"].as_array().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0], json!({"name": "exit.cpuid", "unit": "tsc", "min": 1, "median": 2, "p99": 3, "n": 10000}));
+        assert_eq!(
+            list[1],
+            json!({"name": "boot.entry_to_ready.cpus1", "unit": "tsc", "min": 356037539,
+                   "median": 356037539, "p99": 356037539, "n": 1})
+        );
+        for m in list {
+            let keys: Vec<&str> = m.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(keys.len(), 6, "{keys:?}");
+        }
+        // Round trip through text, as the file is written.
+        let text = serde_json::to_string_pretty(&doc).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), doc);
     }
 }

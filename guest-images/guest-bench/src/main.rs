@@ -1,0 +1,231 @@
+//! `guest-bench`: measures, with RDTSC, the round trip of the exits a guest causes most
+//! often (CPUID, the null hypercall, OUT to an unclaimed port, RDMSR of a virtualized
+//! MSR) and a native baseline (two back-to-back RDTSC reads; an empty loop of a known
+//! instruction count).
+//!
+//! For each metric: `WARMUP` untimed rounds, then `SAMPLES` timed ones kept in a static
+//! array, sorted in place, and one line in a fixed form that `cargo xtask bench` parses:
+//!
+//! ```text
+//! bench: exit.cpuid n=10000 min=123 median=130 p99=150 max=900
+//! bench: native.loop n=10000 min=3000 median=3010 p99=3050 max=3100 insns=201
+//! ```
+//!
+//! All values are TSC ticks of one timed round, the RDTSC overhead included (subtract
+//! `native.rdtsc` for the operation alone). `insns` is the instruction count of the
+//! timed operation, for the native loop only.
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use core::arch::x86_64::_rdtsc;
+use core::cell::UnsafeCell;
+
+use guest_rt::hv_abi::{guest::hypercall, hypercall as hc};
+use guest_rt::{check, println, stop};
+
+const NAME: &str = "guest-bench";
+/// Untimed rounds before the timed ones (caches, TLB, branch predictors).
+const WARMUP: usize = 1_000;
+/// Timed rounds per metric.
+const SAMPLES: usize = 10_000;
+/// An unclaimed I/O port (the POST-code port: every port exits, unclaimed ones ignore
+/// writes).
+const PORT: u16 = 0x80;
+/// IA32_FEATURE_CONTROL: virtualized, reads 1 (locked, VMX off).
+const MSR_FEATURE_CONTROL: u32 = 0x3a;
+/// Iterations of the native loop; it runs `1 + 2 * LOOP_ITERATIONS` instructions.
+const LOOP_ITERATIONS: u32 = 100;
+const LOOP_INSTRUCTIONS: u32 = 1 + 2 * LOOP_ITERATIONS;
+
+/// The sample buffer, reused by every metric (no allocation; 80 KiB of .bss).
+struct Samples(UnsafeCell<[u64; SAMPLES]>);
+
+// SAFETY: the guest runs on one vCPU and only `_start`'s call chain touches the buffer.
+unsafe impl Sync for Samples {}
+
+static SAMPLES_BUF: Samples = Samples(UnsafeCell::new([0; SAMPLES]));
+
+/// LFENCE as inline assembly: `_mm_lfence` is an SSE2 intrinsic, which this soft-float
+/// target turns into an out-of-line call.
+#[inline(always)]
+fn lfence() {
+    // SAFETY: LFENCE only orders instruction execution.
+    unsafe { asm!("lfence", options(nostack, preserves_flags)) };
+}
+
+/// A serialized TSC read: the `lfence` before keeps earlier instructions from drifting
+/// past it, the one after keeps later ones from starting before it.
+#[inline(always)]
+fn tsc() -> u64 {
+    lfence();
+    // SAFETY: RDTSC has no memory effects and is allowed at CPL 0.
+    let t = unsafe { _rdtsc() };
+    lfence();
+    t
+}
+
+#[inline(always)]
+fn op_none() {}
+
+#[inline(always)]
+fn op_loop() {
+    // SAFETY: only ECX and the flags change, both declared.
+    unsafe {
+        asm!(
+            "mov ecx, {n}",
+            "2:",
+            "dec ecx",
+            "jnz 2b",
+            n = const LOOP_ITERATIONS,
+            out("ecx") _,
+            options(nomem, nostack),
+        );
+    }
+}
+
+#[inline(always)]
+fn op_cpuid() -> u32 {
+    let eax: u32;
+    // SAFETY: CPUID only writes EAX..EDX. RBX is reserved by LLVM, so it is saved in a
+    // scratch register around the instruction.
+    unsafe {
+        asm!(
+            "mov {save}, rbx",
+            "cpuid",
+            "mov rbx, {save}",
+            save = out(reg) _,
+            inout("eax") 0u32 => eax,
+            inout("ecx") 0u32 => _,
+            out("edx") _,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    eax
+}
+
+#[inline(always)]
+fn op_vmcall() -> u64 {
+    // SAFETY: NOP takes no arguments and touches no guest memory.
+    unsafe { hypercall(hc::NOP, 0, 0, 0, 0) }
+}
+
+#[inline(always)]
+fn op_out() {
+    // SAFETY: port 0x80 is claimed by no device: the hypervisor ignores the write.
+    unsafe {
+        asm!("out dx, al", in("dx") PORT, in("al") 0u8, options(nomem, nostack, preserves_flags));
+    }
+}
+
+#[inline(always)]
+fn op_rdmsr() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the hypervisor virtualizes IA32_FEATURE_CONTROL; RDMSR only writes EDX:EAX.
+    unsafe {
+        asm!(
+            "rdmsr",
+            in("ecx") MSR_FEATURE_CONTROL,
+            out("eax") lo,
+            out("edx") hi,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Heap sort in place (no allocation; O(n log n) keeps it cheap under emulation).
+fn sort(v: &mut [u64]) {
+    fn sift_down(v: &mut [u64], mut root: usize, end: usize) {
+        loop {
+            let mut child = 2 * root + 1;
+            if child >= end {
+                return;
+            }
+            if child + 1 < end && v[child + 1] > v[child] {
+                child += 1;
+            }
+            if v[root] >= v[child] {
+                return;
+            }
+            v.swap(root, child);
+            root = child;
+        }
+    }
+    let n = v.len();
+    for root in (0..n / 2).rev() {
+        sift_down(v, root, n);
+    }
+    for end in (1..n).rev() {
+        v.swap(0, end);
+        sift_down(v, 0, end);
+    }
+}
+
+/// Runs `op` `WARMUP` times untimed and `SAMPLES` times timed, then prints the line.
+/// `extra` is appended to the line as is (e.g. ` insns=201`).
+#[inline(always)]
+fn measure(name: &str, extra: &str, mut op: impl FnMut()) {
+    for _ in 0..WARMUP {
+        let t0 = tsc();
+        op();
+        let t1 = tsc();
+        core::hint::black_box(t1.wrapping_sub(t0));
+    }
+    // SAFETY: the only reference to the buffer while it lives (one vCPU, no reentry).
+    let samples = unsafe { &mut *SAMPLES_BUF.0.get() };
+    for slot in samples.iter_mut() {
+        let t0 = tsc();
+        op();
+        let t1 = tsc();
+        *slot = t1.wrapping_sub(t0);
+    }
+    sort(samples);
+    let n = samples.len();
+    let p99 = samples[(n * 99 / 100).min(n - 1)];
+    println!(
+        "bench: {name} n={n} min={} median={} p99={p99} max={}{extra}",
+        samples[0],
+        samples[n / 2],
+        samples[n - 1]
+    );
+}
+
+/// Entry point (see `hv_abi::start`): RDI = vCPU id, RSI = RAM size in bytes.
+#[no_mangle]
+#[link_section = ".text._start"]
+pub extern "C" fn _start(_vcpu: u64, _ram_bytes: u64) -> ! {
+    let mut ok = true;
+    // The operations do what the measurements assume.
+    ok &= check(NAME, "NOP hypercall returns 0", op_vmcall() == 0);
+    ok &= check(NAME, "RDMSR IA32_FEATURE_CONTROL reads 1", op_rdmsr() == 1);
+    ok &= check(NAME, "CPUID leaf 0 reports a highest leaf", op_cpuid() > 0);
+    op_out();
+    let mut sorted = [5u64, 1, 4, 1, 3, 9, 2, 6, 0, 8];
+    sort(&mut sorted);
+    ok &= check(NAME, "sort works", sorted == [0, 1, 1, 2, 3, 4, 5, 6, 8, 9]);
+
+    let started = tsc();
+    measure("native.rdtsc", "", op_none);
+    measure("native.loop", LOOP_SUFFIX, op_loop);
+    measure("exit.cpuid", "", || {
+        core::hint::black_box(op_cpuid());
+    });
+    measure("exit.vmcall", "", || {
+        core::hint::black_box(op_vmcall());
+    });
+    measure("exit.io_unclaimed", "", op_out);
+    measure("exit.rdmsr", "", || {
+        core::hint::black_box(op_rdmsr());
+    });
+    println!("{NAME}: all metrics took {} tsc ticks", tsc().wrapping_sub(started));
+
+    if ok {
+        println!("PASS {NAME}");
+    }
+    stop(if ok { 0 } else { 1 })
+}
+
+/// The `insns=` suffix of the `native.loop` line.
+const LOOP_SUFFIX: &str = " insns=201";
+const _: () = assert!(LOOP_INSTRUCTIONS == 201, "update LOOP_SUFFIX");
