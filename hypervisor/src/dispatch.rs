@@ -32,6 +32,7 @@ pub enum Outcome {
 /// Exception vectors injected into guests (SDM Vol. 3 table 6-1).
 const UD: u8 = 6;
 const GP: u8 = 13;
+const PF: u8 = 14;
 
 /// Handles the exit that just happened on `vcpu`.
 pub fn handle_exit(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
@@ -189,7 +190,7 @@ fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outc
         return stop_with_dump(vcpu, "I/O exit with an invalid size", 0);
     };
     if io.string {
-        return stop_with_dump(vcpu, "string I/O (INS/OUTS) is not emulated yet", u64::from(io.port));
+        return handle_string_io(vcpu, regs, &io);
     }
     // No device claims any port yet: reads return all-ones, writes are ignored.
     if io.is_in {
@@ -201,6 +202,95 @@ fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outc
         regs.rax = if io.size == 4 { mask } else { (regs.rax & !mask) | mask };
     }
     skip_instruction()
+}
+
+/// Most elements of a REP string instruction done per exit; the instruction is then
+/// re-executed (as the CPU does when interrupted), so a huge RCX cannot hold a CPU.
+const STRING_IO_BUDGET: u64 = 4096;
+/// RFLAGS.DF (SDM 3.4.3.3) and the CS access-rights L bit (64-bit code, SDM 25.4.1).
+const RFLAGS_DF: u64 = 1 << 10;
+const CS_LONG: u64 = 1 << 13;
+
+/// INS/OUTS, with or without REP, on unclaimed ports: INS stores all-ones at ES:RDI,
+/// OUTS reads (and drops) DS:RSI; each element goes through the guest's page tables
+/// and a fault is delivered to the guest as #PF. 64-bit guests only so far (segment
+/// bases are 0 there); others are stopped with a clear line.
+fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: &IoInstruction) -> Outcome {
+    if vmcs::read(guest::CS_ACCESS_RIGHTS) & CS_LONG == 0 {
+        return stop_with_dump(vcpu, "string I/O outside 64-bit mode is not emulated yet", u64::from(io.port));
+    }
+    let size = u64::from(io.size);
+    let step = if vmcs::read(guest::RFLAGS) & RFLAGS_DF != 0 { size.wrapping_neg() } else { size };
+    let state = hv_core::guest_paging::PagingState {
+        cr0: vmcs::read(guest::CR0),
+        cr3: vmcs::read(guest::CR3),
+        cr4: vmcs::read(guest::CR4),
+        efer: vmcs::read(guest::IA32_EFER_FULL),
+    };
+    let mut remaining = if io.rep { regs.rcx } else { 1 };
+    let mut done = 0;
+    while remaining > 0 && done < STRING_IO_BUDGET {
+        let linear = if io.is_in { regs.rdi } else { regs.rsi };
+        for byte in 0..size {
+            let at = linear.wrapping_add(byte);
+            if let Err(fault) = access_guest_byte(vcpu, &state, at, io.is_in) {
+                return fault;
+            }
+        }
+        // Registers follow each completed element, so a fault on a later one leaves them
+        // as the CPU would (SDM: REP string instructions, "interrupted" state).
+        if io.is_in {
+            regs.rdi = regs.rdi.wrapping_add(step);
+        } else {
+            regs.rsi = regs.rsi.wrapping_add(step);
+        }
+        remaining -= 1;
+        if io.rep {
+            regs.rcx = remaining;
+        }
+        done += 1;
+    }
+    if remaining == 0 {
+        skip_instruction()
+    } else {
+        Outcome::Continue
+    }
+}
+
+/// Stores 0xFF at (`write`) or reads from guest-linear `linear`; `Err` carries the
+/// outcome when the guest must see a page fault or be stopped.
+fn access_guest_byte(
+    vcpu: &'static Vcpu,
+    state: &hv_core::guest_paging::PagingState,
+    linear: u64,
+    write: bool,
+) -> Result<(), Outcome> {
+    use hv_core::guest_paging::{translate, WalkError};
+    let read_entry = |gpa: u64| {
+        let host = vcpu.vm.guest_range(gpa, 8)?;
+        // SAFETY: `host` lies inside the VM's RAM (checked); an aligned qword read.
+        Some(unsafe { frames::phys_to_virt(host).cast::<u64>().read_volatile() })
+    };
+    let gpa = match translate(state, linear, write, read_entry) {
+        Ok(gpa) => gpa,
+        Err(WalkError::PageFault { error_code }) => {
+            // SAFETY: only this physical CPU touches the vCPU's registers.
+            unsafe { (*vcpu.regs.get()).cr2 = linear };
+            return Err(inject(InterruptionInfo::hardware_exception(PF, Some(error_code))));
+        }
+        Err(WalkError::TableOutsideRam) => {
+            return Err(stop_with_dump(vcpu, "guest page tables point outside its RAM", linear))
+        }
+        Err(WalkError::UnsupportedMode) => return Err(stop_with_dump(vcpu, "unsupported guest paging mode", linear)),
+    };
+    let Some(host) = vcpu.vm.guest_range(gpa, 1) else {
+        return Err(stop_with_dump(vcpu, "string I/O to memory outside its RAM", gpa));
+    };
+    if write {
+        // SAFETY: one byte inside the VM's RAM (checked), direct-mapped.
+        unsafe { frames::phys_to_virt(host).write_volatile(0xff) };
+    }
+    Ok(())
 }
 
 fn handle_rdmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {

@@ -186,6 +186,7 @@ pub fn catalogue() -> Vec<Scenario> {
         guests("guest-hello-skylake", SKYLAKE, 2, "tests/configs/guest-hello.toml", &[("hello", "guest-hello")]),
         guests("guest-cpuid", ICELAKE, 2, "tests/configs/guest-cpuid.toml", &[("cpuid", "guest-cpuid")]),
         guests("guest-msr", ICELAKE, 2, "tests/configs/guest-msr.toml", &[("msr", "guest-msr")]),
+        guests("guest-io", ICELAKE, 2, "tests/configs/guest-io.toml", &[("io", "guest-io")]),
         guests(
             "guest-exceptions",
             ICELAKE,

@@ -17,6 +17,7 @@ pub mod cpu_features;
 pub mod ept;
 pub mod exit;
 pub mod frames;
+pub mod guest_paging;
 pub mod memory_map;
 pub mod preflight;
 pub mod virt_cpuid;
