@@ -14,6 +14,7 @@
 //! memory_mib = 16         # 1..=65536
 //! vcpus = 1               # 1..=64
 //! cpus = [1]              # optional; if present length == vcpus, no duplicates
+//! start = "long"         # optional: "long" (default) or "real" (see StartMode)
 //! image = "path/to/file"  # relative to the config file's directory, or
 //!                         # "guest:NAME" for a test guest from guest-images/ (built by xtask)
 //! ```
@@ -105,6 +106,18 @@ impl SelfTest {
     }
 }
 
+/// The CPU mode a partition's boot vCPU starts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartMode {
+    /// 64-bit mode with identity page tables (`hv_abi::start`).
+    #[default]
+    Long,
+    /// Real mode at the image's entry point (below 1 MiB), as after INIT-SIPI; the
+    /// guest sets up protected and long mode itself.
+    Real,
+}
+
 /// The kind of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -145,6 +158,8 @@ struct RawPartition {
     #[serde(default)]
     cpus: Option<Vec<i64>>,
     image: String,
+    #[serde(default)]
+    start: StartMode,
 }
 
 /// The whole file exactly as written (before validation).
@@ -172,6 +187,8 @@ pub struct Partition {
     pub cpus: Option<Vec<u32>>,
     /// The image file on the host (the config's relative path resolved).
     pub image: PathBuf,
+    /// The boot vCPU's start mode.
+    pub start: StartMode,
 }
 
 impl Partition {
@@ -202,6 +219,7 @@ struct CanonicalPartition<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     cpus: Option<&'a [u32]>,
     image: String,
+    start: StartMode,
 }
 
 /// Serialisable form of the payload's `config.toml`.
@@ -228,6 +246,7 @@ impl Config {
                     vcpus: p.vcpus,
                     cpus: p.cpus.as_deref(),
                     image: p.payload_image_path(),
+                    start: p.start,
                 })
                 .collect(),
         };
@@ -295,7 +314,7 @@ impl fmt::Display for ConfigError {
                 write!(
                     f,
                     "fix: correct the field or value shown (fields: [hypervisor] log_level, \
-                     when_idle, selftest; [[partition]] name, kind, memory_mib, vcpus, cpus, image)"
+                     when_idle, selftest; [[partition]] name, kind, memory_mib, vcpus, cpus, image, start)"
                 )
             }
             ConfigError::Invalid { file, field, problem, fix } => {
@@ -497,6 +516,7 @@ fn validate(raw: RawConfig, path: &Path, guests: Option<&Path>) -> Result<Config
             vcpus: p.vcpus as u32,
             cpus,
             image,
+            start: p.start,
         });
     }
 

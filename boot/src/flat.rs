@@ -24,10 +24,11 @@ pub struct FlatImage {
 pub enum FlatError {
     Malformed(String),
     NoLoadableSegment,
-    /// A segment starts below `hv_abi::start::MIN_LOAD_ADDRESS`, where the hypervisor
-    /// puts the boot page tables, GDT and stack.
+    /// A segment starts below the lowest allowed address (`hv_abi::start::MIN_LOAD_ADDRESS`
+    /// for 64-bit starts: the hypervisor puts the boot page tables, GDT and stack there).
     BelowMinimum {
         address: u64,
+        minimum: u64,
     },
     EntryOutside {
         entry: u64,
@@ -44,10 +45,9 @@ impl std::fmt::Display for FlatError {
         match self {
             FlatError::Malformed(m) => write!(f, "not a valid ELF64 executable: {m}"),
             FlatError::NoLoadableSegment => write!(f, "the ELF file has no PT_LOAD segment"),
-            FlatError::BelowMinimum { address } => write!(
+            FlatError::BelowMinimum { address, minimum } => write!(
                 f,
-                "a segment is linked at {address:#x}, below {:#x} (reserved for the boot page tables, GDT and stack); link the image at 2 MiB or above",
-                hv_abi::start::MIN_LOAD_ADDRESS
+                "a segment is linked at {address:#x}, below {minimum:#x} (reserved for the boot structures and stack); link the image higher"
             ),
             FlatError::EntryOutside { entry } => write!(f, "the entry point {entry:#x} is outside the loaded segments"),
             FlatError::TooLarge { end, ram } => {
@@ -63,8 +63,18 @@ pub fn is_elf(data: &[u8]) -> bool {
     data.starts_with(b"\x7fELF")
 }
 
-/// Flattens an ELF64 executable for a partition with `ram` bytes of RAM.
+/// Flattens an ELF64 executable for a partition with `ram` bytes of RAM that starts in
+/// 64-bit mode (its image must stay clear of the boot structures below 2 MiB).
 pub fn flatten(data: &[u8], ram: u64) -> Result<FlatImage, FlatError> {
+    flatten_above(data, ram, hv_abi::start::MIN_LOAD_ADDRESS)
+}
+
+/// Lowest load address of a real-mode image: page 0 holds the real-mode IVT.
+pub const REAL_MODE_MIN_LOAD: u64 = 0x1000;
+
+/// Like [`flatten`] with another lowest load address (real-mode images build their own
+/// boot structures and may start at [`REAL_MODE_MIN_LOAD`]).
+pub fn flatten_above(data: &[u8], ram: u64, min_load: u64) -> Result<FlatImage, FlatError> {
     let file = ElfFile64::<Endianness>::parse(data).map_err(|e| FlatError::Malformed(e.to_string()))?;
     let endian = file.endian();
     let mut segments = Vec::new();
@@ -79,8 +89,8 @@ pub fn flatten(data: &[u8], ram: u64) -> Result<FlatImage, FlatError> {
         segments.push((ph.p_paddr(endian), ph.p_memsz(endian), bytes));
     }
     let load = segments.iter().map(|s| s.0).min().ok_or(FlatError::NoLoadableSegment)?;
-    if load < hv_abi::start::MIN_LOAD_ADDRESS {
-        return Err(FlatError::BelowMinimum { address: load });
+    if load < min_load {
+        return Err(FlatError::BelowMinimum { address: load, minimum: min_load });
     }
     let end = segments
         .iter()
@@ -157,7 +167,7 @@ mod tests {
         assert!(matches!(flatten(b"\x7fELFjunk", 1 << 20), Err(FlatError::Malformed(_))));
         assert_eq!(
             flatten(&elf(0x1000, &[(0x1000, b"x", 1)]), 16 << 20),
-            Err(FlatError::BelowMinimum { address: 0x1000 })
+            Err(FlatError::BelowMinimum { address: 0x1000, minimum: 0x20_0000 })
         );
         assert_eq!(
             flatten(&elf(0x30_0000, &[(0x20_0000, b"x", 1)]), 16 << 20),

@@ -11,7 +11,7 @@
 //! Entries are written in that order with mode 0644, owner 0 and mtime 0, so the same
 //! config always produces the same bytes.
 
-use crate::config::{Config, Partition, PartitionKind};
+use crate::config::{Config, Partition, PartitionKind, StartMode};
 use crate::flat::{self, FlatImage};
 use std::io;
 use std::path::Path;
@@ -33,7 +33,11 @@ pub fn build(config: &Config) -> io::Result<Vec<u8>> {
             )
         })?;
         let (bytes, flat) = if flat::is_elf(&data) {
-            let image = flat::flatten(&data, u64::from(partition.memory_mib) << 20).map_err(|e| {
+            let min_load = match partition.start {
+                StartMode::Long => hv_abi::start::MIN_LOAD_ADDRESS,
+                StartMode::Real => flat::REAL_MODE_MIN_LOAD,
+            };
+            let image = flat::flatten_above(&data, u64::from(partition.memory_mib) << 20, min_load).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("image of partition {:?} ({}): {e}", partition.name, partition.image.display()),
@@ -73,6 +77,9 @@ pub fn partition_line(p: &Partition, flat: Option<&FlatImage>) -> String {
     line.push_str(&format!(",image={}", p.payload_image_path()));
     if let Some(f) = flat {
         line.push_str(&format!(",load={:#x},entry={:#x}", f.load, f.entry));
+    }
+    if p.start == StartMode::Real {
+        line.push_str(",start=real");
     }
     line.push('\n');
     line
@@ -145,6 +152,7 @@ mod tests {
             vcpus: 2,
             cpus: Some(vec![1, 3]),
             image: "x".into(),
+            start: StartMode::Long,
         };
         let flat = FlatImage { load: 0x20_0000, entry: 0x20_0040, bytes: vec![] };
         assert_eq!(

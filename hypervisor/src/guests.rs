@@ -7,7 +7,7 @@
 //! is skipped with a clear line and the others start.
 
 use hv_abi::start;
-use hv_core::boot_conf::{PartitionKind, PartitionSpec};
+use hv_core::boot_conf::{PartitionKind, PartitionSpec, StartMode};
 use tar_no_std::TarArchiveRef;
 
 use crate::partition::{self, BootState, ControlError};
@@ -89,7 +89,15 @@ fn build(spec: &PartitionSpec<'static>, payload: Option<&'static [u8]>, cpus_onl
     let ram = spec.memory_bytes();
     // Validate the layout before creating anything.
     let end = load.checked_add(image.len() as u64).ok_or(BuildError::BadLayout("image end overflows"))?;
-    if load < start::MIN_LOAD_ADDRESS {
+    let real = spec.start == StartMode::Real;
+    if real {
+        if load < 0x1000 {
+            return Err(BuildError::BadLayout("a real-mode image must not load into page 0 (the IVT)"));
+        }
+        if entry >= 0x10_0000 {
+            return Err(BuildError::BadLayout("a real-mode entry point must lie below 1 MiB"));
+        }
+    } else if load < start::MIN_LOAD_ADDRESS {
         return Err(BuildError::BadLayout("image loads below 2 MiB, where the boot structures live"));
     }
     if end > ram {
@@ -111,13 +119,16 @@ fn build(spec: &PartitionSpec<'static>, payload: Option<&'static [u8]>, cpus_onl
     let vm = partition::create_vm(spec.name)?;
     partition::map_ram(vm, ram)?;
     partition::write_guest(vm, load, image)?;
-    write_boot_structures(vm)?;
+    if !real {
+        write_boot_structures(vm)?;
+    }
     let vcpu = partition::create_vcpu(vm, cpu)?;
     partition::set_boot_state(
         vcpu,
         BootState {
+            real_mode: real,
             rip: entry,
-            rsp: load - 8,
+            rsp: if real { 0x7000 } else { load - 8 },
             rdi: 0,
             rsi: ram,
             cr3: start::PAGE_TABLES,

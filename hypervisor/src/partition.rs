@@ -75,9 +75,11 @@ impl TableMemory for KernelTables {
     }
 }
 
-/// The registers a vCPU starts with (64-bit start state, see `hv_abi::start`).
+/// The registers a vCPU starts with: the 64-bit start state of `hv_abi::start`, or
+/// real mode at `rip` (CS = rip >> 4, IP = rip & 0xf) when `real_mode`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BootState {
+    pub real_mode: bool,
     pub rip: u64,
     pub rsp: u64,
     pub rdi: u64,

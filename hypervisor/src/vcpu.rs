@@ -126,6 +126,60 @@ fn finish(vcpu: &'static Vcpu) {
     vm.running.fetch_sub(1, Ordering::AcqRel);
 }
 
+/// CR0.ET|NE: what a real-mode guest runs with (NE is fixed to 1 in VMX operation; the
+/// read shadow shows the reset value, ET only).
+const REAL_MODE_CR0: u64 = 0x30;
+const REAL_MODE_CR0_SHADOW: u64 = 0x10;
+/// Real-mode segment access rights (SDM 25.4.1): present, accessed, read/write data
+/// and execute/read code, 16-bit, byte granular; a busy TSS for TR.
+const AR_REAL_DATA: u64 = 0x93;
+const AR_REAL_CODE: u64 = 0x9b;
+
+/// Overrides the 64-bit start state with real mode at `boot.rip` (unrestricted guest,
+/// SDM 26.8): CS = rip >> 4 and IP = rip & 0xf, 64 KiB segments, paging and protection
+/// off, EFER 0, the IA-32e-mode-guest entry control clear, the IVT at 0.
+fn write_real_mode_state(
+    boot: &crate::partition::BootState,
+    controls: &Controls,
+    cr0_fixed0: u64,
+    cr0_fixed1: u64,
+    cr4: u64,
+) -> Result<(), VmInstructionError> {
+    let w = vmcs::write;
+    let cs = (boot.rip >> 4) & 0xffff;
+    w(control::VMENTRY_CONTROLS, u64::from(controls.entry & !vmx_controls::entry::IA32E_MODE_GUEST))?;
+    w(guest::CR0, apply_fixed_bits(REAL_MODE_CR0, cr0_fixed0, cr0_fixed1))?;
+    w(control::CR0_READ_SHADOW, REAL_MODE_CR0_SHADOW)?;
+    w(guest::CR4, cr4 & !GUEST_CR4)?;
+    w(control::CR4_READ_SHADOW, 0)?;
+    w(guest::CR3, 0)?;
+    w(guest::IA32_EFER_FULL, 0)?;
+    w(guest::CS_SELECTOR, cs)?;
+    w(guest::CS_BASE, cs << 4)?;
+    w(guest::CS_LIMIT, 0xffff)?;
+    w(guest::CS_ACCESS_RIGHTS, AR_REAL_CODE)?;
+    for (sel, base, limit, ar) in [
+        (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS),
+        (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS),
+        (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS),
+        (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS),
+        (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS),
+    ] {
+        w(sel, 0)?;
+        w(base, 0)?;
+        w(limit, 0xffff)?;
+        w(ar, AR_REAL_DATA)?;
+    }
+    w(guest::TR_LIMIT, 0xffff)?;
+    w(guest::GDTR_BASE, 0)?;
+    w(guest::GDTR_LIMIT, 0xffff)?;
+    w(guest::IDTR_BASE, 0)?;
+    w(guest::IDTR_LIMIT, 0x3ff)?;
+    w(guest::RIP, boot.rip & 0xf)?;
+    w(guest::RSP, boot.rsp)?;
+    Ok(())
+}
+
 fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstructionError> {
     let fail = VmInstructionError(None);
     let controls = CONTROLS.get().ok_or(fail)?;
@@ -254,6 +308,10 @@ fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstructio
     w(guest::ACTIVITY_STATE, 0)?;
     w(guest::INTERRUPTIBILITY_STATE, 0)?;
     w(guest::PENDING_DBG_EXCEPTIONS, 0)?;
+
+    if boot.real_mode {
+        write_real_mode_state(&boot, controls, cr0_fixed0 & !cr0_owned, cr0_fixed1, cr4)?;
+    }
 
     // SAFETY: only this CPU touches the vCPU's registers; nothing runs the vCPU yet.
     let regs = unsafe { &mut *vcpu.regs.get() };

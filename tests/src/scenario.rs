@@ -187,6 +187,7 @@ pub fn catalogue() -> Vec<Scenario> {
         guests("guest-cpuid", ICELAKE, 2, "tests/configs/guest-cpuid.toml", &[("cpuid", "guest-cpuid")]),
         guests("guest-msr", ICELAKE, 2, "tests/configs/guest-msr.toml", &[("msr", "guest-msr")]),
         guests("guest-io", ICELAKE, 2, "tests/configs/guest-io.toml", &[("io", "guest-io")]),
+        guests("guest-realmode", ICELAKE, 2, "tests/configs/guest-realmode.toml", &[("realmode", "guest-realmode")]),
         guests(
             "guest-exceptions",
             ICELAKE,

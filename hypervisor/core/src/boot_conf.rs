@@ -98,6 +98,15 @@ pub enum PartitionKind {
     Guest,
 }
 
+/// The mode a partition's boot vCPU starts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// 64-bit mode with the hypervisor's boot page tables (`hv_abi::start`).
+    Long,
+    /// Real mode at the entry point (below 1 MiB); the guest does the rest.
+    Real,
+}
+
 /// One `partition=` line, validated:
 /// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B],image=P[,load=0x..,entry=0x..]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +122,7 @@ pub struct PartitionSpec<'a> {
     pub image: &'a str,
     /// Load address and entry point of a flat image the hypervisor can start itself.
     pub flat: Option<(u64, u64)>,
+    pub start: StartMode,
 }
 
 impl PartitionSpec<'_> {
@@ -147,6 +157,7 @@ pub fn parse_partition(value: &str) -> Result<PartitionSpec<'_>, &'static str> {
         cpus_len: 0,
         image: "",
         flat: None,
+        start: StartMode::Long,
     };
     let (mut kind, mut load, mut entry) = (None, None, None);
     for field in value.split(',') {
@@ -187,6 +198,13 @@ pub fn parse_partition(value: &str) -> Result<PartitionSpec<'_>, &'static str> {
                 }
             }
             "image" => spec.image = val,
+            "start" => {
+                spec.start = match val {
+                    "long" => StartMode::Long,
+                    "real" => StartMode::Real,
+                    _ => return Err("start must be long or real"),
+                }
+            }
             "load" => load = Some(parse_number(val).ok_or("load must be a number")?),
             "entry" => entry = Some(parse_number(val).ok_or("entry must be a number")?),
             _ => return Err("unknown field"),
@@ -314,7 +332,7 @@ mod tests {
 
     #[test]
     fn partition_lines_are_parsed_and_validated() {
-        let text = b"partition=name=hello,kind=guest,memory_mib=16,vcpus=2,cpus=1+3,image=images/hello,load=0x200000,entry=0x200010\n\
+        let text = b"partition=name=hello,kind=guest,memory_mib=16,vcpus=2,cpus=1+3,image=images/hello,load=0x200000,entry=0x200010,start=real\n\
                      partition=name=svc,kind=service,memory_mib=64,vcpus=1,image=images/svc\n\
                      partition=name=BAD,kind=guest,memory_mib=16,vcpus=1,image=x\n\
                      partition=name=a,kind=guest,memory_mib=0,vcpus=1,image=x\n\
@@ -327,6 +345,7 @@ mod tests {
         assert_eq!(parts.len(), 2);
         assert_eq!((parts[0].name, parts[0].vcpus, parts[0].pinned_cpus()), ("hello", 2, &[1, 3][..]));
         assert_eq!(parts[0].flat, Some((0x20_0000, 0x20_0010)));
+        assert_eq!((parts[0].start, parts[1].start), (StartMode::Real, StartMode::Long));
         assert_eq!(parts[0].memory_bytes(), 16 << 20);
         assert_eq!((parts[1].kind, parts[1].flat, parts[1].pinned_cpus()), (PartitionKind::Service, None, &[][..]));
         let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
