@@ -14,7 +14,7 @@
 //! memory_mib = 16         # 1..=65536
 //! vcpus = 1               # 1..=64
 //! cpus = [1]              # optional; if present length == vcpus, no duplicates
-//! start = "long"         # optional: "long" (default) or "real" (see StartMode)
+//! start = "long"         # optional: "long" (default), "protected" or "real" (see StartMode)
 //! image = "path/to/file"  # relative to the config file's directory, or
 //!                         # "guest:NAME" for a test guest from guest-images/ (built by xtask)
 //! ```
@@ -116,6 +116,8 @@ pub enum StartMode {
     /// Real mode at the image's entry point (below 1 MiB), as after INIT-SIPI; the
     /// guest sets up protected and long mode itself.
     Real,
+    /// 32-bit flat protected mode, paging off (as Multiboot loaders hand over).
+    Protected,
 }
 
 /// The kind of a partition.

@@ -34,7 +34,7 @@ pub fn build(config: &Config) -> io::Result<Vec<u8>> {
         })?;
         let (bytes, flat) = if flat::is_elf(&data) {
             let min_load = match partition.start {
-                StartMode::Long => hv_abi::start::MIN_LOAD_ADDRESS,
+                StartMode::Long | StartMode::Protected => hv_abi::start::MIN_LOAD_ADDRESS,
                 StartMode::Real => flat::REAL_MODE_MIN_LOAD,
             };
             let image = flat::flatten_above(&data, u64::from(partition.memory_mib) << 20, min_load).map_err(|e| {
@@ -78,8 +78,10 @@ pub fn partition_line(p: &Partition, flat: Option<&FlatImage>) -> String {
     if let Some(f) = flat {
         line.push_str(&format!(",load={:#x},entry={:#x}", f.load, f.entry));
     }
-    if p.start == StartMode::Real {
-        line.push_str(",start=real");
+    match p.start {
+        StartMode::Long => {}
+        StartMode::Real => line.push_str(",start=real"),
+        StartMode::Protected => line.push_str(",start=protected"),
     }
     line.push('\n');
     line

@@ -127,13 +127,14 @@ fn build(spec: &PartitionSpec<'static>, payload: Option<&'static [u8]>, cpus_onl
         vcpu,
         BootState {
             real_mode: real,
+            protected_mode: spec.start == StartMode::Protected,
             rip: entry,
             rsp: if real { 0x7000 } else { load - 8 },
             rdi: 0,
             rsi: ram,
             cr3: start::PAGE_TABLES,
             gdt_base: start::GDT,
-            gdt_limit: 23,
+            gdt_limit: start::GDT_LIMIT,
         },
     )?;
     partition::start_vcpu(vcpu)?;
@@ -142,7 +143,7 @@ fn build(spec: &PartitionSpec<'static>, payload: Option<&'static [u8]>, cpus_onl
 
 /// Writes the GDT and identity page tables of `hv_abi::start` into the VM's RAM.
 fn write_boot_structures(vm: partition::VmHandle) -> Result<(), ControlError> {
-    let gdt: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+    let gdt: [u64; 5] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
     for (i, d) in gdt.iter().enumerate() {
         partition::write_guest(vm, start::GDT + 8 * i as u64, &d.to_le_bytes())?;
     }

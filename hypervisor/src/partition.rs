@@ -80,6 +80,8 @@ impl TableMemory for KernelTables {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BootState {
     pub real_mode: bool,
+    /// 32-bit flat protected mode with paging off (`hv_abi::start`).
+    pub protected_mode: bool,
     pub rip: u64,
     pub rsp: u64,
     pub rdi: u64,

@@ -180,6 +180,35 @@ fn write_real_mode_state(
     Ok(())
 }
 
+/// CR0.PE|ET|NE: 32-bit protected mode without paging; the shadow shows PE|ET.
+const PROTECTED_CR0: u64 = 0x31;
+const PROTECTED_CR0_SHADOW: u64 = 0x11;
+/// Flat 32-bit code and data (SDM 25.4.1: G and D/B set).
+const AR_CODE32: u64 = 0xc09b;
+
+/// Overrides the 64-bit start state with 32-bit flat protected mode, paging off (the
+/// GDT at `hv_abi::start::GDT` has the matching descriptors); RIP/RSP stay as set.
+fn write_protected_mode_state(
+    controls: &Controls,
+    cr0_fixed0: u64,
+    cr0_fixed1: u64,
+    cr4: u64,
+) -> Result<(), VmInstructionError> {
+    let w = vmcs::write;
+    w(control::VMENTRY_CONTROLS, u64::from(controls.entry & !vmx_controls::entry::IA32E_MODE_GUEST))?;
+    w(guest::CR0, apply_fixed_bits(PROTECTED_CR0, cr0_fixed0, cr0_fixed1))?;
+    w(control::CR0_READ_SHADOW, PROTECTED_CR0_SHADOW)?;
+    w(guest::CR4, cr4 & !GUEST_CR4)?;
+    w(control::CR4_READ_SHADOW, 0)?;
+    w(guest::IA32_EFER_FULL, 0)?;
+    w(guest::CS_SELECTOR, u64::from(hv_abi::start::CODE32_SELECTOR))?;
+    w(guest::CS_ACCESS_RIGHTS, AR_CODE32)?;
+    for sel in [guest::SS_SELECTOR, guest::DS_SELECTOR, guest::ES_SELECTOR, guest::FS_SELECTOR, guest::GS_SELECTOR] {
+        w(sel, u64::from(hv_abi::start::DATA32_SELECTOR))?;
+    }
+    Ok(())
+}
+
 fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstructionError> {
     let fail = VmInstructionError(None);
     let controls = CONTROLS.get().ok_or(fail)?;
@@ -311,6 +340,8 @@ fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstructio
 
     if boot.real_mode {
         write_real_mode_state(&boot, controls, cr0_fixed0 & !cr0_owned, cr0_fixed1, cr4)?;
+    } else if boot.protected_mode {
+        write_protected_mode_state(controls, cr0_fixed0 & !cr0_owned, cr0_fixed1, cr4)?;
     }
 
     // SAFETY: only this CPU touches the vCPU's registers; nothing runs the vCPU yet.

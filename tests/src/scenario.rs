@@ -207,6 +207,13 @@ fn base_catalogue() -> Vec<Scenario> {
         guests("guest-io", ICELAKE, 2, "tests/configs/guest-io.toml", &[("io", "guest-io")]),
         guests("guest-realmode", ICELAKE, 2, "tests/configs/guest-realmode.toml", &[("realmode", "guest-realmode")]),
         guests(
+            "guest-protected",
+            ICELAKE,
+            2,
+            "tests/configs/guest-protected.toml",
+            &[("protected", "guest-protected")],
+        ),
+        guests(
             "guest-exceptions",
             ICELAKE,
             2,

@@ -87,11 +87,14 @@ pub mod start {
     /// directories follow it. They identity-map the first 4 GiB (or all of RAM, if less)
     /// with 2 MiB pages, read/write/execute.
     pub const PAGE_TABLES: u64 = 0x1000;
-    /// Guest-physical address of a 3-entry GDT: null, 64-bit code (selector 0x08),
-    /// data (selector 0x10). GDTR limit is 23.
+    /// Guest-physical address of a 5-entry GDT: null, 64-bit code (selector 0x08), flat
+    /// data (0x10), flat 32-bit code (0x18), flat 32-bit data (0x20). GDTR limit is 39.
     pub const GDT: u64 = 0x800;
+    pub const GDT_LIMIT: u16 = 39;
     pub const CODE_SELECTOR: u16 = 0x08;
     pub const DATA_SELECTOR: u16 = 0x10;
+    pub const CODE32_SELECTOR: u16 = 0x18;
+    pub const DATA32_SELECTOR: u16 = 0x20;
     /// Lowest address a guest image may be linked at (everything below holds the boot
     /// structures and the initial stack).
     pub const MIN_LOAD_ADDRESS: u64 = 0x20_0000;
@@ -100,6 +103,10 @@ pub mod start {
     // `extern "C" fn` entry the alignment it would have after a call); RDI = vCPU id; RSI = RAM size in bytes;
     // RFLAGS = 0x2 (interrupts off); CR0 = PE|MP|ET|NE|WP|PG; CR4 = PAE (+ VMXE hidden);
     // EFER = LME|LMA|NXE; all other GPRs 0.
+    //
+    // A partition with `start = "protected"` gets the same GDT and page tables but starts
+    // in 32-bit flat protected mode with paging off: CS = 0x18, other segments 0x20,
+    // CR0 = PE|ET|NE, EFER = 0; EIP, ESP, EDI and ESI as above.
 }
 
 /// Guest-side wrappers (used by test guests; compiled everywhere, only called in

@@ -105,6 +105,8 @@ pub enum StartMode {
     Long,
     /// Real mode at the entry point (below 1 MiB); the guest does the rest.
     Real,
+    /// 32-bit flat protected mode, paging off.
+    Protected,
 }
 
 /// One `partition=` line, validated:
@@ -202,7 +204,8 @@ pub fn parse_partition(value: &str) -> Result<PartitionSpec<'_>, &'static str> {
                 spec.start = match val {
                     "long" => StartMode::Long,
                     "real" => StartMode::Real,
-                    _ => return Err("start must be long or real"),
+                    "protected" => StartMode::Protected,
+                    _ => return Err("start must be long, protected or real"),
                 }
             }
             "load" => load = Some(parse_number(val).ok_or("load must be a number")?),
