@@ -34,13 +34,21 @@ const UD: u8 = 6;
 const GP: u8 = 13;
 const PF: u8 = 14;
 
-/// Handles the exit that just happened on `vcpu`.
+/// Handles the exit that just happened on `vcpu`, counting it and the TSC ticks its
+/// handler took.
 pub fn handle_exit(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    let start = crate::arch::tsc::now();
     let field = ExitReasonField(vmcs::read(ro::EXIT_REASON) as u32);
+    let slot = usize::from(field.basic()).min(EXIT_REASONS - 1);
+    let outcome = dispatch(vcpu, regs, field);
+    vcpu.exits[slot].fetch_add(1, Ordering::Relaxed);
+    vcpu.exit_ticks[slot].fetch_add(crate::arch::tsc::now().wrapping_sub(start), Ordering::Relaxed);
+    outcome
+}
+
+/// Calls the handler of the exit reason in `field`.
+fn dispatch(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonField) -> Outcome {
     let basic = field.basic();
-    if let Some(counter) = vcpu.exits.get(usize::from(basic).min(EXIT_REASONS - 1)) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
     // An event that was being delivered when the exit happened must be delivered again
     // (SDM 28.2.4); handlers below may override it with their own injection.
     let vectoring = InterruptionInfo(vmcs::read(ro::IDT_VECTORING_INFO) as u32);
@@ -551,7 +559,8 @@ pub fn report_stop(vcpu: &'static Vcpu, last: bool) {
         let n = counter.load(Ordering::Relaxed);
         if n > 0 {
             let name = ExitReason::from_basic(reason as u16).map_or("other", ExitReason::name);
-            line.push(name, n);
+            let ticks = vcpu.exit_ticks[reason].load(Ordering::Relaxed);
+            line.push(name, n, ticks / n);
         }
     }
     log::info!("partition {}: vcpu {} exits: {}", vm.name, vcpu.id, line.as_str());
@@ -577,9 +586,9 @@ mod heapless_line {
             Self { buf: [0; 512], len: 0 }
         }
 
-        pub fn push(&mut self, name: &str, count: u64) {
+        pub fn push(&mut self, name: &str, count: u64, avg_ticks: u64) {
             let sep = if self.len == 0 { "" } else { ", " };
-            let _ = write!(self, "{sep}{name} {count}");
+            let _ = write!(self, "{sep}{name} {count} (avg {avg_ticks} tsc)");
         }
 
         pub fn as_str(&self) -> &str {

@@ -296,6 +296,7 @@ extern "C" fn bsp_main() -> ! {
             core::hint::spin_loop();
         }
         log::info!("hypervisor: all partitions stopped");
+        destroy_stopped_partitions();
     }
     match conf.when_idle {
         WhenIdle::PowerOff => platform::power_off(0),
@@ -320,6 +321,29 @@ fn await_selftest_fault(aps: u32) {
     match idt::FATAL_TRAPS.load(Ordering::Acquire) {
         0 => log::error!("selftest: cpu {aps} did not report its fault"),
         n => log::info!("selftest: {n} cpu halted by its own fault; cpu 0 keeps running"),
+    }
+}
+
+/// Destroys every stopped partition through the control interface and checks that
+/// its handles are refused afterwards (the interface's stale-handle rule, exercised on
+/// every boot that ran partitions).
+fn destroy_stopped_partitions() {
+    let handles: alloc::vec::Vec<_> = partition::all_vms().collect();
+    for vm in handles {
+        let vcpu = partition::vcpu_handle(vm, 0);
+        match partition::destroy_vm(vm) {
+            Ok(()) => {
+                let stale_vm = partition::destroy_vm(vm) == Err(partition::ControlError::BadHandle);
+                let stale_vcpu =
+                    vcpu.is_ok_and(|v| partition::exit_stats(v, 0) == Err(partition::ControlError::BadHandle));
+                if stale_vm && stale_vcpu {
+                    log::info!("control: partition destroyed; its stale VM and vCPU handles are refused");
+                } else {
+                    log::error!("control: a destroyed partition's handle was still accepted");
+                }
+            }
+            Err(e) => log::warn!("control: partition not destroyed: {e:?}"),
+        }
     }
 }
 

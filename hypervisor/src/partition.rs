@@ -99,6 +99,8 @@ pub struct Vcpu {
     pub boot: Mutex<BootState>,
     pub regs: UnsafeCell<GuestRegisters>,
     pub exits: [AtomicU64; EXIT_REASONS],
+    /// TSC ticks spent in the handler, per exit reason.
+    pub exit_ticks: [AtomicU64; EXIT_REASONS],
     pub vpid: u16,
     /// Set by [`start_vcpu`]; the physical CPU enters only a started vCPU.
     pub started: AtomicBool,
@@ -260,6 +262,7 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         boot: Mutex::new(BootState::default()),
         regs: UnsafeCell::new(GuestRegisters::default()),
         exits: [const { AtomicU64::new(0) }; EXIT_REASONS],
+        exit_ticks: [const { AtomicU64::new(0) }; EXIT_REASONS],
         vpid: (NEXT_VPID.fetch_add(1, Ordering::AcqRel) & 0xffff) as u16,
         started: AtomicBool::new(false),
     }));
@@ -291,9 +294,27 @@ pub fn start_vcpu(handle: VcpuHandle) -> Result<(), ControlError> {
 }
 
 /// vCPU level: the vCPU's exit count for basic exit reason `reason`.
-#[allow(dead_code, reason = "a control-interface call the service partition will reach by hypercall (issue 5)")]
 pub fn exit_stats(handle: VcpuHandle, reason: usize) -> Result<u64, ControlError> {
     Ok(vcpu(handle)?.exits.get(reason).map_or(0, |c| c.load(Ordering::Relaxed)))
+}
+
+/// VM level: destroys a VM whose vCPUs have all stopped. Its slot is freed and its
+/// handles (and its vCPUs') become stale: every later call with them gets
+/// `BadHandle`. Its RAM and tables stay reserved: the boot-time frame allocator does
+/// not take frames back (a later allocator will).
+pub fn destroy_vm(handle: VmHandle) -> Result<(), ControlError> {
+    let vm = vm(handle)?;
+    if vm.running.load(Ordering::Acquire) != 0 {
+        return Err(ControlError::BadState);
+    }
+    for slot in &vm.vcpus[..vm.vcpu_count.load(Ordering::Acquire) as usize] {
+        // SAFETY: non-null entries point at leaked `Vcpu`s that live forever.
+        if let Some(v) = unsafe { slot.load(Ordering::Acquire).as_ref() } {
+            CPU_VCPU[v.cpu as usize].store(core::ptr::null_mut(), Ordering::Release);
+        }
+    }
+    VMS[usize::from(handle.index)].store(core::ptr::null_mut(), Ordering::Release);
+    Ok(())
 }
 
 /// VM level: stops every vCPU of the VM (each leaves its loop at its next exit).
@@ -331,6 +352,21 @@ pub fn vcpu_for_cpu(cpu: u32) -> Option<&'static Vcpu> {
     let ptr = CPU_VCPU.get(cpu as usize)?.load(Ordering::Acquire);
     // SAFETY: non-null entries point at leaked `Vcpu`s that live forever.
     unsafe { ptr.as_ref() }
+}
+
+/// Every VM that exists now, as handles.
+pub fn all_vms() -> impl Iterator<Item = VmHandle> {
+    VMS.iter().enumerate().filter_map(|(index, slot)| {
+        // SAFETY: non-null entries point at leaked `Vm`s that live forever.
+        unsafe { slot.load(Ordering::Acquire).as_ref() }
+            .map(|vm| VmHandle { index: index as u16, generation: vm.generation })
+    })
+}
+
+/// The handle of vCPU `vcpu` of `vm` (checked like any other call).
+pub fn vcpu_handle(vm_handle: VmHandle, vcpu_id: u16) -> Result<VcpuHandle, ControlError> {
+    let handle = VcpuHandle { vm: vm_handle, vcpu: vcpu_id };
+    vcpu(handle).map(|_| handle)
 }
 
 /// Whether any VM still has running vCPUs.

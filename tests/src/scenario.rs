@@ -108,6 +108,10 @@ fn cpu_fault() -> Scenario {
     }
 }
 
+/// Logged for each partition destroyed after all stopped, once its old handles were
+/// refused by the control interface.
+pub const STALE_HANDLES_REFUSED: &str = "control: partition destroyed; its stale VM and vCPU handles are refused";
+
 /// A scenario running test guests: each partition's own `PASS` line must appear, the
 /// partitions must stop themselves with code 0, and the hypervisor must power off.
 fn guests(
@@ -123,6 +127,7 @@ fn guests(
         expected.push(format!("partition {partition}: stopped itself (code 0)"));
     }
     expected.push("hypervisor: all partitions stopped".to_string());
+    expected.push(STALE_HANDLES_REFUSED.to_string());
     expected.push("platform: power off (code 0)".to_string());
     Scenario {
         name,
@@ -238,6 +243,7 @@ fn base_catalogue() -> Vec<Scenario> {
                 "[survivor] PASS guest-hello",
                 "partition survivor: stopped itself (code 0)",
                 "hypervisor: all partitions stopped",
+                STALE_HANDLES_REFUSED,
                 "platform: power off (code 0)",
             ],
         ),
@@ -254,6 +260,7 @@ fn base_catalogue() -> Vec<Scenario> {
                 "partition ept: stopped by the hypervisor",
                 "partition ept-peer: vcpu 0: read at guest-physical 0x1200000, outside its RAM (18 MiB)",
                 "hypervisor: all partitions stopped",
+                STALE_HANDLES_REFUSED,
                 "platform: power off (code 0)",
             ],
         ),
