@@ -82,6 +82,8 @@ fn dispatch(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonFie
         ExitReason::ExternalInterrupt | ExitReason::PreemptionTimer | ExitReason::InterruptWindow => Outcome::Continue,
         ExitReason::Invd | ExitReason::Wbinvd => handle_wbinvd(),
         ExitReason::Xsetbv => handle_xsetbv(regs),
+        ExitReason::InitSignal => handle_init_signal(vcpu, regs),
+        ExitReason::Sipi => handle_sipi(vcpu),
         ExitReason::Mwait | ExitReason::Monitor | ExitReason::Pause => skip_instruction(),
         r if r.is_vmx_instruction() => handle_vmx_instruction(),
         other => stop_with_dump(vcpu, other.name(), u64::from(basic)),
@@ -486,6 +488,34 @@ fn handle_xsetbv(regs: &mut GuestRegisters) -> Outcome {
         core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack))
     };
     skip_instruction()
+}
+
+/// Guest activity states (SDM 25.4.2).
+const ACTIVITY_ACTIVE: u64 = 0;
+const ACTIVITY_WAIT_FOR_SIPI: u64 = 3;
+
+/// INIT (SDM 26.2 and 11.4.7.3 "INIT reset"): the vCPU takes its INIT state (real mode,
+/// CS:IP = F000:FFF0 with CS base FFFF0000, general registers 0) and waits for a SIPI.
+fn handle_init_signal(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    *regs = GuestRegisters::default();
+    if crate::vcpu::reset_to_real_mode(0xf000, 0xffff_0000, 0xfff0).is_err()
+        || vmcs::write(guest::ACTIVITY_STATE, ACTIVITY_WAIT_FOR_SIPI).is_err()
+    {
+        return stop_with_dump(vcpu, "INIT could not be applied", 0);
+    }
+    Outcome::Continue
+}
+
+/// SIPI while waiting for one (SDM 26.2, table 28-1: the exit qualification holds the
+/// vector): start in real mode at vector * 0x1000.
+fn handle_sipi(vcpu: &'static Vcpu) -> Outcome {
+    let vector = vmcs::read(ro::EXIT_QUALIFICATION) & 0xff;
+    if crate::vcpu::reset_to_real_mode(vector << 8, vector << 12, 0).is_err()
+        || vmcs::write(guest::ACTIVITY_STATE, ACTIVITY_ACTIVE).is_err()
+    {
+        return stop_with_dump(vcpu, "SIPI could not be applied", vector);
+    }
+    Outcome::Continue
 }
 
 fn handle_wbinvd() -> Outcome {

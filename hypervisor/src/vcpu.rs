@@ -135,6 +135,28 @@ const REAL_MODE_CR0_SHADOW: u64 = 0x10;
 const AR_REAL_DATA: u64 = 0x93;
 const AR_REAL_CODE: u64 = 0x9b;
 
+/// Puts the current VMCS's guest into real mode at CS = `cs` (base `cs_base`), IP =
+/// `ip`, as INIT and SIPI require (the boot stack pointer is kept at 0).
+pub fn reset_to_real_mode(cs: u64, cs_base: u64, ip: u64) -> Result<(), VmInstructionError> {
+    let controls = CONTROLS.get().ok_or(VmInstructionError(None))?;
+    // SAFETY: the CR0/CR4 fixed MSRs exist when VMX is on; reads have no side effects.
+    let (cr0_fixed0, cr0_fixed1, cr4_fixed0, cr4_fixed1) = unsafe {
+        (
+            msr::read(Msr::VmxCr0Fixed0),
+            msr::read(Msr::VmxCr0Fixed1),
+            msr::read(Msr::VmxCr4Fixed0),
+            msr::read(Msr::VmxCr4Fixed1),
+        )
+    };
+    let boot = crate::partition::BootState { real_mode: true, rip: ip, ..Default::default() };
+    let cr4 = apply_fixed_bits(CR4_VMXE, cr4_fixed0, cr4_fixed1);
+    write_real_mode_state(&boot, controls, cr0_fixed0 & !CR0_PE_PG, cr0_fixed1, cr4)?;
+    vmcs::write(guest::CS_SELECTOR, cs)?;
+    vmcs::write(guest::CS_BASE, cs_base)?;
+    vmcs::write(guest::RIP, ip)?;
+    vmcs::write(guest::RFLAGS, 0x2)
+}
+
 /// Overrides the 64-bit start state with real mode at `boot.rip` (unrestricted guest,
 /// SDM 26.8): CS = rip >> 4 and IP = rip & 0xf, 64 KiB segments, paging and protection
 /// off, EFER 0, the IA-32e-mode-guest entry control clear, the IVT at 0.
