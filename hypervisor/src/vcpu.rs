@@ -126,6 +126,26 @@ fn finish(vcpu: &'static Vcpu) {
     vm.running.fetch_sub(1, Ordering::AcqRel);
 }
 
+/// The VMCS fields (selector, base, limit, access rights) of SS, DS, ES, FS and GS.
+const DATA_SEGMENTS: [(u32, u32, u32, u32); 5] = [
+    (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS),
+    (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS),
+    (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS),
+    (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS),
+    (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS),
+];
+
+/// Gives SS, DS, ES, FS and GS one selector, base 0, `limit` and access rights `ar`.
+fn write_data_segments(selector: u64, limit: u64, ar: u64) -> Result<(), VmInstructionError> {
+    for (sel, base, lim, rights) in DATA_SEGMENTS {
+        vmcs::write(sel, selector)?;
+        vmcs::write(base, 0)?;
+        vmcs::write(lim, limit)?;
+        vmcs::write(rights, ar)?;
+    }
+    Ok(())
+}
+
 /// CR0.ET|NE: what a real-mode guest runs with (NE is fixed to 1 in VMX operation; the
 /// read shadow shows the reset value, ET only).
 const REAL_MODE_CR0: u64 = 0x30;
@@ -180,18 +200,7 @@ fn write_real_mode_state(
     w(guest::CS_BASE, cs << 4)?;
     w(guest::CS_LIMIT, 0xffff)?;
     w(guest::CS_ACCESS_RIGHTS, AR_REAL_CODE)?;
-    for (sel, base, limit, ar) in [
-        (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS),
-        (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS),
-        (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS),
-        (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS),
-        (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS),
-    ] {
-        w(sel, 0)?;
-        w(base, 0)?;
-        w(limit, 0xffff)?;
-        w(ar, AR_REAL_DATA)?;
-    }
+    write_data_segments(0, 0xffff, AR_REAL_DATA)?;
     w(guest::TR_LIMIT, 0xffff)?;
     w(guest::GDTR_BASE, 0)?;
     w(guest::GDTR_LIMIT, 0xffff)?;
@@ -225,9 +234,7 @@ fn write_protected_mode_state(
     w(guest::IA32_EFER_FULL, 0)?;
     w(guest::CS_SELECTOR, u64::from(hv_abi::start::CODE32_SELECTOR))?;
     w(guest::CS_ACCESS_RIGHTS, AR_CODE32)?;
-    for sel in [guest::SS_SELECTOR, guest::DS_SELECTOR, guest::ES_SELECTOR, guest::FS_SELECTOR, guest::GS_SELECTOR] {
-        w(sel, u64::from(hv_abi::start::DATA32_SELECTOR))?;
-    }
+    write_data_segments(u64::from(hv_abi::start::DATA32_SELECTOR), 0xffff_ffff, AR_DATA)?;
     Ok(())
 }
 
@@ -325,18 +332,7 @@ fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstructio
     w(guest::CS_BASE, 0)?;
     w(guest::CS_LIMIT, 0xffff_ffff)?;
     w(guest::CS_ACCESS_RIGHTS, AR_CODE64)?;
-    for (sel, base, limit, ar) in [
-        (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS),
-        (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS),
-        (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS),
-        (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS),
-        (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS),
-    ] {
-        w(sel, u64::from(hv_abi::start::DATA_SELECTOR))?;
-        w(base, 0)?;
-        w(limit, 0xffff_ffff)?;
-        w(ar, AR_DATA)?;
-    }
+    write_data_segments(u64::from(hv_abi::start::DATA_SELECTOR), 0xffff_ffff, AR_DATA)?;
     w(guest::LDTR_SELECTOR, 0)?;
     w(guest::LDTR_BASE, 0)?;
     w(guest::LDTR_LIMIT, 0)?;

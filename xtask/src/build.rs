@@ -4,6 +4,13 @@ use crate::{paths, ui};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+/// The last 40 lines of a failed command's standard error, for the error message.
+fn stderr_tail(output: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 /// Builds the kernel ELF (or takes `HV_KERNEL_ELF`) and returns its path.
 pub fn kernel() -> Result<PathBuf, String> {
     if let Some(elf) = std::env::var_os("HV_KERNEL_ELF") {
@@ -23,10 +30,7 @@ pub fn kernel() -> Result<PathBuf, String> {
     })
     .map_err(|e| format!("running cargo: {e}"))?;
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let lines: Vec<&str> = stderr.lines().collect();
-        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-        return Err(format!("kernel build failed ({}):\n{tail}", output.status));
+        return Err(format!("kernel build failed ({}):\n{}", output.status, stderr_tail(&output)));
     }
     let elf = target.join("x86_64-unknown-none/release/hypervisor");
     if !elf.is_file() {
@@ -69,10 +73,7 @@ pub fn guests() -> Result<PathBuf, String> {
         })
         .map_err(|e| format!("running cargo: {e}"))?;
         if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let lines: Vec<&str> = stderr.lines().collect();
-            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-            return Err(format!("building test guest {name} failed ({}):\n{tail}", output.status));
+            return Err(format!("building test guest {name} failed ({}):\n{}", output.status, stderr_tail(&output)));
         }
     }
     Ok(target.join("x86_64-unknown-none/release"))
