@@ -248,7 +248,8 @@ pub fn write_guest(handle: VmHandle, gpa: u64, data: &[u8]) -> Result<(), Contro
 /// VM level: creates vCPU number `vcpu_count` of the VM, pinned to physical `cpu`.
 pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlError> {
     let vm = vm(handle)?;
-    if cpu >= CPUS_ONLINE.load(Ordering::Acquire) || !CPU_VCPU[cpu as usize].load(Ordering::Acquire).is_null() {
+    let cpu_slot = CPU_VCPU.get(cpu as usize).ok_or(ControlError::CpuUnavailable)?;
+    if cpu >= CPUS_ONLINE.load(Ordering::Acquire) || !cpu_slot.load(Ordering::Acquire).is_null() {
         return Err(ControlError::CpuUnavailable);
     }
     let id = vm.vcpu_count.load(Ordering::Acquire);
