@@ -267,7 +267,7 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         vpid: (NEXT_VPID.fetch_add(1, Ordering::AcqRel) & 0xffff) as u16,
         started: AtomicBool::new(false),
     }));
-    CPU_VCPU[cpu as usize]
+    cpu_slot
         .compare_exchange(core::ptr::null_mut(), vcpu, Ordering::AcqRel, Ordering::Acquire)
         .map_err(|_| ControlError::CpuUnavailable)?;
     vm.vcpus[id as usize].store(vcpu, Ordering::Release);
@@ -311,7 +311,9 @@ pub fn destroy_vm(handle: VmHandle) -> Result<(), ControlError> {
     for slot in &vm.vcpus[..vm.vcpu_count.load(Ordering::Acquire) as usize] {
         // SAFETY: non-null entries point at leaked `Vcpu`s that live forever.
         if let Some(v) = unsafe { slot.load(Ordering::Acquire).as_ref() } {
-            CPU_VCPU[v.cpu as usize].store(core::ptr::null_mut(), Ordering::Release);
+            if let Some(slot) = CPU_VCPU.get(v.cpu as usize) {
+                slot.store(core::ptr::null_mut(), Ordering::Release);
+            }
         }
     }
     VMS[usize::from(handle.index)].store(core::ptr::null_mut(), Ordering::Release);
