@@ -301,7 +301,7 @@ extern "C" fn bsp_main() -> ! {
     match conf.when_idle {
         WhenIdle::PowerOff => platform::power_off(0),
         WhenIdle::Halt => {
-            log::info!("hypervisor: nothing to run yet; cpus halted (when_idle = halt)");
+            log::info!("hypervisor: no partition is running; cpus halted (when_idle = halt)");
             arch::halt_forever()
         }
     }
