@@ -23,6 +23,7 @@ pub mod preflight;
 pub mod vioapic;
 pub mod virt_cpuid;
 pub mod virt_msr;
+pub mod vlapic;
 pub mod vmx_caps;
 pub mod vmx_controls;
 
