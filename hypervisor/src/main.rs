@@ -171,7 +171,14 @@ extern "C" fn bsp_main() -> ! {
 
     let cpu = arch::cpuid::features();
     let (hz, source) = tsc::init(cpu.tsc_hz_from_cpuid);
-    log::info!("tsc: {} MHz ({source:?})", hz / 1_000_000);
+    match source {
+        tsc::Source::PitOverridesCpuid { cpuid_hz } => log::info!(
+            "tsc: {} MHz (PIT calibration; CPUID reported {} MHz, which this TSC does not run at)",
+            hz / 1_000_000,
+            cpuid_hz / 1_000_000
+        ),
+        other => log::info!("tsc: {} MHz ({other:?})", hz / 1_000_000),
+    }
     let apic_mode = match lapic::init_bsp(cpu.x2apic) {
         Ok(mode) => mode,
         Err(e) => boot_failure(format_args!("cannot map the local APIC: {e:?}")),

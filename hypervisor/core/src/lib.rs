@@ -20,6 +20,7 @@ pub mod frames;
 pub mod guest_paging;
 pub mod memory_map;
 pub mod preflight;
+pub mod tsc_freq;
 pub mod vioapic;
 pub mod virt_cpuid;
 pub mod virt_msr;

@@ -401,7 +401,11 @@ fn highest_bit(bits: &[u32; 8]) -> Option<u8> {
 #[must_use]
 pub fn divide_value(dcr: u32) -> u32 {
     let code = (dcr & 3) | ((dcr >> 1) & 4);
-    if code == 7 { 1 } else { 2 << code }
+    if code == 7 {
+        1
+    } else {
+        2 << code
+    }
 }
 
 /// Logical x2APIC ID derived from the x2APIC ID (SDM 11.12.10.2): cluster in bits 31:16,
@@ -595,7 +599,11 @@ impl VirtualLapic {
     pub fn ppr(&self) -> u8 {
         let tpr = self.tpr as u8;
         let isrv = highest_bit(&self.isr).unwrap_or(0);
-        if tpr >> 4 >= isrv >> 4 { tpr } else { isrv & 0xF0 }
+        if tpr >> 4 >= isrv >> 4 {
+            tpr
+        } else {
+            isrv & 0xF0
+        }
     }
 
     /// Highest IRR vector whose priority class exceeds the PPR's (SDM 11.8.3), if the APIC
@@ -1069,7 +1077,11 @@ impl VirtualLapic {
     /// mode (SDM 11.5.4.1). Processes a due expiry first.
     pub fn read_tsc_deadline(&mut self, now: u64) -> u64 {
         self.advance_timer(now);
-        if self.timer_mode() == TimerMode::TscDeadline { self.tsc_deadline } else { 0 }
+        if self.timer_mode() == TimerMode::TscDeadline {
+            self.tsc_deadline
+        } else {
+            0
+        }
     }
 
     /// TSC at which [`Self::on_timer`] must next run, or `None` when the timer is stopped or
@@ -1421,7 +1433,7 @@ mod tests {
         assert_eq!(l.take_pending(), Some(0x50));
         assert_eq!(l.ppr(), 0x50);
         assert!(!l.acknowledge(0x50)); // not pending any more
-        // EOI retires the highest ISR first (edge), then 0x30 (level).
+                                       // EOI retires the highest ISR first (edge), then 0x30 (level).
         assert_eq!(l.write(reg::EOI, 0, 0), Ok(ApicEffect::Eoi { vector: 0x50, level: false }));
         assert_eq!(l.highest_pending(), None); // 0x35 still blocked by 0x30 in service
         assert_eq!(l.write(reg::EOI, 0xDEAD, 0), Ok(ApicEffect::Eoi { vector: 0x30, level: true }));
@@ -1508,7 +1520,8 @@ mod tests {
         assert!(!l.matches_logical(0x0003_0010));
         assert!(!l.matches_logical(0x0002_0020));
         assert!(l.matches_logical(u32::MAX));
-        assert!(!lapic(0).clone().is_target(IpiDestination::Logical(0x1), false)); // LDR 0
+        assert!(!lapic(0).clone().is_target(IpiDestination::Logical(0x1), false));
+        // LDR 0
     }
 
     #[test]
@@ -1590,7 +1603,7 @@ mod tests {
         assert!(matches!(l.write(reg::ICR_LOW, 0x4200, 0), Ok(ApicEffect::SendIpi { mode: IpiDeliveryMode::Smi, .. })));
         assert_eq!(l.write(reg::ICR_LOW, 0x4340, 0), Ok(ApicEffect::None)); // reserved mode 011
         assert_eq!(l.write(reg::ICR_LOW, 0x4740, 0), Ok(ApicEffect::None)); // reserved mode 111
-        // x2APIC: 32-bit logical destination.
+                                                                            // x2APIC: 32-bit logical destination.
         let mut l = x2(0);
         assert_eq!(
             l.write_msr(0x830, (0x0001_0002u64 << 32) | 0x4830, 0),

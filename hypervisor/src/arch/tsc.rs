@@ -1,8 +1,9 @@
 //! The time-stamp counter: frequency and busy-wait delays.
 //!
-//! The frequency comes from CPUID 0x15/0x16 when the CPU reports it, otherwise from a
-//! calibration against PIT channel 2 (8254, gate via port 0x61), which every PC-compatible
-//! platform and emulator here provides. Later work adds the HPET and ACPI PM timer.
+//! The frequency comes from CPUID 0x15/0x16 when the CPU reports it and a calibration
+//! against PIT channel 2 (8254, gate via port 0x61) agrees; when they disagree (an
+//! emulator whose TSC does not run at the reported rate) the calibration wins; see
+//! `hv_core::tsc_freq`. Later work adds the HPET and ACPI PM timer.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,13 +19,7 @@ const PIT_CH2_DATA: u16 = 0x42;
 const PIT_COMMAND: u16 = 0x43;
 const PORT_B: u16 = 0x61;
 
-/// Where the frequency came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Cpuid,
-    Pit,
-    Assumed,
-}
+pub use hv_core::tsc_freq::TscSource as Source;
 
 /// Reads the TSC.
 #[must_use]
@@ -41,13 +36,7 @@ pub fn hz() -> u64 {
 
 /// Determines the TSC frequency once, on the BSP.
 pub fn init(from_cpuid: Option<u64>) -> (u64, Source) {
-    let (hz, source) = match from_cpuid.filter(|&hz| hz > 1_000_000) {
-        Some(hz) => (hz, Source::Cpuid),
-        None => match calibrate_with_pit() {
-            Some(hz) => (hz, Source::Pit),
-            None => (2_000_000_000, Source::Assumed),
-        },
-    };
+    let (hz, source) = hv_core::tsc_freq::choose(from_cpuid, calibrate_with_pit());
     TSC_HZ.store(hz, Ordering::Relaxed);
     (hz, source)
 }
