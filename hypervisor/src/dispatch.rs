@@ -395,14 +395,13 @@ fn handle_cr_access(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     }
     let value = gpr(regs, access.gpr.index());
     // The guest sees `value`; the CPU runs with the VMX fixed bits applied (SDM A.7/A.8).
-    // SAFETY: the CR0/CR4 fixed MSRs exist when VMX is on.
-    let (fixed0, fixed1, shadow, field) = unsafe {
-        use crate::arch::msr::{read, Msr};
-        if access.cr == 0 {
-            (read(Msr::VmxCr0Fixed0) & !0x8000_0001, read(Msr::VmxCr0Fixed1), control::CR0_READ_SHADOW, guest::CR0)
-        } else {
-            (read(Msr::VmxCr4Fixed0), read(Msr::VmxCr4Fixed1), control::CR4_READ_SHADOW, guest::CR4)
-        }
+    let Some(fixed) = crate::vcpu::fixed_bits() else {
+        return stop_with_dump(vcpu, "VMX fixed bits unknown", u64::from(access.cr));
+    };
+    let (fixed0, fixed1, shadow, field) = if access.cr == 0 {
+        (fixed.guest_cr0_fixed0(), fixed.cr0_fixed1, control::CR0_READ_SHADOW, guest::CR0)
+    } else {
+        (fixed.cr4_fixed0, fixed.cr4_fixed1, control::CR4_READ_SHADOW, guest::CR4)
     };
     let _ = vmcs::write(shadow, value);
     let _ = vmcs::write(field, hv_core::vmx_caps::apply_fixed_bits(value, fixed0, fixed1));

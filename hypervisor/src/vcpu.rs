@@ -28,12 +28,55 @@ struct SharedPages {
 static SHARED: Once<Option<SharedPages>> = Once::new();
 /// The controls every vCPU uses (computed once on the BSP).
 static CONTROLS: Once<Controls> = Once::new();
+/// The VMX fixed bits of CR0 and CR4 (read once on the BSP; all CPUs are alike).
+static FIXED: Once<FixedBits> = Once::new();
 
-/// Computes the controls from the capability MSRs; `Err` names what is missing.
+/// IA32_VMX_CR0_FIXED0/1 and IA32_VMX_CR4_FIXED0/1 (SDM A.7, A.8).
+#[derive(Debug, Clone, Copy)]
+pub struct FixedBits {
+    pub cr0_fixed0: u64,
+    pub cr0_fixed1: u64,
+    pub cr4_fixed0: u64,
+    pub cr4_fixed1: u64,
+}
+
+impl FixedBits {
+    /// CR0 bits a guest must keep at 1: with unrestricted guest, PE and PG are the
+    /// guest's own (SDM 26.8).
+    #[must_use]
+    pub fn guest_cr0_fixed0(&self) -> u64 {
+        let unrestricted = secondary_controls() & vmx_controls::proc2::UNRESTRICTED_GUEST != 0;
+        if unrestricted {
+            self.cr0_fixed0 & !CR0_PE_PG
+        } else {
+            self.cr0_fixed0
+        }
+    }
+}
+
+/// Computes the controls from the capability MSRs and records the fixed bits; `Err`
+/// names what is missing.
 pub fn init(raw: &hv_core::vmx_caps::RawVmxMsrs) -> Result<(), vmx_controls::MissingControl> {
     let controls = vmx_controls::compute(raw, &vmx_controls::hypervisor_request())?;
     CONTROLS.call_once(|| controls);
+    // SAFETY: the fixed-bit MSRs exist whenever VMX does (the caller probed it); reads
+    // have no side effects.
+    let fixed = unsafe {
+        FixedBits {
+            cr0_fixed0: msr::read(Msr::VmxCr0Fixed0),
+            cr0_fixed1: msr::read(Msr::VmxCr0Fixed1),
+            cr4_fixed0: msr::read(Msr::VmxCr4Fixed0),
+            cr4_fixed1: msr::read(Msr::VmxCr4Fixed1),
+        }
+    };
+    FIXED.call_once(|| fixed);
     Ok(())
+}
+
+/// The VMX fixed bits (`None` before [`init`]).
+#[must_use]
+pub fn fixed_bits() -> Option<&'static FixedBits> {
+    FIXED.get()
 }
 
 /// The secondary processor-based controls in use (0 before [`init`]).
@@ -159,18 +202,10 @@ const AR_REAL_CODE: u64 = 0x9b;
 /// `ip`, as INIT and SIPI require (the boot stack pointer is kept at 0).
 pub fn reset_to_real_mode(cs: u64, cs_base: u64, ip: u64) -> Result<(), VmInstructionError> {
     let controls = CONTROLS.get().ok_or(VmInstructionError(None))?;
-    // SAFETY: the CR0/CR4 fixed MSRs exist when VMX is on; reads have no side effects.
-    let (cr0_fixed0, cr0_fixed1, cr4_fixed0, cr4_fixed1) = unsafe {
-        (
-            msr::read(Msr::VmxCr0Fixed0),
-            msr::read(Msr::VmxCr0Fixed1),
-            msr::read(Msr::VmxCr4Fixed0),
-            msr::read(Msr::VmxCr4Fixed1),
-        )
-    };
+    let fixed = FIXED.get().ok_or(VmInstructionError(None))?;
     let boot = crate::partition::BootState { real_mode: true, rip: ip, ..Default::default() };
-    let cr4 = apply_fixed_bits(CR4_VMXE, cr4_fixed0, cr4_fixed1);
-    write_real_mode_state(&boot, controls, cr0_fixed0 & !CR0_PE_PG, cr0_fixed1, cr4)?;
+    let cr4 = apply_fixed_bits(CR4_VMXE, fixed.cr4_fixed0, fixed.cr4_fixed1);
+    write_real_mode_state(&boot, controls, fixed.guest_cr0_fixed0(), fixed.cr0_fixed1, cr4)?;
     vmcs::write(guest::CS_SELECTOR, cs)?;
     vmcs::write(guest::CS_BASE, cs_base)?;
     vmcs::write(guest::RIP, ip)?;
@@ -250,20 +285,18 @@ fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstructio
     let cpu = percpu::current();
     let boot = *vcpu.boot.lock();
 
-    let (efer, pat, gs_base, cr0_fixed0, cr0_fixed1, cr4_fixed0, cr4_fixed1) =
-        // SAFETY: IA32_EFER, IA32_PAT and IA32_GS_BASE exist on every CPU that has VMX;
-        // the CR0/CR4 fixed MSRs exist when VMX does. Reads have no side effects.
+    let fixed = FIXED.get().ok_or(fail)?;
+    let FixedBits { cr0_fixed1, cr4_fixed0, cr4_fixed1, .. } = *fixed;
+    let (efer, pat, gs_base) =
+        // SAFETY: IA32_EFER, IA32_PAT and IA32_GS_BASE exist on every CPU that has VMX.
+        // Reads have no side effects.
         unsafe {
-        (
-            x86_64::registers::model_specific::Msr::new(0xc000_0080).read(),
-            x86_64::registers::model_specific::Msr::new(0x277).read(),
-            msr::read(Msr::GsBase),
-            msr::read(Msr::VmxCr0Fixed0),
-            msr::read(Msr::VmxCr0Fixed1),
-            msr::read(Msr::VmxCr4Fixed0),
-            msr::read(Msr::VmxCr4Fixed1),
-        )
-    };
+            (
+                x86_64::registers::model_specific::Msr::new(0xc000_0080).read(),
+                x86_64::registers::model_specific::Msr::new(0x277).read(),
+                msr::read(Msr::GsBase),
+            )
+        };
 
     // Host state (SDM 25.5): where and how the CPU comes back on a VM exit.
     w(host::CR0, x86_64::registers::control::Cr0::read_raw())?;
@@ -309,11 +342,10 @@ fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstructio
     if controls.proc2 & vmx_controls::proc2::ENABLE_VPID != 0 {
         w(control::VPID, u64::from(vcpu.vpid))?;
     }
-    let unrestricted = controls.proc2 & vmx_controls::proc2::UNRESTRICTED_GUEST != 0;
-    let cr0_owned = if unrestricted { CR0_PE_PG } else { 0 };
-    let cr0_mask = (cr0_fixed0 | !cr0_fixed1) & 0xffff_ffff & !cr0_owned;
+    let guest_cr0_fixed0 = fixed.guest_cr0_fixed0();
+    let cr0_mask = (guest_cr0_fixed0 | !cr0_fixed1) & 0xffff_ffff;
     let cr4_mask = (cr4_fixed0 | !cr4_fixed1) & 0xffff_ffff;
-    let cr0 = apply_fixed_bits(GUEST_CR0, cr0_fixed0 & !cr0_owned, cr0_fixed1);
+    let cr0 = apply_fixed_bits(GUEST_CR0, guest_cr0_fixed0, cr0_fixed1);
     let cr4 = apply_fixed_bits(GUEST_CR4 | CR4_VMXE, cr4_fixed0, cr4_fixed1);
     w(control::CR0_GUEST_HOST_MASK, cr0_mask)?;
     w(control::CR0_READ_SHADOW, GUEST_CR0)?;
@@ -357,9 +389,9 @@ fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstructio
     w(guest::PENDING_DBG_EXCEPTIONS, 0)?;
 
     if boot.real_mode {
-        write_real_mode_state(&boot, controls, cr0_fixed0 & !cr0_owned, cr0_fixed1, cr4)?;
+        write_real_mode_state(&boot, controls, guest_cr0_fixed0, cr0_fixed1, cr4)?;
     } else if boot.protected_mode {
-        write_protected_mode_state(controls, cr0_fixed0 & !cr0_owned, cr0_fixed1, cr4)?;
+        write_protected_mode_state(controls, guest_cr0_fixed0, cr0_fixed1, cr4)?;
     }
 
     // SAFETY: only this CPU touches the vCPU's registers; nothing runs the vCPU yet.
