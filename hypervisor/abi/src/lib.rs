@@ -32,6 +32,11 @@ pub mod hypercall {
     pub const EXIT_STATS: u64 = 4;
     /// Does nothing and returns 0 (for measuring the hypercall round trip).
     pub const NOP: u64 = 5;
+    /// Sets the level of an input pin of the calling partition's own virtual IOAPIC (a
+    /// test interrupt source): RBX = pin (0..[`super::platform::IOAPIC_PINS`]), RCX = level
+    /// (0 low, 1 high). An edge-triggered pin fires on a 0 -> 1 change; a level-triggered
+    /// pin stays asserted while high. Returns 0; `BadArgument` for a bad pin or level.
+    pub const IRQ_LINE: u64 = 6;
 }
 
 /// Most bytes one `CONSOLE_WRITE` takes.
@@ -49,6 +54,8 @@ pub enum Error {
     BadLength = -3,
     /// The caller may not use this hypercall.
     NotPermitted = -4,
+    /// A non-pointer argument is out of range.
+    BadArgument = -5,
 }
 
 impl Error {
@@ -60,6 +67,7 @@ impl Error {
             -2 => Some(Self::BadAddress),
             -3 => Some(Self::BadLength),
             -4 => Some(Self::NotPermitted),
+            -5 => Some(Self::BadArgument),
             _ => None,
         }
     }
@@ -107,6 +115,30 @@ pub mod start {
     // A partition with `start = "protected"` gets the same GDT and page tables but starts
     // in 32-bit flat protected mode with paging off: CS = 0x18, other segments 0x20,
     // CR0 = PE|ET|NE, EFER = 0; EIP, ESP, EDI and ESI as above.
+}
+
+/// The virtual platform every partition sees (besides its RAM at guest-physical 0).
+pub mod platform {
+    /// Each vCPU has a virtual local APIC whose ID is the vCPU id. It starts enabled in
+    /// xAPIC mode at this guest-physical base (IA32_APIC_BASE = base | EN, plus BSP on
+    /// vCPU 0); x2APIC mode (MSRs 0x800-0x8FF) is entered through IA32_APIC_BASE.EXTD.
+    /// CPUID.1:ECX shows x2APIC (bit 21) and TSC-deadline (bit 24).
+    pub const LAPIC_BASE: u64 = 0xfee0_0000;
+    /// The LAPIC timer counts at this bus frequency, before the divide configuration.
+    pub const LAPIC_BUS_HZ: u64 = 100_000_000;
+    /// CPUID leaf with the timing facts: EAX = TSC frequency in kHz, EBX = LAPIC bus
+    /// frequency in kHz. CPUID 0x15 says the same (ECX = bus = crystal frequency in Hz,
+    /// TSC = ECX * EBX / EAX).
+    pub const CPUID_TIMING_LEAF: u32 = 0x4000_0010;
+    /// One virtual IOAPIC (82093AA register interface: IOREGSEL at +0, IOWIN at +0x10)
+    /// with this many input pins, at this guest-physical base.
+    pub const IOAPIC_BASE: u64 = 0xfec0_0000;
+    pub const IOAPIC_PINS: u32 = 24;
+    // Several vCPUs: vCPU 0 starts at the image's entry point (`start`); every other
+    // vCPU waits for INIT and then a start-up IPI from another vCPU's LAPIC, as on a PC
+    // (SDM 9.4, MP initialisation). A SIPI with vector V starts it in real mode at
+    // CS = V << 8, IP = 0. The GDT and page tables of `start` stay where they are, so an
+    // AP trampoline may reuse them.
 }
 
 /// Guest-side wrappers (used by test guests; compiled everywhere, only called in

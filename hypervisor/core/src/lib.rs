@@ -19,6 +19,7 @@ pub mod exit;
 pub mod frames;
 pub mod guest_paging;
 pub mod memory_map;
+pub mod mmio_decode;
 pub mod preflight;
 pub mod tsc_freq;
 pub mod vioapic;

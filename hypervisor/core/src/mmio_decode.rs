@@ -1,0 +1,1 @@
+//! Decoding the guest instruction behind an MMIO exit (placeholder; being written).
