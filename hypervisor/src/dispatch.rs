@@ -12,7 +12,7 @@ use hv_core::exit::{
     reinject, CrAccess, CrAccessType, EptViolation, ExitReason, ExitReasonField, Injection, InterruptionInfo,
     IoInstruction,
 };
-use hv_core::virt_cpuid::{virtual_cpuid, VcpuTopology};
+use hv_core::virt_cpuid::{virtual_cpuid, VcpuInfo};
 use hv_core::virt_msr::{policy, MsrPolicy, VirtMsr};
 use x86::vmx::vmcs::{control, guest, ro};
 
@@ -79,7 +79,10 @@ fn dispatch(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonFie
         ExitReason::EptViolation => handle_ept_violation(vcpu),
         ExitReason::EptMisconfiguration => handle_ept_misconfiguration(vcpu),
         ExitReason::ExceptionOrNmi => handle_exception_or_nmi(vcpu),
-        ExitReason::ExternalInterrupt | ExitReason::PreemptionTimer | ExitReason::InterruptWindow => Outcome::Continue,
+        ExitReason::ExternalInterrupt => handle_external_interrupt(),
+        ExitReason::PreemptionTimer => handle_preemption_timer(),
+        ExitReason::InterruptWindow => handle_interrupt_window(),
+        ExitReason::NmiWindow => handle_nmi_window(),
         ExitReason::Invd | ExitReason::Wbinvd => handle_wbinvd(),
         ExitReason::Xsetbv => handle_xsetbv(regs),
         ExitReason::InitSignal => handle_init_signal(vcpu, regs),
@@ -115,7 +118,11 @@ fn inject(event: Injection) -> Outcome {
 
 fn handle_cpuid(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
-    let topology = VcpuTopology { vcpu_id: vcpu.id, vcpu_count: vcpu.vm.vcpu_count.load(Ordering::Relaxed).max(1) };
+    let topology = VcpuInfo {
+        vcpu_id: vcpu.id,
+        vcpu_count: vcpu.vm.vcpu_count.load(Ordering::Relaxed).max(1),
+        tsc_hz: crate::arch::tsc::hz(),
+    };
     let r = virtual_cpuid(leaf, subleaf, cpuid(leaf, subleaf), topology);
     // Features whose VM-execution control is off must not be advertised (#UD otherwise).
     let r = hv_core::virt_cpuid::hide_disabled_features(leaf, subleaf, r, crate::vcpu::secondary_controls());
@@ -137,6 +144,7 @@ fn handle_vmcall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         }
         hypercall::EXIT_STATS => hypercall_exit_stats(vcpu, a, b),
         hypercall::NOP => Ok(0),
+        hypercall::IRQ_LINE => hypercall_irq_line(vcpu, a, b),
         _ => Err(HcError::UnknownHypercall),
     };
     regs.rax = match result {
@@ -161,6 +169,18 @@ fn hypercall_console_write(vcpu: &'static Vcpu, gpa: u64, len: u64) -> Result<u6
     Ok(len)
 }
 
+/// IRQ_LINE(pin, level): drives an input pin of the caller's own virtual IOAPIC.
+fn hypercall_irq_line(vcpu: &'static Vcpu, pin: u64, level: u64) -> Result<u64, HcError> {
+    let pin = u32::try_from(pin).map_err(|_| HcError::BadArgument)?;
+    let high = match level {
+        0 => false,
+        1 => true,
+        _ => return Err(HcError::BadArgument),
+    };
+    crate::virq::set_irq_line(vcpu.vm, pin, high).map_err(|_| HcError::BadArgument)?;
+    Ok(0)
+}
+
 /// EXIT_STATS(gpa, len): writes `ExitCount` entries for the reasons seen.
 fn hypercall_exit_stats(vcpu: &'static Vcpu, gpa: u64, len: u64) -> Result<u64, HcError> {
     let entry = core::mem::size_of::<hv_abi::ExitCount>() as u64;
@@ -183,16 +203,39 @@ fn hypercall_exit_stats(vcpu: &'static Vcpu, gpa: u64, len: u64) -> Result<u64, 
     Ok(written)
 }
 
+/// HLT: the vCPU sleeps (on the host side, see `virq::prepare_entry`) until an
+/// interrupt it can take arrives; RIP already points past the HLT, as after a real one.
 fn handle_hlt(vcpu: &'static Vcpu) -> Outcome {
-    // No interrupt source can reach a guest yet (the virtual LAPIC comes next), so a
-    // halted vCPU would sleep forever: end the partition with a clear line instead.
-    log::warn!(
-        "partition {}: vcpu {} halted and nothing can wake it yet; stopping the partition",
-        vcpu.vm.name,
-        vcpu.id
-    );
-    vcpu.vm.stop(0);
-    Outcome::Stop
+    let outcome = skip_instruction();
+    crate::virq::halt(vcpu);
+    outcome
+}
+
+/// A host interrupt arrived while the guest ran (acknowledged on exit, SDM 28.2.2): a
+/// kick or the host timer, both meant only to get this CPU out of guest mode. It is
+/// ended here; the next entry looks at the vCPU's state again.
+fn handle_external_interrupt() -> Outcome {
+    let info = InterruptionInfo(vmcs::read(ro::VMEXIT_INTERRUPTION_INFO) as u32);
+    if info.vector() != crate::arch::idt::SPURIOUS_VECTOR {
+        crate::arch::lapic::end_of_interrupt();
+    }
+    Outcome::Continue
+}
+
+/// The VMX-preemption timer expired: a guest timer deadline was reached; the next
+/// entry processes it.
+fn handle_preemption_timer() -> Outcome {
+    Outcome::Continue
+}
+
+/// The guest can take an interrupt now: the next entry injects it.
+fn handle_interrupt_window() -> Outcome {
+    Outcome::Continue
+}
+
+/// The guest can take an NMI now: the next entry injects it.
+fn handle_nmi_window() -> Outcome {
+    Outcome::Continue
 }
 
 fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
@@ -306,6 +349,8 @@ fn access_guest_byte(
 fn handle_rdmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let msr = regs.rcx as u32;
     let value = match policy(msr) {
+        // Every x2APIC fault on RDMSR is a #GP (SDM 11.12.1.2).
+        MsrPolicy::Virtualized(VirtMsr::X2Apic(_)) => vcpu.lapic.lock().read_msr(msr, crate::arch::tsc::now()).ok(),
         MsrPolicy::Virtualized(v) => read_virtual_msr(vcpu, v),
         // A passthrough MSR only exits when the bitmap cannot describe it.
         MsrPolicy::Passthrough | MsrPolicy::PassthroughReadOnly | MsrPolicy::Unknown => None,
@@ -323,8 +368,8 @@ fn handle_rdmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
 fn read_virtual_msr(vcpu: &'static Vcpu, msr: VirtMsr) -> Option<u64> {
     Some(match msr {
         VirtMsr::Tsc => crate::arch::tsc::now(),
-        // xAPIC at the architectural base, enabled; the boot vCPU is the BSP (SDM 11.4.4).
-        VirtMsr::ApicBase => 0xfee0_0000 | (1 << 11) | if vcpu.id == 0 { 1 << 8 } else { 0 },
+        VirtMsr::ApicBase => vcpu.lapic.lock().apic_base(),
+        VirtMsr::TscDeadline => vcpu.lapic.lock().read_tsc_deadline(crate::arch::tsc::now()),
         // Locked, VMX off: the guest sees no VMX.
         VirtMsr::FeatureControl => 1,
         VirtMsr::Pat => vmcs::read(guest::IA32_PAT_FULL),
@@ -341,8 +386,7 @@ fn read_virtual_msr(vcpu: &'static Vcpu, msr: VirtMsr) -> Option<u64> {
         | VirtMsr::MtrrPhysBase(_)
         | VirtMsr::MtrrPhysMask(_)
         | VirtMsr::MtrrFixed(_)
-        | VirtMsr::MtrrDefType
-        | VirtMsr::TscDeadline => 0,
+        | VirtMsr::MtrrDefType => 0,
         _ => return None,
     })
 }
@@ -359,10 +403,24 @@ fn handle_wrmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         MsrPolicy::Virtualized(VirtMsr::FeatureControl) => false,
         MsrPolicy::Virtualized(VirtMsr::Efer) => write_efer(value),
         MsrPolicy::Virtualized(VirtMsr::Xss) => value == 0,
+        MsrPolicy::Virtualized(VirtMsr::ApicBase) => vcpu.lapic.lock().set_apic_base(value).is_ok(),
+        MsrPolicy::Virtualized(VirtMsr::TscDeadline) => {
+            vcpu.lapic.lock().write_tsc_deadline(value);
+            true
+        }
+        MsrPolicy::Virtualized(VirtMsr::X2Apic(_)) => {
+            let effect = vcpu.lapic.lock().write_msr(msr, value, crate::arch::tsc::now());
+            match effect {
+                Ok(effect) => {
+                    crate::virq::apply_effect(vcpu, effect);
+                    true
+                }
+                Err(_) => false,
+            }
+        }
         MsrPolicy::Virtualized(_) => true,
         MsrPolicy::Passthrough | MsrPolicy::PassthroughReadOnly | MsrPolicy::Unknown => false,
     };
-    let _ = vcpu;
     if accepted {
         skip_instruction()
     } else {

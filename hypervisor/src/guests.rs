@@ -25,7 +25,7 @@ enum BuildError {
     ServiceNotYet,
     ImageMissing,
     BadLayout(&'static str),
-    MultiVcpuNotYet,
+    TooManyVcpus,
     NoFreeCpu,
     Control(ControlError),
 }
@@ -41,14 +41,18 @@ pub fn start_all(specs: &[PartitionSpec<'static>], payload: Option<&'static [u8]
     let mut started = 0;
     for spec in specs {
         match build(spec, payload, cpus_online) {
-            Ok(cpu) => {
+            Ok(cpus) => {
                 started += 1;
                 log::info!(
-                    "partition {}: {} MiB, vcpu 0 on cpu {cpu}, entry {:#x}",
+                    "partition {}: {} MiB, vcpu 0 on cpu {}, entry {:#x}",
                     spec.name,
                     spec.memory_mib,
+                    cpus[0],
                     spec.flat.map_or(0, |f| f.1)
                 );
+                for (id, cpu) in cpus.iter().enumerate().skip(1) {
+                    log::info!("partition {}: vcpu {id} on cpu {cpu}, waiting for INIT and start-up IPIs", spec.name);
+                }
             }
             Err(e) => log::error!("partition {}: not started: {}", spec.name, describe(&e)),
         }
@@ -64,8 +68,8 @@ fn describe(e: &BuildError) -> &'static str {
         BuildError::ServiceNotYet => "service partitions are not supported yet",
         BuildError::ImageMissing => "its image is missing from the boot payload",
         BuildError::BadLayout(why) => why,
-        BuildError::MultiVcpuNotYet => "more than one vCPU needs the virtual LAPIC (INIT/SIPI), which is not there yet",
-        BuildError::NoFreeCpu => "no free physical CPU for its vCPU (one vCPU per CPU in this version)",
+        BuildError::TooManyVcpus => "more vCPUs than the hypervisor supports per partition",
+        BuildError::NoFreeCpu => "not enough free physical CPUs for its vCPUs (one vCPU per CPU in this version)",
         BuildError::Control(ControlError::OutOfMemory) => "not enough free memory for its RAM",
         BuildError::Control(ControlError::CpuUnavailable) => "its pinned CPU does not exist or already runs a vCPU",
         BuildError::Control(_) => "the control interface refused it",
@@ -77,13 +81,18 @@ fn find_image(payload: Option<&'static [u8]>, path: &str) -> Option<&'static [u8
     archive.entries().find(|e| e.filename().as_str().is_ok_and(|n| n == path)).map(|e| e.data())
 }
 
-fn build(spec: &PartitionSpec<'static>, payload: Option<&'static [u8]>, cpus_online: u32) -> Result<u32, BuildError> {
+/// Builds one partition; returns the physical CPU of each vCPU.
+fn build(
+    spec: &PartitionSpec<'static>,
+    payload: Option<&'static [u8]>,
+    cpus_online: u32,
+) -> Result<alloc::vec::Vec<u32>, BuildError> {
     if spec.kind == PartitionKind::Service {
         return Err(BuildError::ServiceNotYet);
     }
     let (load, entry) = spec.flat.ok_or(BuildError::NotFlat)?;
-    if spec.vcpus > 1 {
-        return Err(BuildError::MultiVcpuNotYet);
+    if spec.vcpus as usize > partition::MAX_VCPUS {
+        return Err(BuildError::TooManyVcpus);
     }
     let image = find_image(payload, spec.image).ok_or(BuildError::ImageMissing)?;
     let ram = spec.memory_bytes();
@@ -109,12 +118,7 @@ fn build(spec: &PartitionSpec<'static>, payload: Option<&'static [u8]>, cpus_onl
     if !ram.is_multiple_of(2 << 20) {
         return Err(BuildError::BadLayout("memory_mib must be a multiple of 2"));
     }
-    let cpu = match spec.pinned_cpus().first() {
-        Some(&cpu) => cpu,
-        None => {
-            (1..cpus_online).chain(0..1).find(|&c| partition::vcpu_for_cpu(c).is_none()).ok_or(BuildError::NoFreeCpu)?
-        }
-    };
+    let cpus = choose_cpus(spec, cpus_online)?;
 
     let vm = partition::create_vm(spec.name)?;
     partition::map_ram(vm, ram)?;
@@ -122,7 +126,11 @@ fn build(spec: &PartitionSpec<'static>, payload: Option<&'static [u8]>, cpus_onl
     if !real {
         write_boot_structures(vm)?;
     }
-    let vcpu = partition::create_vcpu(vm, cpu)?;
+    let mut handles = alloc::vec::Vec::with_capacity(cpus.len());
+    for &cpu in &cpus {
+        handles.push(partition::create_vcpu(vm, cpu)?);
+    }
+    let vcpu = handles[0];
     partition::set_boot_state(
         vcpu,
         BootState {
@@ -137,8 +145,32 @@ fn build(spec: &PartitionSpec<'static>, payload: Option<&'static [u8]>, cpus_onl
             gdt_limit: start::GDT_LIMIT,
         },
     )?;
-    partition::start_vcpu(vcpu)?;
-    Ok(cpu)
+    for &ap in &handles[1..] {
+        partition::set_mp_state(ap, partition::MpState::WaitForSipi)?;
+    }
+    for &handle in &handles {
+        partition::start_vcpu(handle)?;
+    }
+    Ok(cpus)
+}
+
+/// The physical CPU of each vCPU: the pinned ones in order, then free CPUs (APs
+/// first, the BSP last, since the BSP also watches over the machine).
+fn choose_cpus(spec: &PartitionSpec<'static>, cpus_online: u32) -> Result<alloc::vec::Vec<u32>, BuildError> {
+    let wanted = spec.vcpus.max(1) as usize;
+    let mut cpus: alloc::vec::Vec<u32> = spec.pinned_cpus().iter().copied().take(wanted).collect();
+    for cpu in (1..cpus_online).chain(0..1) {
+        if cpus.len() == wanted {
+            break;
+        }
+        if partition::vcpu_for_cpu(cpu).is_none() && !cpus.contains(&cpu) {
+            cpus.push(cpu);
+        }
+    }
+    if cpus.len() < wanted || cpus.iter().any(|&c| c >= cpus_online || partition::vcpu_for_cpu(c).is_some()) {
+        return Err(BuildError::NoFreeCpu);
+    }
+    Ok(cpus)
 }
 
 /// Writes the GDT and identity page tables of `hv_abi::start` into the VM's RAM.

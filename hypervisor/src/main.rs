@@ -20,6 +20,7 @@ mod partition;
 mod payload;
 mod platform;
 mod vcpu;
+mod virq;
 mod vmx;
 
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
@@ -189,6 +190,12 @@ extern "C" fn bsp_main() -> ! {
         if apic_mode == lapic::Mode::X2Apic { "x2APIC" } else { "xAPIC" },
         lapic::id()
     );
+    match lapic::init_timer_bsp(cpu.tsc_deadline) {
+        lapic::TimerKind::TscDeadline => log::info!("timer: host timer in LAPIC TSC-deadline mode"),
+        lapic::TimerKind::OneShot { lapic_hz } => {
+            log::info!("timer: host timer in LAPIC one-shot mode at {} kHz (measured against the TSC)", lapic_hz / 1000)
+        }
+    }
 
     let acpi_info = match handoff.rsdp {
         Some(rsdp) => match acpi::read(rsdp) {
@@ -379,6 +386,7 @@ extern "C" fn ap_entry(index: u64) -> ! {
     }
     lapic::enable_this_cpu();
     percpu::set_apic_id(lapic::id());
+    lapic::init_timer_this_cpu();
     log::info!("smp: cpu {index} online (apic id {})", lapic::id());
     smp::check_in();
 

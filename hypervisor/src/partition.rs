@@ -3,7 +3,8 @@
 //!
 //! - the system: [`create_vm`];
 //! - a VM handle: [`map_ram`], [`write_guest`], [`create_vcpu`], [`stop_vm`];
-//! - a vCPU handle: [`set_boot_state`], [`start_vcpu`], [`exit_stats`].
+//! - a VM handle: [`set_irq_line`] (the VM's virtual IOAPIC input pins);
+//! - a vCPU handle: [`set_boot_state`], [`set_mp_state`], [`start_vcpu`], [`exit_stats`].
 //!
 //! Handles carry a generation number and are checked on every call: a stale handle
 //! (of a destroyed VM) or a made-up one gets [`ControlError::BadHandle`]. In this
@@ -15,10 +16,12 @@
 //! alone and is the only memory its EPT maps; hypervisor memory is never mapped.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use hv_core::addr::{GuestPhysAddr, HostPhysAddr};
 use hv_core::ept::{EptPermissions, LargePages, MemoryType, TableMemory};
+use hv_core::vioapic::VIoApic;
+use hv_core::vlapic::{LapicConfig, VirtualLapic};
 use spin::Mutex;
 
 use crate::mm::frames;
@@ -104,6 +107,54 @@ pub struct Vcpu {
     pub vpid: u16,
     /// Set by [`start_vcpu`]; the physical CPU enters only a started vCPU.
     pub started: AtomicBool,
+    /// The virtual LAPIC. Its own CPU uses it on exits and before entries; other CPUs
+    /// take the lock briefly to deliver IPIs and IOAPIC messages into it.
+    pub lapic: Mutex<VirtualLapic>,
+    /// Events sent by other vCPUs, taken by the vCPU's own CPU before its next entry.
+    pub nmi_pending: AtomicBool,
+    pub init_pending: AtomicBool,
+    /// The vector of a start-up IPI received while waiting for one ([`NO_SIPI`]: none).
+    pub sipi_vector: AtomicU32,
+    /// [`MpState`] as a `u8`: written by the vCPU's own CPU (and by INIT/SIPI handling
+    /// there); read by others.
+    pub mp_state: AtomicU8,
+}
+
+/// No start-up IPI is pending.
+pub const NO_SIPI: u32 = u32::MAX;
+
+/// The run state of a vCPU (KVM's "MP state").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MpState {
+    /// Runs guest code.
+    Runnable = 0,
+    /// Executed HLT: sleeps until an interrupt it can take (or an NMI/INIT) arrives.
+    Halted = 1,
+    /// An application processor after reset or INIT: sleeps until a start-up IPI.
+    WaitForSipi = 2,
+}
+
+impl MpState {
+    #[must_use]
+    pub fn from_u8(value: u8) -> Self {
+        match value {
+            1 => Self::Halted,
+            2 => Self::WaitForSipi,
+            _ => Self::Runnable,
+        }
+    }
+}
+
+impl Vcpu {
+    #[must_use]
+    pub fn mp_state(&self) -> MpState {
+        MpState::from_u8(self.mp_state.load(Ordering::Acquire))
+    }
+
+    pub fn set_mp_state(&self, state: MpState) {
+        self.mp_state.store(state as u8, Ordering::Release);
+    }
 }
 
 // SAFETY: `regs` is accessed only by the vCPU's own physical CPU (the one it was
@@ -128,6 +179,8 @@ pub struct Vm {
     pub exit_code: AtomicU64,
     /// Console state: the next byte the partition writes starts a line.
     pub console_line_start: AtomicBool,
+    /// The partition's virtual IOAPIC.
+    pub ioapic: Mutex<VIoApic>,
 }
 
 /// A handle to a VM.
@@ -202,6 +255,7 @@ pub fn create_vm(name: &'static str) -> Result<VmHandle, ControlError> {
         stopped: AtomicBool::new(false),
         exit_code: AtomicU64::new(0),
         console_line_start: AtomicBool::new(true),
+        ioapic: Mutex::new(VIoApic::default()),
     }));
     VMS[index]
         .compare_exchange(core::ptr::null_mut(), vm, Ordering::AcqRel, Ordering::Acquire)
@@ -266,6 +320,16 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         exit_ticks: [const { AtomicU64::new(0) }; EXIT_REASONS],
         vpid: (NEXT_VPID.fetch_add(1, Ordering::AcqRel) & 0xffff) as u16,
         started: AtomicBool::new(false),
+        lapic: Mutex::new(VirtualLapic::new(LapicConfig {
+            apic_id: id,
+            is_bsp: id == 0,
+            tsc_hz: crate::arch::tsc::hz(),
+            phys_addr_bits: crate::arch::cpuid::phys_addr_bits(),
+        })),
+        nmi_pending: AtomicBool::new(false),
+        init_pending: AtomicBool::new(false),
+        sipi_vector: AtomicU32::new(NO_SIPI),
+        mp_state: AtomicU8::new(MpState::Runnable as u8),
     }));
     cpu_slot
         .compare_exchange(core::ptr::null_mut(), vcpu, Ordering::AcqRel, Ordering::Acquire)
@@ -279,6 +343,28 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
 pub fn set_boot_state(handle: VcpuHandle, state: BootState) -> Result<(), ControlError> {
     *vcpu(handle)?.boot.lock() = state;
     Ok(())
+}
+
+/// vCPU level: sets the vCPU's run state before it starts: `WaitForSipi` makes it an
+/// application processor that waits for INIT and a start-up IPI from another vCPU.
+pub fn set_mp_state(handle: VcpuHandle, state: MpState) -> Result<(), ControlError> {
+    let v = vcpu(handle)?;
+    if v.started.load(Ordering::Acquire) {
+        return Err(ControlError::BadState);
+    }
+    v.set_mp_state(state);
+    Ok(())
+}
+
+/// VM level: sets the level of input `pin` of the VM's virtual IOAPIC (KVM's
+/// `KVM_IRQ_LINE`); an interrupt that results is delivered to the VM's vCPUs.
+#[allow(
+    dead_code,
+    reason = "a control-interface call the service partition will reach by hypercall (issue 5); guests use IRQ_LINE on their own VM"
+)]
+pub fn set_irq_line(handle: VmHandle, pin: u32, high: bool) -> Result<(), ControlError> {
+    let vm = vm(handle)?;
+    crate::virq::set_irq_line(vm, pin, high).map_err(|_| ControlError::BadRange)
 }
 
 /// vCPU level: marks the vCPU runnable; its physical CPU enters it once released.
@@ -335,11 +421,24 @@ impl Vm {
         (end <= self.ram_bytes.load(Ordering::Acquire)).then(|| self.ram_base.load(Ordering::Acquire) + gpa)
     }
 
-    /// Asks every vCPU to stop; the first caller's code is kept.
+    /// Asks every vCPU to stop; the first caller's code is kept. vCPUs on other CPUs
+    /// are kicked, so one that runs guest code without exits or sleeps stops too.
     pub fn stop(&self, code: u64) {
         if !self.stopped.swap(true, Ordering::AcqRel) {
             self.exit_code.store(code, Ordering::Release);
         }
+        for v in self.vcpus() {
+            crate::virq::kick(v);
+        }
+    }
+
+    /// The VM's vCPUs.
+    pub fn vcpus(&self) -> impl Iterator<Item = &'static Vcpu> + '_ {
+        let count = (self.vcpu_count.load(Ordering::Acquire) as usize).min(MAX_VCPUS);
+        self.vcpus[..count].iter().filter_map(|slot| {
+            // SAFETY: non-null entries point at leaked `Vcpu`s that live forever.
+            unsafe { slot.load(Ordering::Acquire).as_ref() }
+        })
     }
 
     /// Whether a stop was requested.

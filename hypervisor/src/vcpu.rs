@@ -30,6 +30,18 @@ static SHARED: Once<Option<SharedPages>> = Once::new();
 static CONTROLS: Once<Controls> = Once::new();
 /// The VMX fixed bits of CR0 and CR4 (read once on the BSP; all CPUs are alike).
 static FIXED: Once<FixedBits> = Once::new();
+/// The interrupt-related VMX features (read once on the BSP).
+static EVENT_FEATURES: Once<EventFeatures> = Once::new();
+
+/// Optional VMX features the interrupt code uses.
+#[derive(Debug, Clone, Copy)]
+struct EventFeatures {
+    /// The VMX-preemption timer's rate (IA32_VMX_MISC[4:0], SDM A.6), when the
+    /// pin-based control can be set.
+    preemption_timer_rate: Option<u8>,
+    /// NMI-window exiting can be set (SDM A.3.2).
+    nmi_window: bool,
+}
 
 /// IA32_VMX_CR0_FIXED0/1 and IA32_VMX_CR4_FIXED0/1 (SDM A.7, A.8).
 #[derive(Debug, Clone, Copy)]
@@ -70,7 +82,60 @@ pub fn init(raw: &hv_core::vmx_caps::RawVmxMsrs) -> Result<(), vmx_controls::Mis
         }
     };
     FIXED.call_once(|| fixed);
+    let pin_timer = hv_core::vmx_caps::allowed1(raw.pinbased, vmx_controls::pin::PREEMPTION_TIMER);
+    EVENT_FEATURES.call_once(|| EventFeatures {
+        preemption_timer_rate: pin_timer.then_some((raw.misc & 0x1f) as u8),
+        nmi_window: hv_core::vmx_caps::allowed1(raw.procbased, vmx_controls::proc1::NMI_WINDOW_EXITING),
+    });
     Ok(())
+}
+
+/// The VMX-preemption timer's rate when the CPU has the timer.
+pub fn preemption_timer_rate() -> Option<u8> {
+    EVENT_FEATURES.get().and_then(|f| f.preemption_timer_rate)
+}
+
+/// Whether NMI-window exiting is available.
+pub fn nmi_window_supported() -> bool {
+    EVENT_FEATURES.get().is_some_and(|f| f.nmi_window)
+}
+
+/// Which event windows the next VM entry asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Windows {
+    pub interrupt: bool,
+    pub nmi: bool,
+}
+
+/// Sets interrupt-window and NMI-window exiting (SDM 26.7.5, 26.7.6) on the current
+/// VMCS, writing the field only when it changes.
+pub fn set_windows(windows: Windows) {
+    use vmx_controls::proc1::{INTERRUPT_WINDOW_EXITING, NMI_WINDOW_EXITING};
+    let current = vmcs::read(control::PRIMARY_PROCBASED_EXEC_CONTROLS) as u32;
+    let mut wanted = current & !(INTERRUPT_WINDOW_EXITING | NMI_WINDOW_EXITING);
+    if windows.interrupt {
+        wanted |= INTERRUPT_WINDOW_EXITING;
+    }
+    if windows.nmi && nmi_window_supported() {
+        wanted |= NMI_WINDOW_EXITING;
+    }
+    if wanted != current {
+        let _ = vmcs::write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, u64::from(wanted));
+    }
+}
+
+/// Arms the VMX-preemption timer with `value` (SDM 26.5.1) or turns it off (`None`),
+/// on the current VMCS.
+pub fn set_preemption_timer(value: Option<u32>) {
+    let pin = vmx_controls::pin::PREEMPTION_TIMER;
+    let current = vmcs::read(control::PINBASED_EXEC_CONTROLS) as u32;
+    let wanted = if value.is_some() { current | pin } else { current & !pin };
+    if wanted != current {
+        let _ = vmcs::write(control::PINBASED_EXEC_CONTROLS, u64::from(wanted));
+    }
+    if let Some(v) = value {
+        let _ = vmcs::write(guest::VMX_PREEMPTION_TIMER_VALUE, u64::from(v));
+    }
 }
 
 /// The VMX fixed bits (`None` before [`init`]).
@@ -135,6 +200,9 @@ pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
     while !vcpu.vm.stop_requested() {
         // SAFETY: only this physical CPU touches the vCPU's registers.
         let regs = unsafe { &mut *vcpu.regs.get() };
+        if crate::virq::prepare_entry(vcpu, regs) == Outcome::Stop {
+            break;
+        }
         match run::enter(regs, launched) {
             Entry::Exited => {
                 launched = true;

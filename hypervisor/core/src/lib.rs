@@ -15,6 +15,7 @@ pub mod apic;
 pub mod boot_conf;
 pub mod cpu_features;
 pub mod ept;
+pub mod event_injection;
 pub mod exit;
 pub mod frames;
 pub mod guest_paging;

@@ -24,6 +24,7 @@
 //! [`hide_disabled_features`] clears their CPUID bits.
 
 use crate::cpu_features::CpuidResult;
+use crate::vlapic::VIRTUAL_BUS_HZ;
 use crate::vmx_controls::proc2;
 
 /// The hypervisor's CPUID signature, in CPUID 0x4000_0000 EBX, ECX, EDX (4 bytes each,
@@ -35,24 +36,32 @@ pub const SIGNATURE: &[u8; 12] = b"HVRSHVRSHVRS";
 pub const INTERFACE_VERSION: u32 = 1;
 
 /// Highest hypervisor leaf (CPUID 0x4000_0000 EAX).
-pub const MAX_HYPERVISOR_LEAF: u32 = 0x4000_0001;
+pub const MAX_HYPERVISOR_LEAF: u32 = TIMING_LEAF;
+
+/// The hypervisor leaf with the timing facts (the convention VMware introduced and
+/// other hypervisors follow): EAX = TSC kHz, EBX = LAPIC bus kHz.
+pub const TIMING_LEAF: u32 = 0x4000_0010;
 
 /// Highest basic leaf shown to guests.
 pub const MAX_BASIC_LEAF: u32 = 0x1f;
 
 /// The virtual processor that executes CPUID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VcpuTopology {
+pub struct VcpuInfo {
     /// This vCPU's (initial x2)APIC ID, 0-based.
     pub vcpu_id: u32,
     /// Number of vCPUs of the virtual machine (at least 1).
     pub vcpu_count: u32,
+    /// The guest's TSC frequency in Hz (0: unknown, the timing leaves are then the host's).
+    pub tsc_hz: u64,
 }
 
 /// CPUID.1:ECX bits (SDM Vol. 2A table 3-10).
 pub mod leaf1_ecx {
     pub const VMX: u32 = 1 << 5;
     pub const SMX: u32 = 1 << 6;
+    pub const X2APIC: u32 = 1 << 21;
+    pub const TSC_DEADLINE: u32 = 1 << 24;
     pub const OSXSAVE: u32 = 1 << 27;
     pub const HYPERVISOR: u32 = 1 << 31;
 }
@@ -78,6 +87,20 @@ pub const EXT1_EDX_RDTSCP: u32 = 1 << 27;
 /// CPUID.(EAX=0Dh,ECX=1):EAX bit 3: XSAVES/XRSTORS.
 pub const XSAVE1_EAX_XSAVES: u32 = 1 << 3;
 
+/// Greatest common divisor (Euclid).
+const fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        let t = a % b;
+        a = b;
+        b = t;
+    }
+    if a == 0 {
+        1
+    } else {
+        a
+    }
+}
+
 /// Number of bits needed to give each of `count` processors its own ID (x2APIC ID
 /// shift of the level that contains them all).
 #[must_use]
@@ -92,13 +115,14 @@ pub const fn id_bits(count: u32) -> u32 {
 /// The CPUID result the guest sees for (`leaf`, `subleaf`), given the host's `host`
 /// result for the same query. See the module documentation for the rules.
 #[must_use]
-pub fn virtual_cpuid(leaf: u32, subleaf: u32, host: CpuidResult, vcpu: VcpuTopology) -> CpuidResult {
+pub fn virtual_cpuid(leaf: u32, subleaf: u32, host: CpuidResult, vcpu: VcpuInfo) -> CpuidResult {
     let count = vcpu.vcpu_count.max(1);
     let zero = CpuidResult::default();
     match leaf {
         0 => CpuidResult { eax: host.eax.min(MAX_BASIC_LEAF), ..host },
         1 => {
-            let ecx = (host.ecx | leaf1_ecx::HYPERVISOR) & !(leaf1_ecx::VMX | leaf1_ecx::SMX);
+            let ecx = (host.ecx | leaf1_ecx::HYPERVISOR | leaf1_ecx::X2APIC | leaf1_ecx::TSC_DEADLINE)
+                & !(leaf1_ecx::VMX | leaf1_ecx::SMX);
             let ebx = (host.ebx & 0xffff) | (vcpu.vcpu_id & 0xff) << 24 | count.min(0xff) << 16;
             let edx = if count > 1 { host.edx | LEAF1_EDX_HTT } else { host.edx & !LEAF1_EDX_HTT };
             CpuidResult { eax: host.eax, ebx, ecx, edx }
@@ -124,12 +148,31 @@ pub fn virtual_cpuid(leaf: u32, subleaf: u32, host: CpuidResult, vcpu: VcpuTopol
             };
             CpuidResult { eax, ebx, ecx, edx: vcpu.vcpu_id }
         }
+        0x15 if vcpu.tsc_hz != 0 => {
+            let bus = VIRTUAL_BUS_HZ;
+            let g = gcd(vcpu.tsc_hz, bus);
+            let (num, den) = (vcpu.tsc_hz / g, bus / g);
+            if num <= u64::from(u32::MAX) && den <= u64::from(u32::MAX) {
+                CpuidResult { eax: den as u32, ebx: num as u32, ecx: bus as u32, edx: 0 }
+            } else {
+                zero
+            }
+        }
+        0x16 if vcpu.tsc_hz != 0 => {
+            let mhz = (vcpu.tsc_hz / 1_000_000).min(0xffff) as u32;
+            CpuidResult { eax: mhz, ebx: mhz, ecx: (VIRTUAL_BUS_HZ / 1_000_000) as u32, edx: 0 }
+        }
         0x4000_0000 => {
             let word =
                 |i: usize| u32::from_le_bytes([SIGNATURE[i], SIGNATURE[i + 1], SIGNATURE[i + 2], SIGNATURE[i + 3]]);
             CpuidResult { eax: MAX_HYPERVISOR_LEAF, ebx: word(0), ecx: word(4), edx: word(8) }
         }
         0x4000_0001 => CpuidResult { eax: INTERFACE_VERSION, ..zero },
+        TIMING_LEAF => CpuidResult {
+            eax: (vcpu.tsc_hz / 1000).min(u64::from(u32::MAX)) as u32,
+            ebx: (VIRTUAL_BUS_HZ / 1000) as u32,
+            ..zero
+        },
         0x4000_0002..=0x4000_00ff => zero,
         _ => host,
     }
@@ -162,11 +205,35 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const ONE: VcpuTopology = VcpuTopology { vcpu_id: 0, vcpu_count: 1 };
-    const FOUR_2: VcpuTopology = VcpuTopology { vcpu_id: 2, vcpu_count: 4 };
+    const ONE: VcpuInfo = VcpuInfo { vcpu_id: 0, vcpu_count: 1, tsc_hz: 0 };
+    const FOUR_2: VcpuInfo = VcpuInfo { vcpu_id: 2, vcpu_count: 4, tsc_hz: 0 };
 
     fn r(eax: u32, ebx: u32, ecx: u32, edx: u32) -> CpuidResult {
         CpuidResult { eax, ebx, ecx, edx }
+    }
+
+    #[test]
+    fn timing_leaves_describe_the_tsc_and_the_lapic_bus() {
+        let v = VcpuInfo { vcpu_id: 0, vcpu_count: 1, tsc_hz: 2_400_000_000 };
+        let l15 = virtual_cpuid(0x15, 0, r(2, 200, 0, 0), v);
+        assert_eq!(u64::from(l15.ecx) * u64::from(l15.ebx) / u64::from(l15.eax), 2_400_000_000);
+        assert_eq!(l15.ecx, 100_000_000);
+        assert_eq!(virtual_cpuid(0x16, 0, r(1, 2, 3, 0), v), r(2400, 2400, 100, 0));
+        assert_eq!(virtual_cpuid(TIMING_LEAF, 0, r(9, 9, 9, 9), v), r(2_400_000, 100_000, 0, 0));
+        assert_eq!(virtual_cpuid(0x4000_0000, 0, r(0, 0, 0, 0), v).eax, TIMING_LEAF);
+        // Bochs at 100 M instructions/s: a 1:1 ratio.
+        let bochs = VcpuInfo { tsc_hz: 100_000_000, ..v };
+        assert_eq!(virtual_cpuid(0x15, 0, r(0, 0, 0, 0), bochs), r(1, 1, 100_000_000, 0));
+        // Unknown frequency: the host's leaves 0x15/0x16 stay.
+        let unknown = VcpuInfo { tsc_hz: 0, ..v };
+        assert_eq!(virtual_cpuid(0x15, 0, r(2, 200, 0, 0), unknown), r(2, 200, 0, 0));
+    }
+
+    #[test]
+    fn leaf1_always_offers_x2apic_and_tsc_deadline() {
+        let v = virtual_cpuid(1, 0, r(0, 0, 0, 0), ONE);
+        assert_ne!(v.ecx & leaf1_ecx::X2APIC, 0);
+        assert_ne!(v.ecx & leaf1_ecx::TSC_DEADLINE, 0);
     }
 
     #[test]
@@ -184,7 +251,7 @@ mod tests {
         let v = virtual_cpuid(1, 0, host, FOUR_2);
         assert_eq!(v.eax, host.eax);
         assert_eq!(v.ebx, 0x0204_0800);
-        assert_eq!(v.ecx, 0x8800_0000 | 1 << 21);
+        assert_eq!(v.ecx, 0x8800_0000 | 1 << 21 | leaf1_ecx::TSC_DEADLINE);
         assert_ne!(v.edx & LEAF1_EDX_HTT, 0);
         let v = virtual_cpuid(1, 0, host, ONE);
         assert_eq!(v.ebx, 0x0001_0800);
@@ -192,7 +259,7 @@ mod tests {
         assert_eq!(v.edx | LEAF1_EDX_HTT, host.edx | LEAF1_EDX_HTT);
         // OSXSAVE is passed as given.
         let v = virtual_cpuid(1, 0, r(0, 0, 0, 0), ONE);
-        assert_eq!(v.ecx, leaf1_ecx::HYPERVISOR);
+        assert_eq!(v.ecx, leaf1_ecx::HYPERVISOR | leaf1_ecx::X2APIC | leaf1_ecx::TSC_DEADLINE);
     }
 
     #[test]
@@ -232,7 +299,7 @@ mod tests {
             assert_eq!(virtual_cpuid(leaf, 2, host, FOUR_2), r(0, 0, 2, 2));
             assert_eq!(virtual_cpuid(leaf, 7, host, FOUR_2), r(0, 0, 7, 2));
             assert_eq!(virtual_cpuid(leaf, 1, host, ONE), r(0, 1, 0x201, 0));
-            let five = VcpuTopology { vcpu_id: 4, vcpu_count: 5 };
+            let five = VcpuInfo { vcpu_id: 4, vcpu_count: 5, tsc_hz: 0 };
             assert_eq!(virtual_cpuid(leaf, 1, host, five), r(3, 5, 0x201, 4));
         }
         assert_eq!([id_bits(0), id_bits(1), id_bits(2), id_bits(3), id_bits(4), id_bits(5)], [0, 0, 1, 2, 2, 3]);
@@ -243,7 +310,7 @@ mod tests {
     fn hypervisor_leaves() {
         let host = r(9, 9, 9, 9);
         let v = virtual_cpuid(0x4000_0000, 0, host, ONE);
-        assert_eq!(v.eax, 0x4000_0001);
+        assert_eq!(v.eax, TIMING_LEAF);
         let mut sig = [0u8; 12];
         sig[0..4].copy_from_slice(&v.ebx.to_le_bytes());
         sig[4..8].copy_from_slice(&v.ecx.to_le_bytes());
@@ -280,7 +347,7 @@ mod tests {
     proptest! {
         #[test]
         fn leaf1_never_shows_vmx(eax: u32, ebx: u32, ecx: u32, edx: u32, id in 0u32..1024, count in 1u32..1024) {
-            let v = virtual_cpuid(1, 0, r(eax, ebx, ecx, edx), VcpuTopology { vcpu_id: id, vcpu_count: count });
+            let v = virtual_cpuid(1, 0, r(eax, ebx, ecx, edx), VcpuInfo { vcpu_id: id, vcpu_count: count, tsc_hz: 0 });
             prop_assert_eq!(v.ecx & (leaf1_ecx::VMX | leaf1_ecx::SMX), 0);
             prop_assert_ne!(v.ecx & leaf1_ecx::HYPERVISOR, 0);
             prop_assert_eq!(v.ecx & leaf1_ecx::OSXSAVE, ecx & leaf1_ecx::OSXSAVE);
@@ -290,7 +357,7 @@ mod tests {
 
         #[test]
         fn topology_ids_fit(id in 0u32..4096, count in 1u32..4096) {
-            let v = virtual_cpuid(0xb, 1, CpuidResult::default(), VcpuTopology { vcpu_id: id, vcpu_count: count });
+            let v = virtual_cpuid(0xb, 1, CpuidResult::default(), VcpuInfo { vcpu_id: id, vcpu_count: count, tsc_hz: 0 });
             prop_assert!(u64::from(count) <= 1u64 << v.eax);
             prop_assert!(v.eax == 0 || u64::from(count) > 1u64 << (v.eax - 1));
         }

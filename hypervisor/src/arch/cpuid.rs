@@ -14,3 +14,14 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
 pub fn features() -> CpuFeatures {
     CpuFeatures::read(cpuid)
 }
+
+/// MAXPHYADDR: physical-address width from CPUID 0x8000_0008 EAX[7:0] (SDM Vol. 2A,
+/// CPUID), 36 when the leaf is missing (SDM 4.1.4).
+#[must_use]
+pub fn phys_addr_bits() -> u8 {
+    if cpuid(0x8000_0000, 0).eax >= 0x8000_0008 {
+        cpuid(0x8000_0008, 0).eax as u8
+    } else {
+        36
+    }
+}

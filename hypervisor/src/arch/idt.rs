@@ -141,8 +141,12 @@ const MACHINE_CHECK: u64 = 18;
 const PAGE_FAULT: u64 = 14;
 /// The LAPIC spurious-interrupt vector the hypervisor programs.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
-/// The vector the BSP uses to wake APs sleeping in `hlt` during boot.
+/// The vector the BSP uses to wake APs sleeping in `hlt` during boot, and the "kick"
+/// that makes a CPU re-examine its vCPU (a new virtual interrupt, a stop request): it
+/// pulls the CPU out of guest mode (external-interrupt exiting) or out of `hlt`.
 pub const WAKE_VECTOR: u8 = 0xf0;
+/// The vector of each CPU's own LAPIC timer (the host timer, `lapic::arm_timer`).
+pub const TIMER_VECTOR: u8 = 0xef;
 
 fn fill_gates(with_ist: bool) {
     let base = core::ptr::addr_of!(hv_trap_stubs) as u64;
@@ -231,7 +235,7 @@ extern "C" fn handle_trap(frame: &mut TrapFrame) {
             NMI_COUNT.fetch_add(1, Ordering::Relaxed);
         }
         v if v == u64::from(SPURIOUS_VECTOR) => {}
-        v if v == u64::from(WAKE_VECTOR) => crate::arch::lapic::end_of_interrupt(),
+        v if v == u64::from(WAKE_VECTOR) || v == u64::from(TIMER_VECTOR) => crate::arch::lapic::end_of_interrupt(),
         _ => fatal_trap(frame),
     }
 }

@@ -80,7 +80,24 @@ pub fn index() -> u32 {
     current().index
 }
 
+/// Most CPUs the hypervisor drives.
+pub const MAX_CPUS: usize = 256;
+
+/// The APIC ID of each CPU by dense index (`u32::MAX`: not online), for IPIs to a
+/// given CPU.
+static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MAX_CPUS];
+
 /// Records the APIC ID of the current CPU.
 pub fn set_apic_id(id: u32) {
-    current().apic_id.store(id, Ordering::Relaxed);
+    let cpu = current();
+    cpu.apic_id.store(id, Ordering::Relaxed);
+    if let Some(slot) = APIC_IDS.get(cpu.index as usize) {
+        slot.store(id, Ordering::Release);
+    }
+}
+
+/// The APIC ID of CPU `index`, if it is online.
+#[must_use]
+pub fn apic_id_of(index: u32) -> Option<u32> {
+    APIC_IDS.get(index as usize).map(|slot| slot.load(Ordering::Acquire)).filter(|&id| id != u32::MAX)
 }

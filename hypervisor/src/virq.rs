@@ -1,0 +1,322 @@
+//! Virtual interrupts: the glue between the hardware-free models (`hv_core::vlapic`,
+//! `hv_core::vioapic`, `hv_core::event_injection`) and VMX.
+//!
+//! - Before every VM entry, [`prepare_entry`] runs on the vCPU's own CPU: it applies a
+//!   pending INIT or start-up IPI, keeps a halted or waiting vCPU asleep (host `hlt`
+//!   with the host timer armed at the guest's next timer deadline), processes expired
+//!   guest timers, injects the highest deliverable interrupt or asks for an interrupt
+//!   window, and arms the VMX-preemption timer for the guest's next deadline.
+//! - Register accesses (x2APIC MSRs, IA32_APIC_BASE, IA32_TSC_DEADLINE, xAPIC MMIO)
+//!   go to the model; the effects that leave a LAPIC (IPIs, EOI broadcasts) are routed
+//!   by [`apply_effect`].
+//! - Delivery into another vCPU takes that vCPU's LAPIC lock briefly, then [`kick`]s
+//!   its CPU with a host IPI: the CPU leaves guest mode (external-interrupt exiting) or
+//!   its `hlt`, and its next [`prepare_entry`] sees the new state. No wake-up is lost:
+//!   the state is set before the kick, and a sleeping CPU checks it with interrupts
+//!   off before `sti; hlt`.
+//!
+//! Nothing here allocates. Only one LAPIC lock is held at a time, so deliveries between
+//! vCPUs cannot deadlock.
+
+use core::sync::atomic::Ordering;
+
+use hv_core::event_injection::{plan_entry, preemption_timer_value, Event, GuestEventState};
+use hv_core::vioapic::{self, Interrupt};
+use hv_core::vlapic::{ApicEffect, IpiDeliveryMode, IpiDestination, TriggerMode};
+use x86::vmx::vmcs::{control, guest};
+
+use crate::arch::{idt, lapic, percpu, tsc};
+use crate::dispatch::Outcome;
+use crate::partition::{MpState, Vcpu, Vm, NO_SIPI};
+use crate::vmx::run::GuestRegisters;
+use crate::vmx::vmcs;
+
+/// RFLAGS.IF (SDM 3.4.3).
+const RFLAGS_IF: u64 = 1 << 9;
+/// VM-entry interruption-information field (SDM 25.8.3, table 25-17): valid bit and
+/// the interruption types used here.
+const ENTRY_VALID: u32 = 1 << 31;
+const TYPE_EXTERNAL: u32 = 0 << 8;
+const TYPE_NMI: u32 = 2 << 8;
+const NMI_VECTOR: u32 = 2;
+
+/// Kicks the CPU that runs `vcpu` (unless it is this CPU): a host IPI that makes it
+/// leave guest mode or `hlt` and look at the vCPU's state again.
+pub fn kick(vcpu: &Vcpu) {
+    if vcpu.cpu == percpu::index() {
+        return;
+    }
+    if let Some(apic_id) = percpu::apic_id_of(vcpu.cpu) {
+        lapic::send_ipi(
+            hv_core::apic::DeliveryMode::Fixed,
+            idt::WAKE_VECTOR,
+            hv_core::apic::Destination::Physical(apic_id),
+        );
+    }
+}
+
+/// Runs before each VM entry on the vCPU's own CPU. `Stop` when the partition stops.
+pub fn prepare_entry(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    if vcpu.init_pending.swap(false, Ordering::AcqRel) {
+        apply_init(vcpu);
+    }
+    loop {
+        if vcpu.vm.stop_requested() {
+            return Outcome::Stop;
+        }
+        match vcpu.mp_state() {
+            MpState::Runnable => break,
+            MpState::WaitForSipi => {
+                let vector = vcpu.sipi_vector.swap(NO_SIPI, Ordering::AcqRel);
+                if vector != NO_SIPI {
+                    if let Err(outcome) = start_at_sipi(vcpu, regs, vector as u8) {
+                        return outcome;
+                    }
+                    continue;
+                }
+            }
+            MpState::Halted => {
+                if wakes_from_halt(vcpu) {
+                    vcpu.set_mp_state(MpState::Runnable);
+                    continue;
+                }
+                if let Some(outcome) = halted_forever(vcpu) {
+                    return outcome;
+                }
+            }
+        }
+        sleep_until_kicked(vcpu);
+        if vcpu.init_pending.swap(false, Ordering::AcqRel) {
+            apply_init(vcpu);
+        }
+    }
+    inject_and_arm(vcpu);
+    Outcome::Continue
+}
+
+/// Whether a halted vCPU resumes: an NMI or INIT, or an interrupt it can take now
+/// (RFLAGS.IF set; HLT resumes only for unmasked interrupts, SDM Vol. 2A HLT).
+fn wakes_from_halt(vcpu: &'static Vcpu) -> bool {
+    if vcpu.nmi_pending.load(Ordering::Acquire) || vcpu.init_pending.load(Ordering::Acquire) {
+        return true;
+    }
+    let interrupts_enabled = vmcs::read(guest::RFLAGS) & RFLAGS_IF != 0;
+    let mut lapic = vcpu.lapic.lock();
+    lapic.on_timer(tsc::now());
+    interrupts_enabled && lapic.highest_pending().is_some()
+}
+
+/// A vCPU halted with interrupts off in a partition with no other vCPU can never be
+/// woken (nothing sends it an NMI or INIT): the partition ends with a clear line.
+fn halted_forever(vcpu: &'static Vcpu) -> Option<Outcome> {
+    let interrupts_enabled = vmcs::read(guest::RFLAGS) & RFLAGS_IF != 0;
+    if interrupts_enabled || vcpu.vm.vcpu_count.load(Ordering::Acquire) > 1 {
+        return None;
+    }
+    log::warn!(
+        "partition {}: vcpu {} halted with interrupts disabled and nothing can wake it; stopping the partition",
+        vcpu.vm.name,
+        vcpu.id
+    );
+    vcpu.vm.stop(0);
+    Some(Outcome::Stop)
+}
+
+/// Sleeps in `hlt` until a kick or the host timer, armed at the guest's next timer
+/// deadline. Called with interrupts off; `sti; hlt` cannot miss a kick that arrives
+/// after the caller's last check, because the interrupt stays pending until then.
+fn sleep_until_kicked(vcpu: &'static Vcpu) {
+    let deadline = vcpu.lapic.lock().next_deadline();
+    lapic::arm_timer(deadline);
+    x86_64::instructions::interrupts::enable_and_hlt();
+    x86_64::instructions::interrupts::disable();
+    lapic::arm_timer(None);
+}
+
+/// INIT (SDM 11.4.7.3 and 9.4): the LAPIC is reset (its ID and base kept), pending
+/// events are dropped and the vCPU waits for a start-up IPI.
+fn apply_init(vcpu: &'static Vcpu) {
+    vcpu.lapic.lock().init_reset();
+    vcpu.nmi_pending.store(false, Ordering::Release);
+    vcpu.sipi_vector.store(NO_SIPI, Ordering::Release);
+    vcpu.set_mp_state(MpState::WaitForSipi);
+}
+
+/// A start-up IPI with `vector`: real mode at CS = vector << 8, IP = 0 (SDM 9.4.4).
+fn start_at_sipi(vcpu: &'static Vcpu, regs: &mut GuestRegisters, vector: u8) -> Result<(), Outcome> {
+    *regs = GuestRegisters::default();
+    let vector = u64::from(vector);
+    if crate::vcpu::reset_to_real_mode(vector << 8, vector << 12, 0).is_err()
+        || vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0).is_err()
+        || vmcs::write(guest::INTERRUPTIBILITY_STATE, 0).is_err()
+    {
+        log::error!("partition {}: vcpu {}: start-up IPI could not be applied", vcpu.vm.name, vcpu.id);
+        vcpu.vm.stop(u64::MAX);
+        return Err(Outcome::Stop);
+    }
+    log::debug!("partition {}: vcpu {} started at {:#x}", vcpu.vm.name, vcpu.id, vector << 12);
+    vcpu.set_mp_state(MpState::Runnable);
+    Ok(())
+}
+
+/// Injects what can be injected now, asks for a window for the rest and arms the timer
+/// for the guest's next deadline.
+fn inject_and_arm(vcpu: &'static Vcpu) {
+    let now = tsc::now();
+    let nmi = vcpu.nmi_pending.load(Ordering::Acquire);
+    let mut window = crate::vcpu::Windows::default();
+    let deadline = {
+        let mut lapic = vcpu.lapic.lock();
+        lapic.on_timer(now);
+        let interrupt = lapic.highest_pending();
+        if interrupt.is_some() || nmi {
+            let state = GuestEventState {
+                interrupts_enabled: vmcs::read(guest::RFLAGS) & RFLAGS_IF != 0,
+                interruptibility: vmcs::read(guest::INTERRUPTIBILITY_STATE) as u32,
+                event_queued: vmcs::read(control::VMENTRY_INTERRUPTION_INFO_FIELD) as u32 & ENTRY_VALID != 0,
+            };
+            let plan = plan_entry(state, nmi, interrupt, crate::vcpu::nmi_window_supported());
+            match plan.inject {
+                Some(Event::External(vector)) => {
+                    lapic.acknowledge(vector);
+                    let _ = vmcs::write(
+                        control::VMENTRY_INTERRUPTION_INFO_FIELD,
+                        u64::from(ENTRY_VALID | TYPE_EXTERNAL | u32::from(vector)),
+                    );
+                }
+                Some(Event::Nmi) => {
+                    vcpu.nmi_pending.store(false, Ordering::Release);
+                    let _ = vmcs::write(
+                        control::VMENTRY_INTERRUPTION_INFO_FIELD,
+                        u64::from(ENTRY_VALID | TYPE_NMI | NMI_VECTOR),
+                    );
+                }
+                None => {}
+            }
+            window = crate::vcpu::Windows { interrupt: plan.interrupt_window, nmi: plan.nmi_window };
+        }
+        lapic.next_deadline()
+    };
+    crate::vcpu::set_windows(window);
+    match crate::vcpu::preemption_timer_rate() {
+        Some(rate) => {
+            let value = deadline.map(|d| preemption_timer_value(now, d, rate));
+            crate::vcpu::set_preemption_timer(value);
+        }
+        // Without the preemption timer the host timer interrupts the guest instead.
+        None => lapic::arm_timer(deadline),
+    }
+}
+
+/// HLT: the vCPU sleeps from its next entry on until it can be woken.
+pub fn halt(vcpu: &'static Vcpu) {
+    vcpu.set_mp_state(MpState::Halted);
+}
+
+/// Routes what a LAPIC register write asks for: IPIs to their targets, a level EOI to
+/// the IOAPIC.
+pub fn apply_effect(vcpu: &'static Vcpu, effect: ApicEffect) {
+    match effect {
+        ApicEffect::None | ApicEffect::TimerChanged => {}
+        ApicEffect::Eoi { vector, level } => {
+            if level {
+                let redeliver = vcpu.vm.ioapic.lock().eoi(vector);
+                for interrupt in redeliver.into_iter().flatten() {
+                    deliver_ioapic_message(vcpu.vm, interrupt);
+                }
+            }
+        }
+        ApicEffect::SendIpi { mode, vector, dest, level, trigger } => {
+            // INIT level de-assert (level 0, level-triggered) only synchronises arbitration
+            // IDs on old processors (SDM 11.6.1): nothing to do.
+            if mode == IpiDeliveryMode::Init && !level && trigger == TriggerMode::Level {
+                return;
+            }
+            deliver(vcpu.vm, Some(vcpu.id), mode, vector, dest, trigger == TriggerMode::Level);
+        }
+    }
+}
+
+/// Delivers an interrupt message to the vCPUs of `vm` that `dest` selects. `sender` is
+/// the sending vCPU (for the shorthands), `None` for the IOAPIC.
+fn deliver(vm: &'static Vm, sender: Option<u32>, mode: IpiDeliveryMode, vector: u8, dest: IpiDestination, level: bool) {
+    let is_target = |v: &Vcpu| v.lapic.lock().is_target(dest, sender == Some(v.id));
+    match mode {
+        IpiDeliveryMode::LowestPriority => {
+            // Arbitration by processor priority (SDM 11.6.2.4): the lowest PPR wins,
+            // the lowest APIC ID breaks ties.
+            let winner = vm.vcpus().filter(|v| is_target(v)).min_by_key(|v| (v.lapic.lock().ppr(), v.id));
+            if let Some(target) = winner {
+                target.lapic.lock().accept(vector, level);
+                kick(target);
+            }
+        }
+        IpiDeliveryMode::Fixed => {
+            for target in vm.vcpus().filter(|v| is_target(v)) {
+                target.lapic.lock().accept(vector, level);
+                kick(target);
+            }
+        }
+        IpiDeliveryMode::Nmi => {
+            for target in vm.vcpus().filter(|v| is_target(v)) {
+                target.nmi_pending.store(true, Ordering::Release);
+                kick(target);
+            }
+        }
+        IpiDeliveryMode::Init => {
+            for target in vm.vcpus().filter(|v| is_target(v)) {
+                target.init_pending.store(true, Ordering::Release);
+                kick(target);
+            }
+        }
+        IpiDeliveryMode::StartUp => {
+            // A SIPI reaches only a vCPU that waits for one; others ignore it (SDM 9.4.4:
+            // a second SIPI after a successful start is ignored).
+            for target in vm.vcpus().filter(|v| is_target(v)) {
+                if target.mp_state() == MpState::WaitForSipi || target.init_pending.load(Ordering::Acquire) {
+                    target.sipi_vector.store(u32::from(vector), Ordering::Release);
+                    kick(target);
+                }
+            }
+        }
+        // No SMM in guests.
+        IpiDeliveryMode::Smi => {}
+    }
+}
+
+/// Delivers an IOAPIC redirection message (SDM 11.6.2 destinations; the IOAPIC has
+/// no shorthands).
+fn deliver_ioapic_message(vm: &'static Vm, interrupt: Interrupt) {
+    let dest = match interrupt.dest_mode {
+        vioapic::DestMode::Physical => IpiDestination::Physical(u32::from(interrupt.destination)),
+        vioapic::DestMode::Logical => IpiDestination::Logical(u32::from(interrupt.destination)),
+    };
+    let mode = match interrupt.delivery_mode {
+        vioapic::DeliveryMode::Fixed => IpiDeliveryMode::Fixed,
+        vioapic::DeliveryMode::LowestPriority => IpiDeliveryMode::LowestPriority,
+        vioapic::DeliveryMode::Nmi => IpiDeliveryMode::Nmi,
+        vioapic::DeliveryMode::Init => IpiDeliveryMode::Init,
+        vioapic::DeliveryMode::Smi => IpiDeliveryMode::Smi,
+        // ExtINT needs a virtual PIC, which comes with the platform devices.
+        vioapic::DeliveryMode::ExtInt => return,
+    };
+    deliver(vm, None, mode, interrupt.vector, dest, interrupt.level_triggered);
+}
+
+/// Sets the level of `pin` of `vm`'s IOAPIC and delivers what results.
+pub fn set_irq_line(vm: &'static Vm, pin: u32, high: bool) -> Result<(), vioapic::InvalidPin> {
+    let message = vm.ioapic.lock().set_level(pin, high)?;
+    if let Some(interrupt) = message {
+        deliver_ioapic_message(vm, interrupt);
+    }
+    Ok(())
+}
+
+#[allow(dead_code, reason = "used by the IOAPIC MMIO handler, which waits for the instruction decoder")]
+/// Delivers an IOAPIC message that an MMIO write made due (e.g. unmasking an asserted
+/// level-triggered pin).
+pub fn deliver_ioapic_effect(vm: &'static Vm, effect: vioapic::IoapicEffect) {
+    if let Some(interrupt) = effect.deliver {
+        deliver_ioapic_message(vm, interrupt);
+    }
+}
