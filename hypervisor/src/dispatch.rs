@@ -76,7 +76,7 @@ fn dispatch(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonFie
         ExitReason::Wrmsr => handle_wrmsr(vcpu, regs),
         ExitReason::CrAccess => handle_cr_access(vcpu, regs),
         ExitReason::TripleFault => handle_triple_fault(vcpu),
-        ExitReason::EptViolation => handle_ept_violation(vcpu),
+        ExitReason::EptViolation => handle_ept_violation(vcpu, regs),
         ExitReason::EptMisconfiguration => handle_ept_misconfiguration(vcpu),
         ExitReason::ExceptionOrNmi => handle_exception_or_nmi(vcpu),
         ExitReason::ExternalInterrupt => handle_external_interrupt(),
@@ -95,8 +95,13 @@ fn dispatch(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonFie
 
 /// Advances the guest's RIP past the instruction that exited.
 fn skip_instruction() -> Outcome {
+    advance_rip(vmcs::read(ro::VMEXIT_INSTRUCTION_LEN))
+}
+
+/// Advances the guest's RIP by `len` bytes, completing an instruction the hypervisor
+/// emulated.
+pub fn advance_rip(len: u64) -> Outcome {
     let rip = vmcs::read(guest::RIP);
-    let len = vmcs::read(ro::VMEXIT_INSTRUCTION_LEN);
     let _ = vmcs::write(guest::RIP, rip.wrapping_add(len));
     // Skipping an instruction ends any STI/MOV-SS blocking (SDM 25.4.2).
     let interruptibility = vmcs::read(guest::INTERRUPTIBILITY_STATE) & !0x3;
@@ -467,7 +472,7 @@ fn handle_cr_access(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
 }
 
 /// Reads general-purpose register `index` (SDM numbering: 0 RAX ... 15 R15; RSP from the VMCS).
-fn gpr(regs: &GuestRegisters, index: u8) -> u64 {
+pub fn gpr(regs: &GuestRegisters, index: u8) -> u64 {
     match index {
         0 => regs.rax,
         1 => regs.rcx,
@@ -488,13 +493,44 @@ fn gpr(regs: &GuestRegisters, index: u8) -> u64 {
     }
 }
 
+/// Writes general-purpose register `index` (as [`gpr`] numbers them).
+pub fn set_gpr(regs: &mut GuestRegisters, index: u8, value: u64) {
+    let slot = match index {
+        0 => &mut regs.rax,
+        1 => &mut regs.rcx,
+        2 => &mut regs.rdx,
+        3 => &mut regs.rbx,
+        4 => {
+            let _ = vmcs::write(guest::RSP, value);
+            return;
+        }
+        5 => &mut regs.rbp,
+        6 => &mut regs.rsi,
+        7 => &mut regs.rdi,
+        8 => &mut regs.r8,
+        9 => &mut regs.r9,
+        10 => &mut regs.r10,
+        11 => &mut regs.r11,
+        12 => &mut regs.r12,
+        13 => &mut regs.r13,
+        14 => &mut regs.r14,
+        _ => &mut regs.r15,
+    };
+    *slot = value;
+}
+
 fn handle_triple_fault(vcpu: &'static Vcpu) -> Outcome {
     stop_with_dump(vcpu, "triple fault", 0)
 }
 
-fn handle_ept_violation(vcpu: &'static Vcpu) -> Outcome {
+fn handle_ept_violation(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let gpa = vmcs::read(ro::GUEST_PHYSICAL_ADDR_FULL);
     let v = EptViolation::decode(vmcs::read(ro::EXIT_QUALIFICATION));
+    if !v.fetch {
+        if let Some((device, offset)) = crate::mmio::device_at(vcpu, gpa) {
+            return crate::mmio::handle_mmio(vcpu, regs, device, offset, v.write);
+        }
+    }
     let kind = if v.fetch {
         "instruction fetch"
     } else if v.write {
@@ -604,7 +640,8 @@ fn handle_entry_failure(vcpu: &'static Vcpu, basic: u16) -> Outcome {
     Outcome::Stop
 }
 
-fn stop_with_dump(vcpu: &'static Vcpu, what: &str, detail: u64) -> Outcome {
+/// Stops the partition with a line naming `what` and a dump of the vCPU's state.
+pub fn stop_with_dump(vcpu: &'static Vcpu, what: &str, detail: u64) -> Outcome {
     log::error!("partition {}: vcpu {}: {what} ({detail:#x}); stopping this partition", vcpu.vm.name, vcpu.id);
     dump_guest_state(vcpu);
     vcpu.vm.stop(u64::MAX);

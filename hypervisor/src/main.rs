@@ -16,6 +16,7 @@ mod console;
 mod dispatch;
 mod guests;
 mod mm;
+mod mmio;
 mod partition;
 mod payload;
 mod platform;
@@ -171,15 +172,18 @@ extern "C" fn bsp_main() -> ! {
     console::set_level(conf.log_level);
 
     let cpu = arch::cpuid::features();
-    let (hz, source) = tsc::init(cpu.tsc_hz_from_cpuid);
-    match source {
-        tsc::Source::PitOverridesCpuid { cpuid_hz } => log::info!(
-            "tsc: {} MHz (PIT calibration; CPUID reported {} MHz, which this TSC does not run at)",
-            hz / 1_000_000,
-            cpuid_hz / 1_000_000
-        ),
-        other => log::info!("tsc: {} MHz ({other:?})", hz / 1_000_000),
-    }
+    let acpi_info = match handoff.rsdp {
+        Some(rsdp) => match acpi::read(rsdp) {
+            Ok(info) => Some(info),
+            Err(e) => {
+                log::warn!("acpi: tables unusable ({e:?}); continuing as if there were none");
+                None
+            }
+        },
+        None => None,
+    };
+    let (hz, source) = tsc::init(cpu.tsc_hz_from_cpuid, acpi_info.as_ref());
+    log::info!("tsc: {} MHz ({source})", hz / 1_000_000);
     let apic_mode = match lapic::init_bsp(cpu.x2apic) {
         Ok(mode) => mode,
         Err(e) => boot_failure(format_args!("cannot map the local APIC: {e:?}")),
@@ -197,16 +201,6 @@ extern "C" fn bsp_main() -> ! {
         }
     }
 
-    let acpi_info = match handoff.rsdp {
-        Some(rsdp) => match acpi::read(rsdp) {
-            Ok(info) => Some(info),
-            Err(e) => {
-                log::warn!("acpi: tables unusable ({e:?}); continuing as if there were none");
-                None
-            }
-        },
-        None => None,
-    };
     platform::init(acpi_info.as_ref().and_then(|a| a.soft_off), cpu.under_qemu_or_kvm());
     let (targets, source) = match &acpi_info {
         Some(info) => {

@@ -312,7 +312,6 @@ pub fn set_irq_line(vm: &'static Vm, pin: u32, high: bool) -> Result<(), vioapic
     Ok(())
 }
 
-#[allow(dead_code, reason = "used by the IOAPIC MMIO handler, which waits for the instruction decoder")]
 /// Delivers an IOAPIC message that an MMIO write made due (e.g. unmasking an asserted
 /// level-triggered pin).
 pub fn deliver_ioapic_effect(vm: &'static Vm, effect: vioapic::IoapicEffect) {

@@ -1,0 +1,228 @@
+//! Emulated MMIO: guest accesses to the pages of the devices the hypervisor emulates
+//! itself (the xAPIC page of each vCPU's virtual LAPIC, the partition's virtual IOAPIC).
+//!
+//! Those pages are not mapped in the EPT, so an access exits as an EPT violation that
+//! names the guest-physical address and whether it was a read or a write, but neither
+//! the data nor the instruction length. The instruction is therefore fetched at the
+//! guest's CS:RIP through the guest's own page tables (`hv_core::guest_paging`), decoded
+//! (`hv_core::mmio_decode`) and completed here: loads write the register, stores and
+//! read-modify-write forms go to the device model, RFLAGS and RIP are updated. Every
+//! failure (fetch outside RAM, an unsupported instruction, a decoded instruction that
+//! does not match the exit) stops only that partition, with a clear line and a dump.
+
+use hv_abi::platform::IOAPIC_BASE;
+use hv_core::guest_paging::{translate, PagingState};
+use hv_core::mmio_decode::{self, alu, merge_register, register_value, CpuMode, MmioOp, Operand, ALU_FLAGS_MASK};
+use hv_core::vlapic::ApicMode;
+use x86::vmx::vmcs::guest;
+
+use crate::dispatch::{self, Outcome};
+use crate::mm::frames;
+use crate::partition::Vcpu;
+use crate::vmx::run::GuestRegisters;
+use crate::vmx::vmcs;
+
+/// The emulated devices with an MMIO page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// The vCPU's own LAPIC in xAPIC mode (at its IA32_APIC_BASE address).
+    Lapic,
+    /// The partition's IOAPIC.
+    Ioapic,
+}
+
+/// Size of an emulated device's register page.
+const PAGE: u64 = 0x1000;
+/// The longest x86 instruction (SDM Vol. 2A 2.3.11).
+const MAX_INSTRUCTION: usize = 15;
+/// Code-segment access-rights bits (SDM 25.4.1): L (64-bit code) and D/B (32-bit).
+const CS_LONG: u64 = 1 << 13;
+const CS_DEFAULT_32: u64 = 1 << 14;
+/// CR0.PE (SDM 2.5).
+const CR0_PE: u64 = 1;
+
+/// The emulated device whose page holds `gpa`, and the offset in that page.
+#[must_use]
+pub fn device_at(vcpu: &Vcpu, gpa: u64) -> Option<(Device, u64)> {
+    let page = gpa & !(PAGE - 1);
+    let offset = gpa & (PAGE - 1);
+    {
+        let lapic = vcpu.lapic.lock();
+        if lapic.mode() == ApicMode::XApic && page == lapic.base_address() {
+            return Some((Device::Lapic, offset));
+        }
+    }
+    (page == IOAPIC_BASE).then_some((Device::Ioapic, offset))
+}
+
+/// Completes the access at `offset` of `device` that made the guest exit.
+pub fn handle_mmio(
+    vcpu: &'static Vcpu,
+    regs: &mut GuestRegisters,
+    device: Device,
+    offset: u64,
+    exit_was_write: bool,
+) -> Outcome {
+    let (bytes, fetched) = match fetch_instruction(vcpu) {
+        Ok(f) => f,
+        Err(why) => return dispatch::stop_with_dump(vcpu, why, offset),
+    };
+    let instruction = match mmio_decode::decode(&bytes[..fetched], cpu_mode()) {
+        Ok(i) => i,
+        Err(e) => {
+            log::error!(
+                "partition {}: vcpu {}: MMIO instruction not emulated ({e:?}), bytes {:02x?}",
+                vcpu.vm.name,
+                vcpu.id,
+                &bytes[..fetched]
+            );
+            return dispatch::stop_with_dump(vcpu, "unsupported instruction on an emulated device page", offset);
+        }
+    };
+    if instruction.writes_memory() != exit_was_write {
+        return dispatch::stop_with_dump(vcpu, "the MMIO instruction does not match the access that exited", offset);
+    }
+    let size = instruction.size;
+    match instruction.op {
+        MmioOp::Load { dest, high_byte, extend, dest_size } => {
+            let value = device_read(vcpu, device, offset, size);
+            let old = dispatch::gpr(regs, dest);
+            dispatch::set_gpr(regs, dest, merge_register(old, value, size, high_byte, extend, dest_size));
+        }
+        MmioOp::Store { src } => {
+            let value = operand(regs, src, size);
+            device_write(vcpu, device, offset, size, value);
+        }
+        MmioOp::Alu { alu: op, src, reg_is_dest, writes_back } => {
+            let memory = device_read(vcpu, device, offset, size);
+            let other = operand(regs, src, size);
+            let (a, b) = if reg_is_dest { (other, memory) } else { (memory, other) };
+            let result = alu(op, size, a, b);
+            if writes_back {
+                match (reg_is_dest, src) {
+                    (true, Operand::Reg { index, high_byte }) => {
+                        let old = dispatch::gpr(regs, index);
+                        let merged =
+                            merge_register(old, result.result, size, high_byte, mmio_decode::Extend::None, size);
+                        dispatch::set_gpr(regs, index, merged);
+                    }
+                    _ => device_write(vcpu, device, offset, size, result.result),
+                }
+            }
+            let rflags = vmcs::read(guest::RFLAGS);
+            let _ = vmcs::write(guest::RFLAGS, (rflags & !ALU_FLAGS_MASK) | result.flags);
+        }
+        MmioOp::StoreString { .. } => {
+            return dispatch::stop_with_dump(vcpu, "string store to an emulated device page is not emulated", offset);
+        }
+    }
+    dispatch::advance_rip(u64::from(instruction.len))
+}
+
+fn operand(regs: &GuestRegisters, src: Operand, size: u8) -> u64 {
+    match src {
+        Operand::Reg { index, high_byte } => register_value(dispatch::gpr(regs, index), size, high_byte),
+        Operand::Imm(value) => value,
+    }
+}
+
+/// Reads `size` bytes at `offset` of the device. LAPIC registers are 32 bits wide at
+/// 16-byte-aligned offsets (SDM 11.4.1); a narrower read returns the bytes of the
+/// register's dword, anything else reads 0 (the access is undefined on hardware).
+fn device_read(vcpu: &'static Vcpu, device: Device, offset: u64, size: u8) -> u64 {
+    match device {
+        Device::Lapic => {
+            let dword = (offset & !3) as u32;
+            let value = vcpu.lapic.lock().read_mmio(dword, crate::arch::tsc::now()).unwrap_or(0);
+            let shifted = u64::from(value) >> (8 * (offset & 3));
+            if size >= 8 {
+                shifted
+            } else {
+                shifted & ((1u64 << (8 * u32::from(size))) - 1)
+            }
+        }
+        Device::Ioapic => u64::from(vcpu.vm.ioapic.lock().mmio_read(offset, size)),
+    }
+}
+
+/// Writes `size` bytes at `offset` of the device. The LAPIC takes only 32-bit writes
+/// (SDM 11.4.1); others are dropped.
+fn device_write(vcpu: &'static Vcpu, device: Device, offset: u64, size: u8, value: u64) {
+    match device {
+        Device::Lapic => {
+            if size != 4 {
+                return;
+            }
+            let effect = vcpu.lapic.lock().write_mmio(offset as u32, value as u32, crate::arch::tsc::now());
+            if let Ok(effect) = effect {
+                crate::virq::apply_effect(vcpu, effect);
+            }
+        }
+        Device::Ioapic => {
+            let effect = vcpu.vm.ioapic.lock().mmio_write(offset, value as u32, size);
+            crate::virq::deliver_ioapic_effect(vcpu.vm, effect);
+        }
+    }
+}
+
+/// The guest's mode for decoding, from CR0.PE and the code segment (SDM Vol. 1 3.6).
+fn cpu_mode() -> CpuMode {
+    let cs = vmcs::read(guest::CS_ACCESS_RIGHTS);
+    if vmcs::read(guest::CR0) & CR0_PE == 0 {
+        CpuMode::Real16
+    } else if cs & CS_LONG != 0 && vmcs::read(guest::IA32_EFER_FULL) & (1 << 10) != 0 {
+        CpuMode::Long64
+    } else if cs & CS_DEFAULT_32 != 0 {
+        CpuMode::Protected32
+    } else {
+        CpuMode::Protected16
+    }
+}
+
+/// Reads up to 15 instruction bytes at CS:RIP through the guest's page tables; returns
+/// them and how many could be read (fewer when the next page is not mapped: the
+/// decoder then says whether the instruction fits).
+fn fetch_instruction(vcpu: &'static Vcpu) -> Result<([u8; MAX_INSTRUCTION], usize), &'static str> {
+    let mode = cpu_mode();
+    let rip = vmcs::read(guest::RIP);
+    let linear = match mode {
+        CpuMode::Long64 => rip,
+        CpuMode::Protected32 => vmcs::read(guest::CS_BASE).wrapping_add(rip & 0xffff_ffff) & 0xffff_ffff,
+        CpuMode::Real16 | CpuMode::Protected16 => vmcs::read(guest::CS_BASE).wrapping_add(rip & 0xffff) & 0xffff_ffff,
+    };
+    let state = PagingState {
+        cr0: vmcs::read(guest::CR0),
+        cr3: vmcs::read(guest::CR3),
+        cr4: vmcs::read(guest::CR4),
+        efer: vmcs::read(guest::IA32_EFER_FULL),
+    };
+    let read_entry = |gpa: u64| {
+        let host = vcpu.vm.guest_range(gpa, 8)?;
+        // SAFETY: `host` lies inside the VM's RAM (checked), direct-mapped; an aligned
+        // qword read of a paging-structure entry.
+        Some(unsafe { frames::phys_to_virt(host).cast::<u64>().read_volatile() })
+    };
+    let mut bytes = [0u8; MAX_INSTRUCTION];
+    let mut fetched = 0;
+    while fetched < MAX_INSTRUCTION {
+        let at = linear.wrapping_add(fetched as u64);
+        let in_page = (PAGE - (at & (PAGE - 1))) as usize;
+        let chunk = in_page.min(MAX_INSTRUCTION - fetched);
+        let Ok(gpa) = translate(&state, at, false, read_entry) else {
+            break;
+        };
+        let Some(host) = vcpu.vm.guest_range(gpa, chunk as u64) else {
+            break;
+        };
+        // SAFETY: `chunk` bytes inside the VM's RAM (checked), direct-mapped; the guest
+        // may change them concurrently, which only changes what is decoded (and every
+        // decoded instruction is checked against the exit).
+        let src = unsafe { core::slice::from_raw_parts(frames::phys_to_virt(host), chunk) };
+        bytes[fetched..fetched + chunk].copy_from_slice(src);
+        fetched += chunk;
+    }
+    if fetched == 0 {
+        return Err("the instruction that touched a device page could not be fetched");
+    }
+    Ok((bytes, fetched))
+}
