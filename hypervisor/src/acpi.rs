@@ -1,6 +1,7 @@
 //! The firmware's ACPI tables, read through the direct map of physical memory. The
 //! reading itself is hardware-free and lives in `hv_core::acpi_info` (host-tested).
-//! Under Bochs + OVMF there are no tables; callers handle `None`.
+//! Under Bochs + OVMF there are no tables; callers handle `None`. Read before the TSC
+//! calibration, which uses the HPET and PM timer found here; nothing here needs the TSC.
 
 use core::ptr::NonNull;
 
@@ -29,8 +30,9 @@ impl AcpiHandler for DirectMap {
 /// Parses the tables behind the RSDP at physical address `rsdp`.
 pub fn read(rsdp: u64) -> Result<AcpiInfo, acpi::AcpiError> {
     let bytes = |phys: u64, len: usize| -> &'static [u8] {
-        // SAFETY: the DSDT's AML stream as located and sized by its header, read
-        // through the permanent direct map.
+        // SAFETY: bytes inside a table the `acpi` crate located and validated (the DSDT's
+        // AML stream as sized by its header, FADT and HPET table fields within their
+        // lengths), read through the permanent direct map.
         unsafe { core::slice::from_raw_parts(frames::phys_to_virt(phys), len) }
     };
     // SAFETY: `rsdp` is the RSDP address the firmware handed to the bootloader, and

@@ -3,7 +3,7 @@
 //! processor (AP), turns VMX on everywhere and reports what the machine can do.
 //!
 //! Boot order (see docs/ARCHITECTURE.md): console, IDT, frames, heap, screen, own page
-//! tables, own stack → GDT/TSS, payload, CPU features, TSC, LAPIC, ACPI, APs, VMX
+//! tables, own stack → GDT/TSS, payload, CPU features, ACPI, TSC, LAPIC + host timer, APs, VMX
 //! probe, pre-flight report, VMXON on every CPU, ready.
 #![no_std]
 #![no_main]
