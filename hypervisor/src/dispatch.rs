@@ -462,6 +462,18 @@ fn handle_cr_access(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         return stop_with_dump(vcpu, "VMX fixed bits unknown", u64::from(access.cr));
     };
     let (fixed0, fixed1, shadow, field) = if access.cr == 0 {
+        // Paging switched with EFER.LME set (de)activates IA-32e mode, as the CPU would.
+        let cs_long = vmcs::read(guest::CS_ACCESS_RIGHTS) & CS_LONG != 0;
+        let old = (vmcs::read(guest::CR0) & !fixed.guest_cr0_fixed0())
+            | (vmcs::read(control::CR0_READ_SHADOW) & fixed.guest_cr0_fixed0());
+        let efer = vmcs::read(guest::IA32_EFER_FULL);
+        let Ok(write) = hv_core::control_regs::mov_to_cr0(old, value, efer, vmcs::read(guest::CR4), cs_long) else {
+            return inject(InterruptionInfo::hardware_exception(GP, Some(0)));
+        };
+        if write.efer != efer {
+            let _ = vmcs::write(guest::IA32_EFER_FULL, write.efer);
+            crate::vcpu::set_ia32e_mode_guest(write.ia32e_mode);
+        }
         (fixed.guest_cr0_fixed0(), fixed.cr0_fixed1, control::CR0_READ_SHADOW, guest::CR0)
     } else {
         (fixed.cr4_fixed0, fixed.cr4_fixed1, control::CR4_READ_SHADOW, guest::CR4)

@@ -124,6 +124,17 @@ pub fn set_windows(windows: Windows) {
     }
 }
 
+/// Sets or clears the "IA-32e mode guest" VM-entry control (SDM 25.8.1), which must
+/// equal the guest's EFER.LMA on entry.
+pub fn set_ia32e_mode_guest(on: bool) {
+    let bit = vmx_controls::entry::IA32E_MODE_GUEST;
+    let current = vmcs::read(control::VMENTRY_CONTROLS) as u32;
+    let wanted = if on { current | bit } else { current & !bit };
+    if wanted != current {
+        let _ = vmcs::write(control::VMENTRY_CONTROLS, u64::from(wanted));
+    }
+}
+
 /// Arms the VMX-preemption timer with `value` (SDM 26.5.1) or turns it off (`None`),
 /// on the current VMCS.
 pub fn set_preemption_timer(value: Option<u32>) {

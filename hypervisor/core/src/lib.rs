@@ -13,6 +13,7 @@ pub mod acpi_s5;
 pub mod addr;
 pub mod apic;
 pub mod boot_conf;
+pub mod control_regs;
 pub mod cpu_features;
 pub mod ept;
 pub mod event_injection;
