@@ -1084,12 +1084,20 @@ impl VirtualLapic {
         }
     }
 
-    /// TSC at which [`Self::on_timer`] must next run, or `None` when the timer is stopped or
-    /// its LVT entry is masked (masked expirations are accounted for whenever a timer
+    /// TSC at which [`Self::on_timer`] must next run, or `None` when the timer is stopped,
+    /// its vector is already pending in the IRR, or its LVT entry is masked (masked expirations are accounted for whenever a timer
     /// register is written, so nothing is lost).
     #[must_use]
     pub fn next_deadline(&self) -> Option<u64> {
-        if self.mode == ApicMode::Disabled || self.lvt[Lvt::Timer as usize] & LVT_MASKED != 0 {
+        let lvt = self.lvt[Lvt::Timer as usize];
+        if self.mode == ApicMode::Disabled || lvt & LVT_MASKED != 0 {
+            return None;
+        }
+        // While the timer's vector waits in the IRR, another expiry would only coalesce
+        // into it (SDM 11.8.4): nothing needs to run until it is delivered. (Without this,
+        // a timer period shorter than the path into the guest would keep a vCPU exiting
+        // before it runs a single instruction.)
+        if bit_test(&self.irr, lvt as u8) {
             return None;
         }
         match self.timer_mode() {
@@ -1705,6 +1713,9 @@ mod tests {
         // Miss 5 periods: one interrupt, 4 coalesced.
         let fire = l.on_timer(5 + 2000 * 1005 + 1);
         assert_eq!((fire.expirations, fire.coalesced(), fire.delivered), (5, 4, Some(0x30)));
+        // Until the interrupt is delivered, further expiries would only coalesce.
+        assert_eq!(l.next_deadline(), None);
+        l.acknowledge(0x30);
         assert_eq!(l.next_deadline(), Some(5 + 2000 * 1006));
         assert_eq!(l.read(reg::TIMER_CURRENT, 5 + 2000 * 1005 + 20), Ok(99));
     }
@@ -1816,6 +1827,8 @@ mod tests {
                 prop_assert!(fire.expirations >= 1);
                 prop_assert_eq!(fire.delivered, Some(0x40));
                 total += fire.expirations;
+                l.acknowledge(0x40);
+                l.write(reg::EOI, 0, now).unwrap();
                 let elapsed_bus = u128::from(now - start) * u128::from(VIRTUAL_BUS_HZ) / u128::from(tsc_hz);
                 prop_assert_eq!(u128::from(total), elapsed_bus / period_bus);
                 let count = l.current_count(now);
