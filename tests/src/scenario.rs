@@ -265,6 +265,28 @@ fn base_catalogue() -> Vec<Scenario> {
             ],
         ),
         guests(
+            "guest-apic-timer",
+            ICELAKE,
+            2,
+            "tests/configs/guest-apic-timer.toml",
+            &[("apic-timer", "guest-apic-timer")],
+        ),
+        guests("guest-x2apic", ICELAKE, 2, "tests/configs/guest-x2apic.toml", &[("x2apic", "guest-x2apic")]),
+        guests("guest-tpr", ICELAKE, 2, "tests/configs/guest-tpr.toml", &[("tpr", "guest-tpr")]),
+        guests("guest-hlt", ICELAKE, 2, "tests/configs/guest-hlt.toml", &[("hlt", "guest-hlt")]),
+        guests("guest-ipi-2", ICELAKE, 2, "tests/configs/guest-ipi-2.toml", &[("ipi-2", "guest-ipi-2")]),
+        guests("guest-ipi-4", ICELAKE, 4, "tests/configs/guest-ipi-4.toml", &[("ipi-4", "guest-ipi-4")]),
+        guests("guest-ioapic", ICELAKE, 2, "tests/configs/guest-ioapic.toml", &[("ioapic", "guest-ioapic")]),
+        // A guest with a 1-tick periodic LAPIC timer and a self-IPI flood beside a
+        // well-behaved one: the flood slows only itself.
+        guests(
+            "guest-irq-flood",
+            ICELAKE,
+            2,
+            "tests/configs/guest-irq-flood.toml",
+            &[("flood", "guest-irq-flood"), ("survivor", "guest-hello")],
+        ),
+        guests(
             "two-guests",
             ICELAKE,
             2,

@@ -1,9 +1,20 @@
 //! The runtime of the test guests: console output through the `CONSOLE_WRITE`
 //! hypercall, `PASS`/`FAIL` verdict lines that the scenarios judge, stopping the
 //! partition, and a panic handler that reports `FAIL` and stops.
+//!
+//! For the interrupt guests it also has an IDT covering all 256 vectors
+//! ([`exceptions`] for 0-31, [`interrupts`] for NMI and 32-255), local APIC
+//! ([`lapic`]) and I/O APIC ([`ioapic`]) helpers, and multiprocessor start-up
+//! ([`smp`]). The console is safe to use from several vCPUs at once.
 #![no_std]
 
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+pub mod interrupts;
+pub mod ioapic;
+pub mod lapic;
+pub mod smp;
 
 pub use hv_abi;
 use hv_abi::{guest::hypercall, hypercall as hc};
@@ -67,14 +78,70 @@ impl Drop for LineBuffer {
     }
 }
 
-/// Prints a line to the hypervisor console (one hypercall per line when it fits).
+/// The vCPU (see [`smp::cpu_index`]) holding the console lock, plus one; 0 when free.
+static CONSOLE_OWNER: AtomicUsize = AtomicUsize::new(0);
+
+/// Holds the console lock while alive (see [`console_lock`]).
+pub struct ConsoleGuard {
+    release: bool,
+}
+
+impl Drop for ConsoleGuard {
+    fn drop(&mut self) {
+        if self.release {
+            CONSOLE_OWNER.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// Takes the console lock, so that the lines of several vCPUs do not interleave. A vCPU
+/// that already holds it (an interrupt or fault handler printing in the middle of a
+/// line of its own vCPU) gets through without waiting instead of deadlocking.
+pub fn console_lock() -> ConsoleGuard {
+    let me = smp::cpu_index() + 1;
+    if CONSOLE_OWNER.load(Ordering::Relaxed) == me {
+        return ConsoleGuard { release: false };
+    }
+    while CONSOLE_OWNER.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        core::hint::spin_loop();
+    }
+    ConsoleGuard { release: true }
+}
+
+/// Prints a line to the hypervisor console (one hypercall per line when it fits), under
+/// the console lock.
 #[macro_export]
 macro_rules! println {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
+        let _guard = $crate::console_lock();
+        // Declared after the guard, so it is flushed before the lock is released.
         let mut line = $crate::LineBuffer::new();
         let _ = writeln!(line, $($arg)*);
     }};
+}
+
+/// Model-specific registers.
+pub mod msr {
+    /// RDMSR. An MSR that does not exist raises #GP (announce it with
+    /// [`crate::exceptions::expect_fault`]`(2)` when that is the point).
+    #[inline(always)]
+    pub fn read(msr: u32) -> u64 {
+        let (lo, hi): (u32, u32);
+        // SAFETY: RDMSR only reads; a #GP on purpose is skipped by the guest's handler.
+        unsafe { core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack)) };
+        (u64::from(hi) << 32) | u64::from(lo)
+    }
+
+    /// WRMSR (2 bytes: 0f 30).
+    #[inline(always)]
+    pub fn write(msr: u32, value: u64) {
+        // SAFETY: the MSRs the guests write only affect this guest; a #GP on purpose is
+        // skipped by the guest's handler.
+        unsafe {
+            core::arch::asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack));
+        }
+    }
 }
 
 /// Issues a raw hypercall (for tests of the hypercall interface itself).
@@ -104,6 +171,12 @@ pub fn check(name: &str, what: &str, ok: bool) -> bool {
     ok
 }
 
+/// [`check`] with a formatted description (`format_args!`).
+pub fn check_fmt(name: &str, what: fmt::Arguments<'_>, ok: bool) -> bool {
+    println!("{} {name}: {what}", if ok { "PASS" } else { "FAIL" });
+    ok
+}
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     println!("FAIL guest panic: {info}");
@@ -113,6 +186,10 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 /// Exceptions inside the guest: an IDT whose 32 exception gates record what happened
 /// and, when the test announced the fault with [`expect_fault`], resume after the
 /// faulting instruction. An unannounced exception prints `FAIL` and stops the guest.
+///
+/// The same IDT has gates for all 256 vectors: NMI (2) and vectors 32-255 go to
+/// [`crate::interrupts`], which counts them and sends the EOI. The announcement state
+/// is global, so announce faults on one vCPU at a time.
 pub mod exceptions {
     use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -154,7 +231,9 @@ pub mod exceptions {
         ss: u64,
     }
 
-    // Vectors with a CPU-pushed error code: 8, 10-14, 17, 21, 29, 30.
+    // Vectors with a CPU-pushed error code: 8, 10-14, 17, 21, 29, 30. Every stub is 16
+    // bytes (push imm8, push imm32, jmp rel32 at most); the frame is the same for all
+    // (an error code or a 0 in its place), which keeps RSP 16-byte aligned at the call.
     core::arch::global_asm!(
         r#"
         .section .text.guest_exceptions, "ax"
@@ -162,7 +241,7 @@ pub mod exceptions {
         .global guest_rt_exception_stubs
     guest_rt_exception_stubs:
         .set vec, 0
-        .rept 32
+        .rept 256
         .balign 16
         .if (vec == 8) | (vec == 10) | (vec == 11) | (vec == 12) | (vec == 13) | (vec == 14) | (vec == 17) | (vec == 21) | (vec == 29) | (vec == 30)
         .else
@@ -202,14 +281,18 @@ pub mod exceptions {
     );
 
     extern "C" {
-        static guest_rt_exception_stubs: [u8; 32 * 16];
+        static guest_rt_exception_stubs: [u8; 256 * 16];
     }
 
     #[repr(C, align(16))]
-    struct Idt([[u64; 2]; 32]);
-    static mut IDT: Idt = Idt([[0; 2]; 32]);
+    struct Idt([[u64; 2]; 256]);
+    static mut IDT: Idt = Idt([[0; 2]; 256]);
 
     extern "C" fn on_exception(frame: &mut Frame) {
+        if frame.vector == 2 || frame.vector >= 32 {
+            crate::interrupts::dispatch(frame.vector as u8);
+            return;
+        }
         let cr2: u64;
         // SAFETY: reading CR2 has no side effects (the guest runs in ring 0).
         unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
@@ -235,15 +318,22 @@ pub mod exceptions {
         }
     }
 
-    /// Installs the IDT (64-bit interrupt gates, code selector 0x08 of the boot GDT).
+    /// Installs the IDT (256 64-bit interrupt gates, code selector 0x08 of the boot GDT)
+    /// on the boot vCPU; other vCPUs [`load`] it.
     pub fn install() {
         let base = core::ptr::addr_of!(guest_rt_exception_stubs) as u64;
-        for v in 0..32u64 {
+        for v in 0..256u64 {
             let h = base + v * 16;
             let low = (h & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((h >> 16) & 0xffff) << 48;
-            // SAFETY: the IDT is written before it is loaded, by the only vCPU.
+            // SAFETY: the IDT is written before it is loaded, by the boot vCPU, before any
+            // other vCPU runs.
             unsafe { (*core::ptr::addr_of_mut!(IDT)).0[v as usize] = [low, h >> 32] };
         }
+        load();
+    }
+
+    /// Loads the IDT that [`install`] filled into this vCPU's IDTR.
+    pub fn load() {
         let limit = (core::mem::size_of::<Idt>() - 1) as u16;
         let mut pointer = [0u8; 10];
         pointer[..2].copy_from_slice(&limit.to_le_bytes());
@@ -262,6 +352,24 @@ pub mod exceptions {
     pub fn expect_trap() {
         VECTOR.store(u64::MAX, Ordering::SeqCst);
         SKIP.store(TRAP, Ordering::SeqCst);
+    }
+
+    /// Runs `f`, which must execute one instruction of `len` bytes that is expected to
+    /// fault, and returns the exception it raised (`None`, and the announcement is
+    /// withdrawn, if it did not fault).
+    pub fn fault_of(len: u64, f: impl FnOnce()) -> Option<Seen> {
+        expect_fault(len);
+        f();
+        let s = seen();
+        if s.is_none() {
+            SKIP.store(0, Ordering::SeqCst);
+        }
+        s
+    }
+
+    /// Whether `f` (one RDMSR or WRMSR, 2 bytes) raises #GP(0).
+    pub fn msr_gp(f: impl FnOnce()) -> bool {
+        fault_of(2, f).is_some_and(|s| s.vector == 13 && s.error_code == 0)
     }
 
     /// The exception seen since the last [`expect_fault`], if any.
