@@ -4,6 +4,10 @@
 //! - Exit round trips: `tests/configs/bench.toml` runs the `guest-bench` test guest on one
 //!   CPU; it prints one `bench: NAME n=.. min=.. median=.. p99=..` line per metric (TSC
 //!   ticks, RDTSC overhead included).
+//! - Interrupts: the `guest-apic-timer`, `guest-hlt` and `guest-ipi-2` scenarios print
+//!   `timer.latency` (TSC deadline to the guest handler's first TSC read), `hlt.wake`
+//!   (one vCPU's IPI send to the halted vCPU's handler) and `ipi.roundtrip` (vCPU 0 ->
+//!   vCPU 1 -> vCPU 0 fixed IPIs) in the same form.
 //!
 //! Everything goes to `$TARGET/bench.json` and a table. Under Bochs with
 //! `clock: sync=none` the TSC advances by `TSC Hz / ips` per emulated instruction, so
@@ -26,6 +30,9 @@ const BENCH_CONFIG: &str = "tests/configs/bench.toml";
 const EXIT_METRICS: [&str; 4] = ["exit.cpuid", "exit.vmcall", "exit.io_unclaimed", "exit.rdmsr"];
 /// The native baselines `guest-bench` prints; `native.rdtsc` is the measurement overhead.
 const NATIVE_METRICS: [&str; 2] = ["native.rdtsc", "native.loop"];
+/// The interrupt metrics and the test scenario whose guest prints each.
+const INTERRUPT_METRICS: [(&str, &str); 3] =
+    [("timer.latency", "guest-apic-timer"), ("hlt.wake", "guest-hlt"), ("ipi.roundtrip", "guest-ipi-2")];
 /// The name of the measurement-overhead metric.
 const OVERHEAD: &str = "native.rdtsc";
 
@@ -221,6 +228,11 @@ pub fn cmd_bench() -> Result<ExitCode, String> {
         })
         .collect();
     scenarios.push(exit_scenario());
+    let catalogue = scenario::catalogue();
+    for (_, name) in INTERRUPT_METRICS {
+        let found = catalogue.iter().find(|s| s.name == name).ok_or(format!("no scenario {name} in the catalogue"))?;
+        scenarios.push(found.clone());
+    }
     let results = test::run_scenarios(scenarios, None);
 
     let mut problems = Vec::new();
@@ -237,6 +249,12 @@ pub fn cmd_bench() -> Result<ExitCode, String> {
     for want in EXIT_METRICS.iter().chain(&NATIVE_METRICS) {
         if !measured.iter().any(|m| m.name == *want) {
             problems.push(format!("{}: no `bench: {want}` line in the log", exit_run.name));
+        }
+    }
+    for ((metric, _), run) in INTERRUPT_METRICS.iter().zip(&results[CPU_COUNTS.len() + 1..]) {
+        match bench_metrics(&read_log(run)).into_iter().find(|m| m.name == *metric) {
+            Some(m) => measured.push(m),
+            None => problems.push(format!("{}: no `bench: {metric}` line in the log", run.name)),
         }
     }
     // Exits first, then the baselines, then anything else the guest printed.

@@ -21,6 +21,7 @@ use core::arch::asm;
 use core::arch::x86_64::_rdtsc;
 use core::cell::UnsafeCell;
 
+use guest_rt::bench::sort;
 use guest_rt::hv_abi::{guest::hypercall, hypercall as hc};
 use guest_rt::{check, println, stop};
 
@@ -132,34 +133,6 @@ fn op_rdmsr() -> u64 {
         );
     }
     (u64::from(hi) << 32) | u64::from(lo)
-}
-
-/// Heap sort in place (no allocation; O(n log n) keeps it cheap under emulation).
-fn sort(v: &mut [u64]) {
-    fn sift_down(v: &mut [u64], mut root: usize, end: usize) {
-        loop {
-            let mut child = 2 * root + 1;
-            if child >= end {
-                return;
-            }
-            if child + 1 < end && v[child + 1] > v[child] {
-                child += 1;
-            }
-            if v[root] >= v[child] {
-                return;
-            }
-            v.swap(root, child);
-            root = child;
-        }
-    }
-    let n = v.len();
-    for root in (0..n / 2).rev() {
-        sift_down(v, root, n);
-    }
-    for end in (1..n).rev() {
-        v.swap(0, end);
-        sift_down(v, 0, end);
-    }
 }
 
 /// Runs `op` `WARMUP` times untimed and `SAMPLES` times timed, then prints the line.

@@ -151,7 +151,8 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
     ok &= check(name, "AP k has APIC ID k and vCPU id k", ids_ok);
 
     // 2. Ping-pong with each AP, physical destination.
-    let mut roundtrip = 0;
+    let mut roundtrip = [0u64; ROUNDS as usize];
+    let mut measured = 0;
     for k in 1..n {
         let pings = counts(n, PING);
         let pongs = count_on(0, PONG);
@@ -164,8 +165,9 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
                 break;
             }
             answered += 1;
-            if k == 1 {
-                roundtrip += last_tsc_on(0, PONG).wrapping_sub(t0);
+            if k == 1 && measured < roundtrip.len() {
+                roundtrip[measured] = last_tsc_on(0, PONG).wrapping_sub(t0);
+                measured += 1;
             }
         }
         delay_us(SETTLE_US);
@@ -179,7 +181,7 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
             println!("{name}: AP {k}: {answered} of {ROUNDS} answered, pings {:?}, pongs {pong_total}", &d[..n]);
         }
     }
-    println!("bench ipi.roundtrip {}", roundtrip / ROUNDS);
+    guest_rt::bench::report("ipi.roundtrip", &mut roundtrip[..measured]);
 
     // 3. Logical destinations (flat model).
     let all_aps = ((1u32 << n) - 1) & !1;
