@@ -83,6 +83,7 @@ fn dispatch(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonFie
         ExitReason::PreemptionTimer => handle_preemption_timer(),
         ExitReason::InterruptWindow => handle_interrupt_window(),
         ExitReason::NmiWindow => handle_nmi_window(),
+        ExitReason::VirtualizedEoi => handle_virtualized_eoi(vcpu),
         ExitReason::Invd | ExitReason::Wbinvd => handle_wbinvd(),
         ExitReason::Xsetbv => handle_xsetbv(regs),
         ExitReason::InitSignal => handle_init_signal(vcpu, regs),
@@ -235,6 +236,13 @@ fn handle_preemption_timer() -> Outcome {
 
 /// The guest can take an interrupt now: the next entry injects it.
 fn handle_interrupt_window() -> Outcome {
+    Outcome::Continue
+}
+
+/// EOI-induced exit (SDM 30.1.4; trap-like: the EOI is done, RIP is past it): the
+/// vector is in the exit qualification.
+fn handle_virtualized_eoi(vcpu: &'static Vcpu) -> Outcome {
+    crate::virq::virtualized_eoi(vcpu, vmcs::read(ro::EXIT_QUALIFICATION) as u8);
     Outcome::Continue
 }
 
@@ -408,7 +416,18 @@ fn handle_wrmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         MsrPolicy::Virtualized(VirtMsr::FeatureControl) => false,
         MsrPolicy::Virtualized(VirtMsr::Efer) => write_efer(value),
         MsrPolicy::Virtualized(VirtMsr::Xss) => value == 0,
-        MsrPolicy::Virtualized(VirtMsr::ApicBase) => vcpu.lapic.lock().set_apic_base(value).is_ok(),
+        MsrPolicy::Virtualized(VirtMsr::ApicBase) => {
+            let changed = vcpu.lapic.lock().set_apic_base(value);
+            match changed {
+                Ok(change) => {
+                    if change.mode_changed() {
+                        crate::virq::apic_mode_changed(vcpu);
+                    }
+                    true
+                }
+                Err(_) => false,
+            }
+        }
         MsrPolicy::Virtualized(VirtMsr::TscDeadline) => {
             vcpu.lapic.lock().write_tsc_deadline(value);
             true
@@ -417,6 +436,7 @@ fn handle_wrmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
             let effect = vcpu.lapic.lock().write_msr(msr, value, crate::arch::tsc::now());
             match effect {
                 Ok(effect) => {
+                    crate::virq::mirror_to_page(vcpu);
                     crate::virq::apply_effect(vcpu, effect);
                     true
                 }

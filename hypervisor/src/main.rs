@@ -241,7 +241,7 @@ extern "C" fn bsp_main() -> ! {
         Err(why) => no_vmx(why),
     };
     log::info!("vmx: capabilities: {caps}");
-    let guests_possible = match vcpu::init(&vmx::read_raw_msrs()) {
+    let guests_possible = match vcpu::init(&vmx::read_raw_msrs(), true) {
         Ok(()) => true,
         Err(missing) => {
             log::error!("vmx: cannot run guests on this CPU: {missing}");

@@ -118,6 +118,10 @@ pub struct Vcpu {
     /// [`MpState`] as a `u8`: written by the vCPU's own CPU (and by INIT/SIPI handling
     /// there); read by others.
     pub mp_state: AtomicU8,
+    /// Host-physical address of the vCPU's virtual-APIC page (0: no APIC
+    /// virtualization on this machine), and whether it is in use (x2APIC mode).
+    pub apic_page: u64,
+    pub apicv_active: AtomicBool,
 }
 
 /// No start-up IPI is pending.
@@ -310,6 +314,11 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
     if id as usize >= MAX_VCPUS {
         return Err(ControlError::NoSlot);
     }
+    let apic_page = if crate::vcpu::apicv_supported() {
+        frames::allocate_zeroed(1, 4096, u64::MAX).map_err(|_| ControlError::OutOfMemory)?
+    } else {
+        0
+    };
     let vcpu = alloc::boxed::Box::leak(alloc::boxed::Box::new(Vcpu {
         vm,
         id,
@@ -330,6 +339,8 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         init_pending: AtomicBool::new(false),
         sipi_vector: AtomicU32::new(NO_SIPI),
         mp_state: AtomicU8::new(MpState::Runnable as u8),
+        apic_page,
+        apicv_active: AtomicBool::new(false),
     }));
     cpu_slot
         .compare_exchange(core::ptr::null_mut(), vcpu, Ordering::AcqRel, Ordering::Acquire)

@@ -23,6 +23,8 @@ struct SharedPages {
     io_a: u64,
     io_b: u64,
     msr: u64,
+    /// The MSR bitmap for vCPUs with APIC virtualization (`hv_core::apicv::msr_bitmap`).
+    msr_apicv: u64,
 }
 
 static SHARED: Once<Option<SharedPages>> = Once::new();
@@ -41,6 +43,10 @@ struct EventFeatures {
     preemption_timer_rate: Option<u8>,
     /// NMI-window exiting can be set (SDM A.3.2).
     nmi_window: bool,
+    /// APIC virtualization for x2APIC-mode guests can be used: TPR shadow, virtualize
+    /// x2APIC mode, APIC-register virtualization and virtual-interrupt delivery are all
+    /// allowed (SDM A.3.2, A.3.3), and the configuration does not turn it off.
+    apicv: bool,
 }
 
 /// IA32_VMX_CR0_FIXED0/1 and IA32_VMX_CR4_FIXED0/1 (SDM A.7, A.8).
@@ -68,7 +74,7 @@ impl FixedBits {
 
 /// Computes the controls from the capability MSRs and records the fixed bits; `Err`
 /// names what is missing.
-pub fn init(raw: &hv_core::vmx_caps::RawVmxMsrs) -> Result<(), vmx_controls::MissingControl> {
+pub fn init(raw: &hv_core::vmx_caps::RawVmxMsrs, apicv_allowed: bool) -> Result<(), vmx_controls::MissingControl> {
     let controls = vmx_controls::compute(raw, &vmx_controls::hypervisor_request())?;
     CONTROLS.call_once(|| controls);
     // SAFETY: the fixed-bit MSRs exist whenever VMX does (the caller probed it); reads
@@ -86,8 +92,46 @@ pub fn init(raw: &hv_core::vmx_caps::RawVmxMsrs) -> Result<(), vmx_controls::Mis
     EVENT_FEATURES.call_once(|| EventFeatures {
         preemption_timer_rate: pin_timer.then_some((raw.misc & 0x1f) as u8),
         nmi_window: hv_core::vmx_caps::allowed1(raw.procbased, vmx_controls::proc1::NMI_WINDOW_EXITING),
+        apicv: apicv_allowed
+            && controls.proc & vmx_controls::proc1::ACTIVATE_SECONDARY != 0
+            && hv_core::vmx_caps::allowed1(raw.procbased, vmx_controls::proc1::USE_TPR_SHADOW)
+            && hv_core::vmx_caps::allowed1(raw.procbased2, APICV_PROC2),
     });
     Ok(())
+}
+
+/// The secondary controls of APIC virtualization for x2APIC mode (SDM 25.6.2).
+const APICV_PROC2: u32 = vmx_controls::proc2::VIRTUALIZE_X2APIC
+    | vmx_controls::proc2::APIC_REGISTER_VIRTUALIZATION
+    | vmx_controls::proc2::VIRTUAL_INTERRUPT_DELIVERY;
+
+/// Whether vCPUs in x2APIC mode use APIC virtualization.
+pub fn apicv_supported() -> bool {
+    EVENT_FEATURES.get().is_some_and(|f| f.apicv)
+}
+
+/// Turns APIC virtualization on (with the virtual-APIC page at host-physical `page`) or
+/// off on the current VMCS (SDM 25.6.2, 25.6.8, 25.6.9): TPR shadow, virtualize x2APIC
+/// mode, APIC-register virtualization, virtual-interrupt delivery, TPR threshold 0,
+/// and the MSR bitmap that lets the CPU complete the virtualized x2APIC accesses.
+pub fn set_apicv(on: bool, page: u64) -> Result<(), VmInstructionError> {
+    let fail = VmInstructionError(None);
+    let pages = shared().ok_or(fail)?;
+    let tpr_shadow = vmx_controls::proc1::USE_TPR_SHADOW;
+    let proc = vmcs::read(control::PRIMARY_PROCBASED_EXEC_CONTROLS) as u32;
+    let proc2 = vmcs::read(control::SECONDARY_PROCBASED_EXEC_CONTROLS) as u32;
+    if on {
+        vmcs::write(control::VIRT_APIC_ADDR_FULL, page)?;
+        vmcs::write(control::TPR_THRESHOLD, 0)?;
+        vmcs::write(control::MSR_BITMAPS_ADDR_FULL, pages.msr_apicv)?;
+        vmcs::write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, u64::from(proc | tpr_shadow))?;
+        vmcs::write(control::SECONDARY_PROCBASED_EXEC_CONTROLS, u64::from(proc2 | APICV_PROC2))
+    } else {
+        vmcs::write(control::SECONDARY_PROCBASED_EXEC_CONTROLS, u64::from(proc2 & !APICV_PROC2))?;
+        vmcs::write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, u64::from(proc & !tpr_shadow))?;
+        vmcs::write(control::MSR_BITMAPS_ADDR_FULL, pages.msr)?;
+        vmcs::write(guest::INTERRUPT_STATUS, 0)
+    }
 }
 
 /// The VMX-preemption timer's rate when the CPU has the timer.
@@ -166,15 +210,18 @@ fn shared() -> Option<&'static SharedPages> {
             let io_a = frames::allocate_frame().ok()?;
             let io_b = frames::allocate_frame().ok()?;
             let msr = frames::allocate_frame().ok()?;
+            let msr_apicv = frames::allocate_frame().ok()?;
             let bitmap = hv_core::virt_msr::MsrBitmap::for_policy();
-            // SAFETY: three fresh, direct-mapped frames owned by these bitmaps; filled once
+            let apicv_bitmap = hv_core::apicv::msr_bitmap(&bitmap);
+            // SAFETY: four fresh, direct-mapped frames owned by these bitmaps; filled once
             // before any vCPU uses them, read-only afterwards (by the CPU).
             unsafe {
                 core::ptr::write_bytes(frames::phys_to_virt(io_a), 0xff, 4096);
                 core::ptr::write_bytes(frames::phys_to_virt(io_b), 0xff, 4096);
                 core::ptr::copy_nonoverlapping(bitmap.as_bytes().as_ptr(), frames::phys_to_virt(msr), 4096);
+                core::ptr::copy_nonoverlapping(apicv_bitmap.as_bytes().as_ptr(), frames::phys_to_virt(msr_apicv), 4096);
             }
-            Some(SharedPages { io_a, io_b, msr })
+            Some(SharedPages { io_a, io_b, msr, msr_apicv })
         })
         .as_ref()
 }

@@ -20,13 +20,15 @@
 
 use core::sync::atomic::Ordering;
 
+use hv_core::apicv;
 use hv_core::event_injection::{plan_entry, preemption_timer_value, Event, GuestEventState};
 use hv_core::vioapic::{self, Interrupt};
-use hv_core::vlapic::{ApicEffect, IpiDeliveryMode, IpiDestination, TriggerMode};
+use hv_core::vlapic::{ApicEffect, ApicMode, IpiDeliveryMode, IpiDestination, TriggerMode};
 use x86::vmx::vmcs::{control, guest};
 
 use crate::arch::{idt, lapic, percpu, tsc};
 use crate::dispatch::Outcome;
+use crate::mm::frames;
 use crate::partition::{MpState, Vcpu, Vm, NO_SIPI};
 use crate::vmx::run::GuestRegisters;
 use crate::vmx::vmcs;
@@ -103,7 +105,136 @@ fn wakes_from_halt(vcpu: &'static Vcpu) -> bool {
     let interrupts_enabled = vmcs::read(guest::RFLAGS) & RFLAGS_IF != 0;
     let mut lapic = vcpu.lapic.lock();
     lapic.on_timer(tsc::now());
-    interrupts_enabled && lapic.highest_pending().is_some()
+    if !vcpu.apicv_active.load(Ordering::Relaxed) {
+        return interrupts_enabled && lapic.highest_pending().is_some();
+    }
+    // Under APIC virtualization the priority state is in the virtual-APIC page.
+    let page = apic_page(vcpu);
+    let mut pending = apicv::read_bits(page, apicv::page::IRR);
+    for (word, new) in pending.iter_mut().zip(lapic.irr()) {
+        *word |= new;
+    }
+    let svi = (vmcs::read(guest::INTERRUPT_STATUS) >> 8) as u8;
+    let ppr = apicv::ppr(page[apicv::page::TPR / 4] as u8, svi);
+    interrupts_enabled && apicv::deliverable(apicv::highest(&pending), ppr)
+}
+
+/// The vCPU's virtual-APIC page.
+#[allow(clippy::mut_from_ref, reason = "the page belongs to the vCPU, which only its own CPU touches (see SAFETY)")]
+fn apic_page(vcpu: &'static Vcpu) -> &'static mut [u32; 1024] {
+    // SAFETY: `apic_page` is a frame allocated for this vCPU alone (non-zero whenever
+    // APIC virtualization is active, which is the only time this is called), direct-
+    // mapped. It is touched only on the vCPU's own CPU: by the CPU while the guest runs,
+    // and by the hypervisor between exit and entry, never both at once; callers do not
+    // keep the reference across an entry.
+    unsafe { &mut *frames::phys_to_virt(vcpu.apic_page).cast::<[u32; 1024]>() }
+}
+
+/// Writes the model's registers that the CPU reads from the virtual-APIC page (after
+/// every change the model made).
+pub fn mirror_to_page(vcpu: &'static Vcpu) {
+    if !vcpu.apicv_active.load(Ordering::Relaxed) {
+        return;
+    }
+    let page = apic_page(vcpu);
+    let lapic = vcpu.lapic.lock();
+    for (offset, value) in lapic.page_mirror() {
+        page[offset / 4] = value;
+    }
+    apicv::write_bits(page, apicv::page::TMR, &lapic.tmr());
+}
+
+/// The vCPU's LAPIC changed mode (IA32_APIC_BASE): APIC virtualization follows x2APIC
+/// mode when the machine has it.
+pub fn apic_mode_changed(vcpu: &'static Vcpu) {
+    let x2apic = vcpu.lapic.lock().mode() == ApicMode::X2Apic;
+    let active = vcpu.apicv_active.load(Ordering::Relaxed);
+    if x2apic && !active && vcpu.apic_page != 0 {
+        activate_apicv(vcpu);
+    } else if !x2apic && active {
+        vcpu.apicv_active.store(false, Ordering::Relaxed);
+        if crate::vcpu::set_apicv(false, 0).is_err() {
+            log::error!("partition {}: vcpu {}: APIC virtualization could not be turned off", vcpu.vm.name, vcpu.id);
+            vcpu.vm.stop(u64::MAX);
+        }
+    }
+}
+
+/// Hands the interrupt state to the CPU: pending and in-service vectors and the TPR go
+/// into the virtual-APIC page, RVI/SVI into the guest interrupt status (SDM 30.1, 30.2).
+fn activate_apicv(vcpu: &'static Vcpu) {
+    let page = apic_page(vcpu);
+    *page = [0; 1024];
+    let (irr, isr, tpr) = vcpu.lapic.lock().hand_over_priority_state();
+    apicv::write_bits(page, apicv::page::IRR, &irr);
+    apicv::write_bits(page, apicv::page::ISR, &isr);
+    page[apicv::page::TPR / 4] = u32::from(tpr);
+    let status = u64::from(apicv::highest(&irr)) | u64::from(apicv::highest(&isr)) << 8;
+    if crate::vcpu::set_apicv(true, vcpu.apic_page).is_err() || vmcs::write(guest::INTERRUPT_STATUS, status).is_err() {
+        log::error!("partition {}: vcpu {}: APIC virtualization could not be turned on", vcpu.vm.name, vcpu.id);
+        vcpu.vm.stop(u64::MAX);
+        return;
+    }
+    vcpu.apicv_active.store(true, Ordering::Relaxed);
+    mirror_to_page(vcpu);
+    log::info!(
+        "partition {}: vcpu {}: x2APIC mode with APIC virtualization (virtual-interrupt delivery)",
+        vcpu.vm.name,
+        vcpu.id
+    );
+}
+
+/// INIT while APIC virtualization is active: the CPU-owned state is reset too.
+fn reset_apicv_page(vcpu: &'static Vcpu) {
+    if vcpu.apicv_active.load(Ordering::Relaxed) {
+        *apic_page(vcpu) = [0; 1024];
+        let _ = vmcs::write(guest::INTERRUPT_STATUS, 0);
+        mirror_to_page(vcpu);
+    }
+}
+
+/// Before entry under APIC virtualization: newly accepted interrupts move from the
+/// model into VIRR and RVI, level-triggered vectors into the EOI-exit bitmap (their EOI
+/// must reach the IOAPIC); the CPU delivers them itself. Returns the timer deadline to
+/// arm (none while the timer's vector still waits in VIRR).
+fn sync_apicv(vcpu: &'static Vcpu, lapic: &mut hv_core::vlapic::VirtualLapic) -> Option<u64> {
+    let page = apic_page(vcpu);
+    let new = lapic.take_irr();
+    if new.iter().any(|&w| w != 0) {
+        let mut virr = apicv::read_bits(page, apicv::page::IRR);
+        for (word, bits) in virr.iter_mut().zip(new) {
+            *word |= bits;
+        }
+        apicv::write_bits(page, apicv::page::IRR, &virr);
+        let tmr = lapic.tmr();
+        apicv::write_bits(page, apicv::page::TMR, &tmr);
+        let eoi_exit =
+            [control::EOI_EXIT0_FULL, control::EOI_EXIT1_FULL, control::EOI_EXIT2_FULL, control::EOI_EXIT3_FULL];
+        for (i, field) in eoi_exit.into_iter().enumerate() {
+            let _ = vmcs::write(field, u64::from(tmr[2 * i]) | u64::from(tmr[2 * i + 1]) << 32);
+        }
+        let status = vmcs::read(guest::INTERRUPT_STATUS);
+        let rvi = u64::from(apicv::highest(&virr)).max(status & 0xff);
+        let _ = vmcs::write(guest::INTERRUPT_STATUS, (status & !0xff) | rvi);
+    }
+    let timer_vector = lapic.lvt(hv_core::vlapic::Lvt::Timer) as u8;
+    let virr = apicv::read_bits(page, apicv::page::IRR);
+    let timer_waits = virr[usize::from(timer_vector >> 5)] & (1 << (timer_vector & 31)) != 0;
+    if timer_waits {
+        None
+    } else {
+        lapic.next_deadline()
+    }
+}
+
+/// An EOI-induced exit (SDM 30.1.4): the guest ended a level-triggered interrupt, which
+/// the IOAPIC must hear about.
+pub fn virtualized_eoi(vcpu: &'static Vcpu, vector: u8) {
+    let level = {
+        let tmr = vcpu.lapic.lock().tmr();
+        tmr[usize::from(vector >> 5)] & (1 << (vector & 31)) != 0
+    };
+    apply_effect(vcpu, ApicEffect::Eoi { vector, level });
 }
 
 /// A vCPU halted with interrupts off in a partition with no other vCPU can never be
@@ -137,6 +268,7 @@ fn sleep_until_kicked(vcpu: &'static Vcpu) {
 /// events are dropped and the vCPU waits for a start-up IPI.
 fn apply_init(vcpu: &'static Vcpu) {
     vcpu.lapic.lock().init_reset();
+    reset_apicv_page(vcpu);
     vcpu.nmi_pending.store(false, Ordering::Release);
     vcpu.sipi_vector.store(NO_SIPI, Ordering::Release);
     vcpu.set_mp_state(MpState::WaitForSipi);
@@ -168,7 +300,10 @@ fn inject_and_arm(vcpu: &'static Vcpu) {
     let deadline = {
         let mut lapic = vcpu.lapic.lock();
         lapic.on_timer(now);
-        let interrupt = lapic.highest_pending();
+        let apicv = vcpu.apicv_active.load(Ordering::Relaxed);
+        // Under APIC virtualization the CPU delivers maskable interrupts itself.
+        let apicv_deadline = apicv.then(|| sync_apicv(vcpu, &mut lapic));
+        let interrupt = if apicv { None } else { lapic.highest_pending() };
         if interrupt.is_some() || nmi {
             let state = GuestEventState {
                 interrupts_enabled: vmcs::read(guest::RFLAGS) & RFLAGS_IF != 0,
@@ -195,7 +330,10 @@ fn inject_and_arm(vcpu: &'static Vcpu) {
             }
             window = crate::vcpu::Windows { interrupt: plan.interrupt_window, nmi: plan.nmi_window };
         }
-        lapic.next_deadline()
+        match apicv_deadline {
+            Some(deadline) => deadline,
+            None => lapic.next_deadline(),
+        }
     };
     crate::vcpu::set_windows(window);
     match crate::vcpu::preemption_timer_rate() {

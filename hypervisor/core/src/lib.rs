@@ -12,6 +12,7 @@ pub mod acpi_info;
 pub mod acpi_s5;
 pub mod addr;
 pub mod apic;
+pub mod apicv;
 pub mod boot_conf;
 pub mod control_regs;
 pub mod cpu_features;

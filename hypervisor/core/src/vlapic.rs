@@ -593,6 +593,53 @@ impl VirtualLapic {
         self.tmr
     }
 
+    /// Takes the pending interrupts out of the IRR (it is left empty), for the caller to
+    /// deliver elsewhere: the virtual-APIC page under APIC virtualization (`crate::apicv`).
+    pub fn take_irr(&mut self) -> [u32; 8] {
+        core::mem::take(&mut self.irr)
+    }
+
+    /// Hands the interrupt-priority state over to APIC virtualization, which owns it from
+    /// then on: returns IRR, ISR and TPR and clears them here (TMR stays: it tells which
+    /// vectors need an EOI broadcast).
+    pub fn hand_over_priority_state(&mut self) -> ([u32; 8], [u32; 8], u8) {
+        let tpr = self.tpr as u8;
+        self.tpr = 0;
+        (core::mem::take(&mut self.irr), core::mem::take(&mut self.isr), tpr)
+    }
+
+    /// The registers a virtual-APIC page must show for reads the CPU completes itself in
+    /// x2APIC mode (`crate::apicv::VIRTUALIZED_READS` minus the CPU-owned TPR, PPR, ISR,
+    /// TMR and IRR), as (page offset, value). Reading them has no side effect.
+    #[must_use]
+    pub fn page_mirror(&self) -> [(usize, u32); 15] {
+        let lvt = |l: Lvt| self.lvt[l as usize];
+        [
+            (reg::ID as usize, self.initial_id),
+            (reg::VERSION as usize, APIC_VERSION),
+            (reg::LDR as usize, self.ldr),
+            (reg::SVR as usize, self.svr),
+            (reg::ESR as usize, self.esr),
+            // In x2APIC mode the ICR is one 64-bit register at 0x300 (SDM 30.5).
+            (reg::ICR_LOW as usize, self.icr_low),
+            (reg::ICR_LOW as usize + 4, self.icr_high),
+            (reg::LVT_TIMER as usize, lvt(Lvt::Timer)),
+            (reg::LVT_THERMAL as usize, lvt(Lvt::Thermal)),
+            (reg::LVT_PERF as usize, lvt(Lvt::Perf)),
+            (reg::LVT_LINT0 as usize, lvt(Lvt::Lint0)),
+            (reg::LVT_LINT1 as usize, lvt(Lvt::Lint1)),
+            (reg::LVT_ERROR as usize, lvt(Lvt::Error)),
+            (reg::TIMER_INITIAL as usize, self.timer_initial),
+            (reg::TIMER_DIVIDE as usize, self.timer_divide),
+        ]
+    }
+
+    /// The divide configuration register (SDM 11.5.4).
+    #[must_use]
+    pub fn timer_divide(&self) -> u32 {
+        self.timer_divide
+    }
+
     /// Processor priority (SDM 11.8.3.1): if TPR[7:4] >= ISRV[7:4] then TPR, else
     /// ISRV[7:4] with bits 3:0 zero; ISRV is the highest in-service vector (0 if none).
     #[must_use]
