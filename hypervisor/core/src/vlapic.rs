@@ -1222,6 +1222,39 @@ mod tests {
         l
     }
 
+    #[test]
+    fn hand_over_to_apic_virtualization_empties_the_priority_state() {
+        let mut l = x2(3);
+        l.write_msr(0x808, 0x20, 0).unwrap();
+        l.accept(0x40, false);
+        l.accept(0x50, true);
+        l.take_pending();
+        let (irr, isr, tpr) = l.hand_over_priority_state();
+        assert_eq!((irr[2], isr[2], tpr), (1 << 0, 1 << 16, 0x20));
+        assert_eq!((l.irr(), l.isr(), l.tpr()), ([0; 8], [0; 8], 0));
+        assert_ne!(l.tmr()[2] & (1 << 16), 0, "TMR stays for EOI broadcasts");
+        l.accept(0x60, false);
+        assert_eq!(l.take_irr()[3], 1);
+        assert_eq!(l.irr(), [0; 8]);
+    }
+
+    #[test]
+    fn page_mirror_matches_the_x2apic_reads() {
+        let mut l = x2(5);
+        l.write_msr(0x83e, 0b1011, 0).unwrap();
+        l.write_msr(0x832, 0x2_0033, 0).unwrap();
+        l.write_msr(0x830, (7u64 << 32) | 0x4040, 0).unwrap();
+        let mirror = l.page_mirror();
+        let at = |offset: usize| mirror.iter().find(|(o, _)| *o == offset).map(|(_, v)| *v);
+        for msr in [0x802u32, 0x803, 0x80d, 0x80f, 0x832, 0x833, 0x838, 0x83e] {
+            let offset = ((msr - 0x800) << 4) as usize;
+            assert_eq!(at(offset).map(u64::from), Some(l.read_msr(msr, 0).unwrap()), "{msr:#x}");
+        }
+        // RDMSR 0x830 reads 64 bits at 0x300 (SDM 30.5).
+        let icr = u64::from(at(0x300).unwrap()) | u64::from(at(0x304).unwrap()) << 32;
+        assert_eq!(icr, l.read_msr(0x830, 0).unwrap());
+    }
+
     fn msr(offset: u32) -> u32 {
         X2APIC_MSR_BASE + (offset >> 4)
     }
