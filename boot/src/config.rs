@@ -7,6 +7,9 @@
 //! log_level = "info"      # error|warn|info|debug|trace (default info)
 //! when_idle = "halt"      # "halt" | "power-off" (default halt)
 //! selftest = "none"       # "none" | "cpu-fault" (default none; see SelfTest)
+//! apicv = true            # use APIC virtualization (virtual-interrupt delivery) for guests
+//!                         # in x2APIC mode when the CPU has it; false forces the software
+//!                         # path (for testing both) (default true)
 //!
 //! [[partition]]           # zero or more
 //! name = "hello"          # [a-z0-9-]{1,32}, unique
@@ -131,7 +134,7 @@ pub enum PartitionKind {
 }
 
 /// The `[hypervisor]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HypervisorSettings {
     /// Kernel log level.
@@ -143,10 +146,29 @@ pub struct HypervisorSettings {
     /// A deliberate fault at boot (tests and new-machine checks).
     #[serde(default, skip_serializing_if = "is_no_selftest")]
     pub selftest: SelfTest,
+    /// Use APIC virtualization (virtual-interrupt delivery) for guests in x2APIC mode
+    /// when the CPU has it; `false` forces the software path (for testing both).
+    #[serde(default = "default_apicv")]
+    pub apicv: bool,
+}
+
+impl Default for HypervisorSettings {
+    fn default() -> Self {
+        Self {
+            log_level: LogLevel::default(),
+            when_idle: WhenIdle::default(),
+            selftest: SelfTest::default(),
+            apicv: default_apicv(),
+        }
+    }
 }
 
 fn is_no_selftest(s: &SelfTest) -> bool {
     *s == SelfTest::None
+}
+
+fn default_apicv() -> bool {
+    true
 }
 
 /// A `[[partition]]` entry exactly as written in the file (before validation).
@@ -265,6 +287,9 @@ impl Config {
         if self.hypervisor.selftest != SelfTest::None {
             conf.push_str(&format!("selftest={}\n", self.hypervisor.selftest.as_str()));
         }
+        if !self.hypervisor.apicv {
+            conf.push_str("apicv=off\n");
+        }
         conf
     }
 }
@@ -316,7 +341,7 @@ impl fmt::Display for ConfigError {
                 write!(
                     f,
                     "fix: correct the field or value shown (fields: [hypervisor] log_level, \
-                     when_idle, selftest; [[partition]] name, kind, memory_mib, vcpus, cpus, image, start)"
+                     when_idle, selftest, apicv; [[partition]] name, kind, memory_mib, vcpus, cpus, image, start)"
                 )
             }
             ConfigError::Invalid { file, field, problem, fix } => {
@@ -619,6 +644,8 @@ mod tests {
         assert!(e.to_string().contains("sleep"), "{e}");
         let e = f.parse("[hypervisor]\nselftest = \"explode\"\n").unwrap_err();
         assert!(e.to_string().contains("explode"), "{e}");
+        let e = f.parse("[hypervisor]\napicv = \"off\"\n").unwrap_err();
+        assert!(e.to_string().contains("apicv"), "{e}");
         let text = partition("a", "").replace("\"guest\"", "\"vm\"");
         assert!(f.parse(&text).is_err());
     }
@@ -631,6 +658,24 @@ mod tests {
         assert_eq!(c.hypervisor_conf(), "log_level=info\nwhen_idle=halt\nselftest=cpu-fault\n");
         let plain = f.parse("[hypervisor]\n").unwrap();
         assert!(!plain.hypervisor_conf().contains("selftest"));
+    }
+
+    #[test]
+    fn apicv_reaches_hypervisor_conf_only_when_off() {
+        let f = Fixture::new();
+        let c = f.parse("[hypervisor]\napicv = false\n").unwrap();
+        assert!(!c.hypervisor.apicv);
+        assert_eq!(c.hypervisor_conf(), "log_level=info\nwhen_idle=halt\napicv=off\n");
+        let canonical = c.to_canonical_toml();
+        assert!(canonical.contains("apicv = false"), "{canonical}");
+        let again: RawConfig = toml::from_str(&canonical).unwrap();
+        assert_eq!(again.hypervisor, c.hypervisor);
+        let on = f.parse("[hypervisor]\napicv = true\n").unwrap();
+        assert!(on.hypervisor.apicv);
+        assert!(!on.hypervisor_conf().contains("apicv"));
+        let plain = f.parse("").unwrap();
+        assert!(plain.hypervisor.apicv);
+        assert!(!plain.hypervisor_conf().contains("apicv"));
     }
 
     #[test]

@@ -40,11 +40,15 @@ pub struct BootConf {
     pub log_level: LogLevel,
     pub when_idle: WhenIdle,
     pub selftest: SelfTest,
+    /// Use APIC virtualization (virtual-interrupt delivery) for guests in x2APIC mode
+    /// when the CPU has it (`apicv=on`, the default); `apicv=off` forces the software
+    /// path (for testing both).
+    pub apicv: bool,
 }
 
 impl Default for BootConf {
     fn default() -> Self {
-        Self { log_level: LogLevel::Info, when_idle: WhenIdle::Halt, selftest: SelfTest::None }
+        Self { log_level: LogLevel::Info, when_idle: WhenIdle::Halt, selftest: SelfTest::None, apicv: true }
     }
 }
 
@@ -285,6 +289,11 @@ pub fn parse_with_partitions<'a>(
                 "cpu-fault" => conf.selftest = SelfTest::CpuFault,
                 _ => report(bad),
             },
+            "apicv" => match value {
+                "on" => conf.apicv = true,
+                "off" => conf.apicv = false,
+                _ => report(bad),
+            },
             _ => report(ConfProblem { line, kind: ProblemKind::UnknownKey(key) }),
         }
     }
@@ -309,8 +318,27 @@ mod tests {
         assert!(problems.is_empty());
         assert_eq!(
             conf,
-            BootConf { log_level: LogLevel::Debug, when_idle: WhenIdle::PowerOff, selftest: SelfTest::CpuFault }
+            BootConf {
+                log_level: LogLevel::Debug,
+                when_idle: WhenIdle::PowerOff,
+                selftest: SelfTest::CpuFault,
+                apicv: true
+            }
         );
+    }
+
+    #[test]
+    fn apicv_is_on_unless_turned_off() {
+        assert!(BootConf::default().apicv);
+        let (conf, problems) = parse_all(b"apicv=off\n");
+        assert!(problems.is_empty());
+        assert_eq!(conf, BootConf { apicv: false, ..BootConf::default() });
+        let (conf, problems) = parse_all(b"apicv=off\napicv = on\n");
+        assert!(problems.is_empty());
+        assert!(conf.apicv);
+        let (conf, problems) = parse_all(b"apicv=false\n");
+        assert!(conf.apicv);
+        assert_eq!(problems, [ConfProblem { line: 1, kind: ProblemKind::BadValue { key: "apicv", value: "false" } }]);
     }
 
     #[test]
