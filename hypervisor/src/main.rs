@@ -241,8 +241,17 @@ extern "C" fn bsp_main() -> ! {
         Err(why) => no_vmx(why),
     };
     log::info!("vmx: capabilities: {caps}");
-    let guests_possible = match vcpu::init(&vmx::read_raw_msrs(), true) {
-        Ok(()) => true,
+    let guests_possible = match vcpu::init(&vmx::read_raw_msrs(), conf.apicv) {
+        Ok(()) => {
+            if vcpu::apicv_supported() {
+                log::info!("virq: vCPUs in x2APIC mode use APIC virtualization (virtual-interrupt delivery)");
+            } else if !conf.apicv {
+                log::info!("virq: APIC virtualization turned off (apicv = false); interrupts are injected by software");
+            } else {
+                log::info!("virq: this CPU has no APIC virtualization; interrupts are injected by software");
+            }
+            true
+        }
         Err(missing) => {
             log::error!("vmx: cannot run guests on this CPU: {missing}");
             false

@@ -220,12 +220,22 @@ fn sync_apicv(vcpu: &'static Vcpu, lapic: &mut hv_core::vlapic::VirtualLapic) ->
     let timer_vector = lapic.lvt(hv_core::vlapic::Lvt::Timer) as u8;
     let virr = apicv::read_bits(page, apicv::page::IRR);
     let timer_waits = virr[usize::from(timer_vector >> 5)] & (1 << (timer_vector & 31)) != 0;
+    let deadline = lapic.next_deadline();
     if timer_waits {
-        None
+        // The CPU delivers the waiting vector and the guest may EOI it without an exit,
+        // so the timer must stay armed; but an expiry now would only coalesce, and a
+        // deadline already past would exit before the guest runs an instruction. The
+        // next check comes no sooner than `APICV_TIMER_MIN_GAP_US` from now.
+        let earliest = tsc::now().saturating_add(tsc::hz() / 1_000_000 * APICV_TIMER_MIN_GAP_US);
+        deadline.map(|d| d.max(earliest))
     } else {
-        lapic.next_deadline()
+        deadline
     }
 }
+
+/// See `sync_apicv`: the shortest time between two timer checks while the timer's
+/// vector waits in VIRR.
+const APICV_TIMER_MIN_GAP_US: u64 = 10;
 
 /// An EOI-induced exit (SDM 30.1.4): the guest ended a level-triggered interrupt, which
 /// the IOAPIC must hear about.
