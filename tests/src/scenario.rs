@@ -54,6 +54,26 @@ pub struct Scenario {
 pub const ICELAKE: &str = "corei7_icelake_u";
 /// A Bochs CPU model with fewer VMX features.
 pub const SKYLAKE: &str = "corei7_skylake_x";
+/// A Bochs model with VMX but without APIC virtualization (no virtual-interrupt
+/// delivery, no APIC-access virtualization, no 1 GiB EPT pages): the interrupt
+/// scenarios run on it too, to test the software delivery path the hypervisor falls
+/// back to.
+pub const IVYBRIDGE: &str = "corei7_ivy_bridge_3770k";
+/// The interrupt scenarios that do not need APIC virtualization, run again on
+/// [`IVYBRIDGE`].
+const WITHOUT_APICV: [&str; 9] = [
+    "guest-apic-timer",
+    "guest-x2apic",
+    "guest-tpr",
+    "guest-hlt",
+    "guest-ipi-2",
+    "guest-ipi-4",
+    "guest-ioapic",
+    "guest-irq-flood",
+    "guest-apicv-off",
+];
+/// The boot log line of a CPU without APIC virtualization.
+const NO_APICV_LINE: &str = "virq: this CPU has no APIC virtualization; interrupts are injected by software";
 /// Config of the boot scenarios (power off once ready).
 pub const BOOT_CONFIG: &str = "tests/configs/boot.toml";
 
@@ -142,6 +162,29 @@ fn guests(
     }
 }
 
+/// `guest-apicv` with APIC virtualization: both vCPUs switch to x2APIC mode and get it.
+fn guest_apicv() -> Scenario {
+    let mut s = guests("guest-apicv", ICELAKE, 2, "tests/configs/guest-apicv.toml", &[("apicv", "guest-apicv")]);
+    let mut lines = vec!["virq: vCPUs in x2APIC mode use APIC virtualization (virtual-interrupt delivery)".to_string()];
+    for vcpu in 0..2 {
+        lines.push(format!(
+            "partition apicv: vcpu {vcpu}: x2APIC mode with APIC virtualization (virtual-interrupt delivery)"
+        ));
+    }
+    lines.extend(s.expected);
+    s.expected = lines;
+    s
+}
+
+/// `guest-apicv` with `apicv = false`: the same checks on the software path.
+fn guest_apicv_off() -> Scenario {
+    let mut s =
+        guests("guest-apicv-off", ICELAKE, 2, "tests/configs/guest-apicv-off.toml", &[("apicv-off", "guest-apicv")]);
+    s.expected
+        .insert(0, "virq: APIC virtualization turned off (apicv = false); interrupts are injected by software".into());
+    s
+}
+
 /// A Bochs scenario on `corei7_icelake_u` with 2 CPUs and explicit expectations.
 fn bochs_expect(name: &'static str, config: &'static str, expected: &[&str]) -> Scenario {
     Scenario {
@@ -164,16 +207,29 @@ pub fn catalogue() -> Vec<Scenario> {
     let variants: Vec<Scenario> = all
         .iter()
         .filter(|s| s.name.starts_with("guest-") || s.name == "two-guests")
-        .map(|s| Scenario { name: skylake_name(s.name), cpu_model: Some(SKYLAKE), ..s.clone() })
+        .map(|s| Scenario { name: variant_name(s.name, "skylake"), cpu_model: Some(SKYLAKE), ..s.clone() })
+        .collect();
+    // The interrupt scenarios that do not need APICv run once more without it.
+    let without_apicv: Vec<Scenario> = all
+        .iter()
+        .filter(|s| WITHOUT_APICV.contains(&s.name))
+        .map(|s| {
+            let mut expected = s.expected.clone();
+            if s.name != "guest-apicv-off" {
+                expected.insert(0, NO_APICV_LINE.to_string());
+            }
+            Scenario { name: variant_name(s.name, "ivybridge"), cpu_model: Some(IVYBRIDGE), expected, ..s.clone() }
+        })
         .collect();
     all.extend(variants);
+    all.extend(without_apicv);
     all
 }
 
-/// `NAME-skylake`, as a `'static` name (the catalogue is built a handful of times per
+/// `NAME-SUFFIX`, as a `'static` name (the catalogue is built a handful of times per
 /// run, so the few leaked bytes do not matter).
-fn skylake_name(name: &str) -> &'static str {
-    Box::leak(format!("{name}-skylake").into_boxed_str())
+fn variant_name(name: &str, suffix: &str) -> &'static str {
+    Box::leak(format!("{name}-{suffix}").into_boxed_str())
 }
 
 /// The scenarios on their primary CPU model.
@@ -286,6 +342,8 @@ fn base_catalogue() -> Vec<Scenario> {
             "tests/configs/guest-irq-flood.toml",
             &[("flood", "guest-irq-flood"), ("survivor", "guest-hello")],
         ),
+        guest_apicv(),
+        guest_apicv_off(),
         guests(
             "two-guests",
             ICELAKE,
@@ -336,12 +394,25 @@ mod tests {
     #[test]
     fn every_guest_scenario_also_runs_on_a_second_model() {
         let all = catalogue();
-        for s in all.iter().filter(|s| s.name.starts_with("guest-") && !s.name.ends_with("-skylake")) {
+        let primary = |s: &&Scenario| !s.name.ends_with("-skylake") && !s.name.ends_with("-ivybridge");
+        for s in all.iter().filter(|s| s.name.starts_with("guest-")).filter(primary) {
             let variant = all.iter().find(|v| v.name == format!("{}-skylake", s.name)).expect(s.name);
             assert_eq!(variant.cpu_model, Some(SKYLAKE));
             assert_eq!(s.cpu_model, Some(ICELAKE));
             assert_eq!(variant.expected, s.expected);
         }
+    }
+
+    #[test]
+    fn interrupt_scenarios_also_run_without_apicv() {
+        let all = catalogue();
+        for name in WITHOUT_APICV {
+            let primary = all.iter().find(|s| s.name == name).expect(name);
+            let variant = all.iter().find(|v| v.name == format!("{name}-ivybridge")).expect(name);
+            assert_eq!(variant.cpu_model, Some(IVYBRIDGE));
+            assert!(primary.expected.iter().all(|line| variant.expected.contains(line)));
+        }
+        assert!(!all.iter().any(|s| s.name == "guest-apicv-ivybridge"), "guest-apicv needs APICv");
     }
 
     #[test]
