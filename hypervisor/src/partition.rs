@@ -122,6 +122,9 @@ pub struct Vcpu {
     /// virtualization on this machine), and whether it is in use (x2APIC mode).
     pub apic_page: u64,
     pub apicv_active: AtomicBool,
+    /// Which entry controls the last entry armed (`virq`: event windows, guest timer),
+    /// so that entries needing neither skip the VMCS accesses. Owner CPU only.
+    pub entry_controls_set: AtomicU8,
 }
 
 /// No start-up IPI is pending.
@@ -341,6 +344,7 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         mp_state: AtomicU8::new(MpState::Runnable as u8),
         apic_page,
         apicv_active: AtomicBool::new(false),
+        entry_controls_set: AtomicU8::new(0),
     }));
     cpu_slot
         .compare_exchange(core::ptr::null_mut(), vcpu, Ordering::AcqRel, Ordering::Acquire)

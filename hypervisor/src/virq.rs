@@ -345,16 +345,34 @@ fn inject_and_arm(vcpu: &'static Vcpu) {
             None => lapic.next_deadline(),
         }
     };
-    crate::vcpu::set_windows(window);
-    match crate::vcpu::preemption_timer_rate() {
-        Some(rate) => {
-            let value = deadline.map(|d| preemption_timer_value(now, d, rate));
-            crate::vcpu::set_preemption_timer(value);
+    // The common exit needs no window and no timer: when none is set either, the
+    // controls are left alone (no VMREAD/VMWRITE on that path).
+    let mut wanted = 0;
+    if window.interrupt || window.nmi {
+        wanted |= ENTRY_WINDOWS;
+    }
+    if deadline.is_some() {
+        wanted |= ENTRY_TIMER;
+    }
+    let previous = vcpu.entry_controls_set.swap(wanted, Ordering::Relaxed);
+    if (previous | wanted) & ENTRY_WINDOWS != 0 {
+        crate::vcpu::set_windows(window);
+    }
+    if (previous | wanted) & ENTRY_TIMER != 0 {
+        match crate::vcpu::preemption_timer_rate() {
+            Some(rate) => {
+                let value = deadline.map(|d| preemption_timer_value(now, d, rate));
+                crate::vcpu::set_preemption_timer(value);
+            }
+            // Without the preemption timer the host timer interrupts the guest instead.
+            None => lapic::arm_timer(deadline),
         }
-        // Without the preemption timer the host timer interrupts the guest instead.
-        None => lapic::arm_timer(deadline),
     }
 }
+
+/// `Vcpu::entry_controls_set` bits: an event window or the guest timer is armed.
+const ENTRY_WINDOWS: u8 = 1 << 0;
+const ENTRY_TIMER: u8 = 1 << 1;
 
 /// HLT: the vCPU sleeps from its next entry on until it can be woken.
 pub fn halt(vcpu: &'static Vcpu) {
