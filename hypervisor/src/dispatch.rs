@@ -151,6 +151,7 @@ fn handle_vmcall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         hypercall::EXIT_STATS => hypercall_exit_stats(vcpu, a, b),
         hypercall::NOP => Ok(0),
         hypercall::IRQ_LINE => hypercall_irq_line(vcpu, a, b),
+        hypercall::MEMORY_PROTECT => hypercall_memory_protect(vcpu, a, b, regs.rdx),
         _ => Err(HcError::UnknownHypercall),
     };
     regs.rax = match result {
@@ -184,6 +185,22 @@ fn hypercall_irq_line(vcpu: &'static Vcpu, pin: u64, level: u64) -> Result<u64, 
         _ => return Err(HcError::BadArgument),
     };
     crate::virq::set_irq_line(vcpu.vm, pin, high).map_err(|_| HcError::BadArgument)?;
+    Ok(0)
+}
+
+/// MEMORY_PROTECT(gpa, len, rights) on the caller's own RAM, through the control
+/// interface (which flushes the EPT on every CPU of the partition).
+fn hypercall_memory_protect(vcpu: &'static Vcpu, gpa: u64, len: u64, rights: u64) -> Result<u64, HcError> {
+    use hv_core::ept::EptPermissions;
+    let perms = u8::try_from(rights).ok().and_then(EptPermissions::from_bits).ok_or(HcError::BadArgument)?;
+    if perms.bits() & EptPermissions::WRITE.bits() != 0 && perms.bits() & EptPermissions::READ.bits() == 0 {
+        return Err(HcError::BadArgument);
+    }
+    if len == 0 || gpa % 4096 != 0 || len % 4096 != 0 || vcpu.vm.guest_range(gpa, len).is_none() {
+        return Err(HcError::BadAddress);
+    }
+    let handle = crate::partition::handle_of(vcpu.vm).ok_or(HcError::BadArgument)?;
+    crate::partition::protect_range(handle, gpa, len, perms).map_err(|_| HcError::BadArgument)?;
     Ok(0)
 }
 
@@ -228,8 +245,8 @@ fn handle_external_interrupt() -> Outcome {
     Outcome::Continue
 }
 
-/// The VMX-preemption timer expired: a guest timer deadline was reached; the next
-/// entry processes it.
+/// The VMX-preemption timer expired: a guest timer deadline was reached, or the kick
+/// backstop (`virq::inject_and_arm`) came round; the next entry processes either.
 fn handle_preemption_timer() -> Outcome {
     Outcome::Continue
 }
@@ -570,6 +587,15 @@ fn handle_ept_violation(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outco
     } else {
         "read"
     };
+    if vcpu.vm.guest_range(gpa, 1).is_some() {
+        log::error!(
+            "partition {}: vcpu {}: {kind} at guest-physical {gpa:#x}, which its memory rights forbid (MEMORY_PROTECT); stopping this partition",
+            vcpu.vm.name,
+            vcpu.id
+        );
+        vcpu.vm.stop(u64::MAX);
+        return Outcome::Stop;
+    }
     log::error!(
         "partition {}: vcpu {}: {kind} at guest-physical {gpa:#x}, outside its RAM ({} MiB) and any device; stopping this partition",
         vcpu.vm.name,

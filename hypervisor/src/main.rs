@@ -348,6 +348,19 @@ fn destroy_stopped_partitions() {
     let handles: alloc::vec::Vec<_> = partition::all_vms().collect();
     for vm in handles {
         let vcpu = partition::vcpu_handle(vm, 0);
+        if let Ok(regs) = vcpu.and_then(partition::get_registers) {
+            log::info!(
+                "control: vcpu 0 stopped at rip {:#x} (rax {:#x}, rsp {:#x}, rflags {:#x}, cr0 {:#x}, cr3 {:#x}, cr4 {:#x}, efer {:#x})",
+                regs.rip,
+                regs.gprs.rax,
+                regs.rsp,
+                regs.rflags,
+                regs.cr0,
+                regs.cr3,
+                regs.cr4,
+                regs.efer
+            );
+        }
         match partition::destroy_vm(vm) {
             Ok(()) => {
                 let stale_vm = partition::destroy_vm(vm) == Err(partition::ControlError::BadHandle);

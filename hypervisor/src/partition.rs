@@ -125,6 +125,25 @@ pub struct Vcpu {
     /// Which entry controls the last entry armed (`virq`: event windows, guest timer),
     /// so that entries needing neither skip the VMCS accesses. Owner CPU only.
     pub entry_controls_set: AtomicU8,
+    /// The VM's EPT changed: INVEPT on this vCPU's CPU before it runs again (set by
+    /// [`protect_range`], cleared by the vCPU's CPU once done).
+    pub ept_flush_pending: AtomicBool,
+    /// The vCPU's registers when it left its loop (for [`get_registers`]).
+    pub final_registers: Mutex<Option<RegisterState>>,
+}
+
+/// A vCPU's registers as the control interface reports them (KVM's `kvm_regs` plus the
+/// control registers of `kvm_sregs` that matter most).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RegisterState {
+    pub gprs: GuestRegisters,
+    pub rip: u64,
+    pub rsp: u64,
+    pub rflags: u64,
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
 }
 
 /// No start-up IPI is pending.
@@ -345,6 +364,8 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         apic_page,
         apicv_active: AtomicBool::new(false),
         entry_controls_set: AtomicU8::new(0),
+        ept_flush_pending: AtomicBool::new(false),
+        final_registers: Mutex::new(None),
     }));
     cpu_slot
         .compare_exchange(core::ptr::null_mut(), vcpu, Ordering::AcqRel, Ordering::Acquire)
@@ -369,6 +390,47 @@ pub fn set_mp_state(handle: VcpuHandle, state: MpState) -> Result<(), ControlErr
     }
     v.set_mp_state(state);
     Ok(())
+}
+
+/// VM level: changes the access rights of guest-physical `[gpa, gpa + len)` (page
+/// aligned, inside the VM's RAM; `EptPermissions::NONE` unmaps it in effect). Returns
+/// once no CPU can use the old rights: every CPU that runs one of the VM's vCPUs has
+/// executed INVEPT, or will before its vCPU next enters the guest (its own CPU, when
+/// the caller is one of the VM's vCPUs).
+pub fn protect_range(handle: VmHandle, gpa: u64, len: u64, perms: EptPermissions) -> Result<(), ControlError> {
+    let vm = vm(handle)?;
+    if len == 0 || gpa % 4096 != 0 || len % 4096 != 0 || vm.guest_range(gpa, len).is_none() {
+        return Err(ControlError::BadRange);
+    }
+    let flush = {
+        let mut ept = vm.ept.lock();
+        let ept = ept.as_mut().ok_or(ControlError::BadState)?;
+        ept.protect(GuestPhysAddr::new(gpa), len, perms).map_err(|_| ControlError::BadRange)?
+    };
+    flush_ept(vm);
+    flush.acknowledge();
+    Ok(())
+}
+
+/// Has every vCPU of `vm` execute INVEPT before its next entry, and waits for those on
+/// other CPUs that are still running (a stopping VM's vCPUs never enter again).
+fn flush_ept(vm: &'static Vm) {
+    let here = crate::arch::percpu::index();
+    for v in vm.vcpus() {
+        v.ept_flush_pending.store(true, Ordering::Release);
+        crate::virq::kick(v);
+    }
+    for v in vm.vcpus().filter(|v| v.cpu != here && v.started.load(Ordering::Acquire)) {
+        while v.ept_flush_pending.load(Ordering::Acquire) && !vm.stop_requested() {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// vCPU level: the registers of a vCPU that has stopped (KVM's `KVM_GET_REGS`);
+/// `BadState` while it runs or before it ran.
+pub fn get_registers(handle: VcpuHandle) -> Result<RegisterState, ControlError> {
+    vcpu(handle)?.final_registers.lock().ok_or(ControlError::BadState)
 }
 
 /// VM level: sets the level of input `pin` of the VM's virtual IOAPIC (KVM's
@@ -469,6 +531,12 @@ pub fn vcpu_for_cpu(cpu: u32) -> Option<&'static Vcpu> {
     let ptr = CPU_VCPU.get(cpu as usize)?.load(Ordering::Acquire);
     // SAFETY: non-null entries point at leaked `Vcpu`s that live forever.
     unsafe { ptr.as_ref() }
+}
+
+/// The handle of `vm`, if it still exists (for calls a VM makes on itself).
+pub fn handle_of(vm: &'static Vm) -> Option<VmHandle> {
+    let index = VMS.iter().position(|slot| core::ptr::eq(slot.load(Ordering::Acquire), vm))?;
+    Some(VmHandle { index: index as u16, generation: vm.generation })
 }
 
 /// Every VM that exists now, as handles.

@@ -88,6 +88,7 @@ pub fn init(raw: &hv_core::vmx_caps::RawVmxMsrs, apicv_allowed: bool) -> Result<
         }
     };
     FIXED.call_once(|| fixed);
+    crate::vmx::invept::init(raw.ept_vpid);
     let pin_timer = hv_core::vmx_caps::allowed1(raw.pinbased, vmx_controls::pin::PREEMPTION_TIMER);
     EVENT_FEATURES.call_once(|| EventFeatures {
         preemption_timer_rate: pin_timer.then_some((raw.misc & 0x1f) as u8),
@@ -179,18 +180,19 @@ pub fn set_ia32e_mode_guest(on: bool) {
     }
 }
 
-/// Arms the VMX-preemption timer with `value` (SDM 26.5.1) or turns it off (`None`),
-/// on the current VMCS.
-pub fn set_preemption_timer(value: Option<u32>) {
-    let pin = vmx_controls::pin::PREEMPTION_TIMER;
-    let current = vmcs::read(control::PINBASED_EXEC_CONTROLS) as u32;
-    let wanted = if value.is_some() { current | pin } else { current & !pin };
-    if wanted != current {
-        let _ = vmcs::write(control::PINBASED_EXEC_CONTROLS, u64::from(wanted));
+/// Arms the VMX-preemption timer with `value` (SDM 26.5.1) on the current VMCS; the
+/// pin-based control is written only when `already_on` says it is not set yet.
+pub fn arm_preemption_timer(value: u32, already_on: bool) {
+    if !already_on {
+        let pin = vmcx_pin();
+        let _ = vmcs::write(control::PINBASED_EXEC_CONTROLS, u64::from(pin | vmx_controls::pin::PREEMPTION_TIMER));
     }
-    if let Some(v) = value {
-        let _ = vmcs::write(guest::VMX_PREEMPTION_TIMER_VALUE, u64::from(v));
-    }
+    let _ = vmcs::write(guest::VMX_PREEMPTION_TIMER_VALUE, u64::from(value));
+}
+
+/// The current pin-based controls.
+fn vmcx_pin() -> u32 {
+    vmcs::read(control::PINBASED_EXEC_CONTROLS) as u32
 }
 
 /// The VMX fixed bits (`None` before [`init`]).
@@ -290,6 +292,18 @@ pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
 /// stopped" follows every report).
 fn finish(vcpu: &'static Vcpu) {
     let vm = vcpu.vm;
+    // SAFETY: only this physical CPU touches the vCPU's registers; the loop has ended.
+    let gprs = unsafe { *vcpu.regs.get() };
+    *vcpu.final_registers.lock() = Some(crate::partition::RegisterState {
+        gprs,
+        rip: vmcs::read(guest::RIP),
+        rsp: vmcs::read(guest::RSP),
+        rflags: vmcs::read(guest::RFLAGS),
+        cr0: vmcs::read(guest::CR0),
+        cr3: vmcs::read(guest::CR3),
+        cr4: vmcs::read(guest::CR4),
+        efer: vmcs::read(guest::IA32_EFER_FULL),
+    });
     let finished = vm.finished.fetch_add(1, Ordering::AcqRel) + 1;
     dispatch::report_stop(vcpu, finished == vm.running.load(Ordering::Acquire));
     vm.running.fetch_sub(1, Ordering::AcqRel);

@@ -66,6 +66,14 @@ pub fn prepare_entry(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome 
         if vcpu.vm.stop_requested() {
             return Outcome::Stop;
         }
+        if vcpu.ept_flush_pending.load(Ordering::Acquire) {
+            if crate::vmx::invept::invalidate(vcpu.vm.eptp.load(Ordering::Acquire)).is_err() {
+                log::error!("partition {}: vcpu {}: INVEPT failed; stopping the partition", vcpu.vm.name, vcpu.id);
+                vcpu.vm.stop(u64::MAX);
+                return Outcome::Stop;
+            }
+            vcpu.ept_flush_pending.store(false, Ordering::Release);
+        }
         match vcpu.mp_state() {
             MpState::Runnable => break,
             MpState::WaitForSipi => {
@@ -345,30 +353,42 @@ fn inject_and_arm(vcpu: &'static Vcpu) {
             None => lapic.next_deadline(),
         }
     };
-    // The common exit needs no window and no timer: when none is set either, the
-    // controls are left alone (no VMREAD/VMWRITE on that path).
     let mut wanted = 0;
     if window.interrupt || window.nmi {
         wanted |= ENTRY_WINDOWS;
     }
-    if deadline.is_some() {
-        wanted |= ENTRY_TIMER;
-    }
-    let previous = vcpu.entry_controls_set.swap(wanted, Ordering::Relaxed);
+    let previous = vcpu.entry_controls_set.load(Ordering::Relaxed);
+    // The window controls are touched only when a window is wanted or was set.
     if (previous | wanted) & ENTRY_WINDOWS != 0 {
         crate::vcpu::set_windows(window);
     }
-    if (previous | wanted) & ENTRY_TIMER != 0 {
-        match crate::vcpu::preemption_timer_rate() {
-            Some(rate) => {
-                let value = deadline.map(|d| preemption_timer_value(now, d, rate));
-                crate::vcpu::set_preemption_timer(value);
+    match crate::vcpu::preemption_timer_rate() {
+        Some(rate) => {
+            // The VMX-preemption timer always runs: at the guest timer's deadline, and
+            // at the latest `KICK_BACKSTOP_US` from now. The backstop bounds how long a
+            // kick (a stop, an INVEPT request, an NMI or INIT) can go unnoticed when
+            // the external-interrupt exit does not come: Bochs 2.7 takes it only while
+            // the guest has RFLAGS.IF set (the SDM has it exit regardless of IF).
+            let backstop = now.saturating_add(tsc::hz() / 1_000_000 * KICK_BACKSTOP_US);
+            let due = deadline.map_or(backstop, |d| d.min(backstop));
+            crate::vcpu::arm_preemption_timer(preemption_timer_value(now, due, rate), previous & ENTRY_TIMER != 0);
+            wanted |= ENTRY_TIMER;
+        }
+        // Without the preemption timer the host timer interrupts the guest instead.
+        None => {
+            if deadline.is_some() || previous & ENTRY_TIMER != 0 {
+                lapic::arm_timer(deadline);
             }
-            // Without the preemption timer the host timer interrupts the guest instead.
-            None => lapic::arm_timer(deadline),
+            if deadline.is_some() {
+                wanted |= ENTRY_TIMER;
+            }
         }
     }
+    vcpu.entry_controls_set.store(wanted, Ordering::Relaxed);
 }
+
+/// The longest a running vCPU goes without an exit (see `inject_and_arm`).
+const KICK_BACKSTOP_US: u64 = 1000;
 
 /// `Vcpu::entry_controls_set` bits: an event window or the guest timer is armed.
 const ENTRY_WINDOWS: u8 = 1 << 0;

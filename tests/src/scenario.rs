@@ -342,6 +342,20 @@ fn base_catalogue() -> Vec<Scenario> {
             "tests/configs/guest-irq-flood.toml",
             &[("flood", "guest-irq-flood"), ("survivor", "guest-hello")],
         ),
+        bochs_expect(
+            "guest-memprotect",
+            "tests/configs/guest-memprotect.toml",
+            &[
+                "[memprotect] PASS guest-memprotect: checks done; making vCPU 1's page read-only",
+                "partition memprotect: vcpu 1: write at guest-physical 0x",
+                "which its memory rights forbid (MEMORY_PROTECT); stopping this partition",
+                "partition memprotect: stopped by the hypervisor",
+                "control: vcpu 0 stopped at rip 0x",
+                "hypervisor: all partitions stopped",
+                STALE_HANDLES_REFUSED,
+                "platform: power off (code 0)",
+            ],
+        ),
         guest_apicv(),
         guest_apicv_off(),
         guests(

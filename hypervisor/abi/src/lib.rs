@@ -37,6 +37,13 @@ pub mod hypercall {
     /// (0 low, 1 high). An edge-triggered pin fires on a 0 -> 1 change; a level-triggered
     /// pin stays asserted while high. Returns 0; `BadArgument` for a bad pin or level.
     pub const IRQ_LINE: u64 = 6;
+    /// Changes the access rights of part of the caller's own RAM: RBX = guest-physical
+    /// address, RCX = length (both multiples of 4096, inside its RAM), RDX = rights
+    /// (bit 0 read, bit 1 write, bit 2 execute; write needs read; 0 = no access).
+    /// The change is in effect on every vCPU of the partition when the call returns. An
+    /// access the rights forbid stops the partition, with a line naming the access.
+    /// Returns 0; `BadAddress` or `BadArgument` for bad ranges or rights.
+    pub const MEMORY_PROTECT: u64 = 7;
 }
 
 /// Most bytes one `CONSOLE_WRITE` takes.

@@ -27,6 +27,7 @@ pub fn probe(cpu: &CpuFeatures) -> Result<VmxCapabilities, VmxUnavailable> {
     Ok(VmxCapabilities::decode(&read_raw_msrs()))
 }
 
+pub mod invept;
 pub mod run;
 pub mod vmcs;
 
