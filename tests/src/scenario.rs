@@ -55,23 +55,13 @@ pub const ICELAKE: &str = "corei7_icelake_u";
 /// A Bochs CPU model with fewer VMX features.
 pub const SKYLAKE: &str = "corei7_skylake_x";
 /// A Bochs model with VMX but without APIC virtualization (no virtual-interrupt
-/// delivery, no APIC-access virtualization, no 1 GiB EPT pages): the interrupt
-/// scenarios run on it too, to test the software delivery path the hypervisor falls
-/// back to.
+/// delivery, no APIC-access virtualization, no 1 GiB EPT pages, no EPT A/D bits): the
+/// guest scenarios run on it too, which tests the software interrupt path the
+/// hypervisor falls back to.
 pub const IVYBRIDGE: &str = "corei7_ivy_bridge_3770k";
-/// The interrupt scenarios that do not need APIC virtualization, run again on
+/// The guest scenarios that need APIC virtualization; every other one runs again on
 /// [`IVYBRIDGE`].
-const WITHOUT_APICV: [&str; 9] = [
-    "guest-apic-timer",
-    "guest-x2apic",
-    "guest-tpr",
-    "guest-hlt",
-    "guest-ipi-2",
-    "guest-ipi-4",
-    "guest-ioapic",
-    "guest-irq-flood",
-    "guest-apicv-off",
-];
+const NEEDS_APICV: [&str; 1] = ["guest-apicv"];
 /// The boot log line of a CPU without APIC virtualization.
 const NO_APICV_LINE: &str = "virq: this CPU has no APIC virtualization; interrupts are injected by software";
 /// Config of the boot scenarios (power off once ready).
@@ -209,10 +199,11 @@ pub fn catalogue() -> Vec<Scenario> {
         .filter(|s| s.name.starts_with("guest-") || s.name == "two-guests")
         .map(|s| Scenario { name: variant_name(s.name, "skylake"), cpu_model: Some(SKYLAKE), ..s.clone() })
         .collect();
-    // The interrupt scenarios that do not need APICv run once more without it.
+    // The guest scenarios that do not need APICv run once more on a model without it
+    // (and with fewer VMX features).
     let without_apicv: Vec<Scenario> = all
         .iter()
-        .filter(|s| WITHOUT_APICV.contains(&s.name))
+        .filter(|s| (s.name.starts_with("guest-") || s.name == "two-guests") && !NEEDS_APICV.contains(&s.name))
         .map(|s| {
             let mut expected = s.expected.clone();
             if s.name != "guest-apicv-off" {
@@ -418,9 +409,18 @@ mod tests {
     }
 
     #[test]
-    fn interrupt_scenarios_also_run_without_apicv() {
+    fn guest_scenarios_also_run_without_apicv() {
         let all = catalogue();
-        for name in WITHOUT_APICV {
+        let names: Vec<&str> = all
+            .iter()
+            .filter(|s| {
+                s.name.starts_with("guest-") && !s.name.ends_with("-skylake") && !s.name.ends_with("-ivybridge")
+            })
+            .map(|s| s.name)
+            .filter(|n| !NEEDS_APICV.contains(n))
+            .collect();
+        assert!(names.contains(&"guest-hello") && names.contains(&"guest-ipi-4"));
+        for name in names {
             let primary = all.iter().find(|s| s.name == name).expect(name);
             let variant = all.iter().find(|v| v.name == format!("{name}-ivybridge")).expect(name);
             assert_eq!(variant.cpu_model, Some(IVYBRIDGE));
@@ -437,7 +437,7 @@ mod tests {
         let names: Vec<&str> = select(&["vmx".to_string(), "layout".to_string()]).iter().map(|s| s.name).collect();
         assert_eq!(names, ["image-layout", "no-vmx"]);
         let names: Vec<&str> = select(&["fault".to_string()]).iter().map(|s| s.name).collect();
-        assert_eq!(names, ["cpu-fault", "guest-triplefault", "guest-triplefault-skylake"]);
+        assert_eq!(names, ["cpu-fault", "guest-triplefault", "guest-triplefault-skylake", "guest-triplefault-ivybridge"]);
         assert!(select(&["nothing-matches".to_string()]).is_empty());
     }
 }
