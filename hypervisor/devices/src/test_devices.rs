@@ -1,1 +1,279 @@
-//! (being written)
+//! QEMU's test devices, which test guests use to report results and end a run:
+//!
+//! - [`IsaDebugExit`], QEMU's `isa-debug-exit` (`hw/misc/debugexit.c`): a write of value
+//!   `v` ends the guest with code `v`, which QEMU turns into the process exit status
+//!   `(v << 1) | 1`. Here it asks the platform for [`PlatformRequest::Exit`]`(v)`.
+//! - [`DebugCon`], QEMU's `isa-debugcon` (`hw/char/debugcon.c`), the "port E9 hack" of
+//!   Bochs: every byte written to port 0xE9 is console output, and reads return 0xE9 so
+//!   a guest can detect the port.
+
+use crate::uart16550::{read_bytewise, write_bytewise, OutputRing};
+use crate::{open_bus, Nanos, Platform, PlatformRequest, PortIo};
+
+/// The port test guests conventionally use for `isa-debug-exit`
+/// (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`).
+pub const ISA_DEBUG_EXIT_PORT: u16 = 0xF4;
+/// The number of ports that conventional `isa-debug-exit` configuration decodes.
+pub const ISA_DEBUG_EXIT_IOSIZE: u16 = 4;
+/// The Bochs / QEMU debug console port.
+pub const DEBUGCON_PORT: u16 = 0xE9;
+/// What a read of the debug console port returns (QEMU's default `readback`).
+pub const DEBUGCON_READBACK: u8 = 0xE9;
+
+/// QEMU's `isa-debug-exit`: a write of 1, 2 or 4 bytes to any of its ports requests
+/// [`PlatformRequest::Exit`] with the value written (the low `size` bytes). Reads
+/// return open bus (QEMU's model returns 0; no guest relies on either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IsaDebugExit {
+    iobase: u16,
+    iosize: u16,
+}
+
+impl IsaDebugExit {
+    /// The conventional device: ports 0xF4..=0xF7.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self::with_range(ISA_DEBUG_EXIT_PORT, ISA_DEBUG_EXIT_IOSIZE)
+    }
+
+    /// A device decoding `iosize` ports from `iobase` (QEMU's `iobase` and `iosize`
+    /// properties; QEMU's own defaults are 0x501 and 2). Ports past 0xFFFF are not
+    /// decoded.
+    #[must_use]
+    pub const fn with_range(iobase: u16, iosize: u16) -> Self {
+        Self { iobase, iosize }
+    }
+
+    /// Whether `port` is one of the device's ports.
+    #[must_use]
+    pub const fn decodes(&self, port: u16) -> bool {
+        port >= self.iobase && port - self.iobase < self.iosize
+    }
+}
+
+impl Default for IsaDebugExit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PortIo for IsaDebugExit {
+    fn read(&mut self, _port: u16, size: u8, _now: Nanos, _platform: &mut dyn Platform) -> u32 {
+        open_bus(size)
+    }
+
+    fn write(&mut self, port: u16, size: u8, value: u32, _now: Nanos, platform: &mut dyn Platform) {
+        let mask = match size {
+            1 => 0xFF,
+            2 => 0xFFFF,
+            4 => u32::MAX,
+            _ => return,
+        };
+        if self.decodes(port) {
+            platform.request(PlatformRequest::Exit(value & mask));
+        }
+    }
+}
+
+/// QEMU's `isa-debugcon` (Bochs' port E9): bytes written to its port are appended to a
+/// 4 KiB output ring ([`OutputRing`]: when full, the oldest byte is dropped) that the
+/// owner drains with [`DebugCon::take_output`]; reads return [`DEBUGCON_READBACK`].
+///
+/// The port is 8 bits wide: a 2- or 4-byte access is split into byte accesses at
+/// consecutive ports, low byte first (as in [`crate::uart16550`]), so a wide write at
+/// the port outputs only its low byte and a 2-byte read returns 0xFFE9.
+#[derive(Debug, Clone)]
+pub struct DebugCon {
+    port: u16,
+    output: OutputRing,
+}
+
+impl DebugCon {
+    /// A debug console at [`DEBUGCON_PORT`] (0xE9).
+    #[must_use]
+    pub const fn new() -> Self {
+        Self::with_port(DEBUGCON_PORT)
+    }
+
+    /// A debug console at `port` (SeaBIOS, for one, uses 0x402).
+    #[must_use]
+    pub const fn with_port(port: u16) -> Self {
+        Self { port, output: OutputRing::new() }
+    }
+
+    /// The port decoded.
+    #[must_use]
+    pub const fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Moves up to `out.len()` output bytes, oldest first, into `out`; returns how many.
+    pub fn take_output(&mut self, out: &mut [u8]) -> usize {
+        self.output.take(out)
+    }
+
+    /// Output bytes waiting to be taken.
+    #[must_use]
+    pub const fn output_len(&self) -> usize {
+        self.output.len()
+    }
+
+    /// Output bytes lost because the ring was full.
+    #[must_use]
+    pub const fn output_dropped(&self) -> u64 {
+        self.output.dropped()
+    }
+}
+
+impl Default for DebugCon {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PortIo for DebugCon {
+    fn read(&mut self, port: u16, size: u8, _now: Nanos, _platform: &mut dyn Platform) -> u32 {
+        read_bytewise(port, size, |p| (p == self.port).then_some(DEBUGCON_READBACK))
+    }
+
+    fn write(&mut self, port: u16, size: u8, value: u32, _now: Nanos, _platform: &mut dyn Platform) {
+        write_bytewise(port, size, value, |p, byte| {
+            if p == self.port {
+                self.output.push(byte);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use crate::uart16550::OUTPUT_CAPACITY;
+    use crate::RecordingPlatform;
+    use std::vec::Vec;
+
+    #[test]
+    fn debug_exit_requests_exit_with_the_value_written() {
+        let mut dev = IsaDebugExit::new();
+        let mut platform = RecordingPlatform::default();
+        dev.write(0xF4, 1, 0x10, 0, &mut platform);
+        assert_eq!(platform.last_request, Some(PlatformRequest::Exit(0x10)));
+        dev.write(0xF4, 2, 0xFFFF_1234, 0, &mut platform);
+        assert_eq!(platform.last_request, Some(PlatformRequest::Exit(0x1234)));
+        dev.write(0xF4, 4, 0xDEAD_BEEF, 0, &mut platform);
+        assert_eq!(platform.last_request, Some(PlatformRequest::Exit(0xDEAD_BEEF)));
+        // Only the low `size` bytes count.
+        dev.write(0xF4, 1, 0x1_0003, 0, &mut platform);
+        assert_eq!(platform.last_request, Some(PlatformRequest::Exit(3)));
+        // Writing 0 is a request too (QEMU exits with status 1).
+        dev.write(0xF4, 1, 0, 0, &mut platform);
+        assert_eq!(platform.last_request, Some(PlatformRequest::Exit(0)));
+        // No interrupt line is touched.
+        assert_eq!(platform.lines, 0);
+    }
+
+    #[test]
+    fn debug_exit_decodes_its_range_and_sizes_only() {
+        let mut dev = IsaDebugExit::default();
+        let mut platform = RecordingPlatform::default();
+        dev.write(0xF7, 1, 5, 0, &mut platform);
+        assert_eq!(platform.last_request, Some(PlatformRequest::Exit(5)));
+        platform.last_request = None;
+        for port in [0xF3, 0xF8, 0x00, 0xFFFF] {
+            dev.write(port, 1, 1, 0, &mut platform);
+        }
+        for size in [0, 3, 5, 8] {
+            dev.write(0xF4, size, 1, 0, &mut platform);
+        }
+        assert_eq!(platform.last_request, None);
+
+        let mut one = IsaDebugExit::with_range(0x501, 1);
+        assert!(one.decodes(0x501));
+        assert!(!one.decodes(0x502));
+        assert!(!one.decodes(0x500));
+        one.write(0x502, 1, 7, 0, &mut platform);
+        assert_eq!(platform.last_request, None);
+        one.write(0x501, 4, 7, 0, &mut platform);
+        assert_eq!(platform.last_request, Some(PlatformRequest::Exit(7)));
+        // A range running past the end of the port space does not wrap.
+        let top = IsaDebugExit::with_range(0xFFFE, 4);
+        assert!(top.decodes(0xFFFF));
+        assert!(!top.decodes(0));
+        assert!(!IsaDebugExit::with_range(0xF4, 0).decodes(0xF4));
+    }
+
+    #[test]
+    fn debug_exit_reads_are_open_bus() {
+        let mut dev = IsaDebugExit::new();
+        let mut platform = RecordingPlatform::default();
+        assert_eq!(dev.read(0xF4, 1, 0, &mut platform), 0xFF);
+        assert_eq!(dev.read(0xF4, 2, 0, &mut platform), 0xFFFF);
+        assert_eq!(dev.read(0xF4, 4, 0, &mut platform), 0xFFFF_FFFF);
+        assert_eq!(platform, RecordingPlatform::default());
+        assert_eq!(dev.next_event(), None);
+    }
+
+    fn drain(dev: &mut DebugCon) -> Vec<u8> {
+        let mut buf = [0u8; OUTPUT_CAPACITY];
+        let n = dev.take_output(&mut buf);
+        buf[..n].to_vec()
+    }
+
+    #[test]
+    fn debugcon_collects_written_bytes() {
+        let mut dev = DebugCon::new();
+        let mut platform = RecordingPlatform::default();
+        for &b in b"ok\n" {
+            dev.write(0xE9, 1, u32::from(b), 0, &mut platform);
+        }
+        assert_eq!(dev.output_len(), 3);
+        let mut two = [0u8; 2];
+        assert_eq!(dev.take_output(&mut two), 2);
+        assert_eq!(&two, b"ok");
+        assert_eq!(drain(&mut dev), b"\n");
+        assert_eq!(dev.take_output(&mut two), 0);
+        assert_eq!(platform, RecordingPlatform::default());
+    }
+
+    #[test]
+    fn debugcon_reads_return_e9() {
+        let mut dev = DebugCon::default();
+        let mut platform = RecordingPlatform::default();
+        assert_eq!(dev.read(0xE9, 1, 0, &mut platform), 0xE9);
+        assert_eq!(dev.read(0xE9, 2, 0, &mut platform), 0xFFE9);
+        assert_eq!(dev.read(0xE9, 4, 0, &mut platform), 0xFFFF_FFE9);
+        assert_eq!(dev.read(0xE8, 2, 0, &mut platform), 0xE9FF);
+        assert_eq!(dev.read(0xEA, 1, 0, &mut platform), 0xFF);
+        assert_eq!(dev.read(0xE9, 3, 0, &mut platform), open_bus(3));
+    }
+
+    #[test]
+    fn debugcon_wide_and_foreign_accesses() {
+        let mut dev = DebugCon::new();
+        let mut platform = RecordingPlatform::default();
+        dev.write(0xE9, 4, 0x4443_4241, 0, &mut platform); // only 'A' lands on 0xE9
+        dev.write(0xE8, 2, 0x4200, 0, &mut platform); // the high byte lands on 0xE9
+        dev.write(0xEA, 1, u32::from(b'x'), 0, &mut platform);
+        dev.write(0xE9, 3, u32::from(b'y'), 0, &mut platform);
+        assert_eq!(drain(&mut dev), b"AB");
+    }
+
+    #[test]
+    fn debugcon_other_port_and_full_ring() {
+        let mut dev = DebugCon::with_port(0x402);
+        let mut platform = RecordingPlatform::default();
+        assert_eq!(dev.port(), 0x402);
+        assert_eq!(dev.read(0xE9, 1, 0, &mut platform), 0xFF);
+        assert_eq!(dev.read(0x402, 1, 0, &mut platform), 0xE9);
+        for i in 0..OUTPUT_CAPACITY + 3 {
+            dev.write(0x402, 1, i as u32, 0, &mut platform);
+        }
+        assert_eq!(dev.output_len(), OUTPUT_CAPACITY);
+        assert_eq!(dev.output_dropped(), 3);
+        let out = drain(&mut dev);
+        assert_eq!(out[0], 3);
+        assert_eq!(out[OUTPUT_CAPACITY - 1], (OUTPUT_CAPACITY + 2) as u8);
+    }
+}
