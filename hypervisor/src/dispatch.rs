@@ -380,7 +380,7 @@ fn handle_rdmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let msr = regs.rcx as u32;
     let value = match policy(msr) {
         // Every x2APIC fault on RDMSR is a #GP (SDM 11.12.1.2).
-        MsrPolicy::Virtualized(VirtMsr::X2Apic(_)) => vcpu.lapic.lock().read_msr(msr, crate::arch::tsc::now()).ok(),
+        MsrPolicy::Virtualized(VirtMsr::X2Apic(_)) => vcpu.lapic().read_msr(msr, crate::arch::tsc::now()).ok(),
         MsrPolicy::Virtualized(v) => read_virtual_msr(vcpu, v),
         // A passthrough MSR only exits when the bitmap cannot describe it.
         MsrPolicy::Passthrough | MsrPolicy::PassthroughReadOnly | MsrPolicy::Unknown => None,
@@ -398,8 +398,8 @@ fn handle_rdmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
 fn read_virtual_msr(vcpu: &'static Vcpu, msr: VirtMsr) -> Option<u64> {
     Some(match msr {
         VirtMsr::Tsc => crate::arch::tsc::now(),
-        VirtMsr::ApicBase => vcpu.lapic.lock().apic_base(),
-        VirtMsr::TscDeadline => vcpu.lapic.lock().read_tsc_deadline(crate::arch::tsc::now()),
+        VirtMsr::ApicBase => vcpu.lapic().apic_base(),
+        VirtMsr::TscDeadline => vcpu.lapic().read_tsc_deadline(crate::arch::tsc::now()),
         // Locked, VMX off: the guest sees no VMX.
         VirtMsr::FeatureControl => 1,
         VirtMsr::Pat => vmcs::read(guest::IA32_PAT_FULL),
@@ -434,7 +434,7 @@ fn handle_wrmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         MsrPolicy::Virtualized(VirtMsr::Efer) => write_efer(value),
         MsrPolicy::Virtualized(VirtMsr::Xss) => value == 0,
         MsrPolicy::Virtualized(VirtMsr::ApicBase) => {
-            let changed = vcpu.lapic.lock().set_apic_base(value);
+            let changed = vcpu.lapic().set_apic_base(value);
             match changed {
                 Ok(change) => {
                     if change.mode_changed() {
@@ -446,11 +446,11 @@ fn handle_wrmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
             }
         }
         MsrPolicy::Virtualized(VirtMsr::TscDeadline) => {
-            vcpu.lapic.lock().write_tsc_deadline(value);
+            vcpu.lapic().write_tsc_deadline(value);
             true
         }
         MsrPolicy::Virtualized(VirtMsr::X2Apic(_)) => {
-            let effect = vcpu.lapic.lock().write_msr(msr, value, crate::arch::tsc::now());
+            let effect = vcpu.lapic().write_msr(msr, value, crate::arch::tsc::now());
             match effect {
                 Ok(effect) => {
                     crate::virq::mirror_to_page(vcpu);

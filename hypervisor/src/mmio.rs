@@ -47,7 +47,7 @@ pub fn device_at(vcpu: &Vcpu, gpa: u64) -> Option<(Device, u64)> {
     let page = gpa & !(PAGE - 1);
     let offset = gpa & (PAGE - 1);
     {
-        let lapic = vcpu.lapic.lock();
+        let lapic = vcpu.lapic();
         if lapic.mode() == ApicMode::XApic && page == lapic.base_address() {
             return Some((Device::Lapic, offset));
         }
@@ -133,7 +133,7 @@ fn device_read(vcpu: &'static Vcpu, device: Device, offset: u64, size: u8) -> u6
     match device {
         Device::Lapic => {
             let dword = (offset & !3) as u32;
-            let value = vcpu.lapic.lock().read_mmio(dword, crate::arch::tsc::now()).unwrap_or(0);
+            let value = vcpu.lapic().read_mmio(dword, crate::arch::tsc::now()).unwrap_or(0);
             let shifted = u64::from(value) >> (8 * (offset & 3));
             if size >= 8 {
                 shifted
@@ -153,7 +153,7 @@ fn device_write(vcpu: &'static Vcpu, device: Device, offset: u64, size: u8, valu
             if size != 4 {
                 return;
             }
-            let effect = vcpu.lapic.lock().write_mmio(offset as u32, value as u32, crate::arch::tsc::now());
+            let effect = vcpu.lapic().write_mmio(offset as u32, value as u32, crate::arch::tsc::now());
             if let Ok(effect) = effect {
                 crate::virq::apply_effect(vcpu, effect);
             }

@@ -108,8 +108,12 @@ pub struct Vcpu {
     /// Set by [`start_vcpu`]; the physical CPU enters only a started vCPU.
     pub started: AtomicBool,
     /// The virtual LAPIC. Its own CPU uses it on exits and before entries; other CPUs
-    /// take the lock briefly to deliver IPIs and IOAPIC messages into it.
-    pub lapic: Mutex<VirtualLapic>,
+    /// take the lock briefly to deliver IPIs and IOAPIC messages into it. Reached
+    /// through [`Vcpu::lapic`], which marks it for re-evaluation.
+    pub lapic_state: Mutex<VirtualLapic>,
+    /// Someone used the LAPIC since the last entry evaluated it: the next entry must
+    /// look at it again (`virq::prepare_entry` skips that work otherwise).
+    pub lapic_dirty: AtomicBool,
     /// Events sent by other vCPUs, taken by the vCPU's own CPU before its next entry.
     pub nmi_pending: AtomicBool,
     pub init_pending: AtomicBool,
@@ -173,6 +177,13 @@ impl MpState {
 }
 
 impl Vcpu {
+    /// The virtual LAPIC, locked, marked for re-evaluation before the vCPU's next entry
+    /// (the mark comes first, so an entry that misses the change has not yet looked).
+    pub fn lapic(&self) -> spin::MutexGuard<'_, VirtualLapic> {
+        self.lapic_dirty.store(true, Ordering::Release);
+        self.lapic_state.lock()
+    }
+
     #[must_use]
     pub fn mp_state(&self) -> MpState {
         MpState::from_u8(self.mp_state.load(Ordering::Acquire))
@@ -351,7 +362,8 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         exit_ticks: [const { AtomicU64::new(0) }; EXIT_REASONS],
         vpid: (NEXT_VPID.fetch_add(1, Ordering::AcqRel) & 0xffff) as u16,
         started: AtomicBool::new(false),
-        lapic: Mutex::new(VirtualLapic::new(LapicConfig {
+        lapic_dirty: AtomicBool::new(true),
+        lapic_state: Mutex::new(VirtualLapic::new(LapicConfig {
             apic_id: id,
             is_bsp: id == 0,
             tsc_hz: crate::arch::tsc::hz(),

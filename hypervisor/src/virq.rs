@@ -59,8 +59,11 @@ pub fn kick(vcpu: &Vcpu) {
 
 /// Runs before each VM entry on the vCPU's own CPU. `Stop` when the partition stops.
 pub fn prepare_entry(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    // Anything but a runnable vCPU going straight back in needs the full evaluation.
+    let mut eventful = false;
     if vcpu.init_pending.swap(false, Ordering::AcqRel) {
         apply_init(vcpu);
+        eventful = true;
     }
     loop {
         if vcpu.vm.stop_requested() {
@@ -77,6 +80,7 @@ pub fn prepare_entry(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome 
         match vcpu.mp_state() {
             MpState::Runnable => break,
             MpState::WaitForSipi => {
+                eventful = true;
                 let vector = vcpu.sipi_vector.swap(NO_SIPI, Ordering::AcqRel);
                 if vector != NO_SIPI {
                     if let Err(outcome) = start_at_sipi(vcpu, regs, vector as u8) {
@@ -86,6 +90,7 @@ pub fn prepare_entry(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome 
                 }
             }
             MpState::Halted => {
+                eventful = true;
                 if wakes_from_halt(vcpu) {
                     vcpu.set_mp_state(MpState::Runnable);
                     continue;
@@ -100,7 +105,17 @@ pub fn prepare_entry(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome 
             apply_init(vcpu);
         }
     }
-    inject_and_arm(vcpu);
+    // The common exit: nothing touched the LAPIC, no event is pending, and the last
+    // entry armed no window and no guest timer (only the kick backstop, which the
+    // VMX-preemption timer reloads from the VMCS on every entry). Nothing to do.
+    let dirty = vcpu.lapic_dirty.swap(false, Ordering::AcqRel);
+    let quiet = !eventful
+        && !dirty
+        && !vcpu.nmi_pending.load(Ordering::Acquire)
+        && vcpu.entry_controls_set.load(Ordering::Relaxed) == ENTRY_BACKSTOP_ONLY;
+    if !quiet {
+        inject_and_arm(vcpu);
+    }
     Outcome::Continue
 }
 
@@ -111,7 +126,7 @@ fn wakes_from_halt(vcpu: &'static Vcpu) -> bool {
         return true;
     }
     let interrupts_enabled = vmcs::read(guest::RFLAGS) & RFLAGS_IF != 0;
-    let mut lapic = vcpu.lapic.lock();
+    let mut lapic = vcpu.lapic();
     lapic.on_timer(tsc::now());
     if !vcpu.apicv_active.load(Ordering::Relaxed) {
         return interrupts_enabled && lapic.highest_pending().is_some();
@@ -145,7 +160,7 @@ pub fn mirror_to_page(vcpu: &'static Vcpu) {
         return;
     }
     let page = apic_page(vcpu);
-    let lapic = vcpu.lapic.lock();
+    let lapic = vcpu.lapic();
     for (offset, value) in lapic.page_mirror() {
         page[offset / 4] = value;
     }
@@ -155,7 +170,7 @@ pub fn mirror_to_page(vcpu: &'static Vcpu) {
 /// The vCPU's LAPIC changed mode (IA32_APIC_BASE): APIC virtualization follows x2APIC
 /// mode when the machine has it.
 pub fn apic_mode_changed(vcpu: &'static Vcpu) {
-    let x2apic = vcpu.lapic.lock().mode() == ApicMode::X2Apic;
+    let x2apic = vcpu.lapic().mode() == ApicMode::X2Apic;
     let active = vcpu.apicv_active.load(Ordering::Relaxed);
     if x2apic && !active && vcpu.apic_page != 0 {
         activate_apicv(vcpu);
@@ -173,7 +188,7 @@ pub fn apic_mode_changed(vcpu: &'static Vcpu) {
 fn activate_apicv(vcpu: &'static Vcpu) {
     let page = apic_page(vcpu);
     *page = [0; 1024];
-    let (irr, isr, tpr) = vcpu.lapic.lock().hand_over_priority_state();
+    let (irr, isr, tpr) = vcpu.lapic().hand_over_priority_state();
     apicv::write_bits(page, apicv::page::IRR, &irr);
     apicv::write_bits(page, apicv::page::ISR, &isr);
     page[apicv::page::TPR / 4] = u32::from(tpr);
@@ -249,7 +264,7 @@ const APICV_TIMER_MIN_GAP_US: u64 = 10;
 /// the IOAPIC must hear about.
 pub fn virtualized_eoi(vcpu: &'static Vcpu, vector: u8) {
     let level = {
-        let tmr = vcpu.lapic.lock().tmr();
+        let tmr = vcpu.lapic().tmr();
         tmr[usize::from(vector >> 5)] & (1 << (vector & 31)) != 0
     };
     apply_effect(vcpu, ApicEffect::Eoi { vector, level });
@@ -275,7 +290,7 @@ fn halted_forever(vcpu: &'static Vcpu) -> Option<Outcome> {
 /// deadline. Called with interrupts off; `sti; hlt` cannot miss a kick that arrives
 /// after the caller's last check, because the interrupt stays pending until then.
 fn sleep_until_kicked(vcpu: &'static Vcpu) {
-    let deadline = vcpu.lapic.lock().next_deadline();
+    let deadline = vcpu.lapic().next_deadline();
     lapic::arm_timer(deadline);
     x86_64::instructions::interrupts::enable_and_hlt();
     x86_64::instructions::interrupts::disable();
@@ -285,7 +300,7 @@ fn sleep_until_kicked(vcpu: &'static Vcpu) {
 /// INIT (SDM 11.4.7.3 and 9.4): the LAPIC is reset (its ID and base kept), pending
 /// events are dropped and the vCPU waits for a start-up IPI.
 fn apply_init(vcpu: &'static Vcpu) {
-    vcpu.lapic.lock().init_reset();
+    vcpu.lapic().init_reset();
     reset_apicv_page(vcpu);
     vcpu.nmi_pending.store(false, Ordering::Release);
     vcpu.sipi_vector.store(NO_SIPI, Ordering::Release);
@@ -316,7 +331,7 @@ fn inject_and_arm(vcpu: &'static Vcpu) {
     let nmi = vcpu.nmi_pending.load(Ordering::Acquire);
     let mut window = crate::vcpu::Windows::default();
     let deadline = {
-        let mut lapic = vcpu.lapic.lock();
+        let mut lapic = vcpu.lapic_state.lock();
         lapic.on_timer(now);
         let apicv = vcpu.apicv_active.load(Ordering::Relaxed);
         // Under APIC virtualization the CPU delivers maskable interrupts itself.
@@ -373,6 +388,9 @@ fn inject_and_arm(vcpu: &'static Vcpu) {
             let due = deadline.map_or(backstop, |d| d.min(backstop));
             crate::vcpu::arm_preemption_timer(preemption_timer_value(now, due, rate), previous & ENTRY_TIMER != 0);
             wanted |= ENTRY_TIMER;
+            if deadline.is_none() {
+                wanted |= ENTRY_BACKSTOP;
+            }
         }
         // Without the preemption timer the host timer interrupts the guest instead.
         None => {
@@ -390,9 +408,13 @@ fn inject_and_arm(vcpu: &'static Vcpu) {
 /// The longest a running vCPU goes without an exit (see `inject_and_arm`).
 const KICK_BACKSTOP_US: u64 = 1000;
 
-/// `Vcpu::entry_controls_set` bits: an event window or the guest timer is armed.
+/// `Vcpu::entry_controls_set` bits: an event window or the guest timer is armed, or
+/// only the kick backstop runs (the preemption-timer value is the backstop's).
 const ENTRY_WINDOWS: u8 = 1 << 0;
 const ENTRY_TIMER: u8 = 1 << 1;
+const ENTRY_BACKSTOP: u8 = 1 << 2;
+/// The state in which an entry has nothing to re-arm.
+const ENTRY_BACKSTOP_ONLY: u8 = ENTRY_TIMER | ENTRY_BACKSTOP;
 
 /// HLT: the vCPU sleeps from its next entry on until it can be woken.
 pub fn halt(vcpu: &'static Vcpu) {
@@ -426,20 +448,20 @@ pub fn apply_effect(vcpu: &'static Vcpu, effect: ApicEffect) {
 /// Delivers an interrupt message to the vCPUs of `vm` that `dest` selects. `sender` is
 /// the sending vCPU (for the shorthands), `None` for the IOAPIC.
 fn deliver(vm: &'static Vm, sender: Option<u32>, mode: IpiDeliveryMode, vector: u8, dest: IpiDestination, level: bool) {
-    let is_target = |v: &Vcpu| v.lapic.lock().is_target(dest, sender == Some(v.id));
+    let is_target = |v: &Vcpu| v.lapic().is_target(dest, sender == Some(v.id));
     match mode {
         IpiDeliveryMode::LowestPriority => {
             // Arbitration by processor priority (SDM 11.6.2.4): the lowest PPR wins,
             // the lowest APIC ID breaks ties.
-            let winner = vm.vcpus().filter(|v| is_target(v)).min_by_key(|v| (v.lapic.lock().ppr(), v.id));
+            let winner = vm.vcpus().filter(|v| is_target(v)).min_by_key(|v| (v.lapic().ppr(), v.id));
             if let Some(target) = winner {
-                target.lapic.lock().accept(vector, level);
+                target.lapic().accept(vector, level);
                 kick(target);
             }
         }
         IpiDeliveryMode::Fixed => {
             for target in vm.vcpus().filter(|v| is_target(v)) {
-                target.lapic.lock().accept(vector, level);
+                target.lapic().accept(vector, level);
                 kick(target);
             }
         }
