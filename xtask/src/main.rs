@@ -94,7 +94,7 @@ enum Command {
     Bench,
     /// Fuzz the parsers of untrusted bytes (installs cargo-fuzz when missing).
     Fuzz {
-        /// One target (boot_conf, acpi_s5, mmio_decode, devices) [default: all].
+        /// One target (boot_conf, acpi_s5, mmio_decode, devices, io_reply) [default: all].
         #[arg(value_name = "TARGET")]
         target: Option<String>,
         /// How long to run each target.

@@ -148,6 +148,115 @@ pub mod platform {
     // AP trampoline may reuse them.
 }
 
+/// The I/O request protocol between the hypervisor and the service partition (version
+/// [`io_request::VERSION`]): one [`io_request::IoRequestSlot`] per guest vCPU, in memory
+/// both can reach. For an exit that the service partition emulates (port I/O, MMIO, PCI
+/// configuration), the hypervisor fills the slot, marks it `Pending` and switches to the
+/// service partition; the service partition performs the access, writes `data` (for a
+/// read) and `status` (`Done` or `Failed`) and replies. The hypervisor accepts the reply
+/// only if every field it posted is unchanged and the data fits the access size
+/// (`hv_core::io_request::validate_reply`).
+pub mod io_request {
+    /// Version of this layout; bumped on any change.
+    pub const VERSION: u32 = 1;
+    /// Bytes per slot in the shared page (the struct plus padding to a cache line).
+    pub const SLOT_BYTES: usize = 64;
+
+    /// What kind of access a slot describes.
+    pub mod kind {
+        /// Port I/O: `address` is the port.
+        pub const PORT: u8 = 1;
+        /// Memory-mapped I/O: `address` is the guest-physical address.
+        pub const MMIO: u8 = 2;
+        /// PCI configuration space: `address` is bus << 16 | device << 11 | function << 8 |
+        /// register.
+        pub const PCI_CONFIG: u8 = 3;
+    }
+
+    /// Access direction, from the guest's point of view.
+    pub mod direction {
+        pub const READ: u8 = 0;
+        pub const WRITE: u8 = 1;
+    }
+
+    /// Slot states.
+    pub mod status {
+        /// No request.
+        pub const FREE: u8 = 0;
+        /// Posted by the hypervisor, not yet answered.
+        pub const PENDING: u8 = 1;
+        /// Answered: the access was performed (`data` holds a read's result).
+        pub const DONE: u8 = 2;
+        /// Answered: the service partition could not perform it (the hypervisor then
+        /// completes a read with all-ones and drops a write, as an open bus does).
+        pub const FAILED: u8 = 3;
+    }
+
+    /// One request slot. Little-endian, laid out as the fields appear here (40 bytes),
+    /// followed by padding to [`SLOT_BYTES`].
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct IoRequestSlot {
+        /// Incremented by the hypervisor for every request on this slot.
+        pub sequence: u64,
+        /// Port, guest-physical address or PCI configuration address ([`kind`]).
+        pub address: u64,
+        /// The data of a write (from the hypervisor) or of a read (from the service
+        /// partition), in the low `size` bytes.
+        pub data: u64,
+        /// The guest VM's id and the vCPU that made the access.
+        pub vm: u32,
+        pub vcpu: u32,
+        /// [`kind`], access size in bytes (1, 2, 4 or 8), [`direction`] and [`status`].
+        pub kind: u8,
+        pub size: u8,
+        pub direction: u8,
+        pub status: u8,
+        /// Must be 0.
+        pub reserved: u32,
+    }
+
+    impl IoRequestSlot {
+        /// The slot as the bytes of the shared page.
+        #[must_use]
+        pub fn to_bytes(&self) -> [u8; SLOT_BYTES] {
+            let mut b = [0u8; SLOT_BYTES];
+            b[0..8].copy_from_slice(&self.sequence.to_le_bytes());
+            b[8..16].copy_from_slice(&self.address.to_le_bytes());
+            b[16..24].copy_from_slice(&self.data.to_le_bytes());
+            b[24..28].copy_from_slice(&self.vm.to_le_bytes());
+            b[28..32].copy_from_slice(&self.vcpu.to_le_bytes());
+            b[32] = self.kind;
+            b[33] = self.size;
+            b[34] = self.direction;
+            b[35] = self.status;
+            b[36..40].copy_from_slice(&self.reserved.to_le_bytes());
+            b
+        }
+
+        /// The slot read back from the bytes of the shared page (any bytes decode; the
+        /// hypervisor validates the result).
+        #[must_use]
+        pub fn from_bytes(b: &[u8; SLOT_BYTES]) -> Self {
+            let u64_at = |i: usize| {
+                u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]])
+            };
+            let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+            Self {
+                sequence: u64_at(0),
+                address: u64_at(8),
+                data: u64_at(16),
+                vm: u32_at(24),
+                vcpu: u32_at(28),
+                kind: b[32],
+                size: b[33],
+                direction: b[34],
+                status: b[35],
+                reserved: u32_at(36),
+            }
+        }
+    }
+}
+
 /// Guest-side wrappers (used by test guests; compiled everywhere, only called in
 /// VMX non-root mode).
 pub mod guest {

@@ -21,6 +21,7 @@ pub mod event_injection;
 pub mod exit;
 pub mod frames;
 pub mod guest_paging;
+pub mod io_request;
 pub mod memory_map;
 pub mod mmio_decode;
 pub mod preflight;
