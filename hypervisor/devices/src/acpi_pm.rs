@@ -28,7 +28,7 @@
 //! §4.8.3.1/§4.8.3.3; this is a superset). Ports of the blocks that hold nothing
 //! read as open bus.
 
-use crate::{open_bus, Nanos, Platform, PlatformRequest, PortIo};
+use crate::{open_bus, read_bytewise, write_bytewise, Nanos, Platform, PlatformRequest, PortIo};
 
 /// The PM timer frequency, §4.8.2.1: 3.579545 MHz.
 pub const PM_TIMER_HZ: u64 = 3_579_545;
@@ -255,8 +255,7 @@ impl PortIo for AcpiPm {
         let now = now.max(self.last);
         self.advance(now);
         self.update_sci(platform);
-        (0..size)
-            .fold(0, |value, lane| value | u32::from(self.read_byte(port.wrapping_add(lane.into()), now)) << (8 * lane))
+        read_bytewise(port, size, |p| Some(self.read_byte(p, now)))
     }
 
     fn write(&mut self, port: u16, size: u8, value: u32, now: Nanos, platform: &mut dyn Platform) {
@@ -264,9 +263,7 @@ impl PortIo for AcpiPm {
             return;
         }
         self.advance(now.max(self.last));
-        for lane in 0..size {
-            self.write_byte(port.wrapping_add(lane.into()), (value >> (8 * lane)) as u8, platform);
-        }
+        write_bytewise(port, size, value, |p, byte| self.write_byte(p, byte, platform));
         self.update_sci(platform);
     }
 
@@ -328,28 +325,18 @@ impl ResetControl {
 
 impl PortIo for ResetControl {
     fn read(&mut self, port: u16, size: u8, _now: Nanos, _platform: &mut dyn Platform) -> u32 {
-        if !matches!(size, 1 | 2 | 4) {
-            return open_bus(size);
-        }
-        (0..size).fold(0, |value, lane| {
-            let byte = if port.wrapping_add(lane.into()) == RESET_CONTROL_PORT { self.value } else { 0xFF };
-            value | u32::from(byte) << (8 * lane)
-        })
+        read_bytewise(port, size, |p| (p == RESET_CONTROL_PORT).then_some(self.value))
     }
 
     fn write(&mut self, port: u16, size: u8, value: u32, _now: Nanos, platform: &mut dyn Platform) {
-        if !matches!(size, 1 | 2 | 4) {
-            return;
-        }
-        for lane in 0..size {
-            if port.wrapping_add(lane.into()) == RESET_CONTROL_PORT {
-                let byte = (value >> (8 * lane)) as u8;
+        write_bytewise(port, size, value, |p, byte| {
+            if p == RESET_CONTROL_PORT {
                 self.value = byte & (SYS_RST | FULL_RST);
                 if byte & RST_CPU != 0 {
                     platform.request(PlatformRequest::Reset);
                 }
             }
-        }
+        });
     }
 }
 

@@ -9,7 +9,9 @@
 //! - time is [`Nanos`]: monotonic nanoseconds since the platform was created (the
 //!   service partition derives it from the TSC);
 //! - accesses are 1, 2 or 4 bytes; a device ignores writes and reads all-ones on
-//!   ports or sizes it does not decode, as an open ISA bus does;
+//!   ports or sizes it does not decode, as an open ISA bus does; a wider access to an
+//!   8-bit device is split into byte lanes on consecutive ports, low byte first
+//!   ([`read_bytewise`], [`write_bytewise`]);
 //! - every value a guest writes is untrusted: models never panic.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -66,6 +68,34 @@ pub const fn open_bus(size: u8) -> u32 {
         1 => 0xff,
         2 => 0xffff,
         _ => 0xffff_ffff,
+    }
+}
+
+/// Reads `size` bytes at `port` from an 8-bit device one byte lane at a time, low byte
+/// first, the way the ISA bus splits a wide access: `byte(p)` is the device's answer at
+/// port `p`, `None` where it does not decode (open bus, 0xFF). Sizes other than 1, 2
+/// and 4 read open bus without touching the device.
+pub fn read_bytewise(port: u16, size: u8, mut byte: impl FnMut(u16) -> Option<u8>) -> u32 {
+    if !matches!(size, 1 | 2 | 4) {
+        return open_bus(size);
+    }
+    (0..size).fold(0, |acc, lane| {
+        let value = port.checked_add(u16::from(lane)).and_then(&mut byte).unwrap_or(0xFF);
+        acc | (u32::from(value) << (8 * u32::from(lane)))
+    })
+}
+
+/// Writes the low `size` bytes of `value` at `port` to an 8-bit device one byte lane at
+/// a time, low byte first: `byte(p, v)` writes `v` at port `p` (the device ignores ports
+/// it does not decode). Sizes other than 1, 2 and 4 are ignored.
+pub fn write_bytewise(port: u16, size: u8, value: u32, mut byte: impl FnMut(u16, u8)) {
+    if !matches!(size, 1 | 2 | 4) {
+        return;
+    }
+    for lane in 0..size {
+        if let Some(p) = port.checked_add(u16::from(lane)) {
+            byte(p, value.to_le_bytes()[usize::from(lane)]);
+        }
     }
 }
 

@@ -63,7 +63,7 @@
 //!   ICW1 also clears ISR (the datasheet lists only the other effects; software
 //!   initializes with nothing in service).
 
-use crate::{open_bus, Nanos, Platform, PortIo};
+use crate::{read_bytewise, write_bytewise, Nanos, Platform, PortIo};
 
 /// Master command port (ICW1, OCW2, OCW3; reads IRR/ISR).
 pub const MASTER_CMD: u16 = 0x20;
@@ -472,31 +472,18 @@ impl PicPair {
 
 impl PortIo for PicPair {
     fn read(&mut self, port: u16, size: u8, _now: Nanos, _platform: &mut dyn Platform) -> u32 {
-        if !matches!(size, 1 | 2 | 4) {
-            return open_bus(size);
-        }
-        (0..size).fold(0, |acc, lane| {
-            let byte = port.checked_add(u16::from(lane)).and_then(|p| self.read_byte(p)).unwrap_or(0xFF);
-            acc | u32::from(byte) << (8 * u32::from(lane))
-        })
+        read_bytewise(port, size, |p| self.read_byte(p))
     }
 
     fn write(&mut self, port: u16, size: u8, value: u32, _now: Nanos, _platform: &mut dyn Platform) {
-        if !matches!(size, 1 | 2 | 4) {
-            return;
-        }
-        for lane in 0..size {
-            if let Some(port) = port.checked_add(u16::from(lane)) {
-                self.write_byte(port, value.to_le_bytes()[usize::from(lane)]);
-            }
-        }
+        write_bytewise(port, size, value, |p, byte| self.write_byte(p, byte));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RecordingPlatform;
+    use crate::{open_bus, RecordingPlatform};
     use proptest::prelude::*;
 
     fn outb(pic: &mut PicPair, port: u16, value: u8) {

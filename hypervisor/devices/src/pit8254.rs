@@ -59,7 +59,7 @@
 //!   byte accesses at consecutive ports, low byte first, and lanes on ports the model
 //!   does not decode read 0xFF and are not written. Other sizes are open bus.
 
-use crate::{open_bus, Nanos, Platform, PortIo};
+use crate::{open_bus, read_bytewise, write_bytewise, Nanos, Platform, PortIo};
 
 /// Port of counter 0; counters 1 and 2 follow.
 pub const PIT_BASE: u16 = 0x40;
@@ -629,10 +629,7 @@ impl PortIo for Pit8254 {
         }
         let k = self.advance(now);
         self.deliver(k, platform);
-        (0..size).fold(0, |acc, lane| {
-            let byte = port.checked_add(u16::from(lane)).and_then(|p| self.read_byte(p, k)).unwrap_or(0xFF);
-            acc | u32::from(byte) << (8 * u32::from(lane))
-        })
+        read_bytewise(port, size, |p| self.read_byte(p, k))
     }
 
     fn write(&mut self, port: u16, size: u8, value: u32, now: Nanos, platform: &mut dyn Platform) {
@@ -641,14 +638,13 @@ impl PortIo for Pit8254 {
         }
         let k = self.advance(now);
         self.deliver(k, platform);
-        for lane in 0..size {
-            let Some(port) = port.checked_add(u16::from(lane)) else { break };
+        write_bytewise(port, size, value, |port, byte| {
             let out0 = self.counters[0].out(k);
-            self.write_byte(port, value.to_le_bytes()[usize::from(lane)], k);
+            self.write_byte(port, byte, k);
             if !out0 && self.counters[0].out(k) {
                 pulse(platform);
             }
-        }
+        });
     }
 
     /// The next rising edge of OUT 0, if counter 0 will produce one.

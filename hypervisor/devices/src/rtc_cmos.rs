@@ -60,7 +60,7 @@
 //!   while IRQ 8 is low) — with the line already high, or nothing enabled, there is
 //!   nothing to wake up for.
 
-use crate::{open_bus, Nanos, Platform, PortIo};
+use crate::{open_bus, read_bytewise, write_bytewise, Nanos, Platform, PortIo};
 
 /// The CMOS index port (bit 7: NMI disable).
 pub const INDEX_PORT: u16 = 0x70;
@@ -675,16 +675,8 @@ impl PortIo for RtcCmos {
         }
         let now = now.max(self.last);
         self.advance(now, platform);
-        let mut value = 0;
-        for lane in 0..size {
-            let byte = match port.wrapping_add(u16::from(lane)) {
-                DATA_PORT => self.read_register(now, platform),
-                // The index port is write-only.
-                _ => 0xFF,
-            };
-            value |= u32::from(byte) << (8 * lane);
-        }
-        value
+        // The index port is write-only.
+        read_bytewise(port, size, |p| (p == DATA_PORT).then(|| self.read_register(now, platform)))
     }
 
     fn write(&mut self, port: u16, size: u8, value: u32, now: Nanos, platform: &mut dyn Platform) {
@@ -693,17 +685,14 @@ impl PortIo for RtcCmos {
         }
         let now = now.max(self.last);
         self.advance(now, platform);
-        for lane in 0..size {
-            let byte = (value >> (8 * lane)) as u8;
-            match port.wrapping_add(u16::from(lane)) {
-                INDEX_PORT => {
-                    self.index = byte & 0x7F;
-                    self.nmi_disabled = byte & 0x80 != 0;
-                }
-                DATA_PORT => self.write_register(byte, now, platform),
-                _ => {}
+        write_bytewise(port, size, value, |p, byte| match p {
+            INDEX_PORT => {
+                self.index = byte & 0x7F;
+                self.nmi_disabled = byte & 0x80 != 0;
             }
-        }
+            DATA_PORT => self.write_register(byte, now, platform),
+            _ => {}
+        });
     }
 
     fn next_event(&self) -> Option<Nanos> {

@@ -7,8 +7,8 @@
 //!   Bochs: every byte written to port 0xE9 is console output, and reads return 0xE9 so
 //!   a guest can detect the port.
 
-use crate::uart16550::{read_bytewise, write_bytewise, OutputRing};
-use crate::{open_bus, Nanos, Platform, PlatformRequest, PortIo};
+use crate::uart16550::OutputRing;
+use crate::{open_bus, read_bytewise, write_bytewise, Nanos, Platform, PlatformRequest, PortIo};
 
 /// The port test guests conventionally use for `isa-debug-exit`
 /// (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`).

@@ -72,7 +72,7 @@
 //!   interrupt line, [`PortIo::next_event`] reports a time already past, and the next
 //!   [`PortIo::tick`] (or any port access) drives the line.
 
-use crate::{open_bus, Nanos, Platform, PortIo};
+use crate::{read_bytewise, write_bytewise, Nanos, Platform, PortIo};
 
 /// The usual base port of COM1.
 pub const COM1_BASE: u16 = 0x3F8;
@@ -223,34 +223,6 @@ impl Default for OutputRing {
 impl core::fmt::Debug for OutputRing {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("OutputRing").field("len", &self.len).field("dropped", &self.dropped).finish_non_exhaustive()
-    }
-}
-
-/// Reads `size` bytes at `port` from an 8-bit device one byte lane at a time, low byte
-/// first, the way the ISA bus splits a wide access: `byte(p)` is the device's answer at
-/// port `p`, `None` where it does not decode (open bus, 0xFF). Sizes other than 1, 2
-/// and 4 read open bus without touching the device.
-pub(crate) fn read_bytewise(port: u16, size: u8, mut byte: impl FnMut(u16) -> Option<u8>) -> u32 {
-    if !matches!(size, 1 | 2 | 4) {
-        return open_bus(size);
-    }
-    (0..size).fold(0, |acc, lane| {
-        let value = port.checked_add(u16::from(lane)).and_then(&mut byte).unwrap_or(0xFF);
-        acc | (u32::from(value) << (8 * u32::from(lane)))
-    })
-}
-
-/// Writes the low `size` bytes of `value` at `port` to an 8-bit device one byte lane at
-/// a time, low byte first: `byte(p, v)` writes `v` at port `p` (the device ignores ports
-/// it does not decode). Sizes other than 1, 2 and 4 are ignored.
-pub(crate) fn write_bytewise(port: u16, size: u8, value: u32, mut byte: impl FnMut(u16, u8)) {
-    if !matches!(size, 1 | 2 | 4) {
-        return;
-    }
-    for lane in 0..size {
-        if let Some(p) = port.checked_add(u16::from(lane)) {
-            byte(p, value.to_le_bytes()[usize::from(lane)]);
-        }
     }
 }
 
@@ -689,6 +661,7 @@ mod tests {
     extern crate std;
 
     use super::*;
+    use crate::open_bus;
     use crate::RecordingPlatform;
     use proptest::prelude::*;
     use std::vec::Vec;
