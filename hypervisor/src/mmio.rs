@@ -134,12 +134,7 @@ fn device_read(vcpu: &'static Vcpu, device: Device, offset: u64, size: u8) -> u6
         Device::Lapic => {
             let dword = (offset & !3) as u32;
             let value = vcpu.lapic().read_mmio(dword, crate::arch::tsc::now()).unwrap_or(0);
-            let shifted = u64::from(value) >> (8 * (offset & 3));
-            if size >= 8 {
-                shifted
-            } else {
-                shifted & ((1u64 << (8 * u32::from(size))) - 1)
-            }
+            (u64::from(value) >> (8 * (offset & 3))) & mmio_decode::size_mask(size)
         }
         Device::Ioapic => u64::from(vcpu.vm.ioapic.lock().mmio_read(offset, size)),
     }

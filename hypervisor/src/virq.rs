@@ -138,7 +138,7 @@ fn wakes_from_halt(vcpu: &'static Vcpu) -> bool {
         *word |= new;
     }
     let svi = (vmcs::read(guest::INTERRUPT_STATUS) >> 8) as u8;
-    let ppr = apicv::ppr(page[apicv::page::TPR / 4] as u8, svi);
+    let ppr = hv_core::vlapic::processor_priority(page[apicv::page::TPR / 4] as u8, svi);
     interrupts_enabled && apicv::deliverable(apicv::highest(&pending), ppr)
 }
 
@@ -242,7 +242,7 @@ fn sync_apicv(vcpu: &'static Vcpu, lapic: &mut hv_core::vlapic::VirtualLapic) ->
     }
     let timer_vector = lapic.lvt(hv_core::vlapic::Lvt::Timer) as u8;
     let virr = apicv::read_bits(page, apicv::page::IRR);
-    let timer_waits = virr[usize::from(timer_vector >> 5)] & (1 << (timer_vector & 31)) != 0;
+    let timer_waits = hv_core::vlapic::bit_test(&virr, timer_vector);
     let deadline = lapic.next_deadline();
     if timer_waits {
         // The CPU delivers the waiting vector and the guest may EOI it without an exit,
@@ -263,10 +263,7 @@ const APICV_TIMER_MIN_GAP_US: u64 = 10;
 /// An EOI-induced exit (SDM 30.1.4): the guest ended a level-triggered interrupt, which
 /// the IOAPIC must hear about.
 pub fn virtualized_eoi(vcpu: &'static Vcpu, vector: u8) {
-    let level = {
-        let tmr = vcpu.lapic().tmr();
-        tmr[usize::from(vector >> 5)] & (1 << (vector & 31)) != 0
-    };
+    let level = hv_core::vlapic::bit_test(&vcpu.lapic().tmr(), vector);
     apply_effect(vcpu, ApicEffect::Eoi { vector, level });
 }
 

@@ -75,21 +75,10 @@ pub fn write_bits(page: &mut [u32; 1024], offset: usize, bits: &[u32; 8]) {
     }
 }
 
-/// The highest vector set in a 256-bit register (0 when none, as RVI/SVI want it).
+/// The highest vector set in a 256-bit register, 0 when none (as RVI and SVI hold it).
 #[must_use]
 pub fn highest(bits: &[u32; 8]) -> u8 {
-    (0..8usize).rev().find(|&i| bits[i] != 0).map_or(0, |i| (i as u8) * 32 + (31 - bits[i].leading_zeros()) as u8)
-}
-
-/// Processor priority from a TPR and the highest in-service vector (SDM 30.1.3, the
-/// same rule as 11.8.3.1).
-#[must_use]
-pub fn ppr(tpr: u8, isrv: u8) -> u8 {
-    if tpr >> 4 >= isrv >> 4 {
-        tpr
-    } else {
-        isrv & 0xf0
-    }
+    crate::vlapic::highest_bit(bits).unwrap_or(0)
 }
 
 /// Whether a pending vector `rvi` is delivered at priority `ppr` (SDM 30.2.1).
@@ -138,6 +127,7 @@ mod tests {
 
     #[test]
     fn priority_rules() {
+        use crate::vlapic::processor_priority as ppr;
         assert_eq!(ppr(0x50, 0x65), 0x60);
         assert_eq!(ppr(0x50, 0x45), 0x50);
         assert!(!deliverable(0x45, 0x50));

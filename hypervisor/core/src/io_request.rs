@@ -60,16 +60,7 @@ pub enum ReplyError {
     DataTooWide,
 }
 
-/// All-ones in the low `size` bytes.
-#[must_use]
-pub const fn size_mask(size: u8) -> u64 {
-    match size {
-        1 => 0xff,
-        2 => 0xffff,
-        4 => 0xffff_ffff,
-        _ => u64::MAX,
-    }
-}
+pub use crate::mmio_decode::size_mask;
 
 /// The slot that posts `request` as number `sequence`.
 pub fn post(request: &Request, sequence: u64) -> Result<IoRequestSlot, PostError> {

@@ -706,7 +706,8 @@ pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<MmioInstruction, DecodeErro
 }
 
 /// Mask of the low `size` bytes; sizes other than 1, 2 and 4 mean 8.
-const fn size_mask(size: u8) -> u64 {
+#[must_use]
+pub const fn size_mask(size: u8) -> u64 {
     match size {
         1 => 0xFF,
         2 => 0xFFFF,

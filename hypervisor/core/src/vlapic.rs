@@ -380,7 +380,9 @@ pub struct VirtualLapic {
     tsc_deadline: u64,
 }
 
-fn bit_test(bits: &[u32; 8], vector: u8) -> bool {
+/// Whether `vector`'s bit is set in a 256-bit register (IRR, ISR, TMR; SDM 11.8.4).
+#[must_use]
+pub fn bit_test(bits: &[u32; 8], vector: u8) -> bool {
     bits[usize::from(vector >> 5)] & (1 << (vector & 31)) != 0
 }
 
@@ -392,8 +394,22 @@ fn bit_clear(bits: &mut [u32; 8], vector: u8) {
     bits[usize::from(vector >> 5)] &= !(1 << (vector & 31));
 }
 
-fn highest_bit(bits: &[u32; 8]) -> Option<u8> {
+/// The highest vector set in a 256-bit register, if any.
+#[must_use]
+pub fn highest_bit(bits: &[u32; 8]) -> Option<u8> {
     (0..8usize).rev().find(|&i| bits[i] != 0).map(|i| (i as u8) * 32 + (31 - bits[i].leading_zeros()) as u8)
+}
+
+/// Processor priority from a task priority and the highest in-service vector (0 if
+/// none; SDM 11.8.3.1, and 30.1.3 for the virtual PPR): TPR if TPR[7:4] >= ISRV[7:4],
+/// else ISRV[7:4] with bits 3:0 zero.
+#[must_use]
+pub fn processor_priority(tpr: u8, isrv: u8) -> u8 {
+    if tpr >> 4 >= isrv >> 4 {
+        tpr
+    } else {
+        isrv & 0xF0
+    }
 }
 
 /// Divide value of a divide configuration register value (SDM 11.5.4, figure 11-10):
@@ -644,13 +660,7 @@ impl VirtualLapic {
     /// ISRV[7:4] with bits 3:0 zero; ISRV is the highest in-service vector (0 if none).
     #[must_use]
     pub fn ppr(&self) -> u8 {
-        let tpr = self.tpr as u8;
-        let isrv = highest_bit(&self.isr).unwrap_or(0);
-        if tpr >> 4 >= isrv >> 4 {
-            tpr
-        } else {
-            isrv & 0xF0
-        }
+        processor_priority(self.tpr as u8, highest_bit(&self.isr).unwrap_or(0))
     }
 
     /// Highest IRR vector whose priority class exceeds the PPR's (SDM 11.8.3), if the APIC

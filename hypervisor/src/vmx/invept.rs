@@ -8,8 +8,6 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-/// IA32_VMX_EPT_VPID_CAP bit 25: single-context INVEPT is supported (SDM A.10).
-const CAP_SINGLE_CONTEXT: u64 = 1 << 25;
 /// INVEPT types (SDM Vol. 2, INVEPT): 1 single-context, 2 all-context.
 const SINGLE_CONTEXT: u64 = 1;
 const ALL_CONTEXT: u64 = 2;
@@ -18,7 +16,8 @@ static SINGLE_CONTEXT_SUPPORTED: AtomicBool = AtomicBool::new(false);
 
 /// Records which INVEPT types the CPU has (from IA32_VMX_EPT_VPID_CAP).
 pub fn init(ept_vpid_cap: u64) {
-    SINGLE_CONTEXT_SUPPORTED.store(ept_vpid_cap & CAP_SINGLE_CONTEXT != 0, Ordering::Relaxed);
+    SINGLE_CONTEXT_SUPPORTED
+        .store(ept_vpid_cap & hv_core::vmx_caps::ept_vpid::INVEPT_SINGLE_CONTEXT != 0, Ordering::Relaxed);
 }
 
 /// Invalidates this CPU's cached translations for `eptp` (all contexts when the CPU
