@@ -191,16 +191,15 @@ fn hypercall_irq_line(vcpu: &'static Vcpu, pin: u64, level: u64) -> Result<u64, 
 /// MEMORY_PROTECT(gpa, len, rights) on the caller's own RAM, through the control
 /// interface (which flushes the EPT on every CPU of the partition).
 fn hypercall_memory_protect(vcpu: &'static Vcpu, gpa: u64, len: u64, rights: u64) -> Result<u64, HcError> {
+    use crate::partition::ControlError;
     use hv_core::ept::EptPermissions;
     let perms = u8::try_from(rights).ok().and_then(EptPermissions::from_bits).ok_or(HcError::BadArgument)?;
-    if perms.bits() & EptPermissions::WRITE.bits() != 0 && perms.bits() & EptPermissions::READ.bits() == 0 {
-        return Err(HcError::BadArgument);
-    }
-    if len == 0 || gpa % 4096 != 0 || len % 4096 != 0 || vcpu.vm.guest_range(gpa, len).is_none() {
-        return Err(HcError::BadAddress);
-    }
     let handle = crate::partition::handle_of(vcpu.vm).ok_or(HcError::BadArgument)?;
-    crate::partition::protect_range(handle, gpa, len, perms).map_err(|_| HcError::BadArgument)?;
+    // The control interface checks the range and the rights.
+    crate::partition::protect_range(handle, gpa, len, perms).map_err(|e| match e {
+        ControlError::BadRange => HcError::BadAddress,
+        _ => HcError::BadArgument,
+    })?;
     Ok(0)
 }
 
@@ -304,12 +303,7 @@ fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: &IoInstr
     }
     let size = u64::from(io.size);
     let step = if vmcs::read(guest::RFLAGS) & RFLAGS_DF != 0 { size.wrapping_neg() } else { size };
-    let state = hv_core::guest_paging::PagingState {
-        cr0: vmcs::read(guest::CR0),
-        cr3: vmcs::read(guest::CR3),
-        cr4: vmcs::read(guest::CR4),
-        efer: vmcs::read(guest::IA32_EFER_FULL),
-    };
+    let state = guest_paging_state();
     let mut remaining = if io.rep { regs.rcx } else { 1 };
     let mut done = 0;
     while remaining > 0 && done < STRING_IO_BUDGET {
@@ -340,6 +334,16 @@ fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: &IoInstr
     }
 }
 
+/// The guest's paging registers, for walks of its page tables.
+pub fn guest_paging_state() -> hv_core::guest_paging::PagingState {
+    hv_core::guest_paging::PagingState {
+        cr0: vmcs::read(guest::CR0),
+        cr3: vmcs::read(guest::CR3),
+        cr4: vmcs::read(guest::CR4),
+        efer: vmcs::read(guest::IA32_EFER_FULL),
+    }
+}
+
 /// Stores 0xFF at (`write`) or reads from guest-linear `linear`; `Err` carries the
 /// outcome when the guest must see a page fault or be stopped.
 fn access_guest_byte(
@@ -349,12 +353,7 @@ fn access_guest_byte(
     write: bool,
 ) -> Result<(), Outcome> {
     use hv_core::guest_paging::{translate, WalkError};
-    let read_entry = |gpa: u64| {
-        let host = vcpu.vm.guest_range(gpa, 8)?;
-        // SAFETY: `host` lies inside the VM's RAM (checked); an aligned qword read.
-        Some(unsafe { frames::phys_to_virt(host).cast::<u64>().read_volatile() })
-    };
-    let gpa = match translate(state, linear, write, read_entry) {
+    let gpa = match translate(state, linear, write, |gpa| vcpu.vm.read_guest_u64(gpa)) {
         Ok(gpa) => gpa,
         Err(WalkError::PageFault { error_code }) => {
             // SAFETY: only this physical CPU touches the vCPU's registers.

@@ -11,7 +11,7 @@
 //! does not match the exit) stops only that partition, with a clear line and a dump.
 
 use hv_abi::platform::IOAPIC_BASE;
-use hv_core::guest_paging::{translate, PagingState};
+use hv_core::guest_paging::translate;
 use hv_core::mmio_decode::{self, alu, merge_register, register_value, CpuMode, MmioOp, Operand, ALU_FLAGS_MASK};
 use hv_core::vlapic::ApicMode;
 use x86::vmx::vmcs::guest;
@@ -185,18 +185,8 @@ fn fetch_instruction(vcpu: &'static Vcpu) -> Result<([u8; MAX_INSTRUCTION], usiz
         CpuMode::Protected32 => vmcs::read(guest::CS_BASE).wrapping_add(rip & 0xffff_ffff) & 0xffff_ffff,
         CpuMode::Real16 | CpuMode::Protected16 => vmcs::read(guest::CS_BASE).wrapping_add(rip & 0xffff) & 0xffff_ffff,
     };
-    let state = PagingState {
-        cr0: vmcs::read(guest::CR0),
-        cr3: vmcs::read(guest::CR3),
-        cr4: vmcs::read(guest::CR4),
-        efer: vmcs::read(guest::IA32_EFER_FULL),
-    };
-    let read_entry = |gpa: u64| {
-        let host = vcpu.vm.guest_range(gpa, 8)?;
-        // SAFETY: `host` lies inside the VM's RAM (checked), direct-mapped; an aligned
-        // qword read of a paging-structure entry.
-        Some(unsafe { frames::phys_to_virt(host).cast::<u64>().read_volatile() })
-    };
+    let state = dispatch::guest_paging_state();
+    let read_entry = |gpa: u64| vcpu.vm.read_guest_u64(gpa);
     let mut bytes = [0u8; MAX_INSTRUCTION];
     let mut fetched = 0;
     while fetched < MAX_INSTRUCTION {

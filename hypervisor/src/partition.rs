@@ -49,6 +49,8 @@ pub enum ControlError {
     CpuUnavailable,
     /// The operation does not fit the VM's or vCPU's state (e.g. RAM mapped twice).
     BadState,
+    /// Access rights no EPT entry may hold (write without read).
+    BadRights,
 }
 
 /// The EPT's page-table frames, taken from the frame allocator and reached through
@@ -411,6 +413,7 @@ pub fn set_mp_state(handle: VcpuHandle, state: MpState) -> Result<(), ControlErr
 /// the caller is one of the VM's vCPUs).
 pub fn protect_range(handle: VmHandle, gpa: u64, len: u64, perms: EptPermissions) -> Result<(), ControlError> {
     let vm = vm(handle)?;
+    perms.check().map_err(|_| ControlError::BadRights)?;
     if len == 0 || gpa % 4096 != 0 || len % 4096 != 0 || vm.guest_range(gpa, len).is_none() {
         return Err(ControlError::BadRange);
     }
@@ -508,6 +511,20 @@ impl Vm {
     pub fn guest_range(&self, gpa: u64, len: u64) -> Option<u64> {
         let end = gpa.checked_add(len)?;
         (end <= self.ram_bytes.load(Ordering::Acquire)).then(|| self.ram_base.load(Ordering::Acquire) + gpa)
+    }
+
+    /// The aligned qword at guest-physical `gpa` (a paging-structure entry, for walks of
+    /// the guest's page tables), if `gpa` is 8-byte aligned and lies in the VM's RAM.
+    #[must_use]
+    pub fn read_guest_u64(&self, gpa: u64) -> Option<u64> {
+        if gpa % 8 != 0 {
+            return None;
+        }
+        let host = self.guest_range(gpa, 8)?;
+        // SAFETY: `host..host + 8` lies inside the VM's RAM (checked) and is 8-byte
+        // aligned (the RAM base is 2 MiB aligned); the RAM is direct-mapped and stays
+        // allocated. The guest may change it concurrently, which only changes the value.
+        Some(unsafe { frames::phys_to_virt(host).cast::<u64>().read_volatile() })
     }
 
     /// Asks every vCPU to stop; the first caller's code is kept. vCPUs on other CPUs

@@ -119,20 +119,29 @@ pub fn set_apicv(on: bool, page: u64) -> Result<(), VmInstructionError> {
     let fail = VmInstructionError(None);
     let pages = shared().ok_or(fail)?;
     let tpr_shadow = vmx_controls::proc1::USE_TPR_SHADOW;
-    let proc = vmcs::read(control::PRIMARY_PROCBASED_EXEC_CONTROLS) as u32;
-    let proc2 = vmcs::read(control::SECONDARY_PROCBASED_EXEC_CONTROLS) as u32;
     if on {
         vmcs::write(control::VIRT_APIC_ADDR_FULL, page)?;
         vmcs::write(control::TPR_THRESHOLD, 0)?;
         vmcs::write(control::MSR_BITMAPS_ADDR_FULL, pages.msr_apicv)?;
-        vmcs::write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, u64::from(proc | tpr_shadow))?;
-        vmcs::write(control::SECONDARY_PROCBASED_EXEC_CONTROLS, u64::from(proc2 | APICV_PROC2))
+        update_control(control::PRIMARY_PROCBASED_EXEC_CONTROLS, 0, tpr_shadow)?;
+        update_control(control::SECONDARY_PROCBASED_EXEC_CONTROLS, 0, APICV_PROC2)
     } else {
-        vmcs::write(control::SECONDARY_PROCBASED_EXEC_CONTROLS, u64::from(proc2 & !APICV_PROC2))?;
-        vmcs::write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, u64::from(proc & !tpr_shadow))?;
+        update_control(control::SECONDARY_PROCBASED_EXEC_CONTROLS, APICV_PROC2, 0)?;
+        update_control(control::PRIMARY_PROCBASED_EXEC_CONTROLS, tpr_shadow, 0)?;
         vmcs::write(control::MSR_BITMAPS_ADDR_FULL, pages.msr)?;
         vmcs::write(guest::INTERRUPT_STATUS, 0)
     }
+}
+
+/// Clears the `clear` bits and sets the `set` bits of a 32-bit control field of the
+/// current VMCS, writing it only when that changes it.
+fn update_control(field: u32, clear: u32, set: u32) -> Result<(), VmInstructionError> {
+    let current = vmcs::read(field) as u32;
+    let wanted = (current & !clear) | set;
+    if wanted == current {
+        return Ok(());
+    }
+    vmcs::write(field, u64::from(wanted))
 }
 
 /// The VMX-preemption timer's rate when the CPU has the timer.
@@ -156,43 +165,31 @@ pub struct Windows {
 /// VMCS, writing the field only when it changes.
 pub fn set_windows(windows: Windows) {
     use vmx_controls::proc1::{INTERRUPT_WINDOW_EXITING, NMI_WINDOW_EXITING};
-    let current = vmcs::read(control::PRIMARY_PROCBASED_EXEC_CONTROLS) as u32;
-    let mut wanted = current & !(INTERRUPT_WINDOW_EXITING | NMI_WINDOW_EXITING);
+    let mut wanted = 0;
     if windows.interrupt {
         wanted |= INTERRUPT_WINDOW_EXITING;
     }
     if windows.nmi && nmi_window_supported() {
         wanted |= NMI_WINDOW_EXITING;
     }
-    if wanted != current {
-        let _ = vmcs::write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, u64::from(wanted));
-    }
+    let _ =
+        update_control(control::PRIMARY_PROCBASED_EXEC_CONTROLS, INTERRUPT_WINDOW_EXITING | NMI_WINDOW_EXITING, wanted);
 }
 
 /// Sets or clears the "IA-32e mode guest" VM-entry control (SDM 25.8.1), which must
 /// equal the guest's EFER.LMA on entry.
 pub fn set_ia32e_mode_guest(on: bool) {
     let bit = vmx_controls::entry::IA32E_MODE_GUEST;
-    let current = vmcs::read(control::VMENTRY_CONTROLS) as u32;
-    let wanted = if on { current | bit } else { current & !bit };
-    if wanted != current {
-        let _ = vmcs::write(control::VMENTRY_CONTROLS, u64::from(wanted));
-    }
+    let _ = update_control(control::VMENTRY_CONTROLS, bit, if on { bit } else { 0 });
 }
 
 /// Arms the VMX-preemption timer with `value` (SDM 26.5.1) on the current VMCS; the
 /// pin-based control is written only when `already_on` says it is not set yet.
 pub fn arm_preemption_timer(value: u32, already_on: bool) {
     if !already_on {
-        let pin = vmcx_pin();
-        let _ = vmcs::write(control::PINBASED_EXEC_CONTROLS, u64::from(pin | vmx_controls::pin::PREEMPTION_TIMER));
+        let _ = update_control(control::PINBASED_EXEC_CONTROLS, 0, vmx_controls::pin::PREEMPTION_TIMER);
     }
     let _ = vmcs::write(guest::VMX_PREEMPTION_TIMER_VALUE, u64::from(value));
-}
-
-/// The current pin-based controls.
-fn vmcx_pin() -> u32 {
-    vmcs::read(control::PINBASED_EXEC_CONTROLS) as u32
 }
 
 /// The VMX fixed bits (`None` before [`init`]).

@@ -153,7 +153,8 @@ impl EptPermissions {
         Self(self.0 | other.0)
     }
 
-    fn check(self) -> Result<(), EptError> {
+    /// `Err(WriteWithoutRead)` for rights no EPT entry may hold (SDM 29.3.3.1).
+    pub fn check(self) -> Result<(), EptError> {
         if self.contains(Self::WRITE) && !self.contains(Self::READ) {
             Err(EptError::WriteWithoutRead)
         } else {
