@@ -437,7 +437,10 @@ mod tests {
         let names: Vec<&str> = select(&["vmx".to_string(), "layout".to_string()]).iter().map(|s| s.name).collect();
         assert_eq!(names, ["image-layout", "no-vmx"]);
         let names: Vec<&str> = select(&["fault".to_string()]).iter().map(|s| s.name).collect();
-        assert_eq!(names, ["cpu-fault", "guest-triplefault", "guest-triplefault-skylake", "guest-triplefault-ivybridge"]);
+        assert_eq!(
+            names,
+            ["cpu-fault", "guest-triplefault", "guest-triplefault-skylake", "guest-triplefault-ivybridge"]
+        );
         assert!(select(&["nothing-matches".to_string()]).is_empty());
     }
 }
