@@ -44,6 +44,28 @@ pub mod hypercall {
     /// access the rights forbid stops the partition, with a line naming the access.
     /// Returns 0; `BadAddress` or `BadArgument` for bad ranges or rights.
     pub const MEMORY_PROTECT: u64 = 7;
+
+    // Service partition only (see [`super::service`]); any other caller gets
+    // `NotPermitted`.
+
+    /// Replies to the request in slot RBX (or [`super::service::NO_REPLY`]) and waits for
+    /// the next request that this vCPU's physical CPU forwards. Returns the slot index of
+    /// the new request. The reply is validated against what the hypervisor posted
+    /// (`hv_core::io_request::validate_reply`); a reply that fails validation, or a
+    /// slot index that has no request pending on this CPU, is refused with
+    /// `BadArgument` and the request stays pending (the vCPU keeps the turn).
+    pub const SERVICE_REPLY_WAIT: u64 = 8;
+    /// Sets the level of IRQ line RCX (0..[`super::platform::IOAPIC_PINS`]) of guest VM
+    /// RBX (a [`super::service::VmId`]) to RDX (0 low, 1 high). Returns 0.
+    pub const GUEST_IRQ_LINE: u64 = 9;
+    /// A power action for guest VM RBX: RCX = [`super::service::power::OFF`] (RDX = exit
+    /// code) or [`super::service::power::RESET`]. The guest is stopped with a line naming
+    /// the action (this version has no guest reboot). Returns 0.
+    pub const GUEST_POWER: u64 = 10;
+    /// Writes RDX bytes (at most [`super::CONSOLE_WRITE_MAX`]) at the service partition's
+    /// guest-physical address RCX to the console as output of guest VM RBX, prefixed with
+    /// that guest's name. Returns the number of bytes written.
+    pub const GUEST_CONSOLE_WRITE: u64 = 11;
 }
 
 /// Most bytes one `CONSOLE_WRITE` takes.
@@ -146,6 +168,74 @@ pub mod platform {
     // (SDM 9.4, MP initialisation). A SIPI with vector V starts it in real mode at
     // CS = V << 8, IP = 0. The GDT and page tables of `start` stay where they are, so an
     // AP trampoline may reuse them.
+
+    /// The emulated PC devices a guest partition can have (its config's `devices`
+    /// list): a name, the inclusive port ranges the hypervisor forwards to the service
+    /// partition for it, and the ISA IRQ it raises (if any). Ports of devices a guest
+    /// does not have stay unclaimed: reads return all-ones, writes are ignored.
+    pub mod devices {
+        /// One emulated device.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct Device {
+            pub name: &'static str,
+            pub ports: &'static [(u16, u16)],
+            pub isa_irq: Option<u8>,
+        }
+
+        /// Every device, in bit order of a [`DeviceSet`].
+        pub const ALL: &[Device] = &[
+            Device { name: "com1", ports: &[(0x3f8, 0x3ff)], isa_irq: Some(4) },
+            Device { name: "pit", ports: &[(0x40, 0x43), (0x61, 0x61)], isa_irq: Some(0) },
+            Device { name: "pic", ports: &[(0x20, 0x21), (0xa0, 0xa1), (0x4d0, 0x4d1)], isa_irq: None },
+            Device { name: "rtc", ports: &[(0x70, 0x71)], isa_irq: Some(8) },
+            Device { name: "acpi-pm", ports: &[(0x600, 0x60b)], isa_irq: Some(9) },
+            Device { name: "pci", ports: &[(0xcf8, 0xcff)], isa_irq: None },
+            Device { name: "kbd", ports: &[(0x60, 0x60), (0x64, 0x64)], isa_irq: None },
+            Device { name: "debug-exit", ports: &[(0xf4, 0xf4)], isa_irq: None },
+            Device { name: "debugcon", ports: &[(0xe9, 0xe9)], isa_irq: None },
+            Device { name: "fw-cfg", ports: &[(0x510, 0x511)], isa_irq: None },
+            Device { name: "post", ports: &[(0x80, 0x80)], isa_irq: None },
+        ];
+
+        /// A set of devices: bit `i` = `ALL[i]`.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct DeviceSet(pub u32);
+
+        impl DeviceSet {
+            /// Every device (the config's `"pc"`).
+            pub const PC: Self = Self((1 << ALL.len() as u32) - 1);
+
+            /// The set with the device called `name` added (`"pc"` adds all); `None` for
+            /// an unknown name.
+            #[must_use]
+            pub fn with(self, name: &str) -> Option<Self> {
+                if name == "pc" {
+                    return Some(Self(self.0 | Self::PC.0));
+                }
+                let i = ALL.iter().position(|d| d.name == name)?;
+                Some(Self(self.0 | 1 << i))
+            }
+
+            #[must_use]
+            pub const fn is_empty(self) -> bool {
+                self.0 == 0
+            }
+
+            /// Whether `port` belongs to a device in the set.
+            #[must_use]
+            pub fn claims_port(self, port: u16) -> bool {
+                let mut bits = self.0 & Self::PC.0;
+                while bits != 0 {
+                    let i = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if ALL[i].ports.iter().any(|&(first, last)| (first..=last).contains(&port)) {
+                        return true;
+                    }
+                }
+                false
+            }
+        }
+    }
 }
 
 /// The I/O request protocol between the hypervisor and the service partition (version
@@ -257,6 +347,73 @@ pub mod io_request {
     }
 }
 
+/// The service partition's side of the I/O forwarding protocol.
+///
+/// The hypervisor maps the request slots ([`SLOTS`] of [`io_request::SLOT_BYTES`]
+/// each) into the service partition at [`SLOTS_GPA`], read/write. Slot
+/// `vm_index * MAX_VCPUS_PER_VM + vcpu` belongs to that guest vCPU. A guest's port
+/// access in a forwarded range is posted to its slot and the physical CPU switches to
+/// the service partition's vCPU on the same CPU, which returns from
+/// [`hypercall::SERVICE_REPLY_WAIT`] with the slot index.
+pub mod service {
+    /// Where the request slots appear in the service partition.
+    pub const SLOTS_GPA: u64 = 0xf000_0000;
+    /// Guest VMs the slot array covers.
+    pub const MAX_VMS: u32 = 16;
+    /// vCPUs per guest VM the slot array covers.
+    pub const MAX_VCPUS_PER_VM: u32 = 64;
+    /// Number of slots.
+    pub const SLOTS: u32 = MAX_VMS * MAX_VCPUS_PER_VM;
+    /// Bytes of the slot array (a multiple of 4096).
+    pub const SLOTS_BYTES: u64 = SLOTS as u64 * super::io_request::SLOT_BYTES as u64;
+    /// `SERVICE_REPLY_WAIT` argument for "no reply" (the first call of each vCPU).
+    pub const NO_REPLY: u64 = u64::MAX;
+    /// The service partition has one vCPU on every physical CPU that runs guest vCPUs.
+    /// Every one starts at the image's entry point in the 64-bit start state of
+    /// [`super::start`], with RDI = its vCPU id and RSP = the image's load address - 8 -
+    /// id * `STACK_BYTES` (so each has its own stack below the image).
+    pub const STACK_BYTES: u64 = 0x1_0000;
+
+    /// A guest VM as the service partition names it: the VM's index in the low 16 bits
+    /// and the low 16 bits of its generation above, so that an id of a destroyed VM is
+    /// refused even when its index is reused.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct VmId(pub u32);
+
+    impl VmId {
+        #[must_use]
+        pub const fn new(index: u16, generation: u32) -> Self {
+            Self(index as u32 | (generation & 0xffff) << 16)
+        }
+        #[must_use]
+        pub const fn index(self) -> u16 {
+            (self.0 & 0xffff) as u16
+        }
+        #[must_use]
+        pub const fn generation_low(self) -> u16 {
+            (self.0 >> 16) as u16
+        }
+    }
+
+    /// The slot of vCPU `vcpu` of the VM with index `vm_index`, if the array covers it.
+    #[must_use]
+    pub const fn slot_index(vm_index: u16, vcpu: u32) -> Option<u32> {
+        if (vm_index as u32) < MAX_VMS && vcpu < MAX_VCPUS_PER_VM {
+            Some(vm_index as u32 * MAX_VCPUS_PER_VM + vcpu)
+        } else {
+            None
+        }
+    }
+
+    /// `GUEST_POWER` actions.
+    pub mod power {
+        /// Power off (ACPI S5, `isa-debug-exit`): RDX = exit code.
+        pub const OFF: u64 = 0;
+        /// System reset (0xCF9, keyboard controller).
+        pub const RESET: u64 = 1;
+    }
+}
+
 /// Guest-side wrappers (used by test guests; compiled everywhere, only called in
 /// VMX non-root mode).
 pub mod guest {
@@ -285,5 +442,39 @@ pub mod guest {
             );
         }
         ret
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::platform::devices::{DeviceSet, ALL};
+    use super::service::{slot_index, VmId, MAX_VCPUS_PER_VM, SLOTS};
+
+    #[test]
+    fn device_sets_claim_their_ports_only() {
+        let com1 = DeviceSet::default().with("com1").unwrap();
+        assert!(com1.claims_port(0x3f8) && com1.claims_port(0x3ff));
+        assert!(!com1.claims_port(0x3f7) && !com1.claims_port(0x400) && !com1.claims_port(0x40));
+        let pc = DeviceSet::default().with("pc").unwrap();
+        assert_eq!(pc, DeviceSet::PC);
+        for d in ALL {
+            for &(first, last) in d.ports {
+                assert!(first <= last, "{}", d.name);
+                assert!(pc.claims_port(first) && pc.claims_port(last));
+            }
+        }
+        assert!(!pc.claims_port(0x1234));
+        assert_eq!(DeviceSet::default().with("floppy"), None);
+        assert!(DeviceSet::default().is_empty());
+    }
+
+    #[test]
+    fn slot_indices_cover_the_array_exactly() {
+        assert_eq!(slot_index(0, 0), Some(0));
+        assert_eq!(slot_index(15, MAX_VCPUS_PER_VM - 1), Some(SLOTS - 1));
+        assert_eq!(slot_index(16, 0), None);
+        assert_eq!(slot_index(0, MAX_VCPUS_PER_VM), None);
+        let id = VmId::new(3, 0x1_0007);
+        assert_eq!((id.index(), id.generation_low()), (3, 7));
     }
 }
