@@ -18,6 +18,10 @@
 //! vcpus = 1               # 1..=64
 //! cpus = [1]              # optional; if present length == vcpus, no duplicates
 //! start = "long"         # optional: "long" (default), "protected" or "real" (see StartMode)
+//! devices = ["pc"]       # optional: emulated devices whose ports go to the service
+//!                         # partition: "pc" (all) or names of hv_abi::platform::devices
+//!                         # (com1, pit, pic, rtc, acpi-pm, pci, kbd, debug-exit, debugcon,
+//!                         # fw-cfg, post); default none (every port unclaimed)
 //! image = "path/to/file"  # relative to the config file's directory, or
 //!                         # "guest:NAME" for a test guest from guest-images/ (built by xtask)
 //! ```
@@ -184,6 +188,8 @@ struct RawPartition {
     image: String,
     #[serde(default)]
     start: StartMode,
+    #[serde(default)]
+    devices: Option<Vec<String>>,
 }
 
 /// The whole file exactly as written (before validation).
@@ -213,6 +219,9 @@ pub struct Partition {
     pub image: PathBuf,
     /// The boot vCPU's start mode.
     pub start: StartMode,
+    /// The emulated devices (names of `hv_abi::platform::devices::ALL`) whose ports
+    /// are forwarded to the service partition; empty: none.
+    pub devices: Vec<String>,
 }
 
 impl Partition {
@@ -536,7 +545,27 @@ fn validate(raw: RawConfig, path: &Path, guests: Option<&Path>) -> Result<Config
             }
         }
 
+        let devices = p.devices.unwrap_or_default();
+        let mut set = hv_abi::platform::devices::DeviceSet::default();
+        for (k, d) in devices.iter().enumerate() {
+            set = set.with(d).ok_or_else(|| {
+                let known: Vec<&str> = hv_abi::platform::devices::ALL.iter().map(|d| d.name).collect();
+                invalid(
+                    format!("partition[{i}].devices[{k}]"),
+                    format!("{d:?} is not an emulated device"),
+                    format!("use \"pc\" (all of them) or some of: {}", known.join(", ")),
+                )
+            })?;
+        }
+        if !devices.is_empty() && p.kind == PartitionKind::Service {
+            return Err(invalid(
+                field("devices"),
+                "the service partition emulates devices; it has none of its own".to_string(),
+                "remove `devices` from the service partition".to_string(),
+            ));
+        }
         partitions.push(Partition {
+            devices,
             name: p.name,
             kind: p.kind,
             memory_mib: p.memory_mib as u32,
@@ -703,6 +732,19 @@ mod tests {
         let text = format!("{}{}", partition("a", ""), partition("b", "")).replace("guest\"", "service\"");
         let e = f.parse(&text).unwrap_err();
         assert_eq!(e.field(), Some("partition[1].kind"));
+    }
+
+    #[test]
+    fn device_lists_are_checked() {
+        let f = Fixture::new();
+        let c = f.parse(&partition("a", "devices = [\"pc\"]")).unwrap();
+        assert_eq!(c.partitions[0].devices, vec!["pc".to_string()]);
+        assert!(f.parse(&partition("a", "devices = [\"com1\", \"pci\"]")).is_ok());
+        let e = f.parse(&partition("a", "devices = [\"com1\", \"floppy\"]")).unwrap_err();
+        assert_eq!(e.field(), Some("partition[0].devices[1]"));
+        assert!(e.to_string().contains("com1, pit"), "{e}");
+        let svc = partition("a", "devices = [\"pc\"]").replace("guest\"", "service\"");
+        assert_eq!(f.parse(&svc).unwrap_err().field(), Some("partition[0].devices"));
     }
 
     #[test]

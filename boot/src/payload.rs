@@ -78,6 +78,9 @@ pub fn partition_line(p: &Partition, flat: Option<&FlatImage>) -> String {
     if let Some(f) = flat {
         line.push_str(&format!(",load={:#x},entry={:#x}", f.load, f.entry));
     }
+    if !p.devices.is_empty() {
+        line.push_str(&format!(",devices={}", p.devices.join("+")));
+    }
     match p.start {
         StartMode::Long => {}
         StartMode::Real => line.push_str(",start=real"),
@@ -155,12 +158,15 @@ mod tests {
             cpus: Some(vec![1, 3]),
             image: "x".into(),
             start: StartMode::Long,
+            devices: vec![],
         };
         let flat = FlatImage { load: 0x20_0000, entry: 0x20_0040, bytes: vec![] };
         assert_eq!(
             partition_line(&p, Some(&flat)),
             "partition=name=two,kind=guest,memory_mib=32,vcpus=2,cpus=1+3,image=images/two,load=0x200000,entry=0x200040\n"
         );
+        let with_devices = Partition { devices: vec!["com1".into(), "pci".into()], ..p };
+        assert!(partition_line(&with_devices, None).ends_with(",image=images/two,devices=com1+pci\n"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use hv_core::exit::{
     reinject, CrAccess, CrAccessType, EptViolation, ExitReason, ExitReasonField, Injection, InterruptionInfo,
     IoInstruction,
 };
+use hv_core::io_request::Completion;
 use hv_core::virt_cpuid::{virtual_cpuid, VcpuInfo};
 use hv_core::virt_msr::{policy, MsrPolicy, VirtMsr};
 use x86::vmx::vmcs::{control, guest, ro};
@@ -152,6 +153,12 @@ fn handle_vmcall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         hypercall::NOP => Ok(0),
         hypercall::IRQ_LINE => hypercall_irq_line(vcpu, a, b),
         hypercall::MEMORY_PROTECT => hypercall_memory_protect(vcpu, a, b, regs.rdx),
+        // The service partition's waits are taken by `service::forward` before this
+        // dispatcher; anyone else gets `NotPermitted`.
+        hypercall::SERVICE_REPLY_WAIT => Err(HcError::NotPermitted),
+        hypercall::GUEST_IRQ_LINE => crate::service::hypercall_guest_irq_line(vcpu, a, b, regs.rdx),
+        hypercall::GUEST_POWER => crate::service::hypercall_guest_power(vcpu, a, b, regs.rdx),
+        hypercall::GUEST_CONSOLE_WRITE => crate::service::hypercall_guest_console_write(vcpu, a, b, regs.rdx),
         _ => Err(HcError::UnknownHypercall),
     };
     regs.rax = match result {
@@ -274,16 +281,56 @@ fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outc
     if io.string {
         return handle_string_io(vcpu, regs, &io);
     }
-    // No device claims any port yet: reads return all-ones, writes are ignored.
+    let devices = hv_abi::platform::devices::DeviceSet(vcpu.vm.devices.load(Ordering::Relaxed));
+    let completion = if devices.claims_port(io.port) {
+        match forward_port(vcpu, regs, &io) {
+            Ok(completion) => completion,
+            Err(crate::service::ForwardError::NoService) => Completion::Failed,
+            Err(e) => {
+                log::error!(
+                    "partition {}: vcpu {}: port {:#x} {} failed: {}; stopping this partition",
+                    vcpu.vm.name,
+                    vcpu.id,
+                    io.port,
+                    if io.is_in { "read" } else { "write" },
+                    e.describe()
+                );
+                vcpu.vm.stop(u64::MAX);
+                return Outcome::Stop;
+            }
+        }
+    } else {
+        // An unclaimed port: reads return all-ones, writes are ignored.
+        Completion::Failed
+    };
     if io.is_in {
-        let mask: u64 = match io.size {
-            1 => 0xff,
-            2 => 0xffff,
-            _ => 0xffff_ffff,
+        let mask = hv_core::io_request::size_mask(io.size);
+        let value = match completion {
+            Completion::Read(v) => v & mask,
+            Completion::Written | Completion::Failed => mask,
         };
-        regs.rax = if io.size == 4 { mask } else { (regs.rax & !mask) | mask };
+        // IN to AL/AX keeps the rest of RAX; IN to EAX zero-extends (SDM 3.4.1.1).
+        regs.rax = if io.size == 4 { value } else { (regs.rax & !mask) | value };
     }
     skip_instruction()
+}
+
+/// Forwards a port access to the service partition (same-core switch).
+fn forward_port(
+    vcpu: &'static Vcpu,
+    regs: &GuestRegisters,
+    io: &IoInstruction,
+) -> Result<Completion, crate::service::ForwardError> {
+    let request = hv_core::io_request::Request {
+        kind: hv_abi::io_request::kind::PORT,
+        address: u64::from(io.port),
+        size: io.size,
+        write: !io.is_in,
+        data: regs.rax,
+        vm: crate::service::vm_id(vcpu.vm).0,
+        vcpu: vcpu.id,
+    };
+    crate::service::forward(vcpu, &request)
 }
 
 /// Most elements of a REP string instruction done per exit; the instruction is then

@@ -22,7 +22,6 @@ const PTE_LARGE: u64 = 0x80;
 #[derive(Debug)]
 enum BuildError {
     NotFlat,
-    ServiceNotYet,
     ImageMissing,
     BadLayout(&'static str),
     TooManyVcpus,
@@ -36,10 +35,20 @@ impl From<ControlError> for BuildError {
     }
 }
 
-/// Builds and starts every partition in `specs`; returns how many started.
+/// Builds and starts every partition in `specs`: the guests first, then the service
+/// partition with one vCPU on each CPU that runs guest vCPUs. Returns how many guests
+/// started.
 pub fn start_all(specs: &[PartitionSpec<'static>], payload: Option<&'static [u8]>, cpus_online: u32) -> u32 {
     let mut started = 0;
-    for spec in specs {
+    let mut guest_cpus = alloc::vec::Vec::new();
+    let service = specs.iter().find(|s| s.kind == PartitionKind::Service);
+    for spec in specs.iter().filter(|s| s.kind == PartitionKind::Guest) {
+        if !spec.devices.is_empty() && service.is_none() {
+            log::warn!(
+                "partition {}: lists devices but no service partition is configured; its ports stay unclaimed",
+                spec.name
+            );
+        }
         match build(spec, payload, cpus_online) {
             Ok(cpus) => {
                 started += 1;
@@ -53,11 +62,80 @@ pub fn start_all(specs: &[PartitionSpec<'static>], payload: Option<&'static [u8]
                 for (id, cpu) in cpus.iter().enumerate().skip(1) {
                     log::info!("partition {}: vcpu {id} on cpu {cpu}, waiting for INIT and start-up IPIs", spec.name);
                 }
+                guest_cpus.extend(cpus);
             }
             Err(e) => log::error!("partition {}: not started: {}", spec.name, describe(&e)),
         }
     }
+    if let Some(spec) = service {
+        guest_cpus.sort_unstable();
+        guest_cpus.dedup();
+        match build_service(spec, payload, &guest_cpus) {
+            Ok(()) => log::info!(
+                "partition {}: service partition, {} MiB, one vcpu on each of cpus {:?}",
+                spec.name,
+                spec.memory_mib,
+                guest_cpus
+            ),
+            Err(e) => log::error!("partition {}: service partition not started: {}", spec.name, describe(&e)),
+        }
+    }
     started
+}
+
+/// Builds the service partition: its RAM and image as for a guest, the request-slot
+/// array mapped in (`hv_abi::service::SLOTS_GPA`), and one vCPU on each of `cpus`,
+/// each started at the entry point with its own stack (`hv_abi::service::STACK_BYTES`).
+fn build_service(
+    spec: &PartitionSpec<'static>,
+    payload: Option<&'static [u8]>,
+    cpus: &[u32],
+) -> Result<(), BuildError> {
+    let (load, entry) = spec.flat.ok_or(BuildError::NotFlat)?;
+    if cpus.is_empty() {
+        return Err(BuildError::BadLayout("no guest runs, so there is nothing to serve"));
+    }
+    if spec.start != StartMode::Long {
+        return Err(BuildError::BadLayout("the service partition starts in 64-bit mode"));
+    }
+    let image = find_image(payload, spec.image).ok_or(BuildError::ImageMissing)?;
+    let ram = spec.memory_bytes();
+    let end = load.checked_add(image.len() as u64).ok_or(BuildError::BadLayout("image end overflows"))?;
+    let stacks = hv_abi::service::STACK_BYTES * cpus.len() as u64;
+    // The stacks lie right below the image, above the boot structures (below 64 KiB).
+    if load < start::MIN_LOAD_ADDRESS || load.checked_sub(stacks).is_none_or(|low| low < 0x1_0000) {
+        return Err(BuildError::BadLayout("image loads too low for the vCPUs' stacks below it"));
+    }
+    if end > ram || !(load..end).contains(&entry) || !ram.is_multiple_of(2 << 20) {
+        return Err(BuildError::BadLayout("image does not fit its RAM, or its entry point lies outside it"));
+    }
+    if ram > hv_abi::service::SLOTS_GPA {
+        return Err(BuildError::BadLayout("RAM reaches the request slots at 0xf0000000"));
+    }
+    let vm = partition::create_vm(spec.name)?;
+    partition::make_service(vm)?;
+    partition::map_ram(vm, ram)?;
+    partition::write_guest(vm, load, image)?;
+    write_boot_structures(vm)?;
+    crate::service::map_slots(vm)?;
+    for (id, &cpu) in cpus.iter().enumerate() {
+        let vcpu = partition::create_vcpu(vm, cpu)?;
+        partition::set_boot_state(
+            vcpu,
+            BootState {
+                rip: entry,
+                rsp: load - 8 - id as u64 * hv_abi::service::STACK_BYTES,
+                rdi: id as u64,
+                rsi: ram,
+                cr3: start::PAGE_TABLES,
+                gdt_base: start::GDT,
+                gdt_limit: start::GDT_LIMIT,
+                ..Default::default()
+            },
+        )?;
+        partition::start_vcpu(vcpu)?;
+    }
+    Ok(())
 }
 
 fn describe(e: &BuildError) -> &'static str {
@@ -65,7 +143,6 @@ fn describe(e: &BuildError) -> &'static str {
         BuildError::NotFlat => {
             "its image is not a flattened ELF image (no load/entry); the service partition will load such images"
         }
-        BuildError::ServiceNotYet => "service partitions are not supported yet",
         BuildError::ImageMissing => "its image is missing from the boot payload",
         BuildError::BadLayout(why) => why,
         BuildError::TooManyVcpus => "more vCPUs than the hypervisor supports per partition",
@@ -87,9 +164,6 @@ fn build(
     payload: Option<&'static [u8]>,
     cpus_online: u32,
 ) -> Result<alloc::vec::Vec<u32>, BuildError> {
-    if spec.kind == PartitionKind::Service {
-        return Err(BuildError::ServiceNotYet);
-    }
     let (load, entry) = spec.flat.ok_or(BuildError::NotFlat)?;
     if spec.vcpus as usize > partition::MAX_VCPUS {
         return Err(BuildError::TooManyVcpus);
@@ -122,6 +196,7 @@ fn build(
 
     let vm = partition::create_vm(spec.name)?;
     partition::map_ram(vm, ram)?;
+    partition::set_devices(vm, spec.devices)?;
     partition::write_guest(vm, load, image)?;
     if !real {
         write_boot_structures(vm)?;

@@ -20,6 +20,7 @@ mod mmio;
 mod partition;
 mod payload;
 mod platform;
+mod service;
 mod vcpu;
 mod virq;
 mod vmx;
@@ -306,12 +307,11 @@ extern "C" fn bsp_main() -> ! {
     );
 
     if started > 0 {
-        if let Some(v) = partition::vcpu_for_cpu(0).filter(|v| v.started.load(Ordering::Acquire)) {
-            vcpu::run(v, caps);
-        }
+        run_partitions_on_this_cpu(0, caps);
         while partition::any_running() {
             core::hint::spin_loop();
         }
+        service::shut_down();
         log::info!("hypervisor: all partitions stopped");
         destroy_stopped_partitions();
     }
@@ -321,6 +321,18 @@ extern "C" fn bsp_main() -> ! {
             log::info!("hypervisor: no partition is running; cpus halted (when_idle = halt)");
             arch::halt_forever()
         }
+    }
+}
+
+/// Runs what this CPU was given: first the service partition's vCPU until it waits
+/// for requests, then the guest vCPU (which switches to the service vCPU on forwarded
+/// exits) until its partition stops.
+fn run_partitions_on_this_cpu(cpu: u32, caps: &'static hv_core::vmx_caps::VmxCapabilities) {
+    if let Some(svc) = partition::service_vcpu_for_cpu(cpu).filter(|v| v.started.load(Ordering::Acquire)) {
+        service::bring_up(svc, caps);
+    }
+    if let Some(v) = partition::vcpu_for_cpu(cpu).filter(|v| v.started.load(Ordering::Acquire)) {
+        vcpu::run(v, caps);
     }
 }
 
@@ -429,10 +441,8 @@ extern "C" fn ap_entry(index: u64) -> ! {
         }
     }
     VMX_DONE.fetch_add(1, Ordering::AcqRel);
-    if let Some(v) = partition::vcpu_for_cpu(index as u32).filter(|v| v.started.load(Ordering::Acquire)) {
-        if let Some(caps) = VMX_CAPS.get() {
-            vcpu::run(v, caps);
-        }
+    if let Some(caps) = VMX_CAPS.get() {
+        run_partitions_on_this_cpu(index as u32, caps);
     }
     let is_last = index == u64::from(AP_COUNT.load(Ordering::Acquire));
     if is_last && CONF.get().is_some_and(|c| c.selftest == SelfTest::CpuFault) {

@@ -134,6 +134,12 @@ pub struct Vcpu {
     /// The VM's EPT changed: INVEPT on this vCPU's CPU before it runs again (set by
     /// [`protect_range`], cleared by the vCPU's CPU once done).
     pub ept_flush_pending: AtomicBool,
+    /// Host-physical address of the vCPU's VMCS region (0 before its set-up).
+    pub vmcs: AtomicU64,
+    /// The VMCS was launched (the next entry is a VMRESUME).
+    pub launched: AtomicBool,
+    /// Sequence number of the last I/O request posted for this vCPU.
+    pub io_sequence: AtomicU64,
     /// The vCPU's registers when it left its loop (for [`get_registers`]).
     pub final_registers: Mutex<Option<RegisterState>>,
 }
@@ -204,6 +210,13 @@ unsafe impl Sync for Vcpu {}
 pub struct Vm {
     pub name: &'static str,
     pub generation: u32,
+    /// The VM's slot in the VM table (its handle's index).
+    pub index: u16,
+    /// This VM is the service partition.
+    pub is_service: AtomicBool,
+    /// The emulated devices whose ports are forwarded to the service partition
+    /// (`hv_abi::platform::devices::DeviceSet` bits).
+    pub devices: AtomicU32,
     /// Host-physical base and size of the VM's RAM (guest-physical 0 .. size).
     pub ram_base: AtomicU64,
     pub ram_bytes: AtomicU64,
@@ -241,6 +254,8 @@ static GENERATION: AtomicU32 = AtomicU32::new(1);
 static NEXT_VPID: AtomicU32 = AtomicU32::new(1);
 /// The vCPU each physical CPU runs (at most one in this version: no scheduler yet).
 static CPU_VCPU: [AtomicPtr<Vcpu>; 256] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 256];
+/// The service partition's vCPU on each physical CPU.
+static SERVICE_VCPU: [AtomicPtr<Vcpu>; 256] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 256];
 /// Physical CPUs that exist (set at boot).
 static CPUS_ONLINE: AtomicU32 = AtomicU32::new(1);
 /// Large EPT pages this CPU supports.
@@ -283,6 +298,9 @@ pub fn create_vm(name: &'static str) -> Result<VmHandle, ControlError> {
     let vm = alloc::boxed::Box::leak(alloc::boxed::Box::new(Vm {
         name,
         generation,
+        index: index as u16,
+        is_service: AtomicBool::new(false),
+        devices: AtomicU32::new(0),
         ram_base: AtomicU64::new(0),
         ram_bytes: AtomicU64::new(0),
         ept: Mutex::new(None),
@@ -338,10 +356,13 @@ pub fn write_guest(handle: VmHandle, gpa: u64, data: &[u8]) -> Result<(), Contro
     Ok(())
 }
 
-/// VM level: creates vCPU number `vcpu_count` of the VM, pinned to physical `cpu`.
+/// VM level: creates vCPU number `vcpu_count` of the VM, pinned to physical `cpu`. A
+/// physical CPU runs at most one guest vCPU and, beside it, one vCPU of the service
+/// partition.
 pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlError> {
     let vm = vm(handle)?;
-    let cpu_slot = CPU_VCPU.get(cpu as usize).ok_or(ControlError::CpuUnavailable)?;
+    let table = if vm.is_service.load(Ordering::Acquire) { &SERVICE_VCPU } else { &CPU_VCPU };
+    let cpu_slot = table.get(cpu as usize).ok_or(ControlError::CpuUnavailable)?;
     if cpu >= CPUS_ONLINE.load(Ordering::Acquire) || !cpu_slot.load(Ordering::Acquire).is_null() {
         return Err(ControlError::CpuUnavailable);
     }
@@ -379,6 +400,9 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         apicv_active: AtomicBool::new(false),
         entry_controls_set: AtomicU8::new(0),
         ept_flush_pending: AtomicBool::new(false),
+        vmcs: AtomicU64::new(0),
+        launched: AtomicBool::new(false),
+        io_sequence: AtomicU64::new(0),
         final_registers: Mutex::new(None),
     }));
     cpu_slot
@@ -489,7 +513,8 @@ pub fn destroy_vm(handle: VmHandle) -> Result<(), ControlError> {
     for slot in &vm.vcpus[..vm.vcpu_count.load(Ordering::Acquire) as usize] {
         // SAFETY: non-null entries point at leaked `Vcpu`s that live forever.
         if let Some(v) = unsafe { slot.load(Ordering::Acquire).as_ref() } {
-            if let Some(slot) = CPU_VCPU.get(v.cpu as usize) {
+            let table = if vm.is_service.load(Ordering::Acquire) { &SERVICE_VCPU } else { &CPU_VCPU };
+            if let Some(slot) = table.get(v.cpu as usize) {
                 slot.store(core::ptr::null_mut(), Ordering::Release);
             }
         }
@@ -562,6 +587,74 @@ pub fn vcpu_for_cpu(cpu: u32) -> Option<&'static Vcpu> {
     unsafe { ptr.as_ref() }
 }
 
+/// The service partition's vCPU on physical CPU `cpu`, if there is one.
+#[must_use]
+pub fn service_vcpu_for_cpu(cpu: u32) -> Option<&'static Vcpu> {
+    let ptr = SERVICE_VCPU.get(cpu as usize)?.load(Ordering::Acquire);
+    // SAFETY: non-null entries point at leaked `Vcpu`s that live forever.
+    unsafe { ptr.as_ref() }
+}
+
+/// The guest VM the service partition names `id`, if it still exists (a destroyed VM's
+/// id is refused by its generation) and is not the service partition itself.
+#[must_use]
+pub fn guest_vm_by_id(id: hv_abi::service::VmId) -> Option<&'static Vm> {
+    let ptr = VMS.get(usize::from(id.index()))?.load(Ordering::Acquire);
+    // SAFETY: non-null entries point at leaked `Vm`s that live forever.
+    let vm = unsafe { ptr.as_ref() }?;
+    let matches = (vm.generation & 0xffff) as u16 == id.generation_low() && !vm.is_service.load(Ordering::Acquire);
+    matches.then_some(vm)
+}
+
+/// The service partition, if one exists.
+#[must_use]
+pub fn service_vm() -> Option<&'static Vm> {
+    VMS.iter().find_map(|slot| {
+        // SAFETY: non-null entries point at leaked `Vm`s that live forever.
+        unsafe { slot.load(Ordering::Acquire).as_ref() }.filter(|vm| vm.is_service.load(Ordering::Acquire))
+    })
+}
+
+/// VM level: marks a fresh VM (no vCPUs yet) as the service partition.
+pub fn make_service(handle: VmHandle) -> Result<(), ControlError> {
+    let vm = vm(handle)?;
+    if vm.vcpu_count.load(Ordering::Acquire) != 0 {
+        return Err(ControlError::BadState);
+    }
+    vm.is_service.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// VM level: forwards the ports of `devices` to the service partition.
+pub fn set_devices(handle: VmHandle, devices: hv_abi::platform::devices::DeviceSet) -> Result<(), ControlError> {
+    vm(handle)?.devices.store(devices.0, Ordering::Release);
+    Ok(())
+}
+
+/// VM level: maps `bytes` of host memory at `host` (frames the caller took from the
+/// frame allocator for this purpose) at guest-physical `gpa`, read/write, write-back,
+/// not executable. Used for the request slots the hypervisor shares with the service
+/// partition; the range must lie above the VM's RAM, and the VM must have no vCPUs yet
+/// (so no CPU has used its EPT and nothing needs invalidating).
+pub fn map_shared(handle: VmHandle, gpa: u64, host: u64, bytes: u64) -> Result<(), ControlError> {
+    let vm = vm(handle)?;
+    let aligned = bytes != 0 && gpa % 4096 == 0 && bytes % 4096 == 0 && gpa.checked_add(bytes).is_some();
+    if !aligned || gpa < vm.ram_bytes.load(Ordering::Acquire) {
+        return Err(ControlError::BadRange);
+    }
+    if vm.vcpu_count.load(Ordering::Acquire) != 0 {
+        return Err(ControlError::BadState);
+    }
+    let mut ept_slot = vm.ept.lock();
+    let ept = ept_slot.as_mut().ok_or(ControlError::BadState)?;
+    let flush = ept
+        .map(GuestPhysAddr::new(gpa), HostPhysAddr::new(host), bytes, EptPermissions::RW, MemoryType::WriteBack)
+        .map_err(|_| ControlError::BadRange)?;
+    // No vCPU exists yet, so no CPU holds translations of this EPT.
+    flush.acknowledge();
+    Ok(())
+}
+
 /// The handle of `vm`, if it still exists (for calls a VM makes on itself).
 pub fn handle_of(vm: &'static Vm) -> Option<VmHandle> {
     let index = VMS.iter().position(|slot| core::ptr::eq(slot.load(Ordering::Acquire), vm))?;
@@ -583,11 +676,13 @@ pub fn vcpu_handle(vm_handle: VmHandle, vcpu_id: u16) -> Result<VcpuHandle, Cont
     vcpu(handle).map(|_| handle)
 }
 
-/// Whether any VM still has running vCPUs.
+/// Whether any guest VM still has running vCPUs (the service partition serves guests
+/// and does not count).
 #[must_use]
 pub fn any_running() -> bool {
     VMS.iter().any(|slot| {
         // SAFETY: non-null entries point at leaked `Vm`s that live forever.
-        unsafe { slot.load(Ordering::Acquire).as_ref() }.is_some_and(|vm| vm.running.load(Ordering::Acquire) > 0)
+        unsafe { slot.load(Ordering::Acquire).as_ref() }
+            .is_some_and(|vm| !vm.is_service.load(Ordering::Acquire) && vm.running.load(Ordering::Acquire) > 0)
     })
 }

@@ -253,16 +253,15 @@ pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
         finish(vcpu);
         return;
     }
-    let mut launched = false;
     while !vcpu.vm.stop_requested() {
         // SAFETY: only this physical CPU touches the vCPU's registers.
         let regs = unsafe { &mut *vcpu.regs.get() };
         if crate::virq::prepare_entry(vcpu, regs) == Outcome::Stop {
             break;
         }
-        match run::enter(regs, launched) {
+        match run::enter(regs, vcpu.launched.load(Ordering::Relaxed)) {
             Entry::Exited => {
-                launched = true;
+                vcpu.launched.store(true, Ordering::Relaxed);
                 if dispatch::handle_exit(vcpu, regs) == Outcome::Stop {
                     break;
                 }
@@ -410,7 +409,7 @@ fn write_protected_mode_state(
     Ok(())
 }
 
-fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstructionError> {
+pub fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstructionError> {
     let fail = VmInstructionError(None);
     let controls = CONTROLS.get().ok_or(fail)?;
     let pages = shared().ok_or(fail)?;
@@ -418,6 +417,7 @@ fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstructio
     // The region stays the current VMCS of this CPU for the vCPU's lifetime (its frame
     // is never returned to the allocator).
     region.clear_and_load()?;
+    vcpu.vmcs.store(region.phys(), Ordering::Release);
     let w = vmcs::write;
     let cpu = percpu::current();
     let boot = *vcpu.boot.lock();

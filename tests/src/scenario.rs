@@ -152,6 +152,78 @@ fn guests(
     }
 }
 
+/// A scenario with the service partition `svc` (one vCPU per CPU that runs guests)
+/// and guests that use its devices: the service vCPUs report ready, every line of
+/// `expected` appears, the service partition stops after the last guest, and the
+/// hypervisor powers off.
+fn service_scenario(
+    name: &'static str,
+    cpus: u32,
+    config: &'static str,
+    service_vcpus: u32,
+    expected: &[&str],
+) -> Scenario {
+    let mut lines: Vec<String> = (0..service_vcpus).map(|v| format!("[svc] service: vcpu {v} ready")).collect();
+    lines.extend(expected.iter().map(|l| l.to_string()));
+    lines.push("partition svc: stopped (no guest left to serve)".to_string());
+    lines.push("hypervisor: all partitions stopped".to_string());
+    lines.push(STALE_HANDLES_REFUSED.to_string());
+    lines.push("platform: power off (code 0)".to_string());
+    Scenario {
+        name,
+        emulator: Emulator::Bochs,
+        cpu_model: Some(ICELAKE),
+        cpus,
+        config,
+        timeout: Duration::from_secs(240),
+        expected: lines,
+        require_self_exit: true,
+        fatal_expected: false,
+    }
+}
+
+/// The service-partition scenarios (issue 5).
+fn service_scenarios() -> Vec<Scenario> {
+    vec![
+        service_scenario(
+            "svc-uart",
+            2,
+            "tests/configs/svc-uart.toml",
+            1,
+            &[
+                "[uart] uart: hello through the 16550",
+                "[uart] uart: interrupt-driven line",
+                "[uart] PASS guest-uart",
+                "partition uart: stopped itself (code 0)",
+            ],
+        ),
+        service_scenario(
+            "svc-pci",
+            2,
+            "tests/configs/svc-pci.toml",
+            1,
+            &[
+                "[pci] pci: 00:00.0 8086:1237 class 060000",
+                "[pci] PASS guest-pci",
+                "partition pci: stopped itself (code 0)",
+            ],
+        ),
+        service_scenario(
+            "svc-debug-exit",
+            2,
+            "tests/configs/svc-debug-exit.toml",
+            2,
+            &[
+                "[power] PASS guest-power",
+                "partition power: powered off through its platform (code 49)",
+                "partition power: stopped itself (code 49)",
+                "[plain] PASS guest-hello",
+                "partition plain: stopped itself (code 0)",
+            ],
+        ),
+    ]
+}
+
 /// `guest-apicv` with APIC virtualization: both vCPUs switch to x2APIC mode and get it.
 fn guest_apicv() -> Scenario {
     let mut s = guests("guest-apicv", ICELAKE, 2, "tests/configs/guest-apicv.toml", &[("apicv", "guest-apicv")]);
@@ -214,6 +286,7 @@ pub fn catalogue() -> Vec<Scenario> {
         .collect();
     all.extend(variants);
     all.extend(without_apicv);
+    all.extend(service_scenarios());
     all
 }
 

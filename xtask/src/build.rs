@@ -39,14 +39,15 @@ pub fn kernel() -> Result<PathBuf, String> {
     Ok(elf)
 }
 
-/// The test guests: the `guest-*` crates of `guest-images/`.
+/// The partition images of `guest-images/`: the `guest-*` test guests and the service
+/// partition (`service`).
 pub fn guest_names() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(paths::workspace().join("guest-images"))
         .map(|dir| {
             dir.filter_map(|e| e.ok())
                 .filter(|e| e.path().join("src/main.rs").is_file())
                 .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with("guest-"))
+                .filter(|n| n.starts_with("guest-") || n == "service")
                 .collect()
         })
         .unwrap_or_default();

@@ -114,7 +114,7 @@ pub enum StartMode {
 }
 
 /// One `partition=` line, validated:
-/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B],image=P[,load=0x..,entry=0x..]`.
+/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B],image=P[,load=0x..,entry=0x..][,devices=D+E]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionSpec<'a> {
     pub name: &'a str,
@@ -129,6 +129,8 @@ pub struct PartitionSpec<'a> {
     /// Load address and entry point of a flat image the hypervisor can start itself.
     pub flat: Option<(u64, u64)>,
     pub start: StartMode,
+    /// The emulated devices whose ports are forwarded to the service partition.
+    pub devices: hv_abi::platform::devices::DeviceSet,
 }
 
 impl PartitionSpec<'_> {
@@ -164,6 +166,7 @@ pub fn parse_partition(value: &str) -> Result<PartitionSpec<'_>, &'static str> {
         image: "",
         flat: None,
         start: StartMode::Long,
+        devices: hv_abi::platform::devices::DeviceSet(0),
     };
     let (mut kind, mut load, mut entry) = (None, None, None);
     for field in value.split(',') {
@@ -210,6 +213,11 @@ pub fn parse_partition(value: &str) -> Result<PartitionSpec<'_>, &'static str> {
                     "real" => StartMode::Real,
                     "protected" => StartMode::Protected,
                     _ => return Err("start must be long, protected or real"),
+                }
+            }
+            "devices" => {
+                for name in val.split('+') {
+                    spec.devices = spec.devices.with(name.trim()).ok_or("devices names an unknown device")?;
                 }
             }
             "load" => load = Some(parse_number(val).ok_or("load must be a number")?),
@@ -379,6 +387,10 @@ mod tests {
         assert_eq!((parts[0].start, parts[1].start), (StartMode::Real, StartMode::Long));
         assert_eq!(parts[0].memory_bytes(), 16 << 20);
         assert_eq!((parts[1].kind, parts[1].flat, parts[1].pinned_cpus()), (PartitionKind::Service, None, &[][..]));
+        assert!(parts[0].devices.is_empty());
+        let with = parse_partition("name=g,kind=guest,memory_mib=16,vcpus=1,image=x,devices=com1+pci").unwrap();
+        assert!(with.devices.claims_port(0x3f8) && with.devices.claims_port(0xcfc) && !with.devices.claims_port(0x40));
+        assert!(parse_partition("name=g,kind=guest,memory_mib=16,vcpus=1,image=x,devices=floppy").is_err());
         let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
         assert_eq!(lines, [3, 4, 5, 6, 7]);
         assert!(problems.iter().all(|p| matches!(p.kind, ProblemKind::BadPartition(_))));

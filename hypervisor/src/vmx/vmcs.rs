@@ -55,6 +55,12 @@ impl Vmcs {
         Some(Self { phys })
     }
 
+    /// Host-physical address of the region.
+    #[must_use]
+    pub fn phys(&self) -> u64 {
+        self.phys
+    }
+
     /// VMCLEAR then VMPTRLD: makes this the current VMCS of this CPU, in the clear
     /// state (the next entry is a VMLAUNCH).
     pub fn clear_and_load(&self) -> Result<(), VmInstructionError> {
@@ -65,6 +71,15 @@ impl Vmcs {
             x86::bits64::vmx::vmptrld(self.phys).map_err(|_| VmInstructionError::current())
         }
     }
+}
+
+/// Makes the VMCS region at host-physical `phys` (one that [`Vmcs::clear_and_load`]
+/// set up earlier on this CPU) the current VMCS again, to switch between the vCPUs
+/// that share this CPU.
+pub fn load(phys: u64) -> Result<(), VmInstructionError> {
+    // SAFETY: callers pass the region of a vCPU pinned to this CPU, set up and never
+    // freed; VMPTRLD checks alignment and revision and fails without effect otherwise.
+    unsafe { x86::bits64::vmx::vmptrld(phys) }.map_err(|_| VmInstructionError::current())
 }
 
 /// Writes a field of the current VMCS.

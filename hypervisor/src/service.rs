@@ -1,0 +1,320 @@
+//! The service partition at run time: same-core forwarding of guest I/O to it, and the
+//! hypercalls only it may make (`hv_abi::service`).
+//!
+//! A physical CPU that runs a guest vCPU also holds one vCPU of the service partition.
+//! That vCPU runs first, on its own, until it waits in `SERVICE_REPLY_WAIT` ([`bring_up`]).
+//! From then on it runs only inside [`forward`]: a guest access to a forwarded port is
+//! posted to the guest vCPU's request slot, the CPU switches straight to the service
+//! vCPU (VMPTRLD; no IPI, no scheduler), which returns from its wait with the slot
+//! index, emulates the access and replies with its next `SERVICE_REPLY_WAIT`; the
+//! reply is validated (`hv_core::io_request::validate_reply`) and the CPU switches back
+//! to the guest, which completes its instruction.
+//!
+//! A service partition that stops (a fault, a triple fault, a failed entry) or takes
+//! longer than [`REQUEST_DEADLINE_US`] on one request fails the waiting guest, which is
+//! stopped with a line naming the access; the service partition is stopped in the
+//! second case too. Guests without forwarded devices never depend on it.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use hv_abi::io_request::{IoRequestSlot, SLOT_BYTES};
+use hv_abi::service::{self, VmId, NO_REPLY};
+use hv_abi::{hypercall, Error as HcError};
+use hv_core::io_request::{self, Completion, Request};
+use hv_core::vmx_caps::VmxCapabilities;
+use x86::vmx::vmcs::ro;
+
+use crate::dispatch::{self, Outcome};
+use crate::mm::frames;
+use crate::partition::{self, Vcpu, Vm};
+use crate::vmx::run::{self, Entry, GuestRegisters};
+use crate::vmx::vmcs;
+
+/// The longest the service partition may work on one request, in microseconds of
+/// TSC time. Generous: under Bochs the TSC counts emulated instructions.
+pub const REQUEST_DEADLINE_US: u64 = 2_000_000;
+/// The longest a service vCPU may take from its start to its first wait.
+const BRING_UP_DEADLINE_US: u64 = 20_000_000;
+/// Basic exit reason of VMCALL (SDM Vol. 3 appendix C).
+const EXIT_VMCALL: u16 = 18;
+
+/// Host-physical address of the request-slot array (0 while there is no service
+/// partition).
+static SLOTS: AtomicU64 = AtomicU64::new(0);
+
+/// Why a forwarded access could not be completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardError {
+    /// No service partition runs on this CPU: the port is unclaimed.
+    NoService,
+    /// The service partition stopped, or was never started.
+    ServiceStopped,
+    /// The service partition missed the request deadline and was stopped.
+    MissedDeadline,
+    /// The VMCS switch failed (a hypervisor bug); the access fails.
+    SwitchFailed,
+}
+
+impl ForwardError {
+    /// A short description for log lines.
+    #[must_use]
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::NoService => "no service partition runs on this CPU",
+            Self::ServiceStopped => "the service partition has stopped",
+            Self::MissedDeadline => "the service partition missed the request deadline",
+            Self::SwitchFailed => "switching to the service partition failed",
+        }
+    }
+}
+
+/// Takes frames for the request-slot array and maps them into the service partition
+/// `vm` at `hv_abi::service::SLOTS_GPA`.
+pub fn map_slots(vm: partition::VmHandle) -> Result<(), partition::ControlError> {
+    let host = frames::allocate_zeroed(service::SLOTS_BYTES / 4096, 4096, u64::MAX)
+        .map_err(|_| partition::ControlError::OutOfMemory)?;
+    partition::map_shared(vm, service::SLOTS_GPA, host, service::SLOTS_BYTES)?;
+    SLOTS.store(host, Ordering::Release);
+    Ok(())
+}
+
+/// The VM id the service partition knows `vm` by.
+#[must_use]
+pub fn vm_id(vm: &Vm) -> VmId {
+    VmId::new(vm.index, vm.generation)
+}
+
+/// Sets up the service vCPU of this CPU and runs it until its first wait. `false` (with
+/// a log line, and the service partition stopped) when it cannot get there.
+pub fn bring_up(svc: &'static Vcpu, caps: &VmxCapabilities) -> bool {
+    let name = svc.vm.name;
+    if let Err(e) = crate::vcpu::setup(svc, caps) {
+        log::error!("partition {name}: vcpu {}: VMCS set-up failed: {}", svc.id, e.describe());
+        svc.vm.stop(u64::MAX);
+        return false;
+    }
+    let deadline = crate::arch::tsc::deadline_us(BRING_UP_DEADLINE_US);
+    loop {
+        match run_until_wait(svc, deadline) {
+            Ok(NO_REPLY) => return true,
+            // No request was ever posted: nothing to reply to.
+            Ok(_) => set_service_rax(svc, HcError::BadArgument.to_rax()),
+            Err(e) => {
+                if e == ForwardError::MissedDeadline {
+                    log::error!("partition {name}: vcpu {} did not reach its first wait in time; stopping it", svc.id);
+                    svc.vm.stop(u64::MAX);
+                }
+                log::error!("partition {name}: vcpu {} is not serving: {}", svc.id, e.describe());
+                return false;
+            }
+        }
+    }
+}
+
+fn set_service_rax(svc: &'static Vcpu, value: u64) {
+    // SAFETY: only this CPU (the service vCPU's own) touches its registers, and the
+    // vCPU is not running now.
+    unsafe { (*svc.regs.get()).rax = value };
+}
+
+/// Enters the service vCPU (its VMCS current) until it calls `SERVICE_REPLY_WAIT`,
+/// handling its other exits as any partition's; returns the call's reply argument
+/// (RBX), with RIP already past the VMCALL. The result of the call (RAX) is whatever
+/// the caller sets before the next entry.
+fn run_until_wait(svc: &'static Vcpu, deadline: u64) -> Result<u64, ForwardError> {
+    // SAFETY: only this CPU (the service vCPU's own) touches its registers.
+    let regs: &mut GuestRegisters = unsafe { &mut *svc.regs.get() };
+    loop {
+        if svc.vm.stop_requested() {
+            return Err(ForwardError::ServiceStopped);
+        }
+        if crate::arch::tsc::now() > deadline {
+            return Err(ForwardError::MissedDeadline);
+        }
+        if crate::virq::prepare_entry(svc, regs) == Outcome::Stop {
+            return Err(ForwardError::ServiceStopped);
+        }
+        match run::enter(regs, svc.launched.load(Ordering::Relaxed)) {
+            Entry::Exited => {
+                svc.launched.store(true, Ordering::Relaxed);
+                let basic = vmcs::read(ro::EXIT_REASON) as u16;
+                if basic == EXIT_VMCALL && regs.rax == hypercall::SERVICE_REPLY_WAIT {
+                    svc.exits[usize::from(EXIT_VMCALL)].fetch_add(1, Ordering::Relaxed);
+                    let _ = dispatch::advance_rip(vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
+                    return Ok(regs.rbx);
+                }
+                if dispatch::handle_exit(svc, regs) == Outcome::Stop {
+                    return Err(ForwardError::ServiceStopped);
+                }
+            }
+            Entry::FailInvalid | Entry::FailValid => {
+                let err = vmcs::VmInstructionError(Some(vmcs::read(ro::VM_INSTRUCTION_ERROR) as u32));
+                log::error!(
+                    "partition {}: vcpu {}: VM entry failed: {}; stopping this partition",
+                    svc.vm.name,
+                    svc.id,
+                    err.describe()
+                );
+                dispatch::dump_guest_state(svc);
+                svc.vm.stop(u64::MAX);
+                return Err(ForwardError::ServiceStopped);
+            }
+        }
+    }
+}
+
+/// Forwards `request` of guest vCPU `guest` (whose VMCS is current) to the service
+/// vCPU of this CPU and waits for its validated reply; the guest's VMCS is current
+/// again on return.
+pub fn forward(guest: &'static Vcpu, request: &Request) -> Result<Completion, ForwardError> {
+    let svc = partition::service_vcpu_for_cpu(guest.cpu).ok_or(ForwardError::NoService)?;
+    let slots = SLOTS.load(Ordering::Acquire);
+    let index = service::slot_index(guest.vm.index, guest.id).ok_or(ForwardError::NoService)?;
+    if slots == 0 {
+        return Err(ForwardError::NoService);
+    }
+    if svc.vm.stop_requested() || svc.vmcs.load(Ordering::Acquire) == 0 {
+        return Err(ForwardError::ServiceStopped);
+    }
+    let sequence = guest.io_sequence.fetch_add(1, Ordering::Relaxed) + 1;
+    let posted = io_request::post(request, sequence).map_err(|_| ForwardError::SwitchFailed)?;
+    let slot = slots + u64::from(index) * SLOT_BYTES as u64;
+    write_slot(slot, &posted);
+    if vmcs::load(svc.vmcs.load(Ordering::Acquire)).is_err() {
+        return Err(ForwardError::SwitchFailed);
+    }
+    let result = serve(svc, index, slot, &posted);
+    if vmcs::load(guest.vmcs.load(Ordering::Acquire)).is_err() {
+        // The guest's own VMCS cannot be made current again: nothing below may touch
+        // it. This cannot happen with a region set up on this CPU.
+        log::error!("partition {}: vcpu {}: cannot switch back from the service partition", guest.vm.name, guest.id);
+        guest.vm.stop(u64::MAX);
+        return Err(ForwardError::SwitchFailed);
+    }
+    result
+}
+
+/// Runs the service vCPU (current VMCS) until it answers slot `index`.
+fn serve(svc: &'static Vcpu, index: u32, slot: u64, posted: &IoRequestSlot) -> Result<Completion, ForwardError> {
+    let deadline = crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US);
+    set_service_rax(svc, u64::from(index));
+    loop {
+        let reply = match run_until_wait(svc, deadline) {
+            Ok(reply) => reply,
+            Err(ForwardError::MissedDeadline) => {
+                log::error!(
+                    "partition {}: missed the {} ms deadline on a request (port {:#x}); stopping it",
+                    svc.vm.name,
+                    REQUEST_DEADLINE_US / 1000,
+                    posted.address
+                );
+                svc.vm.stop(u64::MAX);
+                return Err(ForwardError::MissedDeadline);
+            }
+            Err(e) => return Err(e),
+        };
+        if reply == u64::from(index) {
+            let answer = read_slot(slot);
+            return Ok(io_request::validate_reply(posted, &answer).unwrap_or_else(|why| {
+                log::warn!(
+                    "partition {}: refused reply for port {:#x} ({why:?}); the access fails as on an open bus",
+                    svc.vm.name,
+                    posted.address
+                );
+                Completion::Failed
+            }));
+        }
+        // A wait without a reply (or for another slot) while this request is pending:
+        // hand the pending request out again, or refuse the bad slot index.
+        let result = if reply == NO_REPLY { u64::from(index) } else { HcError::BadArgument.to_rax() };
+        set_service_rax(svc, result);
+    }
+}
+
+fn write_slot(slot: u64, value: &IoRequestSlot) {
+    let bytes = value.to_bytes();
+    // SAFETY: `slot` is one 64-byte slot inside the slot array (index checked by
+    // `slot_index`), frames owned by the hypervisor and direct-mapped; the service
+    // partition may write it at the same time, which only garbles its own reply (and
+    // every reply is validated).
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), frames::phys_to_virt(slot), SLOT_BYTES) };
+    core::sync::atomic::fence(Ordering::Release);
+}
+
+fn read_slot(slot: u64) -> IoRequestSlot {
+    let mut bytes = [0u8; SLOT_BYTES];
+    core::sync::atomic::fence(Ordering::Acquire);
+    // SAFETY: as in `write_slot`; a racing write yields some bytes, which are validated.
+    unsafe { core::ptr::copy_nonoverlapping(frames::phys_to_virt(slot), bytes.as_mut_ptr(), SLOT_BYTES) };
+    IoRequestSlot::from_bytes(&bytes)
+}
+
+/// The guest VM a service-only hypercall names, after checking the caller.
+fn target_guest(caller: &'static Vcpu, id: u64) -> Result<&'static Vm, HcError> {
+    if !caller.vm.is_service.load(Ordering::Acquire) {
+        return Err(HcError::NotPermitted);
+    }
+    let id = u32::try_from(id).map_err(|_| HcError::BadArgument)?;
+    partition::guest_vm_by_id(VmId(id)).ok_or(HcError::BadArgument)
+}
+
+/// `GUEST_IRQ_LINE(vm, line, level)`.
+pub fn hypercall_guest_irq_line(caller: &'static Vcpu, id: u64, line: u64, level: u64) -> Result<u64, HcError> {
+    let vm = target_guest(caller, id)?;
+    let line = u32::try_from(line).map_err(|_| HcError::BadArgument)?;
+    let high = match level {
+        0 => false,
+        1 => true,
+        _ => return Err(HcError::BadArgument),
+    };
+    crate::virq::set_irq_line(vm, line, high).map_err(|_| HcError::BadArgument)?;
+    Ok(0)
+}
+
+/// `GUEST_POWER(vm, action, code)`.
+pub fn hypercall_guest_power(caller: &'static Vcpu, id: u64, action: u64, code: u64) -> Result<u64, HcError> {
+    let vm = target_guest(caller, id)?;
+    match action {
+        service::power::OFF => {
+            log::info!("partition {}: powered off through its platform (code {code})", vm.name);
+            vm.stop(code);
+        }
+        service::power::RESET => {
+            log::info!(
+                "partition {}: reset through its platform; guests are not rebooted in this version, so it stops",
+                vm.name
+            );
+            vm.stop(0);
+        }
+        _ => return Err(HcError::BadArgument),
+    }
+    Ok(0)
+}
+
+/// `GUEST_CONSOLE_WRITE(vm, gpa, len)`: bytes from the service partition's RAM, shown
+/// as the guest's console output.
+pub fn hypercall_guest_console_write(caller: &'static Vcpu, id: u64, gpa: u64, len: u64) -> Result<u64, HcError> {
+    let vm = target_guest(caller, id)?;
+    if len == 0 || len > hv_abi::CONSOLE_WRITE_MAX {
+        return Err(HcError::BadLength);
+    }
+    let host = caller.vm.guest_range(gpa, len).ok_or(HcError::BadAddress)?;
+    // SAFETY: the range lies inside the service partition's RAM (checked above), which
+    // is direct-mapped and stays allocated; concurrent changes only garble the text.
+    let bytes = unsafe { core::slice::from_raw_parts(frames::phys_to_virt(host), len as usize) };
+    crate::console::write_partition_output(vm.name, bytes, &vm.console_line_start);
+    Ok(len)
+}
+
+/// After the last guest stopped: reports the service partition's exits and marks it
+/// stopped, so that it can be destroyed like the others. Its vCPUs wait in
+/// `SERVICE_REPLY_WAIT` and are never entered again.
+pub fn shut_down() {
+    let Some(vm) = partition::service_vm() else { return };
+    vm.stop(0);
+    for v in vm.vcpus() {
+        dispatch::report_stop(v, false);
+    }
+    vm.running.store(0, Ordering::Release);
+    log::info!("partition {}: stopped (no guest left to serve)", vm.name);
+}
