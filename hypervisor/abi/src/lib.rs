@@ -121,8 +121,9 @@ pub struct ExitCount {
 /// The 64-bit start state the hypervisor gives a guest's boot vCPU.
 pub mod start {
     /// Guest-physical address of the PML4 the hypervisor writes; PDPT and page
-    /// directories follow it. They identity-map the first 4 GiB (or all of RAM, if less)
-    /// with 2 MiB pages, read/write/execute.
+    /// directories follow it. They identity-map the first 4 GiB (whatever the RAM size:
+    /// the LAPIC, the IOAPIC and the service partition's request slots lie there) with
+    /// 2 MiB pages, read/write/execute.
     pub const PAGE_TABLES: u64 = 0x1000;
     /// Guest-physical address of a 5-entry GDT: null, 64-bit code (selector 0x08), flat
     /// data (0x10), flat 32-bit code (0x18), flat 32-bit data (0x20). GDTR limit is 39.

@@ -17,6 +17,8 @@
 #![forbid(unsafe_code)]
 
 pub mod acpi_pm;
+pub mod board;
+pub mod fw_cfg;
 pub mod pci_host;
 pub mod pic8259;
 pub mod pit8254;

@@ -108,9 +108,10 @@ pub const DEFAULT_SCI_IRQ: u8 = 9;
 pub const DEFAULT_RESET_PORT: u16 = 0xCF9;
 /// `SYS_RST | RST_CPU`: a hard reset through port 0xCF9.
 pub const DEFAULT_RESET_VALUE: u8 = 0x06;
-/// PIIX4's `SLP_TYP` for soft-off (S5) is 0 (PIIX4 datasheet, PMCNTRL `SUS_TYP` 000b),
-/// as QEMU's PIIX4 DSDT says.
-pub const DEFAULT_S5_SLP_TYP: u8 = 0;
+/// The `SLP_TYP` of soft-off (S5) on this platform's PM1 control
+/// (`hv_devices::board::S5_SLP_TYP`: non-zero, so that a stray `SLP_EN` write with
+/// `SLP_TYP` 0 does not power off; the guest learns it from `\_S5`).
+pub const DEFAULT_S5_SLP_TYP: u8 = 5;
 /// The RTC CMOS byte holding the century (`hv_devices::rtc_cmos::CENTURY_INDEX`).
 pub const DEFAULT_CENTURY_CMOS_INDEX: u8 = 0x32;
 

@@ -1,0 +1,94 @@
+//! `service`: the service partition. It emulates the PC devices of the guest VMs
+//! (`hv_devices::board::PcBoard`, one per guest VM) for the port I/O the hypervisor
+//! forwards to it (`hv_abi::service`, `hv_abi::io_request`).
+//!
+//! Every vCPU of the partition starts at [`_start`] in the 64-bit start state with
+//! RDI = its vCPU id and its own stack (`hv_abi::service::STACK_BYTES` apart), prints
+//! `service: vcpu N ready` (shown as `[<partition name>] service: vcpu N ready`) and
+//! then serves requests forever. A request arrives on the service vCPU of the physical
+//! CPU whose guest vCPU made the access; per request ([`serve`], [`vms::port_access`]):
+//!
+//! 1. `SERVICE_REPLY_WAIT(reply)` returns the slot index (the first call, and the one
+//!    after a refused call, replies [`NO_REPLY`]); a slot index at or above `SLOTS` is
+//!    ignored (the next call replies `NO_REPLY`).
+//! 2. The 64-byte slot at `SLOTS_GPA + index * SLOT_BYTES` is read with volatile reads
+//!    ([`slots::read`]).
+//! 3. Only port I/O of 1, 2 or 4 bytes to a port (`address` <= 0xFFFF), read or
+//!    write, by a VM whose index the table covers, is performed; anything else is
+//!    answered `FAILED` (the hypervisor then completes it as an open bus).
+//! 4. The VM's board is looked up (and created on its first request, or replaced when
+//!    the VM id's generation changed: the old VM was destroyed), under that VM's lock.
+//! 5. The board's clock is brought to now ([`clock::now`]) with `tick`, then the access
+//!    is performed; interrupt lines that changed level are set with `GUEST_IRQ_LINE`
+//!    as they change.
+//! 6. The board's console output is drained; complete lines (and a partial line of 256
+//!    bytes) go out with `GUEST_CONSOLE_WRITE` as the guest's output.
+//! 7. A power request the access made (PM1 S5, 0xCF9 or keyboard-controller reset,
+//!    isa-debug-exit) is performed with `GUEST_POWER`, after the guest's partial
+//!    console line is flushed.
+//! 8. `data` (reads, zero-extended to the access size) and `status` (`DONE`) are written
+//!    back with volatile writes, no other field touched ([`slots::reply`]), and the next
+//!    `SERVICE_REPLY_WAIT` replies with the slot index.
+//!
+//! Nothing in a slot can make it panic. There is no heap: the boards live in a static
+//! table ([`vms`]).
+#![no_std]
+#![no_main]
+
+mod clock;
+mod slots;
+mod vms;
+
+use guest_rt::{println, raw_hypercall};
+use hv_abi::hypercall as hc;
+use hv_abi::io_request::{direction, kind, status, IoRequestSlot};
+use hv_abi::service::{VmId, NO_REPLY, SLOTS};
+use hv_abi::Error;
+
+/// Entry point of every vCPU (see the module documentation): RDI = vCPU id, RSI = RAM
+/// size in bytes.
+#[no_mangle]
+#[link_section = ".text._start"]
+pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
+    clock::init(vcpu == 0);
+    println!("service: vcpu {vcpu} ready");
+    let mut reply = NO_REPLY;
+    let mut reported = false;
+    loop {
+        let r = raw_hypercall(hc::SERVICE_REPLY_WAIT, reply, 0, 0, 0);
+        reply = NO_REPLY;
+        if let Some(e) = Error::from_rax(r) {
+            if !reported {
+                println!("service: vcpu {vcpu}: SERVICE_REPLY_WAIT refused ({e:?}); waiting again without a reply");
+                reported = true;
+            }
+            continue;
+        }
+        let Some(index) = u32::try_from(r).ok().filter(|&i| i < SLOTS) else { continue };
+        let request = slots::read(index);
+        let (status, data) = serve(&request);
+        slots::reply(index, data, status);
+        reply = r;
+    }
+}
+
+/// Performs the access `request` describes; returns the status to reply and, for a
+/// read, the data.
+fn serve(request: &IoRequestSlot) -> (u8, Option<u64>) {
+    const FAILED: (u8, Option<u64>) = (status::FAILED, None);
+    if request.kind != kind::PORT || !matches!(request.size, 1 | 2 | 4) {
+        return FAILED;
+    }
+    let Ok(port) = u16::try_from(request.address) else { return FAILED };
+    let write = match request.direction {
+        direction::READ => None,
+        // The hypervisor masked the data to the access size; the low 32 bits hold it.
+        direction::WRITE => Some(request.data as u32),
+        _ => return FAILED,
+    };
+    match vms::port_access(VmId(request.vm), port, request.size, write) {
+        Some(value) if write.is_none() => (status::DONE, Some(u64::from(value))),
+        Some(_) => (status::DONE, None),
+        None => FAILED,
+    }
+}

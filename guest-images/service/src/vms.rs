@@ -1,0 +1,202 @@
+//! The guest VMs the service partition emulates devices for: a static table of
+//! `hv_abi::service::MAX_VMS` entries indexed by `VmId::index()`, each holding that
+//! VM's [`PcBoard`], the interrupt-line levels last sent, and its console line buffer.
+//!
+//! **Locking.** The service partition has one vCPU per physical CPU that runs guest
+//! vCPUs, so several service vCPUs may serve requests at once: of different VMs, or of
+//! different vCPUs of the same VM. Each table entry has its own spin lock (an
+//! `AtomicBool`); a request holds its VM's lock from the board look-up to the last
+//! hypercall it makes, so the board, the line levels and the console buffer of one VM
+//! change one request at a time, while different VMs proceed in parallel.
+//!
+//! **Board configuration.** This version of the protocol tells the service partition
+//! nothing about a VM but its id, so every board is built with 1 vCPU and 0 bytes of
+//! RAM (what fw_cfg reports; a later version gets both from the control interface),
+//! and the RTC starts at [`EPOCH_SECONDS`], 2026-01-01T00:00:00Z, when the VM's first
+//! request arrives (the partition has no host clock to read yet).
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use guest_rt::raw_hypercall;
+use hv_abi::hypercall as hc;
+use hv_abi::platform::IOAPIC_PINS;
+use hv_abi::service::{power, VmId, MAX_VMS};
+use hv_abi::CONSOLE_WRITE_MAX;
+use hv_devices::board::{BoardConfig, PcBoard};
+use hv_devices::{Nanos, Platform, PlatformRequest};
+
+/// The RTC's wall-clock time at a board's creation: 2026-01-01T00:00:00Z (Unix seconds).
+pub const EPOCH_SECONDS: u64 = 1_767_225_600;
+/// The longest console chunk sent at once (a partial line is sent when it gets this long).
+const LINE_MAX: usize = CONSOLE_WRITE_MAX as usize;
+
+/// What the service partition keeps per guest VM.
+struct Vm {
+    /// The full id (index and generation) the board belongs to.
+    id: VmId,
+    board: PcBoard,
+    /// Levels last sent with `GUEST_IRQ_LINE` (bit n = GSI n high).
+    lines: u32,
+    /// The latest time the board was given (time never goes back for it).
+    last_now: Nanos,
+    /// The guest's console line being assembled.
+    line: [u8; LINE_MAX],
+    line_len: usize,
+}
+
+impl Vm {
+    fn new(id: VmId, now: Nanos) -> Self {
+        // vcpus and RAM are not known to the service partition in this version (see the
+        // module documentation); the epoch is fixed for now.
+        let config = BoardConfig { vcpus: 1, ram_bytes: 0, epoch_seconds: EPOCH_SECONDS };
+        Self { id, board: PcBoard::new(config, now), lines: 0, last_now: now, line: [0; LINE_MAX], line_len: 0 }
+    }
+
+    /// Sends the assembled line (if any) as the guest's console output.
+    fn send_line(&mut self) {
+        let len = self.line_len.min(LINE_MAX);
+        if len > 0 {
+            // The bytes are in this partition's RAM (a static, identity-mapped); the
+            // hypervisor checks the range. A refusal only loses the text.
+            raw_hypercall(hc::GUEST_CONSOLE_WRITE, u64::from(self.id.0), self.line.as_ptr() as u64, len as u64, 0);
+        }
+        self.line_len = 0;
+    }
+
+    /// Moves the board's console output into the line buffer, sending every complete
+    /// line (with its '\n') and every partial line that reaches [`LINE_MAX`] bytes;
+    /// with `flush`, also what remains.
+    fn drain_console(&mut self, flush: bool) {
+        let mut chunk = [0u8; 64];
+        loop {
+            let n = self.board.take_console_output(&mut chunk);
+            let Some(bytes) = chunk.get(..n).filter(|b| !b.is_empty()) else { break };
+            for &byte in bytes {
+                if let Some(slot) = self.line.get_mut(self.line_len) {
+                    *slot = byte;
+                    self.line_len += 1;
+                }
+                if byte == b'\n' || self.line_len >= LINE_MAX {
+                    self.send_line();
+                }
+            }
+        }
+        if flush {
+            self.send_line();
+        }
+    }
+}
+
+/// The board's view of the platform: interrupt lines go to the guest VM's I/O APIC
+/// with `GUEST_IRQ_LINE` (only on a level change), power requests are kept until the
+/// access is over.
+struct Wire<'a> {
+    id: VmId,
+    lines: &'a mut u32,
+    power: Option<PlatformRequest>,
+}
+
+impl Platform for Wire<'_> {
+    fn set_irq(&mut self, gsi: u8, high: bool) {
+        if u32::from(gsi) >= IOAPIC_PINS {
+            return;
+        }
+        let bit = 1u32 << gsi;
+        if (*self.lines & bit != 0) == high {
+            return;
+        }
+        *self.lines ^= bit;
+        raw_hypercall(hc::GUEST_IRQ_LINE, u64::from(self.id.0), u64::from(gsi), u64::from(high), 0);
+    }
+
+    fn request(&mut self, request: PlatformRequest) {
+        // The first one counts: it ends the guest.
+        self.power.get_or_insert(request);
+    }
+}
+
+/// Performs a power request for guest VM `id`.
+fn power(id: VmId, request: PlatformRequest) {
+    let (action, code) = match request {
+        PlatformRequest::PowerOff => (power::OFF, 0),
+        PlatformRequest::Reset => (power::RESET, 0),
+        PlatformRequest::Exit(code) => (power::OFF, u64::from(code)),
+    };
+    raw_hypercall(hc::GUEST_POWER, u64::from(id.0), action, code, 0);
+}
+
+/// One table entry: a spin lock and the VM it guards.
+struct Entry {
+    locked: AtomicBool,
+    vm: UnsafeCell<Option<Vm>>,
+}
+
+// SAFETY: `vm` is only reached through `Entry::lock`, which gives one holder at a time
+// (the flag is taken with Acquire and released with Release ordering).
+unsafe impl Sync for Entry {}
+
+impl Entry {
+    const fn new() -> Self {
+        Self { locked: AtomicBool::new(false), vm: UnsafeCell::new(None) }
+    }
+
+    fn lock(&self) -> Guard<'_> {
+        while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            core::hint::spin_loop();
+        }
+        Guard { entry: self }
+    }
+}
+
+/// Holds an entry's lock while alive.
+struct Guard<'a> {
+    entry: &'a Entry,
+}
+
+impl Guard<'_> {
+    fn vm(&mut self) -> &mut Option<Vm> {
+        // SAFETY: this guard holds the entry's lock, so no other reference to the
+        // entry's `vm` exists while the returned one (tied to `&mut self`) lives.
+        unsafe { &mut *self.entry.vm.get() }
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.entry.locked.store(false, Ordering::Release);
+    }
+}
+
+static TABLE: [Entry; MAX_VMS as usize] = [const { Entry::new() }; MAX_VMS as usize];
+
+/// Performs a port access of guest VM `id`: a read (`write` = `None`) returns the value
+/// (fitting `size`), a write returns 0. `None` when the table does not cover the VM.
+pub fn port_access(id: VmId, port: u16, size: u8, write: Option<u32>) -> Option<u32> {
+    let entry = TABLE.get(usize::from(id.index()))?;
+    let now = crate::clock::now();
+    let mut guard = entry.lock();
+    let slot = guard.vm();
+    if slot.as_ref().is_none_or(|vm| vm.id != id) {
+        // First request of this VM, or of a new VM in a destroyed one's place.
+        *slot = Some(Vm::new(id, now));
+    }
+    let vm = slot.as_mut()?;
+    let now = now.max(vm.last_now);
+    vm.last_now = now;
+    let mut wire = Wire { id, lines: &mut vm.lines, power: None };
+    vm.board.tick(now, &mut wire);
+    let value = match write {
+        None => vm.board.read(port, size, now, &mut wire),
+        Some(value) => {
+            vm.board.write(port, size, value, now, &mut wire);
+            0
+        }
+    };
+    let request = wire.power;
+    vm.drain_console(request.is_some());
+    if let Some(request) = request {
+        power(id, request);
+    }
+    Some(value)
+}

@@ -1,0 +1,748 @@
+//! The PC "board": every device model of this crate at its PC port address, routed by
+//! port, with the ISA interrupt wiring in between. The service partition keeps one
+//! [`PcBoard`] per guest VM and hands it the port accesses the hypervisor forwards.
+//!
+//! | device ([`hv_abi::platform::devices::ALL`] name) | ports | ISA IRQ |
+//! |---|---|---|
+//! | `com1`: [`Uart16550`] | 0x3F8-0x3FF | 4 |
+//! | `pit`: [`Pit8254`] (port 0x61: speaker gate, refresh toggle, OUT 2) | 0x40-0x43, 0x61 | 0 |
+//! | `pic`: [`PicPair`] (ELCR at 0x4D0/0x4D1) | 0x20-0x21, 0xA0-0xA1, 0x4D0-0x4D1 | - |
+//! | `rtc`: [`RtcCmos`] | 0x70-0x71 | 8 |
+//! | `acpi-pm`: [`AcpiPm`] (PM1 event 0x600, PM1 control 0x604, PM timer 0x608) | 0x600-0x60B | 9 (SCI) |
+//! | `pci`: [`PciHost`] (with the reset control register at 0xCF9) | 0xCF8-0xCFF | - |
+//! | `kbd`: [`KbdResetPort`] | 0x60, 0x64 | - |
+//! | `debug-exit`: [`IsaDebugExit`] | 0xF4 | - |
+//! | `debugcon`: [`DebugCon`] | 0xE9 | - |
+//! | `fw-cfg`: [`FwCfg`] | 0x510-0x511 | - |
+//! | `post`: POST diagnostic port (writes ignored, reads all-ones) | 0x80 | - |
+//!
+//! **Routing.** An access goes to the device that decodes its *first* port; that
+//! device answers for all of its byte lanes (the models read 0xFF for, and do not
+//! write, lanes outside their own ports). An access whose first port belongs to no
+//! device reads all-ones and is ignored, as an open ISA bus. Sizes other than 1, 2 and
+//! 4 read all-ones and are ignored. The port map is the same as
+//! `hv_abi::platform::devices::ALL` (a test checks every port both ways).
+//!
+//! **Interrupts.** The devices report ISA IRQ levels; the board feeds each level to
+//! its [`PicPair`] (so a guest that programs the 8259s sees the requests in IRR) and
+//! passes it on to the platform around the board as an I/O APIC input, GSI
+//! [`isa_irq_to_gsi`] (IRQ 0 → GSI 2, the MADT's interrupt source override, as on
+//! QEMU's PIIX machines; every other IRQ n → GSI n). The pair's INT output goes
+//! nowhere yet: there is no ExtINT delivery (a later virtual-PIC path would use
+//! [`PcBoard::pic_mut`]). Power and reset requests ([`PlatformRequest`]) pass through
+//! unchanged.
+//!
+//! **Time.** As everywhere in the crate, `now` is [`Nanos`] since the board was
+//! created; time never goes back for a device. Every access lets its own device catch
+//! up, but the board does not tick the others: the owner calls [`PcBoard::tick`]
+//! (before each access, and when [`PcBoard::next_event`] is due) so that timers of all
+//! devices raise their interrupts on time.
+
+use hv_abi::platform::devices;
+
+use crate::acpi_pm::{AcpiPm, AcpiPmPorts, KbdResetPort, KBD_COMMAND_PORT, KBD_DATA_PORT};
+use crate::fw_cfg::FwCfg;
+use crate::pci_host::PciHost;
+use crate::pic8259::{PicPair, ELCR_MASTER, ELCR_SLAVE, MASTER_CMD, MASTER_DATA, SLAVE_CMD, SLAVE_DATA};
+use crate::pit8254::{Pit8254, PIT_BASE, PIT_CONTROL, PORT_B};
+use crate::rtc_cmos::RtcCmos;
+use crate::test_devices::{DebugCon, IsaDebugExit, DEBUGCON_PORT, ISA_DEBUG_EXIT_PORT};
+use crate::uart16550::{Uart16550, COM1_BASE, COM1_IRQ};
+use crate::{open_bus, Nanos, Platform, PlatformRequest, PortIo};
+
+/// The ACPI register blocks' ports, as the FADT built for this board names them
+/// (`PM1a_EVT_BLK`, `PM1a_CNT_BLK`, `PM_TMR_BLK`).
+pub const ACPI_PM_PORTS: AcpiPmPorts = AcpiPmPorts { pm1_evt: 0x600, pm1_cnt: 0x604, pm_tmr: 0x608 };
+
+/// `SLP_TYPa` of the DSDT's `\_S5` package: a guest that writes PM1 control with
+/// `SLP_EN` and this `SLP_TYP` powers off. The value itself is a choice of this
+/// platform (ACPI leaves `SLP_TYP` encodings to the chipset, and the guest learns it
+/// from `\_S5`); 5 is non-zero, so a stray `SLP_EN` write with `SLP_TYP` left at 0 does
+/// not power off. The DSDT built for this board (`hv-tables`, its `s5_slp_typ`) must
+/// put this value in `\_S5`.
+pub const S5_SLP_TYP: u8 = 5;
+
+/// The POST diagnostic port.
+pub const POST_PORT: u16 = 0x80;
+
+/// The GSI (I/O APIC input) that ISA IRQ `irq` drives: IRQ 0 (the PIT) is wired to
+/// GSI 2, as the MADT's interrupt source override for IRQ 0 says on QEMU's PIIX
+/// machines (I/O APIC input 0 is the 8259's ExtINT there); every other IRQ n → GSI n.
+#[must_use]
+pub const fn isa_irq_to_gsi(irq: u8) -> u32 {
+    match irq {
+        0 => 2,
+        n => n as u32,
+    }
+}
+
+/// What the board is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoardConfig {
+    /// The guest's vCPUs (fw_cfg `FW_CFG_NB_CPUS` and `FW_CFG_MAX_CPUS`, at most 65535).
+    pub vcpus: u32,
+    /// The guest's RAM in bytes (fw_cfg `FW_CFG_RAM_SIZE`).
+    pub ram_bytes: u64,
+    /// The wall-clock time the RTC shows when the board is created (Unix seconds).
+    pub epoch_seconds: u64,
+}
+
+/// The devices of the board, in the order of `hv_abi::platform::devices::ALL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Com1,
+    Pit,
+    Pic,
+    Rtc,
+    AcpiPm,
+    Pci,
+    Kbd,
+    DebugExit,
+    DebugCon,
+    FwCfg,
+    Post,
+}
+
+impl DeviceKind {
+    /// Every device.
+    pub const ALL: [Self; 11] = [
+        Self::Com1,
+        Self::Pit,
+        Self::Pic,
+        Self::Rtc,
+        Self::AcpiPm,
+        Self::Pci,
+        Self::Kbd,
+        Self::DebugExit,
+        Self::DebugCon,
+        Self::FwCfg,
+        Self::Post,
+    ];
+
+    /// The device's name in `hv_abi::platform::devices::ALL` (and in configs).
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Com1 => "com1",
+            Self::Pit => "pit",
+            Self::Pic => "pic",
+            Self::Rtc => "rtc",
+            Self::AcpiPm => "acpi-pm",
+            Self::Pci => "pci",
+            Self::Kbd => "kbd",
+            Self::DebugExit => "debug-exit",
+            Self::DebugCon => "debugcon",
+            Self::FwCfg => "fw-cfg",
+            Self::Post => "post",
+        }
+    }
+
+    /// The ISA IRQ the device raises, if any.
+    #[must_use]
+    pub const fn isa_irq(self) -> Option<u8> {
+        match self {
+            Self::Com1 => Some(COM1_IRQ),
+            Self::Pit => Some(crate::pit8254::PIT_IRQ),
+            Self::Rtc => Some(crate::rtc_cmos::IRQ),
+            Self::AcpiPm => Some(crate::acpi_pm::DEFAULT_SCI_IRQ),
+            _ => None,
+        }
+    }
+
+    /// The device that decodes `port`, if any.
+    #[must_use]
+    pub const fn at(port: u16) -> Option<Self> {
+        const COM1_LAST: u16 = COM1_BASE + 7;
+        const PM_FIRST: u16 = ACPI_PM_PORTS.pm1_evt;
+        const PM_LAST: u16 = ACPI_PM_PORTS.pm_tmr + 3;
+        const PCI_FIRST: u16 = crate::pci_host::CONFIG_ADDRESS_PORT;
+        const PCI_LAST: u16 = crate::pci_host::CONFIG_DATA_PORT + 3;
+        Some(match port {
+            COM1_BASE..=COM1_LAST => Self::Com1,
+            PIT_BASE..=PIT_CONTROL | PORT_B => Self::Pit,
+            MASTER_CMD | MASTER_DATA | SLAVE_CMD | SLAVE_DATA | ELCR_MASTER | ELCR_SLAVE => Self::Pic,
+            crate::rtc_cmos::INDEX_PORT | crate::rtc_cmos::DATA_PORT => Self::Rtc,
+            PM_FIRST..=PM_LAST => Self::AcpiPm,
+            PCI_FIRST..=PCI_LAST => Self::Pci,
+            KBD_DATA_PORT | KBD_COMMAND_PORT => Self::Kbd,
+            ISA_DEBUG_EXIT_PORT => Self::DebugExit,
+            DEBUGCON_PORT => Self::DebugCon,
+            crate::fw_cfg::SELECTOR_PORT | crate::fw_cfg::DATA_PORT => Self::FwCfg,
+            POST_PORT => Self::Post,
+            _ => return None,
+        })
+    }
+
+    /// The same device's entry in `hv_abi::platform::devices::ALL`.
+    #[must_use]
+    pub fn abi_device(self) -> Option<&'static devices::Device> {
+        devices::ALL.iter().find(|d| d.name == self.name())
+    }
+}
+
+/// The POST diagnostic port: writes are ignored, reads return all-ones.
+#[derive(Debug, Clone, Copy, Default)]
+struct PostPort;
+
+impl PortIo for PostPort {
+    fn read(&mut self, _port: u16, size: u8, _now: Nanos, _platform: &mut dyn Platform) -> u32 {
+        open_bus(size)
+    }
+
+    fn write(&mut self, _port: u16, _size: u8, _value: u32, _now: Nanos, _platform: &mut dyn Platform) {}
+}
+
+/// The wiring between the devices and the platform around the board: ISA IRQ levels
+/// go to the PIC pair and, as GSIs, outwards; power requests go outwards.
+struct Wires<'a> {
+    pic: &'a mut PicPair,
+    outer: &'a mut dyn Platform,
+}
+
+impl Platform for Wires<'_> {
+    fn set_irq(&mut self, irq: u8, high: bool) {
+        self.pic.set_irq(irq, high);
+        if let Ok(gsi) = u8::try_from(isa_irq_to_gsi(irq)) {
+            self.outer.set_irq(gsi, high);
+        }
+    }
+
+    fn request(&mut self, request: PlatformRequest) {
+        self.outer.request(request);
+    }
+}
+
+/// The mask of an access of `size` bytes.
+const fn size_mask(size: u8) -> u32 {
+    match size {
+        1 => 0xFF,
+        2 => 0xFFFF,
+        _ => u32::MAX,
+    }
+}
+
+/// A complete PC device set (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct PcBoard {
+    config: BoardConfig,
+    uart: Uart16550,
+    pit: Pit8254,
+    pic: PicPair,
+    rtc: RtcCmos,
+    acpi: AcpiPm,
+    pci: PciHost,
+    kbd: KbdResetPort,
+    debug_exit: IsaDebugExit,
+    debugcon: DebugCon,
+    fw_cfg: FwCfg,
+    post: PostPort,
+}
+
+impl PcBoard {
+    /// The board in its power-on state at time `now`: the RTC reads
+    /// `cfg.epoch_seconds`, the PM timer counts from 0, fw_cfg reports `cfg`'s RAM and
+    /// CPUs.
+    #[must_use]
+    pub fn new(cfg: BoardConfig, now: Nanos) -> Self {
+        let cpus = u16::try_from(cfg.vcpus).unwrap_or(u16::MAX);
+        Self {
+            config: cfg,
+            uart: Uart16550::new(COM1_BASE, COM1_IRQ),
+            pit: Pit8254::new(),
+            pic: PicPair::new(),
+            rtc: RtcCmos::new(cfg.epoch_seconds, now),
+            acpi: AcpiPm::new(ACPI_PM_PORTS, S5_SLP_TYP, now),
+            pci: PciHost::new(),
+            kbd: KbdResetPort::new(),
+            debug_exit: IsaDebugExit::with_range(ISA_DEBUG_EXIT_PORT, 1),
+            debugcon: DebugCon::new(),
+            fw_cfg: FwCfg::new(cfg.ram_bytes, cpus, cpus),
+            post: PostPort,
+        }
+    }
+
+    /// The configuration the board was built with.
+    #[must_use]
+    pub const fn config(&self) -> BoardConfig {
+        self.config
+    }
+
+    /// The 8259 pair (its IRR shows the ISA requests).
+    #[must_use]
+    pub const fn pic(&self) -> &PicPair {
+        &self.pic
+    }
+
+    /// The 8259 pair, for an INTA cycle ([`PicPair::acknowledge`]).
+    pub fn pic_mut(&mut self) -> &mut PicPair {
+        &mut self.pic
+    }
+
+    /// Runs `f` on device `kind` with the platform it reports to (the PIC pair reports
+    /// nothing and gets the outer platform; the others get the wiring).
+    fn with_device<R>(
+        &mut self,
+        kind: DeviceKind,
+        platform: &mut dyn Platform,
+        f: impl FnOnce(&mut dyn PortIo, &mut dyn Platform) -> R,
+    ) -> R {
+        let Self { uart, pit, pic, rtc, acpi, pci, kbd, debug_exit, debugcon, fw_cfg, post, .. } = self;
+        let device: &mut dyn PortIo = match kind {
+            DeviceKind::Pic => return f(pic, platform),
+            DeviceKind::Com1 => uart,
+            DeviceKind::Pit => pit,
+            DeviceKind::Rtc => rtc,
+            DeviceKind::AcpiPm => acpi,
+            DeviceKind::Pci => pci,
+            DeviceKind::Kbd => kbd,
+            DeviceKind::DebugExit => debug_exit,
+            DeviceKind::DebugCon => debugcon,
+            DeviceKind::FwCfg => fw_cfg,
+            DeviceKind::Post => post,
+        };
+        f(device, &mut Wires { pic, outer: platform })
+    }
+
+    /// Reads `size` bytes (1, 2 or 4) at `port`; the result fits the size. Undecoded
+    /// ports and other sizes read all-ones.
+    pub fn read(&mut self, port: u16, size: u8, now: Nanos, platform: &mut dyn Platform) -> u32 {
+        let Some(kind) = DeviceKind::at(port).filter(|_| matches!(size, 1 | 2 | 4)) else {
+            return open_bus(size);
+        };
+        self.with_device(kind, platform, |d, p| d.read(port, size, now, p)) & size_mask(size)
+    }
+
+    /// Writes the low `size` bytes (1, 2 or 4) of `value` at `port`. Undecoded ports
+    /// and other sizes are ignored.
+    pub fn write(&mut self, port: u16, size: u8, value: u32, now: Nanos, platform: &mut dyn Platform) {
+        let Some(kind) = DeviceKind::at(port).filter(|_| matches!(size, 1 | 2 | 4)) else { return };
+        self.with_device(kind, platform, |d, p| d.write(port, size, value & size_mask(size), now, p));
+    }
+
+    /// The earliest time any device needs [`PcBoard::tick`] (a timer interrupt, or a
+    /// line change waiting to be driven), if any.
+    #[must_use]
+    pub fn next_event(&self) -> Option<Nanos> {
+        [self.uart.next_event(), self.pit.next_event(), self.rtc.next_event(), self.acpi.next_event()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Lets time pass up to `now` for every device with timers or pending line
+    /// changes: interrupts due by then are raised.
+    pub fn tick(&mut self, now: Nanos, platform: &mut dyn Platform) {
+        for kind in [DeviceKind::Com1, DeviceKind::Pit, DeviceKind::Rtc, DeviceKind::AcpiPm] {
+            self.with_device(kind, platform, |d, p| d.tick(now, p));
+        }
+    }
+
+    /// Moves console output into `out` and returns how many bytes it took: first the
+    /// bytes the UART transmitted, then those written to the debug console (0xE9),
+    /// each oldest first. The two are not interleaved by time: an owner that drains
+    /// after every access gets them in the guest's order (each access reaches one
+    /// device). Whatever does not fit stays for the next call.
+    pub fn take_console_output(&mut self, out: &mut [u8]) -> usize {
+        let n = self.uart.take_output(out);
+        let rest = out.get_mut(n..).unwrap_or_default();
+        n + self.debugcon.take_output(rest)
+    }
+
+    /// Console bytes waiting to be taken.
+    #[must_use]
+    pub const fn console_output_len(&self) -> usize {
+        self.uart.output_len() + self.debugcon.output_len()
+    }
+
+    /// Delivers a byte typed on the console to the UART's receiver; false if it was
+    /// lost (receiver full, or the UART is in loopback). The interrupt it may raise is
+    /// driven at the next [`PcBoard::tick`] (see [`PcBoard::next_event`]).
+    pub fn push_console_input(&mut self, byte: u8) -> bool {
+        self.uart.push_input(byte)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use crate::acpi_pm::{PM_TIMER_HZ, SLP_EN};
+    use crate::pci_host::{CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT, CONFIG_ENABLE};
+    use crate::RecordingPlatform;
+    use proptest::prelude::*;
+    use std::vec::Vec;
+
+    /// 2026-01-01T00:00:00Z.
+    const EPOCH: u64 = 1_767_225_600;
+    const SECOND: Nanos = 1_000_000_000;
+
+    fn config() -> BoardConfig {
+        BoardConfig { vcpus: 2, ram_bytes: 256 << 20, epoch_seconds: EPOCH }
+    }
+
+    struct Rig {
+        board: PcBoard,
+        platform: RecordingPlatform,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            Self { board: PcBoard::new(config(), 0), platform: RecordingPlatform::default() }
+        }
+        fn out(&mut self, port: u16, size: u8, value: u32) {
+            self.out_at(port, size, value, 0);
+        }
+        fn out_at(&mut self, port: u16, size: u8, value: u32, now: Nanos) {
+            self.board.write(port, size, value, now, &mut self.platform);
+        }
+        fn inp(&mut self, port: u16, size: u8) -> u32 {
+            self.inp_at(port, size, 0)
+        }
+        fn inp_at(&mut self, port: u16, size: u8, now: Nanos) -> u32 {
+            self.board.read(port, size, now, &mut self.platform)
+        }
+        fn config_read(&mut self, bus: u8, device: u8, function: u8, offset: u8) -> u32 {
+            let address = CONFIG_ENABLE
+                | u32::from(bus) << 16
+                | u32::from(device) << 11
+                | u32::from(function) << 8
+                | u32::from(offset & 0xFC);
+            self.out(CONFIG_ADDRESS_PORT, 4, address);
+            self.inp(CONFIG_DATA_PORT, 4)
+        }
+    }
+
+    #[test]
+    fn the_port_map_is_the_abis() {
+        let mut claimed = 0usize;
+        for device in devices::ALL {
+            for &(first, last) in device.ports {
+                for port in first..=last {
+                    let kind = DeviceKind::at(port);
+                    assert_eq!(kind.map(DeviceKind::name), Some(device.name), "port {port:#x}");
+                    claimed += 1;
+                }
+            }
+        }
+        let decoded = (0..=u16::MAX).filter(|&p| DeviceKind::at(p).is_some()).count();
+        assert_eq!(decoded, claimed, "the board decodes a port outside hv_abi's map");
+        assert_eq!(DeviceKind::ALL.len(), devices::ALL.len());
+        for (kind, device) in DeviceKind::ALL.iter().zip(devices::ALL) {
+            assert_eq!(kind.name(), device.name);
+            assert_eq!(kind.abi_device(), Some(device));
+            assert_eq!(kind.isa_irq(), device.isa_irq, "{}", device.name);
+        }
+    }
+
+    #[test]
+    fn undecoded_ports_and_sizes_are_open_bus() {
+        let mut r = Rig::new();
+        for port in [0u16, 0x1F, 0x22, 0x62, 0x81, 0xF5, 0x2F8, 0x3F7, 0x400, 0x512, 0x60C, 0xCF7, 0xD00, 0xFFFF] {
+            r.out(port, 1, 0);
+            assert_eq!(r.inp(port, 1), 0xFF, "{port:#x}");
+            assert_eq!(r.inp(port, 2), 0xFFFF, "{port:#x}");
+            assert_eq!(r.inp(port, 4), 0xFFFF_FFFF, "{port:#x}");
+        }
+        // Size 8 (or any other) is not decoded, even at a device's port.
+        r.out(0xF4, 8, 1);
+        r.out(0xF4, 3, 1);
+        assert_eq!(r.inp(0x3FF, 8), 0xFFFF_FFFF);
+        assert_eq!(r.platform, RecordingPlatform::default());
+    }
+
+    #[test]
+    fn every_device_is_reached() {
+        let mut r = Rig::new();
+        // COM1: the scratch register.
+        r.out(0x3FF, 1, 0x5A);
+        assert_eq!(r.inp(0x3FF, 1), 0x5A);
+        // PIT: port 0x61 keeps bits 3:0; counter 0 counts down.
+        r.out(0x61, 1, 0x03);
+        assert_eq!(r.inp(0x61, 1) & 0x0F, 0x03);
+        r.out(0x43, 1, 0x34); // counter 0, LSB then MSB, mode 2
+        r.out(0x40, 1, 0xFF);
+        r.out(0x40, 1, 0xFF);
+        r.out_at(0x43, 1, 0x00, 1_000_000); // latch counter 0
+        let low = r.inp_at(0x40, 1, 1_000_000);
+        let high = r.inp_at(0x40, 1, 1_000_000);
+        let count = low | high << 8;
+        assert!(count < 0xFFFF && count > 0xFFFF - 1300, "{count:#x}");
+        // PIC: OCW1 before initialization, and the ELCR.
+        r.out(0x21, 1, 0xAB);
+        assert_eq!(r.inp(0x21, 1), 0xAB);
+        r.out(0xA1, 1, 0xCD);
+        assert_eq!(r.inp(0xA1, 1), 0xCD);
+        r.out(0x4D1, 1, 0x0E);
+        assert_eq!(r.inp(0x4D1, 1), 0x0E);
+        // RTC: NVRAM and the clock (24-hour BCD).
+        r.out(0x70, 1, 0x0E);
+        r.out(0x71, 1, 0x77);
+        assert_eq!(r.inp(0x71, 1), 0x77);
+        r.out(0x70, 1, 0x00);
+        assert_eq!(r.inp_at(0x71, 1, 12 * SECOND + 1), 0x12);
+        r.out(0x70, 1, 0x09);
+        assert_eq!(r.inp(0x71, 1), 0x26, "year 2026");
+        // ACPI PM: the timer counts at 3.579545 MHz from the board's creation.
+        assert_eq!(u64::from(r.inp_at(0x608, 4, SECOND)), PM_TIMER_HZ);
+        assert_eq!(r.inp(0x606, 2), 0xFFFF, "nothing between PM1 control and the timer");
+        // Keyboard controller status.
+        assert_eq!(r.inp(0x64, 1), 0x1C);
+        assert_eq!(r.inp(0x60, 1), 0);
+        // Debug console.
+        assert_eq!(r.inp(0xE9, 1), 0xE9);
+        // POST port.
+        r.out(0x80, 1, 0x42);
+        assert_eq!(r.inp(0x80, 1), 0xFF);
+        assert_eq!(r.inp(0x80, 2), 0xFFFF);
+        // isa-debug-exit reads open bus.
+        assert_eq!(r.inp(0xF4, 1), 0xFF);
+        assert_eq!(r.platform.last_request, None);
+    }
+
+    #[test]
+    fn pci_enumeration_finds_only_the_host_bridge() {
+        let mut r = Rig::new();
+        let mut found = Vec::new();
+        for device in 0..32 {
+            for function in 0..8 {
+                let id = r.config_read(0, device, function, 0);
+                if id != 0xFFFF_FFFF {
+                    found.push((device, function, id));
+                }
+            }
+        }
+        assert_eq!(found, [(0, 0, 0x1237_8086)]);
+        assert_eq!(r.config_read(0, 0, 0, 8) >> 8, 0x06_0000);
+        assert_eq!(r.config_read(0, 0, 0, 0x0C) >> 16 & 0x80, 0, "single function");
+        assert_eq!(r.config_read(1, 0, 0, 0), 0xFFFF_FFFF);
+        // CONFIG_ENABLE clear: CONFIG_DATA is ordinary (undecoded) I/O.
+        r.out(CONFIG_ADDRESS_PORT, 4, 0);
+        assert_eq!(r.inp(CONFIG_DATA_PORT, 4), 0xFFFF_FFFF);
+        assert_eq!(r.inp(CONFIG_ADDRESS_PORT, 4), 0);
+    }
+
+    #[test]
+    fn fw_cfg_reports_the_configuration() {
+        let mut r = Rig::new();
+        let item = |r: &mut Rig, key: u16, len: usize| -> Vec<u8> {
+            r.out(0x510, 2, u32::from(key));
+            (0..len).map(|_| r.inp(0x511, 1) as u8).collect()
+        };
+        assert_eq!(item(&mut r, 0, 4), b"QEMU");
+        assert_eq!(item(&mut r, 1, 4), [1, 0, 0, 0]);
+        assert_eq!(item(&mut r, 3, 8), (256u64 << 20).to_le_bytes());
+        assert_eq!(item(&mut r, 5, 2), [2, 0]);
+        assert_eq!(item(&mut r, 0x0F, 2), [2, 0]);
+        let big = PcBoard::new(BoardConfig { vcpus: 100_000, ..config() }, 0);
+        let mut r = Rig { board: big, platform: RecordingPlatform::default() };
+        assert_eq!(item(&mut r, 5, 2), [0xFF, 0xFF]);
+    }
+
+    #[test]
+    fn isa_irq_0_is_gsi_2() {
+        assert_eq!(isa_irq_to_gsi(0), 2);
+        for irq in 1..16 {
+            assert_eq!(isa_irq_to_gsi(irq), u32::from(irq));
+        }
+        let mut r = Rig::new();
+        // Counter 0, mode 2, count 1193 (about 1 ms).
+        r.out(0x43, 1, 0x34);
+        r.out(0x40, 1, 1193 & 0xFF);
+        r.out(0x40, 1, 1193 >> 8);
+        let due = r.board.next_event().expect("the PIT has a next interrupt");
+        assert!((900_000..1_100_000).contains(&due), "{due}");
+        r.board.tick(due - 1, &mut r.platform);
+        assert_eq!(r.platform.rising_edges[2], 0);
+        r.board.tick(due, &mut r.platform);
+        assert_eq!(r.platform.rising_edges[2], 1, "IRQ 0 arrives on GSI 2");
+        assert_eq!(r.platform.rising_edges[0], 0, "nothing on GSI 0");
+        assert_eq!(r.platform.lines, 0, "the PIT pulses its line");
+        // The PIC pair saw the edge: IRR bit 0 (OCW3: read IRR).
+        r.out(0x20, 1, 0x0A);
+        assert_eq!(r.inp(0x20, 1) & 1, 1);
+        // Periodic: the next one a period later.
+        let next = r.board.next_event().unwrap();
+        assert!(next > due && next - due < 1_100_000);
+        r.board.tick(next, &mut r.platform);
+        assert_eq!(r.platform.rising_edges[2], 2);
+    }
+
+    #[test]
+    fn uart_thre_interrupt_is_gsi_4() {
+        let mut r = Rig::new();
+        r.out(0x3FC, 1, 0x08); // MCR: OUT2
+        r.out(0x3F9, 1, 0x02); // IER: THRI
+        assert_eq!(r.platform.lines, 1 << 4);
+        assert_eq!(r.platform.rising_edges[4], 1);
+        assert_eq!(r.inp(0x3FA, 1) & 0x0F, 0x02, "IIR: THR empty");
+        assert_eq!(r.platform.lines, 0, "reading IIR cleared it");
+        // Each byte written raises it again.
+        for (i, &b) in b"hi".iter().enumerate() {
+            r.out(0x3F8, 1, u32::from(b));
+            assert_eq!(r.platform.rising_edges[4], 2 + i as u32);
+        }
+        let mut out = [0u8; 8];
+        assert_eq!(r.board.take_console_output(&mut out), 2);
+        assert_eq!(&out[..2], b"hi");
+    }
+
+    #[test]
+    fn rtc_interrupt_is_gsi_8() {
+        let mut r = Rig::new();
+        r.out(0x70, 1, 0x0B);
+        r.out(0x71, 1, 0x02 | 0x10); // 24-hour, UIE
+        let due = r.board.next_event().unwrap();
+        assert!(due <= SECOND);
+        r.board.tick(due, &mut r.platform);
+        assert_eq!(r.platform.lines, 1 << 8);
+        r.out(0x70, 1, 0x0C);
+        assert_eq!(r.inp(0x71, 1) & 0x90, 0x90, "IRQF and UF");
+        assert_eq!(r.platform.lines, 0);
+    }
+
+    #[test]
+    fn resets_pass_through() {
+        let mut r = Rig::new();
+        r.out(0xCF9, 1, 0x02);
+        assert_eq!(r.platform.last_request, None);
+        r.out(0xCF9, 1, 0x06);
+        assert_eq!(r.platform.last_request, Some(PlatformRequest::Reset));
+        let mut r = Rig::new();
+        r.out(0x64, 1, 0xFE);
+        assert_eq!(r.platform.last_request, Some(PlatformRequest::Reset));
+    }
+
+    #[test]
+    fn s5_through_pm1_control() {
+        let mut r = Rig::new();
+        r.out(0x604, 2, u32::from(SLP_EN)); // SLP_TYP 0: not S5
+        assert_eq!(r.platform.last_request, None);
+        r.out(0x604, 2, u32::from(SLP_EN) | u32::from(S5_SLP_TYP) << 10);
+        assert_eq!(r.platform.last_request, Some(PlatformRequest::PowerOff));
+    }
+
+    #[test]
+    fn isa_debug_exit_passes_the_code() {
+        let mut r = Rig::new();
+        r.out(0xF4, 1, 0x31);
+        assert_eq!(r.platform.last_request, Some(PlatformRequest::Exit(0x31)));
+        r.out(0xF4, 4, 0x1234_5678);
+        assert_eq!(r.platform.last_request, Some(PlatformRequest::Exit(0x1234_5678)));
+        r.platform.last_request = None;
+        r.out(0xF5, 1, 1);
+        assert_eq!(r.platform.last_request, None, "only port 0xF4 is forwarded");
+    }
+
+    #[test]
+    fn console_output_uart_first_then_debugcon() {
+        let mut r = Rig::new();
+        for &b in b"ab" {
+            r.out(0xE9, 1, u32::from(b));
+        }
+        for &b in b"xyz" {
+            r.out(0x3F8, 1, u32::from(b));
+        }
+        assert_eq!(r.board.console_output_len(), 5);
+        let mut out = [0u8; 4];
+        assert_eq!(r.board.take_console_output(&mut out), 4);
+        assert_eq!(&out, b"xyza");
+        assert_eq!(r.board.take_console_output(&mut out), 1);
+        assert_eq!(&out[..1], b"b");
+        assert_eq!(r.board.take_console_output(&mut out), 0);
+        assert_eq!(r.board.take_console_output(&mut []), 0);
+    }
+
+    #[test]
+    fn console_input_reaches_the_uart() {
+        let mut r = Rig::new();
+        r.out(0x3FC, 1, 0x08); // OUT2
+        r.out(0x3F9, 1, 0x01); // IER: received data
+        assert!(r.board.push_console_input(b'k'));
+        assert_eq!(r.board.next_event(), Some(0), "the line change waits for a tick");
+        r.board.tick(10, &mut r.platform);
+        assert_eq!(r.platform.lines, 1 << 4);
+        assert_eq!(r.inp(0x3FD, 1) & 1, 1, "LSR: data ready");
+        assert_eq!(r.inp(0x3F8, 1), u32::from(b'k'));
+        assert_eq!(r.platform.lines, 0);
+    }
+
+    /// Ports worth hitting: every decoded port, its neighbours, and a few others.
+    fn interesting_port() -> impl Strategy<Value = u16> {
+        let mut ports = Vec::new();
+        for device in devices::ALL {
+            for &(first, last) in device.ports {
+                ports.extend(first.saturating_sub(1)..=last.saturating_add(1));
+            }
+        }
+        prop_oneof![proptest::sample::select(ports), any::<u16>()]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Read(u16, u8),
+        Write(u16, u8, u32),
+        Tick,
+        Input(u8),
+        Drain(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (interesting_port(), 0u8..=8).prop_map(|(p, s)| Op::Read(p, s)),
+            4 => (interesting_port(), 0u8..=8, any::<u32>()).prop_map(|(p, s, v)| Op::Write(p, s, v)),
+            1 => Just(Op::Tick),
+            1 => any::<u8>().prop_map(Op::Input),
+            1 => (0usize..300).prop_map(Op::Drain),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_accesses_never_panic(
+            start in any::<u64>(),
+            epoch in any::<u64>(),
+            vcpus in any::<u32>(),
+            ram in any::<u64>(),
+            ops in proptest::collection::vec((op(), 0u64..5_000_000), 0..300),
+        ) {
+            let cfg = BoardConfig { vcpus, ram_bytes: ram, epoch_seconds: epoch };
+            let mut board = PcBoard::new(cfg, start);
+            let mut platform = RecordingPlatform::default();
+            let mut now = start;
+            let mut buf = [0u8; 300];
+            for (op, dt) in ops {
+                now = now.saturating_add(dt);
+                match op {
+                    Op::Read(port, size) => {
+                        let v = board.read(port, size, now, &mut platform);
+                        if matches!(size, 1 | 2) {
+                            prop_assert_eq!(v >> (8 * u32::from(size)), 0);
+                        }
+                    }
+                    Op::Write(port, size, value) => board.write(port, size, value, now, &mut platform),
+                    Op::Tick => {
+                        if let Some(t) = board.next_event() {
+                            board.tick(t.max(now), &mut platform);
+                            now = now.max(t);
+                        } else {
+                            board.tick(now, &mut platform);
+                        }
+                    }
+                    Op::Input(b) => {
+                        board.push_console_input(b);
+                    }
+                    Op::Drain(n) => {
+                        let n = n.min(buf.len());
+                        let got = board.take_console_output(&mut buf[..n]);
+                        prop_assert!(got <= n);
+                    }
+                }
+                prop_assert!(platform.lines & !0x0000_FFFF == 0, "only ISA GSIs: {:#x}", platform.lines);
+                prop_assert!(platform.lines & 1 == 0, "nothing drives GSI 0");
+            }
+        }
+    }
+}
