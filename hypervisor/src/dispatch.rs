@@ -281,56 +281,61 @@ fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outc
     if io.string {
         return handle_string_io(vcpu, regs, &io);
     }
-    let devices = hv_abi::platform::devices::DeviceSet(vcpu.vm.devices.load(Ordering::Relaxed));
-    let completion = if devices.claims_port(io.port) {
-        match forward_port(vcpu, regs, &io) {
-            Ok(completion) => completion,
-            Err(crate::service::ForwardError::NoService) => Completion::Failed,
-            Err(e) => {
-                log::error!(
-                    "partition {}: vcpu {}: port {:#x} {} failed: {}; stopping this partition",
-                    vcpu.vm.name,
-                    vcpu.id,
-                    io.port,
-                    if io.is_in { "read" } else { "write" },
-                    e.describe()
-                );
-                vcpu.vm.stop(u64::MAX);
-                return Outcome::Stop;
-            }
-        }
-    } else {
-        // An unclaimed port: reads return all-ones, writes are ignored.
-        Completion::Failed
+    let completion = match port_access(vcpu, &io, regs.rax) {
+        Ok(c) => c,
+        Err(stop) => return stop,
     };
     if io.is_in {
         let mask = hv_core::io_request::size_mask(io.size);
-        let value = match completion {
-            Completion::Read(v) => v & mask,
-            Completion::Written | Completion::Failed => mask,
-        };
+        let value = read_value(completion, io.size);
         // IN to AL/AX keeps the rest of RAX; IN to EAX zero-extends (SDM 3.4.1.1).
         regs.rax = if io.size == 4 { value } else { (regs.rax & !mask) | value };
     }
     skip_instruction()
 }
 
-/// Forwards a port access to the service partition (same-core switch).
-fn forward_port(
-    vcpu: &'static Vcpu,
-    regs: &GuestRegisters,
-    io: &IoInstruction,
-) -> Result<Completion, crate::service::ForwardError> {
+/// The value a read completed with: all-ones when nothing answered it.
+fn read_value(completion: Completion, size: u8) -> u64 {
+    let mask = hv_core::io_request::size_mask(size);
+    match completion {
+        Completion::Read(v) => v & mask,
+        Completion::Written | Completion::Failed => mask,
+    }
+}
+
+/// One port access of `io.size` bytes (`data` for a write): forwarded to the service
+/// partition when the guest has a device there, else unclaimed (`Failed`: reads
+/// all-ones, writes dropped). `Err` stops the guest when the service partition failed.
+fn port_access(vcpu: &'static Vcpu, io: &IoInstruction, data: u64) -> Result<Completion, Outcome> {
+    let devices = hv_abi::platform::devices::DeviceSet(vcpu.vm.devices.load(Ordering::Relaxed));
+    if !devices.claims_port(io.port) {
+        return Ok(Completion::Failed);
+    }
     let request = hv_core::io_request::Request {
         kind: hv_abi::io_request::kind::PORT,
         address: u64::from(io.port),
         size: io.size,
         write: !io.is_in,
-        data: regs.rax,
+        data,
         vm: crate::service::vm_id(vcpu.vm).0,
         vcpu: vcpu.id,
     };
-    crate::service::forward(vcpu, &request)
+    match crate::service::forward(vcpu, &request) {
+        Ok(completion) => Ok(completion),
+        Err(crate::service::ForwardError::NoService) => Ok(Completion::Failed),
+        Err(e) => {
+            log::error!(
+                "partition {}: vcpu {}: port {:#x} {} failed: {}; stopping this partition",
+                vcpu.vm.name,
+                vcpu.id,
+                io.port,
+                if io.is_in { "read" } else { "write" },
+                e.describe()
+            );
+            vcpu.vm.stop(u64::MAX);
+            Err(Outcome::Stop)
+        }
+    }
 }
 
 /// Most elements of a REP string instruction done per exit; the instruction is then
@@ -340,10 +345,11 @@ const STRING_IO_BUDGET: u64 = 4096;
 const RFLAGS_DF: u64 = 1 << 10;
 const CS_LONG: u64 = 1 << 13;
 
-/// INS/OUTS, with or without REP, on unclaimed ports: INS stores all-ones at ES:RDI,
-/// OUTS reads (and drops) DS:RSI; each element goes through the guest's page tables
-/// and a fault is delivered to the guest as #PF. 64-bit guests only so far (segment
-/// bases are 0 there); others are stopped with a clear line.
+/// INS/OUTS, with or without REP: each element's memory operand (ES:RDI for INS, DS:RSI
+/// for OUTS) goes through the guest's page tables first (a fault is delivered to the
+/// guest as #PF before the port is touched), then the port access is made as for
+/// IN/OUT (forwarded or unclaimed). 64-bit guests only so far (segment bases are 0
+/// there); others are stopped with a clear line.
 fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: &IoInstruction) -> Outcome {
     if vmcs::read(guest::CS_ACCESS_RIGHTS) & CS_LONG == 0 {
         return stop_with_dump(vcpu, "string I/O outside 64-bit mode is not emulated yet", u64::from(io.port));
@@ -355,10 +361,32 @@ fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: &IoInstr
     let mut done = 0;
     while remaining > 0 && done < STRING_IO_BUDGET {
         let linear = if io.is_in { regs.rdi } else { regs.rsi };
-        for byte in 0..size {
-            let at = linear.wrapping_add(byte);
-            if let Err(fault) = access_guest_byte(vcpu, &state, at, io.is_in) {
-                return fault;
+        let mut hosts = [0u64; 4];
+        for (byte, host) in hosts.iter_mut().enumerate().take(usize::from(io.size)) {
+            match guest_byte(vcpu, &state, linear.wrapping_add(byte as u64), io.is_in) {
+                Ok(h) => *host = h,
+                Err(fault) => return fault,
+            }
+        }
+        let hosts = &hosts[..usize::from(io.size)];
+        if io.is_in {
+            let value = match port_access(vcpu, io, 0) {
+                Ok(c) => read_value(c, io.size),
+                Err(stop) => return stop,
+            };
+            for (i, &host) in hosts.iter().enumerate() {
+                // SAFETY: one byte inside the VM's RAM (checked by `guest_byte`),
+                // direct-mapped.
+                unsafe { frames::phys_to_virt(host).write_volatile((value >> (8 * i)) as u8) };
+            }
+        } else {
+            let mut data = 0u64;
+            for (i, &host) in hosts.iter().enumerate() {
+                // SAFETY: as above.
+                data |= u64::from(unsafe { frames::phys_to_virt(host).read_volatile() }) << (8 * i);
+            }
+            if let Err(stop) = port_access(vcpu, io, data) {
+                return stop;
             }
         }
         // Registers follow each completed element, so a fault on a later one leaves them
@@ -373,6 +401,9 @@ fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: &IoInstr
             regs.rcx = remaining;
         }
         done += 1;
+        if vcpu.vm.stop_requested() {
+            return Outcome::Stop;
+        }
     }
     if remaining == 0 {
         skip_instruction()
@@ -391,14 +422,15 @@ pub fn guest_paging_state() -> hv_core::guest_paging::PagingState {
     }
 }
 
-/// Stores 0xFF at (`write`) or reads from guest-linear `linear`; `Err` carries the
-/// outcome when the guest must see a page fault or be stopped.
-fn access_guest_byte(
+/// The host-physical address of the guest byte at guest-linear `linear`, checked for a
+/// read or (`write`) a write through the guest's page tables; `Err` carries the outcome
+/// when the guest must see a page fault or be stopped.
+fn guest_byte(
     vcpu: &'static Vcpu,
     state: &hv_core::guest_paging::PagingState,
     linear: u64,
     write: bool,
-) -> Result<(), Outcome> {
+) -> Result<u64, Outcome> {
     use hv_core::guest_paging::{translate, WalkError};
     let gpa = match translate(state, linear, write, |gpa| vcpu.vm.read_guest_u64(gpa)) {
         Ok(gpa) => gpa,
@@ -412,14 +444,7 @@ fn access_guest_byte(
         }
         Err(WalkError::UnsupportedMode) => return Err(stop_with_dump(vcpu, "unsupported guest paging mode", linear)),
     };
-    let Some(host) = vcpu.vm.guest_range(gpa, 1) else {
-        return Err(stop_with_dump(vcpu, "string I/O to memory outside its RAM", gpa));
-    };
-    if write {
-        // SAFETY: one byte inside the VM's RAM (checked), direct-mapped.
-        unsafe { frames::phys_to_virt(host).write_volatile(0xff) };
-    }
-    Ok(())
+    vcpu.vm.guest_range(gpa, 1).ok_or_else(|| stop_with_dump(vcpu, "string I/O to memory outside its RAM", gpa))
 }
 
 fn handle_rdmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {

@@ -209,6 +209,20 @@ fn service_scenarios() -> Vec<Scenario> {
             ],
         ),
         service_scenario(
+            "svc-flood",
+            2,
+            "tests/configs/svc-flood.toml",
+            2,
+            &[
+                "[flood] io-flood: 40000 accesses, all answered",
+                "[flood] PASS guest-io-flood",
+                "partition flood: stopped itself (code 0)",
+                "[uart] uart: hello through the 16550",
+                "[uart] PASS guest-uart",
+                "partition uart: stopped itself (code 0)",
+            ],
+        ),
+        service_scenario(
             "svc-debug-exit",
             2,
             "tests/configs/svc-debug-exit.toml",
