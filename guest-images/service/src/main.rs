@@ -72,6 +72,34 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
     }
 }
 
+/// The `svc-fault-test` port (`hv_abi::platform::devices`), which only test configs
+/// forward.
+const FAULT_TEST_PORT: u16 = 0xf6;
+
+/// Fails on purpose, for the scenarios that check how the hypervisor survives a broken
+/// service partition: `FAULT_TEST_CRASH` triple-faults this vCPU (an empty IDT, then a
+/// breakpoint), `FAULT_TEST_HANG` spins with interrupts off and never replies.
+fn fault_test(value: u8) {
+    use hv_abi::platform::devices::{FAULT_TEST_CRASH, FAULT_TEST_HANG};
+    match value {
+        FAULT_TEST_CRASH => {
+            println!("service: fault test: crashing this vcpu with a triple fault");
+            let empty = [0u16; 5];
+            // SAFETY: deliberately fatal: with a zero-limit IDT the breakpoint cannot be
+            // delivered (#BP -> #GP -> #DF -> triple fault), which the hypervisor handles
+            // by stopping this partition. Nothing after it runs.
+            unsafe { core::arch::asm!("lidt [{}]", "int3", in(reg) empty.as_ptr(), options(nostack)) };
+        }
+        FAULT_TEST_HANG => {
+            println!("service: fault test: hanging this vcpu with interrupts off");
+            loop {
+                core::hint::spin_loop();
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Performs the access `request` describes; returns the status to reply and, for a
 /// read, the data.
 fn serve(request: &IoRequestSlot) -> (u8, Option<u64>) {
@@ -86,6 +114,12 @@ fn serve(request: &IoRequestSlot) -> (u8, Option<u64>) {
         direction::WRITE => Some(request.data as u32),
         _ => return FAILED,
     };
+    if port == FAULT_TEST_PORT {
+        if let Some(value) = write {
+            fault_test(value as u8);
+        }
+        return FAILED;
+    }
     match vms::port_access(VmId(request.vm), port, request.size, write) {
         Some(value) if write.is_none() => (status::DONE, Some(u64::from(value))),
         Some(_) => (status::DONE, None),

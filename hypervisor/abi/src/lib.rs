@@ -181,30 +181,51 @@ pub mod platform {
             pub name: &'static str,
             pub ports: &'static [(u16, u16)],
             pub isa_irq: Option<u8>,
+            /// Part of the PC platform (the config's `"pc"`); false for test devices.
+            pub pc: bool,
         }
 
         /// Every device, in bit order of a [`DeviceSet`].
         pub const ALL: &[Device] = &[
-            Device { name: "com1", ports: &[(0x3f8, 0x3ff)], isa_irq: Some(4) },
-            Device { name: "pit", ports: &[(0x40, 0x43), (0x61, 0x61)], isa_irq: Some(0) },
-            Device { name: "pic", ports: &[(0x20, 0x21), (0xa0, 0xa1), (0x4d0, 0x4d1)], isa_irq: None },
-            Device { name: "rtc", ports: &[(0x70, 0x71)], isa_irq: Some(8) },
-            Device { name: "acpi-pm", ports: &[(0x600, 0x60b)], isa_irq: Some(9) },
-            Device { name: "pci", ports: &[(0xcf8, 0xcff)], isa_irq: None },
-            Device { name: "kbd", ports: &[(0x60, 0x60), (0x64, 0x64)], isa_irq: None },
-            Device { name: "debug-exit", ports: &[(0xf4, 0xf4)], isa_irq: None },
-            Device { name: "debugcon", ports: &[(0xe9, 0xe9)], isa_irq: None },
-            Device { name: "fw-cfg", ports: &[(0x510, 0x511)], isa_irq: None },
-            Device { name: "post", ports: &[(0x80, 0x80)], isa_irq: None },
+            Device { name: "com1", ports: &[(0x3f8, 0x3ff)], isa_irq: Some(4), pc: true },
+            Device { name: "pit", ports: &[(0x40, 0x43), (0x61, 0x61)], isa_irq: Some(0), pc: true },
+            Device { name: "pic", ports: &[(0x20, 0x21), (0xa0, 0xa1), (0x4d0, 0x4d1)], isa_irq: None, pc: true },
+            Device { name: "rtc", ports: &[(0x70, 0x71)], isa_irq: Some(8), pc: true },
+            Device { name: "acpi-pm", ports: &[(0x600, 0x60b)], isa_irq: Some(9), pc: true },
+            Device { name: "pci", ports: &[(0xcf8, 0xcff)], isa_irq: None, pc: true },
+            Device { name: "kbd", ports: &[(0x60, 0x60), (0x64, 0x64)], isa_irq: None, pc: true },
+            Device { name: "debug-exit", ports: &[(0xf4, 0xf4)], isa_irq: None, pc: true },
+            Device { name: "debugcon", ports: &[(0xe9, 0xe9)], isa_irq: None, pc: true },
+            Device { name: "fw-cfg", ports: &[(0x510, 0x511)], isa_irq: None, pc: true },
+            Device { name: "post", ports: &[(0x80, 0x80)], isa_irq: None, pc: true },
+            // Not a device: the service partition's fault-injection port for the
+            // svc-crash scenarios. A write of FAULT_TEST_CRASH makes the service vCPU
+            // triple-fault; FAULT_TEST_HANG makes it spin with interrupts off (it misses
+            // the request deadline). Only configs that name it get it.
+            Device { name: "svc-fault-test", ports: &[(0xf6, 0xf6)], isa_irq: None, pc: false },
         ];
+
+        /// `svc-fault-test` values.
+        pub const FAULT_TEST_CRASH: u8 = 1;
+        pub const FAULT_TEST_HANG: u8 = 2;
 
         /// A set of devices: bit `i` = `ALL[i]`.
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         pub struct DeviceSet(pub u32);
 
         impl DeviceSet {
-            /// Every device (the config's `"pc"`).
-            pub const PC: Self = Self((1 << ALL.len() as u32) - 1);
+            /// Every device of the PC platform (the config's `"pc"`).
+            pub const PC: Self = {
+                let mut bits = 0;
+                let mut i = 0;
+                while i < ALL.len() {
+                    if ALL[i].pc {
+                        bits |= 1 << i;
+                    }
+                    i += 1;
+                }
+                Self(bits)
+            };
 
             /// The set with the device called `name` added (`"pc"` adds all); `None` for
             /// an unknown name.
@@ -225,7 +246,7 @@ pub mod platform {
             /// Whether `port` belongs to a device in the set.
             #[must_use]
             pub fn claims_port(self, port: u16) -> bool {
-                let mut bits = self.0 & Self::PC.0;
+                let mut bits = self.0 & ((1 << ALL.len()) - 1);
                 while bits != 0 {
                     let i = bits.trailing_zeros() as usize;
                     bits &= bits - 1;
@@ -461,10 +482,12 @@ mod tests {
         for d in ALL {
             for &(first, last) in d.ports {
                 assert!(first <= last, "{}", d.name);
-                assert!(pc.claims_port(first) && pc.claims_port(last));
+                assert_eq!(pc.claims_port(first) && pc.claims_port(last), d.pc, "{}", d.name);
             }
         }
         assert!(!pc.claims_port(0x1234));
+        assert!(!pc.claims_port(0xf6), "the fault-test port is not part of the PC");
+        assert!(DeviceSet::default().with("svc-fault-test").unwrap().claims_port(0xf6));
         assert_eq!(DeviceSet::default().with("floppy"), None);
         assert!(DeviceSet::default().is_empty());
     }

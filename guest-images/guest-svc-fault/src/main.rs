@@ -1,0 +1,50 @@
+//! `guest-svc-fault`: checks that the service partition answers (a line through COM1),
+//! then asks it to fail through the `svc-fault-test` port (0xF6): with 16 MiB of RAM
+//! it asks for a crash (`FAULT_TEST_CRASH`), with any other size for a hang
+//! (`FAULT_TEST_HANG`). The hypervisor must then stop this guest with a line naming the
+//! access; if the OUT ever returns, the guest reports `FAIL` and stops with code 1.
+//!
+//! Expected console lines: `svc-fault: the service partition answers` (through the
+//! service partition's 16550), then `svc-fault: asking the service partition to crash`
+//! (or `... to hang`).
+#![no_std]
+#![no_main]
+
+use guest_rt::hv_abi::platform::devices::{FAULT_TEST_CRASH, FAULT_TEST_HANG};
+use guest_rt::{println, stop};
+
+const COM1: u16 = 0x3f8;
+const FAULT_TEST_PORT: u16 = 0xf6;
+
+fn outb(port: u16, value: u8) {
+    // SAFETY: port I/O to ports this partition's config forwards to the service
+    // partition; the hypervisor completes (or fails) it.
+    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack)) };
+}
+
+fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: as in `outb`.
+    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack)) };
+    value
+}
+
+/// Writes `line` to COM1, polling LSR.THRE.
+fn uart_line(line: &str) {
+    for &b in line.as_bytes().iter().chain(b"\n") {
+        while inb(COM1 + 5) & 0x20 == 0 {}
+        outb(COM1, b);
+    }
+}
+
+/// Entry point (see `hv_abi::start`): RSI = RAM size in bytes.
+#[no_mangle]
+#[link_section = ".text._start"]
+pub extern "C" fn _start(_vcpu: u64, ram_bytes: u64) -> ! {
+    uart_line("svc-fault: the service partition answers");
+    let (what, value) = if ram_bytes == 16 << 20 { ("crash", FAULT_TEST_CRASH) } else { ("hang", FAULT_TEST_HANG) };
+    println!("svc-fault: asking the service partition to {what}");
+    outb(FAULT_TEST_PORT, value);
+    println!("FAIL guest-svc-fault: still running after the service partition's {what}");
+    stop(1)
+}
