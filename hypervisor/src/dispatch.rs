@@ -311,31 +311,14 @@ fn port_access(vcpu: &'static Vcpu, io: &IoInstruction, data: u64) -> Result<Com
     if !devices.claims_port(io.port) {
         return Ok(Completion::Failed);
     }
-    let request = hv_core::io_request::Request {
+    let access = crate::service::Access {
         kind: hv_abi::io_request::kind::PORT,
         address: u64::from(io.port),
         size: io.size,
         write: !io.is_in,
         data,
-        vm: crate::service::vm_id(vcpu.vm).0,
-        vcpu: vcpu.id,
     };
-    match crate::service::forward(vcpu, &request) {
-        Ok(completion) => Ok(completion),
-        Err(crate::service::ForwardError::NoService) => Ok(Completion::Failed),
-        Err(e) => {
-            log::error!(
-                "partition {}: vcpu {}: port {:#x} {} failed: {}; stopping this partition",
-                vcpu.vm.name,
-                vcpu.id,
-                io.port,
-                if io.is_in { "read" } else { "write" },
-                e.describe()
-            );
-            vcpu.vm.stop(u64::MAX);
-            Err(Outcome::Stop)
-        }
-    }
+    crate::service::access(vcpu, &access)
 }
 
 /// Most elements of a REP string instruction done per exit; the instruction is then

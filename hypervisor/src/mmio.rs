@@ -1,5 +1,7 @@
 //! Emulated MMIO: guest accesses to the pages of the devices the hypervisor emulates
-//! itself (the xAPIC page of each vCPU's virtual LAPIC, the partition's virtual IOAPIC).
+//! itself (the xAPIC page of each vCPU's virtual LAPIC, the partition's virtual IOAPIC)
+//! and to the MMIO ranges of devices the service partition emulates for the VM (its
+//! config's `devices`), which are forwarded (`service::access`) once decoded here.
 //!
 //! Those pages are not mapped in the EPT, so an access exits as an EPT violation that
 //! names the guest-physical address and whether it was a read or a write, but neither
@@ -12,6 +14,7 @@
 
 use hv_abi::platform::IOAPIC_BASE;
 use hv_core::guest_paging::translate;
+use hv_core::io_request::Completion;
 use hv_core::mmio_decode::{self, alu, merge_register, register_value, CpuMode, MmioOp, Operand, ALU_FLAGS_MASK};
 use hv_core::vlapic::ApicMode;
 use x86::vmx::vmcs::guest;
@@ -29,6 +32,9 @@ pub enum Device {
     Lapic,
     /// The partition's IOAPIC.
     Ioapic,
+    /// A device the service partition emulates (the VM's config lists it): accesses
+    /// are forwarded; the offset is the full guest-physical address.
+    Forwarded,
 }
 
 /// Size of an emulated device's register page.
@@ -52,7 +58,11 @@ pub fn device_at(vcpu: &Vcpu, gpa: u64) -> Option<(Device, u64)> {
             return Some((Device::Lapic, offset));
         }
     }
-    (page == IOAPIC_BASE).then_some((Device::Ioapic, offset))
+    if page == IOAPIC_BASE {
+        return Some((Device::Ioapic, offset));
+    }
+    let devices = hv_abi::platform::devices::DeviceSet(vcpu.vm.devices.load(core::sync::atomic::Ordering::Relaxed));
+    devices.claims_mmio(gpa).then_some((Device::Forwarded, gpa))
 }
 
 /// Completes the access at `offset` of `device` that made the guest exit.
@@ -85,16 +95,24 @@ pub fn handle_mmio(
     let size = instruction.size;
     match instruction.op {
         MmioOp::Load { dest, high_byte, extend, dest_size } => {
-            let value = device_read(vcpu, device, offset, size);
+            let value = match device_read(vcpu, device, offset, size) {
+                Ok(v) => v,
+                Err(stop) => return stop,
+            };
             let old = dispatch::gpr(regs, dest);
             dispatch::set_gpr(regs, dest, merge_register(old, value, size, high_byte, extend, dest_size));
         }
         MmioOp::Store { src } => {
             let value = operand(regs, src, size);
-            device_write(vcpu, device, offset, size, value);
+            if let Err(stop) = device_write(vcpu, device, offset, size, value) {
+                return stop;
+            }
         }
         MmioOp::Alu { alu: op, src, reg_is_dest, writes_back } => {
-            let memory = device_read(vcpu, device, offset, size);
+            let memory = match device_read(vcpu, device, offset, size) {
+                Ok(v) => v,
+                Err(stop) => return stop,
+            };
             let other = operand(regs, src, size);
             let (a, b) = if reg_is_dest { (other, memory) } else { (memory, other) };
             let result = alu(op, size, a, b);
@@ -106,17 +124,67 @@ pub fn handle_mmio(
                             merge_register(old, result.result, size, high_byte, mmio_decode::Extend::None, size);
                         dispatch::set_gpr(regs, index, merged);
                     }
-                    _ => device_write(vcpu, device, offset, size, result.result),
+                    _ => {
+                        if let Err(stop) = device_write(vcpu, device, offset, size, result.result) {
+                            return stop;
+                        }
+                    }
                 }
             }
             let rflags = vmcs::read(guest::RFLAGS);
             let _ = vmcs::write(guest::RFLAGS, (rflags & !ALU_FLAGS_MASK) | result.flags);
+        }
+        MmioOp::StoreString { rep } if device == Device::Forwarded => {
+            return store_string(vcpu, regs, offset, size, rep, instruction.address_size, u64::from(instruction.len));
         }
         MmioOp::StoreString { .. } => {
             return dispatch::stop_with_dump(vcpu, "string store to an emulated device page is not emulated", offset);
         }
     }
     dispatch::advance_rip(u64::from(instruction.len))
+}
+
+/// RFLAGS.DF (SDM 3.4.3.3).
+const RFLAGS_DF: u64 = 1 << 10;
+
+/// STOS / REP STOS into a forwarded device at guest-physical `gpa` (the exiting
+/// element): stores rAX's low `size` bytes element by element while the elements stay
+/// in `gpa`'s page (which the guest's page tables map to one guest-physical page),
+/// moving rDI (and counting rCX down) as the CPU does. A REP store that reaches the
+/// page's end is re-executed for the rest, as after an interrupted string instruction.
+fn store_string(
+    vcpu: &'static Vcpu,
+    regs: &mut GuestRegisters,
+    gpa: u64,
+    size: u8,
+    rep: bool,
+    address_size: u8,
+    len: u64,
+) -> Outcome {
+    let address_mask = mmio_decode::size_mask(address_size);
+    let step = u64::from(size);
+    let down = vmcs::read(guest::RFLAGS) & RFLAGS_DF != 0;
+    let mut remaining = if rep { regs.rcx & address_mask } else { 1 };
+    let value = regs.rax & mmio_decode::size_mask(size);
+    let mut at = gpa;
+    while remaining > 0 {
+        if let Err(stop) = device_write(vcpu, Device::Forwarded, at, size, value) {
+            return stop;
+        }
+        let rdi = if down { regs.rdi.wrapping_sub(step) } else { regs.rdi.wrapping_add(step) };
+        regs.rdi = (regs.rdi & !address_mask) | (rdi & address_mask);
+        remaining -= 1;
+        if rep {
+            regs.rcx = (regs.rcx & !address_mask) | remaining;
+        }
+        let next = if down { at.wrapping_sub(step) } else { at.wrapping_add(step) };
+        let same_page = next & !(PAGE - 1) == at & !(PAGE - 1) && (next & (PAGE - 1)) + step <= PAGE;
+        if remaining > 0 && (!same_page || vcpu.vm.stop_requested()) {
+            return Outcome::Continue;
+        }
+        at = next;
+    }
+    dispatch::advance_rip(len)
 }
 
 fn operand(regs: &GuestRegisters, src: Operand, size: u8) -> u64 {
@@ -129,24 +197,42 @@ fn operand(regs: &GuestRegisters, src: Operand, size: u8) -> u64 {
 /// Reads `size` bytes at `offset` of the device. LAPIC registers are 32 bits wide at
 /// 16-byte-aligned offsets (SDM 11.4.1); a narrower read returns the bytes of the
 /// register's dword, anything else reads 0 (the access is undefined on hardware).
-fn device_read(vcpu: &'static Vcpu, device: Device, offset: u64, size: u8) -> u64 {
-    match device {
+fn device_read(vcpu: &'static Vcpu, device: Device, offset: u64, size: u8) -> Result<u64, Outcome> {
+    Ok(match device {
         Device::Lapic => {
             let dword = (offset & !3) as u32;
             let value = vcpu.lapic().read_mmio(dword, crate::arch::tsc::now()).unwrap_or(0);
             (u64::from(value) >> (8 * (offset & 3))) & mmio_decode::size_mask(size)
         }
         Device::Ioapic => u64::from(vcpu.vm.ioapic.lock().mmio_read(offset, size)),
+        Device::Forwarded => {
+            let access = forwarded(offset, size, None);
+            match crate::service::access(vcpu, &access)? {
+                Completion::Read(v) => v & mmio_decode::size_mask(size),
+                Completion::Written | Completion::Failed => mmio_decode::size_mask(size),
+            }
+        }
+    })
+}
+
+/// The forwarded MMIO access at guest-physical `gpa` (`write`: its data).
+fn forwarded(gpa: u64, size: u8, write: Option<u64>) -> crate::service::Access {
+    crate::service::Access {
+        kind: hv_abi::io_request::kind::MMIO,
+        address: gpa,
+        size,
+        write: write.is_some(),
+        data: write.unwrap_or(0),
     }
 }
 
 /// Writes `size` bytes at `offset` of the device. The LAPIC takes only 32-bit writes
 /// (SDM 11.4.1); others are dropped.
-fn device_write(vcpu: &'static Vcpu, device: Device, offset: u64, size: u8, value: u64) {
+fn device_write(vcpu: &'static Vcpu, device: Device, offset: u64, size: u8, value: u64) -> Result<(), Outcome> {
     match device {
         Device::Lapic => {
             if size != 4 {
-                return;
+                return Ok(());
             }
             let effect = vcpu.lapic().write_mmio(offset as u32, value as u32, crate::arch::tsc::now());
             if let Ok(effect) = effect {
@@ -157,7 +243,11 @@ fn device_write(vcpu: &'static Vcpu, device: Device, offset: u64, size: u8, valu
             let effect = vcpu.vm.ioapic.lock().mmio_write(offset, value as u32, size);
             crate::virq::deliver_ioapic_effect(vcpu.vm, effect);
         }
+        Device::Forwarded => {
+            crate::service::access(vcpu, &forwarded(offset, size, Some(value)))?;
+        }
     }
+    Ok(())
 }
 
 /// The guest's mode for decoding, from CR0.PE and the code segment (SDM Vol. 1 3.6).

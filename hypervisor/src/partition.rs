@@ -140,6 +140,8 @@ pub struct Vcpu {
     pub launched: AtomicBool,
     /// Sequence number of the last I/O request posted for this vCPU.
     pub io_sequence: AtomicU64,
+    /// Service vCPUs: the TSC at which to wake it from `SERVICE_REPLY_WAIT` (0: none).
+    pub wake_at: AtomicU64,
     /// The vCPU's registers when it left its loop (for [`get_registers`]).
     pub final_registers: Mutex<Option<RegisterState>>,
 }
@@ -403,6 +405,7 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         vmcs: AtomicU64::new(0),
         launched: AtomicBool::new(false),
         io_sequence: AtomicU64::new(0),
+        wake_at: AtomicU64::new(0),
         final_registers: Mutex::new(None),
     }));
     cpu_slot

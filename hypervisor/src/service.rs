@@ -68,6 +68,49 @@ impl ForwardError {
     }
 }
 
+/// A guest access to forward: port I/O or MMIO (`hv_abi::io_request::kind`).
+#[derive(Debug, Clone, Copy)]
+pub struct Access {
+    pub kind: u8,
+    pub address: u64,
+    pub size: u8,
+    pub write: bool,
+    pub data: u64,
+}
+
+/// Performs `access` of guest vCPU `vcpu` through the service partition. No service
+/// partition on this CPU: `Failed` (reads see all-ones, writes are dropped, as on an
+/// open bus). A failed service partition stops the guest with a line naming the access
+/// (`Err` carries the outcome).
+pub fn access(vcpu: &'static Vcpu, access: &Access) -> Result<Completion, Outcome> {
+    let request = Request {
+        kind: access.kind,
+        address: access.address,
+        size: access.size,
+        write: access.write,
+        data: access.data,
+        vm: vm_id(vcpu.vm).0,
+        vcpu: vcpu.id,
+    };
+    match forward(vcpu, &request) {
+        Ok(completion) => Ok(completion),
+        Err(ForwardError::NoService) => Ok(Completion::Failed),
+        Err(e) => {
+            let what = if access.kind == hv_abi::io_request::kind::PORT { "port" } else { "MMIO" };
+            log::error!(
+                "partition {}: vcpu {}: {what} {:#x} {} failed: {}; stopping this partition",
+                vcpu.vm.name,
+                vcpu.id,
+                access.address,
+                if access.write { "write" } else { "read" },
+                e.describe()
+            );
+            vcpu.vm.stop(u64::MAX);
+            Err(Outcome::Stop)
+        }
+    }
+}
+
 /// Takes frames for the request-slot array and maps them into the service partition
 /// `vm` at `hv_abi::service::SLOTS_GPA`.
 pub fn map_slots(vm: partition::VmHandle) -> Result<(), partition::ControlError> {
@@ -117,6 +160,52 @@ fn set_service_rax(svc: &'static Vcpu, value: u64) {
     unsafe { (*svc.regs.get()).rax = value };
 }
 
+/// The TSC at which the service vCPU on `cpu` wants to be woken, if any (for a vCPU
+/// that sleeps in HLT on that CPU: it must wake up by then).
+#[must_use]
+pub fn wake_deadline(cpu: u32) -> Option<u64> {
+    let svc = partition::service_vcpu_for_cpu(cpu)?;
+    Some(svc.wake_at.load(Ordering::Acquire)).filter(|&t| t != 0)
+}
+
+/// Runs the service vCPU of `guest`'s CPU when its wake-up deadline has passed (its
+/// device models' timers), returning `TIMER_EXPIRED` from its wait; called between the
+/// guest's exits, with the guest's VMCS current (and current again on return).
+pub fn run_timers_if_due(guest: &'static Vcpu) {
+    let Some(svc) = partition::service_vcpu_for_cpu(guest.cpu) else { return };
+    let due = svc.wake_at.load(Ordering::Acquire);
+    if due == 0 || crate::arch::tsc::now() < due || svc.vm.stop_requested() {
+        return;
+    }
+    svc.wake_at.store(0, Ordering::Release);
+    if vmcs::load(svc.vmcs.load(Ordering::Acquire)).is_err() {
+        return;
+    }
+    set_service_rax(svc, service::TIMER_EXPIRED);
+    let deadline = crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US);
+    loop {
+        match run_until_wait(svc, deadline) {
+            Ok(NO_REPLY) => break,
+            // No request is pending: there is nothing to reply to.
+            Ok(_) => set_service_rax(svc, HcError::BadArgument.to_rax()),
+            Err(ForwardError::MissedDeadline) => {
+                log::error!(
+                    "partition {}: missed the {} ms deadline on a timer wake-up; stopping it",
+                    svc.vm.name,
+                    REQUEST_DEADLINE_US / 1000
+                );
+                svc.vm.stop(u64::MAX);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    if vmcs::load(guest.vmcs.load(Ordering::Acquire)).is_err() {
+        log::error!("partition {}: vcpu {}: cannot switch back from the service partition", guest.vm.name, guest.id);
+        guest.vm.stop(u64::MAX);
+    }
+}
+
 /// Enters the service vCPU (its VMCS current) until it calls `SERVICE_REPLY_WAIT`,
 /// handling its other exits as any partition's; returns the call's reply argument
 /// (RBX), with RIP already past the VMCALL. The result of the call (RAX) is whatever
@@ -140,6 +229,7 @@ fn run_until_wait(svc: &'static Vcpu, deadline: u64) -> Result<u64, ForwardError
                 let basic = vmcs::read(ro::EXIT_REASON) as u16;
                 if basic == EXIT_VMCALL && regs.rax == hypercall::SERVICE_REPLY_WAIT {
                     svc.exits[usize::from(EXIT_VMCALL)].fetch_add(1, Ordering::Relaxed);
+                    svc.wake_at.store(regs.rcx, Ordering::Release);
                     let _ = dispatch::advance_rip(vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
                     return Ok(regs.rbx);
                 }
@@ -203,9 +293,10 @@ fn serve(svc: &'static Vcpu, index: u32, slot: u64, posted: &IoRequestSlot) -> R
             Ok(reply) => reply,
             Err(ForwardError::MissedDeadline) => {
                 log::error!(
-                    "partition {}: missed the {} ms deadline on a request (port {:#x}); stopping it",
+                    "partition {}: missed the {} ms deadline on a request ({} {:#x}); stopping it",
                     svc.vm.name,
                     REQUEST_DEADLINE_US / 1000,
+                    if posted.kind == hv_abi::io_request::kind::PORT { "port" } else { "MMIO" },
                     posted.address
                 );
                 svc.vm.stop(u64::MAX);
@@ -217,7 +308,7 @@ fn serve(svc: &'static Vcpu, index: u32, slot: u64, posted: &IoRequestSlot) -> R
             let answer = read_slot(slot);
             return Ok(io_request::validate_reply(posted, &answer).unwrap_or_else(|why| {
                 log::warn!(
-                    "partition {}: refused reply for port {:#x} ({why:?}); the access fails as on an open bus",
+                    "partition {}: refused reply for access {:#x} ({why:?}); the access fails as on an open bus",
                     svc.vm.name,
                     posted.address
                 );

@@ -254,6 +254,7 @@ pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
         return;
     }
     while !vcpu.vm.stop_requested() {
+        crate::service::run_timers_if_due(vcpu);
         // SAFETY: only this physical CPU touches the vCPU's registers.
         let regs = unsafe { &mut *vcpu.regs.get() };
         if crate::virq::prepare_entry(vcpu, regs) == Outcome::Stop {

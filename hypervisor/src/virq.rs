@@ -91,6 +91,9 @@ pub fn prepare_entry(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome 
             }
             MpState::Halted => {
                 eventful = true;
+                // The service partition's device timers may raise the interrupt that
+                // ends the halt.
+                crate::service::run_timers_if_due(vcpu);
                 if wakes_from_halt(vcpu) {
                     vcpu.set_mp_state(MpState::Runnable);
                     continue;
@@ -287,7 +290,12 @@ fn halted_forever(vcpu: &'static Vcpu) -> Option<Outcome> {
 /// deadline. Called with interrupts off; `sti; hlt` cannot miss a kick that arrives
 /// after the caller's last check, because the interrupt stays pending until then.
 fn sleep_until_kicked(vcpu: &'static Vcpu) {
-    let deadline = vcpu.lapic().next_deadline();
+    let guest_deadline = vcpu.lapic().next_deadline();
+    // The service partition's vCPU on this CPU runs its device timers from here too.
+    let deadline = match (guest_deadline, crate::service::wake_deadline(vcpu.cpu)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     lapic::arm_timer(deadline);
     x86_64::instructions::interrupts::enable_and_hlt();
     x86_64::instructions::interrupts::disable();

@@ -46,3 +46,15 @@ pub fn now() -> Nanos {
     let nanos = u128::from(t.saturating_sub(base)) * 1_000_000 / u128::from(khz);
     u64::try_from(nanos).unwrap_or(u64::MAX)
 }
+
+/// The TSC value at which [`now`] reaches `nanos` (saturating), for wake-up deadlines.
+pub fn to_tsc(nanos: Nanos) -> u64 {
+    let base = BASE.load(Ordering::Acquire);
+    let khz = match TSC_KHZ.load(Ordering::Relaxed) {
+        0 => FALLBACK_KHZ,
+        khz => khz,
+    };
+    // Round up, so that the deadline is never before the event.
+    let ticks = (u128::from(nanos) * u128::from(khz)).div_ceil(1_000_000);
+    base.saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX)).max(1)
+}

@@ -30,6 +30,11 @@
 //!    back with volatile writes, no other field touched ([`slots::reply`]), and the next
 //!    `SERVICE_REPLY_WAIT` replies with the slot index.
 //!
+//! Device timers (PIT, RTC, ACPI PM timer, UART): every wait asks to be woken at the
+//! earliest `next_event` of all boards ([`vms::next_wake`], passed as a TSC deadline);
+//! when `SERVICE_REPLY_WAIT` returns `TIMER_EXPIRED`, every board is brought to now
+//! ([`vms::tick_all`]), which raises the interrupts that came due.
+//!
 //! Nothing in a slot can make it panic. There is no heap: the boards live in a static
 //! table ([`vms`]).
 #![no_std]
@@ -42,7 +47,7 @@ mod vms;
 use guest_rt::{println, raw_hypercall};
 use hv_abi::hypercall as hc;
 use hv_abi::io_request::{direction, kind, status, IoRequestSlot};
-use hv_abi::service::{VmId, NO_REPLY, SLOTS};
+use hv_abi::service::{VmId, NO_REPLY, SLOTS, TIMER_EXPIRED};
 use hv_abi::Error;
 
 /// Entry point of every vCPU (see the module documentation): RDI = vCPU id, RSI = RAM
@@ -55,8 +60,13 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
     let mut reply = NO_REPLY;
     let mut reported = false;
     loop {
-        let r = raw_hypercall(hc::SERVICE_REPLY_WAIT, reply, 0, 0, 0);
+        let wake = vms::next_wake().map_or(0, clock::to_tsc);
+        let r = raw_hypercall(hc::SERVICE_REPLY_WAIT, reply, wake, 0, 0);
         reply = NO_REPLY;
+        if r == TIMER_EXPIRED {
+            vms::tick_all();
+            continue;
+        }
         if let Some(e) = Error::from_rax(r) {
             if !reported {
                 println!("service: vcpu {vcpu}: SERVICE_REPLY_WAIT refused ({e:?}); waiting again without a reply");

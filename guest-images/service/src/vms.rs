@@ -16,7 +16,7 @@
 //! request arrives (the partition has no host clock to read yet).
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use guest_rt::raw_hypercall;
 use hv_abi::hypercall as hc;
@@ -170,9 +170,13 @@ impl Drop for Guard<'_> {
 
 static TABLE: [Entry; MAX_VMS as usize] = [const { Entry::new() }; MAX_VMS as usize];
 
-/// Performs a port access of guest VM `id`: a read (`write` = `None`) returns the value
-/// (fitting `size`), a write returns 0. `None` when the table does not cover the VM.
-pub fn port_access(id: VmId, port: u16, size: u8, write: Option<u32>) -> Option<u32> {
+/// Runs `f` on the board of guest VM `id` as one access (see the module documentation
+/// for the locking): under the VM's lock, the board is looked up (created on the VM's
+/// first request, replaced when the id's generation changed), brought to now with
+/// `tick`, and handed to `f` with the time and the wiring; then the console output is
+/// drained, a power request is performed and [`next_wake`] is updated ([`settle`]).
+/// `None` when the table does not cover the VM.
+fn access<R>(id: VmId, f: impl FnOnce(&mut PcBoard, Nanos, &mut Wire<'_>) -> R) -> Option<R> {
     let entry = TABLE.get(usize::from(id.index()))?;
     let now = crate::clock::now();
     let mut guard = entry.lock();
@@ -186,17 +190,73 @@ pub fn port_access(id: VmId, port: u16, size: u8, write: Option<u32>) -> Option<
     vm.last_now = now;
     let mut wire = Wire { id, lines: &mut vm.lines, power: None };
     vm.board.tick(now, &mut wire);
-    let value = match write {
-        None => vm.board.read(port, size, now, &mut wire),
-        Some(value) => {
-            vm.board.write(port, size, value, now, &mut wire);
-            0
-        }
-    };
+    let result = f(&mut vm.board, now, &mut wire);
     let request = wire.power;
+    settle(vm, request);
+    Some(result)
+}
+
+/// What follows every access and every timer tick of a VM: its console output is
+/// drained (all of it when a power request ends the guest), the power request (if
+/// any) is performed, and the board's next event lowers [`next_wake`].
+fn settle(vm: &mut Vm, request: Option<PlatformRequest>) {
     vm.drain_console(request.is_some());
     if let Some(request) = request {
-        power(id, request);
+        power(vm.id, request);
     }
-    Some(value)
+    if let Some(next) = vm.board.next_event() {
+        NEXT_WAKE.fetch_min(next, Ordering::AcqRel);
+    }
+}
+
+/// Performs a port access of guest VM `id`: a read (`write` = `None`) returns the value
+/// (fitting `size`), a write returns 0. Undecoded ports are an open bus (the board reads
+/// all-ones). `None` when the table does not cover the VM.
+pub fn port_access(id: VmId, port: u16, size: u8, write: Option<u32>) -> Option<u32> {
+    access(id, |board, now, wire| match write {
+        None => board.read(port, size, now, wire),
+        Some(value) => {
+            board.write(port, size, value, now, wire);
+            0
+        }
+    })
+}
+
+/// Performs an MMIO access of guest VM `id` at guest-physical address `gpa`: a read
+/// (`write` = `None`) returns the value (fitting `size`), a write returns 0. `None` when
+/// the table does not cover the VM, or when no device of the board decodes `gpa` or
+/// `size` is not 1, 2, 4 or 8 (the board's `mmio_read` / `mmio_write`); the board is
+/// still brought to now in that case.
+pub fn mmio_access(id: VmId, gpa: u64, size: u8, write: Option<u64>) -> Option<u64> {
+    access(id, |board, now, wire| match write {
+        None => board.mmio_read(gpa, size, now, wire),
+        Some(value) => board.mmio_write(gpa, size, value, now, wire).then_some(0),
+    })
+    .flatten()
+}
+
+/// The earliest time any board asked to be ticked at (a lower bound: a board whose
+/// timer moved later only causes an early wake-up, after which [`tick_all`] recomputes
+/// it). `u64::MAX`: none.
+static NEXT_WAKE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// When the service partition must next run its device timers, if ever.
+pub fn next_wake() -> Option<Nanos> {
+    Some(NEXT_WAKE.load(Ordering::Acquire)).filter(|&t| t != u64::MAX)
+}
+
+/// Brings every board to now: timers expire and raise their interrupts, console output
+/// and power requests are handled as after an access. Recomputes [`next_wake`].
+pub fn tick_all() {
+    NEXT_WAKE.store(u64::MAX, Ordering::Release);
+    for entry in &TABLE {
+        let mut guard = entry.lock();
+        let Some(vm) = guard.vm().as_mut() else { continue };
+        let now = crate::clock::now().max(vm.last_now);
+        vm.last_now = now;
+        let mut wire = Wire { id: vm.id, lines: &mut vm.lines, power: None };
+        vm.board.tick(now, &mut wire);
+        let request = wire.power;
+        settle(vm, request);
+    }
 }

@@ -49,8 +49,11 @@ pub mod hypercall {
     // `NotPermitted`.
 
     /// Replies to the request in slot RBX (or [`super::service::NO_REPLY`]) and waits for
-    /// the next request that this vCPU's physical CPU forwards. Returns the slot index of
-    /// the new request. The reply is validated against what the hypervisor posted
+    /// the next request that this vCPU's physical CPU forwards, or until the TSC reaches
+    /// RCX (an absolute TSC value; 0 = no deadline; the device models' timers). Returns
+    /// the slot index of the new request, or [`super::service::TIMER_EXPIRED`] when the
+    /// deadline passed first (it is then cleared; the next call sets a new one). The
+    /// deadline is kept to within about a millisecond. The reply is validated against what the hypervisor posted
     /// (`hv_core::io_request::validate_reply`); a reply that fails validation, or a
     /// slot index that has no request pending on this CPU, is refused with
     /// `BadArgument` and the request stays pending (the vCPU keeps the turn).
@@ -181,29 +184,44 @@ pub mod platform {
             pub name: &'static str,
             pub ports: &'static [(u16, u16)],
             pub isa_irq: Option<u8>,
+            /// Inclusive guest-physical ranges forwarded as MMIO (above every guest's
+            /// RAM, never mapped in its EPT).
+            pub mmio: &'static [(u64, u64)],
             /// Part of the PC platform (the config's `"pc"`); false for test devices.
             pub pc: bool,
         }
 
         /// Every device, in bit order of a [`DeviceSet`].
         pub const ALL: &[Device] = &[
-            Device { name: "com1", ports: &[(0x3f8, 0x3ff)], isa_irq: Some(4), pc: true },
-            Device { name: "pit", ports: &[(0x40, 0x43), (0x61, 0x61)], isa_irq: Some(0), pc: true },
-            Device { name: "pic", ports: &[(0x20, 0x21), (0xa0, 0xa1), (0x4d0, 0x4d1)], isa_irq: None, pc: true },
-            Device { name: "rtc", ports: &[(0x70, 0x71)], isa_irq: Some(8), pc: true },
-            Device { name: "acpi-pm", ports: &[(0x600, 0x60b)], isa_irq: Some(9), pc: true },
-            Device { name: "pci", ports: &[(0xcf8, 0xcff)], isa_irq: None, pc: true },
-            Device { name: "kbd", ports: &[(0x60, 0x60), (0x64, 0x64)], isa_irq: None, pc: true },
-            Device { name: "debug-exit", ports: &[(0xf4, 0xf4)], isa_irq: None, pc: true },
-            Device { name: "debugcon", ports: &[(0xe9, 0xe9)], isa_irq: None, pc: true },
-            Device { name: "fw-cfg", ports: &[(0x510, 0x511)], isa_irq: None, pc: true },
-            Device { name: "post", ports: &[(0x80, 0x80)], isa_irq: None, pc: true },
+            Device { name: "com1", ports: &[(0x3f8, 0x3ff)], isa_irq: Some(4), mmio: &[], pc: true },
+            Device { name: "pit", ports: &[(0x40, 0x43), (0x61, 0x61)], isa_irq: Some(0), mmio: &[], pc: true },
+            Device { name: "pic", ports: &[(0x20, 0x21), (0xa0, 0xa1), (0x4d0, 0x4d1)], isa_irq: None, mmio: &[], pc: true },
+            Device { name: "rtc", ports: &[(0x70, 0x71)], isa_irq: Some(8), mmio: &[], pc: true },
+            Device { name: "acpi-pm", ports: &[(0x600, 0x60b)], isa_irq: Some(9), mmio: &[], pc: true },
+            Device { name: "pci", ports: &[(0xcf8, 0xcff)], isa_irq: None, mmio: &[], pc: true },
+            Device { name: "kbd", ports: &[(0x60, 0x60), (0x64, 0x64)], isa_irq: None, mmio: &[], pc: true },
+            Device { name: "debug-exit", ports: &[(0xf4, 0xf4)], isa_irq: None, mmio: &[], pc: true },
+            Device { name: "debugcon", ports: &[(0xe9, 0xe9)], isa_irq: None, mmio: &[], pc: true },
+            Device { name: "fw-cfg", ports: &[(0x510, 0x511)], isa_irq: None, mmio: &[], pc: true },
+            Device { name: "post", ports: &[(0x80, 0x80)], isa_irq: None, mmio: &[], pc: true },
             // Not a device: the service partition's fault-injection port for the
             // svc-crash scenarios. A write of FAULT_TEST_CRASH makes the service vCPU
             // triple-fault; FAULT_TEST_HANG makes it spin with interrupts off (it misses
             // the request deadline). Only configs that name it get it.
-            Device { name: "svc-fault-test", ports: &[(0xf6, 0xf6)], isa_irq: None, pc: false },
+            Device { name: "svc-fault-test", ports: &[(0xf6, 0xf6)], isa_irq: None, mmio: &[], pc: false },
+            // Not a PC device: a page of scratch registers for the svc-mmio scenario
+            // (every MMIO instruction form the hypervisor decodes, forwarded).
+            Device {
+                name: "mmio-test",
+                ports: &[],
+                isa_irq: None,
+                mmio: &[(MMIO_TEST_BASE, MMIO_TEST_BASE + 0xfff)],
+                pc: false,
+            },
         ];
+
+        /// Guest-physical base of the `mmio-test` page.
+        pub const MMIO_TEST_BASE: u64 = 0xfeb0_0000;
 
         /// `svc-fault-test` values.
         pub const FAULT_TEST_CRASH: u8 = 1;
@@ -241,6 +259,20 @@ pub mod platform {
             #[must_use]
             pub const fn is_empty(self) -> bool {
                 self.0 == 0
+            }
+
+            /// Whether guest-physical `gpa` lies in an MMIO range of a device in the set.
+            #[must_use]
+            pub fn claims_mmio(self, gpa: u64) -> bool {
+                let mut bits = self.0 & ((1 << ALL.len()) - 1);
+                while bits != 0 {
+                    let i = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if ALL[i].mmio.iter().any(|&(first, last)| (first..=last).contains(&gpa)) {
+                        return true;
+                    }
+                }
+                false
             }
 
             /// Whether `port` belongs to a device in the set.
@@ -390,6 +422,9 @@ pub mod service {
     pub const SLOTS_BYTES: u64 = SLOTS as u64 * super::io_request::SLOT_BYTES as u64;
     /// `SERVICE_REPLY_WAIT` argument for "no reply" (the first call of each vCPU).
     pub const NO_REPLY: u64 = u64::MAX;
+    /// `SERVICE_REPLY_WAIT` result when the wake-up deadline passed (not a slot index,
+    /// not an error).
+    pub const TIMER_EXPIRED: u64 = 0x1_0000_0000;
     /// The service partition has one vCPU on every physical CPU that runs guest vCPUs.
     /// Every one starts at the image's entry point in the 64-bit start state of
     /// [`super::start`], with RDI = its vCPU id and RSP = the image's load address - 8 -
@@ -488,6 +523,9 @@ mod tests {
         assert!(!pc.claims_port(0x1234));
         assert!(!pc.claims_port(0xf6), "the fault-test port is not part of the PC");
         assert!(DeviceSet::default().with("svc-fault-test").unwrap().claims_port(0xf6));
+        let mmio = DeviceSet::default().with("mmio-test").unwrap();
+        assert!(mmio.claims_mmio(0xfeb0_0000) && mmio.claims_mmio(0xfeb0_0fff) && !mmio.claims_mmio(0xfeb0_1000));
+        assert!(!pc.claims_mmio(0xfeb0_0000) && !mmio.claims_port(0xfeb0));
         assert_eq!(DeviceSet::default().with("floppy"), None);
         assert!(DeviceSet::default().is_empty());
     }
