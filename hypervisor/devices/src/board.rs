@@ -16,12 +16,28 @@
 //! | `fw-cfg`: [`FwCfg`] | 0x510-0x511 | - |
 //! | `post`: POST diagnostic port (writes ignored, reads all-ones) | 0x80 | - |
 //!
+//! and, by MMIO (guest-physical addresses, [`PcBoard::mmio_read`] and
+//! [`PcBoard::mmio_write`]):
+//!
+//! | device | range | ISA IRQ |
+//! |---|---|---|
+//! | `mmio-test`: [`MmioScratch`] (a test device, not part of the PC) | 0xFEB0_0000-0xFEB0_0FFF | - |
+//!
 //! **Routing.** An access goes to the device that decodes its *first* port; that
 //! device answers for all of its byte lanes (the models read 0xFF for, and do not
 //! write, lanes outside their own ports). An access whose first port belongs to no
 //! device reads all-ones and is ignored, as an open ISA bus. Sizes other than 1, 2 and
 //! 4 read all-ones and are ignored. The port map is the same as
 //! `hv_abi::platform::devices::ALL` (a test checks every port both ways).
+//!
+//! **MMIO routing.** An MMIO access goes to the device whose range holds its *first*
+//! byte ([`MmioDeviceKind::at`]); the device answers for all of its bytes (bytes past
+//! the end of its range are its business: [`MmioScratch`] reads them as 0). An address
+//! no device decodes, or a size other than 1, 2, 4 and 8, gives `None` / `false`, so
+//! that the owner can fail the request (the hypervisor then completes it as an open
+//! bus). The board holds every MMIO device whether or not a guest has it: the
+//! hypervisor forwards only the ranges of the guest's own devices. The MMIO map is the
+//! same as the `mmio` ranges of `hv_abi::platform::devices::ALL` (a test checks it).
 //!
 //! **Interrupts.** The devices report ISA IRQ levels; the board feeds each level to
 //! its [`PicPair`] (so a guest that programs the 8259s sees the requests in IRR) and
@@ -46,7 +62,9 @@ use crate::pci_host::PciHost;
 use crate::pic8259::{PicPair, ELCR_MASTER, ELCR_SLAVE, MASTER_CMD, MASTER_DATA, SLAVE_CMD, SLAVE_DATA};
 use crate::pit8254::{Pit8254, PIT_BASE, PIT_CONTROL, PORT_B};
 use crate::rtc_cmos::RtcCmos;
-use crate::test_devices::{DebugCon, IsaDebugExit, DEBUGCON_PORT, ISA_DEBUG_EXIT_PORT};
+use crate::test_devices::{
+    DebugCon, IsaDebugExit, MmioScratch, DEBUGCON_PORT, ISA_DEBUG_EXIT_PORT, MMIO_SCRATCH_BYTES,
+};
 use crate::uart16550::{Uart16550, COM1_BASE, COM1_IRQ};
 use crate::{open_bus, Nanos, Platform, PlatformRequest, PortIo};
 
@@ -180,6 +198,55 @@ impl DeviceKind {
     }
 }
 
+/// The devices of the board reached by MMIO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmioDeviceKind {
+    /// The `mmio-test` scratch page ([`MmioScratch`]).
+    MmioTest,
+}
+
+impl MmioDeviceKind {
+    /// Every MMIO device.
+    pub const ALL: [Self; 1] = [Self::MmioTest];
+
+    /// The device's name in `hv_abi::platform::devices::ALL` (and in configs).
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::MmioTest => "mmio-test",
+        }
+    }
+
+    /// The guest-physical range the device decodes (inclusive).
+    #[must_use]
+    pub const fn range(self) -> (u64, u64) {
+        match self {
+            Self::MmioTest => (devices::MMIO_TEST_BASE, devices::MMIO_TEST_BASE + (MMIO_SCRATCH_BYTES - 1)),
+        }
+    }
+
+    /// The device that decodes guest-physical address `gpa`, with the offset of `gpa`
+    /// in its range.
+    #[must_use]
+    pub const fn at(gpa: u64) -> Option<(Self, u64)> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            let (first, last) = Self::ALL[i].range();
+            if gpa >= first && gpa <= last {
+                return Some((Self::ALL[i], gpa - first));
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// The same device's entry in `hv_abi::platform::devices::ALL`.
+    #[must_use]
+    pub fn abi_device(self) -> Option<&'static devices::Device> {
+        devices::ALL.iter().find(|d| d.name == self.name())
+    }
+}
+
 /// The POST diagnostic port: writes are ignored, reads return all-ones.
 #[derive(Debug, Clone, Copy, Default)]
 struct PostPort;
@@ -221,6 +288,16 @@ const fn size_mask(size: u8) -> u32 {
     }
 }
 
+/// The mask of an MMIO access of `size` (1, 2, 4 or 8) bytes.
+const fn mmio_size_mask(size: u8) -> u64 {
+    match size {
+        1 => 0xFF,
+        2 => 0xFFFF,
+        4 => 0xFFFF_FFFF,
+        _ => u64::MAX,
+    }
+}
+
 /// A complete PC device set (see the module documentation).
 #[derive(Debug, Clone)]
 pub struct PcBoard {
@@ -236,6 +313,7 @@ pub struct PcBoard {
     debugcon: DebugCon,
     fw_cfg: FwCfg,
     post: PostPort,
+    mmio_test: MmioScratch,
 }
 
 impl PcBoard {
@@ -258,6 +336,7 @@ impl PcBoard {
             debugcon: DebugCon::new(),
             fw_cfg: FwCfg::new(cfg.ram_bytes, cpus, cpus),
             post: PostPort,
+            mmio_test: MmioScratch::new(),
         }
     }
 
@@ -317,6 +396,37 @@ impl PcBoard {
     pub fn write(&mut self, port: u16, size: u8, value: u32, now: Nanos, platform: &mut dyn Platform) {
         let Some(kind) = DeviceKind::at(port).filter(|_| matches!(size, 1 | 2 | 4)) else { return };
         self.with_device(kind, platform, |d, p| d.write(port, size, value & size_mask(size), now, p));
+    }
+
+    /// Reads `size` bytes (1, 2, 4 or 8) at guest-physical address `gpa` from the MMIO
+    /// device whose range holds `gpa`; the result fits the size. `None` when no device
+    /// decodes `gpa` or for other sizes (see "MMIO routing" in the module documentation).
+    /// `now` and `platform` are what a device with timers or interrupts would get; the
+    /// current MMIO devices have neither.
+    pub fn mmio_read(&mut self, gpa: u64, size: u8, now: Nanos, platform: &mut dyn Platform) -> Option<u64> {
+        let _ = (now, platform);
+        if !matches!(size, 1 | 2 | 4 | 8) {
+            return None;
+        }
+        let (kind, offset) = MmioDeviceKind::at(gpa)?;
+        let value = match kind {
+            MmioDeviceKind::MmioTest => self.mmio_test.read(offset, size),
+        };
+        Some(value & mmio_size_mask(size))
+    }
+
+    /// Writes the low `size` bytes (1, 2, 4 or 8) of `value` at guest-physical address
+    /// `gpa` to the MMIO device whose range holds `gpa`. `false` (and nothing written)
+    /// when no device decodes `gpa` or for other sizes.
+    pub fn mmio_write(&mut self, gpa: u64, size: u8, value: u64, now: Nanos, platform: &mut dyn Platform) -> bool {
+        let _ = (now, platform);
+        if !matches!(size, 1 | 2 | 4 | 8) {
+            return false;
+        }
+        let Some((kind, offset)) = MmioDeviceKind::at(gpa) else { return false };
+        match kind {
+            MmioDeviceKind::MmioTest => self.mmio_test.write(offset, size, value & mmio_size_mask(size)),
+        }
     }
 
     /// The earliest time any device needs [`PcBoard::tick`] (a timer interrupt, or a
@@ -667,6 +777,147 @@ mod tests {
         assert_eq!(r.inp(0x3FD, 1) & 1, 1, "LSR: data ready");
         assert_eq!(r.inp(0x3F8, 1), u32::from(b'k'));
         assert_eq!(r.platform.lines, 0);
+    }
+
+    #[test]
+    fn the_mmio_map_is_the_abis() {
+        // Every device with MMIO ranges in hv_abi is an MMIO device of the board, with
+        // the same single range, decoded exactly (first and last byte, not the
+        // neighbours).
+        let abi_mmio: Vec<_> = devices::ALL.iter().filter(|d| !d.mmio.is_empty()).collect();
+        assert_eq!(abi_mmio.len(), MmioDeviceKind::ALL.len());
+        for (kind, device) in MmioDeviceKind::ALL.iter().zip(&abi_mmio) {
+            assert_eq!(kind.name(), device.name);
+            assert_eq!(kind.abi_device(), Some(*device));
+            assert_eq!(device.mmio, &[kind.range()], "{}", device.name);
+            let (first, last) = kind.range();
+            assert_eq!(MmioDeviceKind::at(first), Some((*kind, 0)));
+            assert_eq!(MmioDeviceKind::at(last), Some((*kind, last - first)));
+            assert_eq!(MmioDeviceKind::at(first - 1), None);
+            assert_eq!(MmioDeviceKind::at(last + 1), None);
+        }
+        for gpa in [0, 0xFEC0_0000, 0xFEE0_0000, 0xFEAF_FFFF, 0xFEB0_1000, u64::MAX] {
+            assert_eq!(MmioDeviceKind::at(gpa), None, "{gpa:#x}");
+        }
+    }
+
+    #[test]
+    fn mmio_test_is_reached_by_gpa() {
+        use crate::test_devices::MMIO_CONSTANT;
+        let base = devices::MMIO_TEST_BASE;
+        let mut r = Rig::new();
+        let p = &mut r.platform;
+        assert_eq!(r.board.mmio_read(base, 8, 0, p), Some(0));
+        assert!(r.board.mmio_write(base + 8, 8, 0x0123_4567_89AB_CDEF, 0, p));
+        assert_eq!(r.board.mmio_read(base + 8, 8, 0, p), Some(0x0123_4567_89AB_CDEF));
+        assert_eq!(r.board.mmio_read(base + 9, 1, 0, p), Some(0xCD));
+        assert_eq!(r.board.mmio_read(base + 10, 2, 0, p), Some(0x89AB));
+        assert_eq!(r.board.mmio_read(base + 12, 4, 0, p), Some(0x0123_4567));
+        // Only the low `size` bytes of the value are written.
+        assert!(r.board.mmio_write(base + 8, 2, 0xFFFF_FFFF_FFFF_1111, 0, p));
+        assert_eq!(r.board.mmio_read(base + 8, 8, 0, p), Some(0x0123_4567_89AB_1111));
+        assert_eq!(r.board.mmio_read(base + 0x100, 8, 0, p), Some(MMIO_CONSTANT));
+        assert_eq!(r.board.mmio_read(base + 0x108, 8, 0, p), Some(2), "two writes");
+        assert_eq!(r.board.mmio_read(base + 0xFFF, 1, 0, p), Some(0));
+        // Undecoded addresses and bad sizes.
+        assert_eq!(r.board.mmio_read(base - 1, 1, 0, p), None);
+        assert_eq!(r.board.mmio_read(base + 0x1000, 4, 0, p), None);
+        assert_eq!(r.board.mmio_read(0xFEE0_0000, 4, 0, p), None);
+        assert!(!r.board.mmio_write(base + 0x1000, 4, 1, 0, p));
+        assert!(!r.board.mmio_write(0, 8, 1, 0, p));
+        for size in [0, 3, 5, 7, 9, 16] {
+            assert_eq!(r.board.mmio_read(base, size, 0, p), None);
+            assert!(!r.board.mmio_write(base, size, 1, 0, p));
+        }
+        assert_eq!(r.board.mmio_read(base + 0x108, 8, 0, p), Some(2), "refused writes are not counted");
+        // MMIO does not reach the port devices, and ports do not reach MMIO.
+        assert_eq!(r.inp(0x3FF, 1), 0);
+        assert_eq!(r.platform, RecordingPlatform::default());
+    }
+
+    /// The `mmio-test` page as the simplest model: a map from byte address to the value
+    /// written, the constant and counter computed on each read.
+    #[derive(Default)]
+    struct MmioModel {
+        written: std::collections::BTreeMap<u64, u8>,
+        writes: u64,
+    }
+
+    impl MmioModel {
+        fn decodes(gpa: u64, size: u8) -> bool {
+            let base = devices::MMIO_TEST_BASE;
+            matches!(size, 1 | 2 | 4 | 8) && (base..base + 0x1000).contains(&gpa)
+        }
+        fn byte(&self, gpa: u64) -> u8 {
+            let offset = gpa.wrapping_sub(devices::MMIO_TEST_BASE);
+            match offset {
+                0..0x100 => self.written.get(&gpa).copied().unwrap_or(0),
+                0x100..0x108 => 0x1122_3344_5566_7788u64.to_le_bytes()[(offset - 0x100) as usize],
+                0x108..0x110 => self.writes.to_le_bytes()[(offset - 0x108) as usize],
+                _ => 0,
+            }
+        }
+        fn read(&self, gpa: u64, size: u8) -> Option<u64> {
+            Self::decodes(gpa, size).then(|| {
+                let mut bytes = [0u8; 8];
+                for (i, b) in bytes.iter_mut().enumerate().take(usize::from(size)) {
+                    *b = self.byte(gpa + i as u64);
+                }
+                u64::from_le_bytes(bytes)
+            })
+        }
+        fn write(&mut self, gpa: u64, size: u8, value: u64) -> bool {
+            if !Self::decodes(gpa, size) {
+                return false;
+            }
+            for i in 0..u64::from(size) {
+                if gpa + i - devices::MMIO_TEST_BASE < 0x100 {
+                    self.written.insert(gpa + i, value.to_le_bytes()[i as usize]);
+                }
+            }
+            self.writes += 1;
+            true
+        }
+    }
+
+    /// Addresses worth hitting: the page (denser at the registers), its edges and
+    /// neighbours, and any address at all.
+    fn interesting_gpa() -> impl Strategy<Value = u64> {
+        let base = devices::MMIO_TEST_BASE;
+        prop_oneof![
+            4 => (0u64..0x118).prop_map(move |o| base + o),
+            2 => (0u64..0x1000).prop_map(move |o| base + o),
+            1 => (0u64..16).prop_map(move |o| base + 0x1000 - 8 + o),
+            1 => (0u64..16).prop_map(move |o| base - 8 + o),
+            1 => any::<u64>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_mmio_accesses_match_the_model(
+            ops in proptest::collection::vec((any::<bool>(), interesting_gpa(), 0u8..=9, any::<u64>()), 0..300),
+        ) {
+            let mut board = PcBoard::new(config(), 0);
+            let mut platform = RecordingPlatform::default();
+            let mut model = MmioModel::default();
+            for (i, (write, gpa, size, value)) in ops.into_iter().enumerate() {
+                let now = i as Nanos * 1000;
+                if write {
+                    let expected = model.write(gpa, size, value);
+                    prop_assert_eq!(board.mmio_write(gpa, size, value, now, &mut platform), expected);
+                } else {
+                    let got = board.mmio_read(gpa, size, now, &mut platform);
+                    prop_assert_eq!(got, model.read(gpa, size), "read {:#x} size {}", gpa, size);
+                    if let Some(v) = got.filter(|_| size < 8) {
+                        prop_assert_eq!(v >> (8 * u32::from(size)), 0);
+                    }
+                }
+            }
+            prop_assert_eq!(platform, RecordingPlatform::default(), "MMIO raises no interrupts");
+        }
     }
 
     /// Ports worth hitting: every decoded port, its neighbours, and a few others.

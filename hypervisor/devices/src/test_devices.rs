@@ -6,6 +6,10 @@
 //! - [`DebugCon`], QEMU's `isa-debugcon` (`hw/char/debugcon.c`), the "port E9 hack" of
 //!   Bochs: every byte written to port 0xE9 is console output, and reads return 0xE9 so
 //!   a guest can detect the port.
+//! - [`MmioScratch`], this platform's own `mmio-test` device: a page of scratch
+//!   registers reached by MMIO (`hv_abi::platform::devices::MMIO_TEST_BASE`), which the
+//!   svc-mmio scenario uses to check every MMIO instruction form the hypervisor decodes
+//!   and forwards.
 
 use crate::uart16550::OutputRing;
 use crate::{open_bus, read_bytewise, write_bytewise, Nanos, Platform, PlatformRequest, PortIo};
@@ -145,6 +149,100 @@ impl PortIo for DebugCon {
     }
 }
 
+/// Bytes of the `mmio-test` page.
+pub const MMIO_SCRATCH_BYTES: u64 = 0x1000;
+/// Offset of the first byte after the scratch registers.
+pub const MMIO_SCRATCH_END: u64 = 0x100;
+/// Number of 64-bit scratch registers (offsets 0x000-0x0FF).
+pub const MMIO_SCRATCH_REGISTERS: usize = 32;
+/// Offset of the read-only constant register.
+pub const MMIO_CONSTANT_OFFSET: u64 = 0x100;
+/// What the constant register reads.
+pub const MMIO_CONSTANT: u64 = 0x1122_3344_5566_7788;
+/// Offset of the read-only write counter.
+pub const MMIO_WRITE_COUNT_OFFSET: u64 = 0x108;
+
+/// The `mmio-test` device: one 4 KiB page of registers, addressed by byte offset.
+///
+/// | offset | register |
+/// |---|---|
+/// | 0x000-0x0FF | 32 scratch registers of 64 bits, read/write |
+/// | 0x100-0x107 | constant [`MMIO_CONSTANT`] (read-only) |
+/// | 0x108-0x10F | write counter (read-only) |
+/// | 0x110-0xFFF | reserved: read 0, writes ignored |
+///
+/// The page behaves as memory made of byte lanes, little-endian: an access of `size`
+/// bytes (1, 2, 4 or 8) at any offset, aligned or not, covers the bytes `offset ..
+/// offset + size`, each of which reads what its own location holds (so an access may
+/// straddle two registers, or the scratch area and the constant); a write changes only
+/// the scratch bytes it covers. Bytes past the end of the page read 0 and are not
+/// written. Every write access the device accepts (a valid size at an offset inside the
+/// page, whatever it covers, read-only registers included) adds 1 to the write counter,
+/// which wraps at 2^64. Reads have no side effects. Other sizes read 0 and are ignored
+/// (not counted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MmioScratch {
+    scratch: [u8; MMIO_SCRATCH_END as usize],
+    writes: u64,
+}
+
+impl Default for MmioScratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MmioScratch {
+    /// Every scratch register 0, no writes counted.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { scratch: [0; MMIO_SCRATCH_END as usize], writes: 0 }
+    }
+
+    /// The write accesses counted so far.
+    #[must_use]
+    pub const fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// The byte at `offset` of the page (0 outside it).
+    fn byte(&self, offset: u64) -> u8 {
+        let lane = |value: u64, base: u64| value.to_le_bytes()[(offset - base) as usize];
+        match offset {
+            0..MMIO_SCRATCH_END => self.scratch[offset as usize],
+            MMIO_CONSTANT_OFFSET..MMIO_WRITE_COUNT_OFFSET => lane(MMIO_CONSTANT, MMIO_CONSTANT_OFFSET),
+            MMIO_WRITE_COUNT_OFFSET..0x110 => lane(self.writes, MMIO_WRITE_COUNT_OFFSET),
+            _ => 0,
+        }
+    }
+
+    /// Reads `size` bytes (1, 2, 4 or 8) at byte `offset` of the page, little-endian.
+    /// Other sizes, and offsets outside the page, read 0.
+    #[must_use]
+    pub fn read(&self, offset: u64, size: u8) -> u64 {
+        if !matches!(size, 1 | 2 | 4 | 8) || offset >= MMIO_SCRATCH_BYTES {
+            return 0;
+        }
+        (0..u64::from(size)).rev().fold(0, |value, lane| value << 8 | u64::from(self.byte(offset + lane)))
+    }
+
+    /// Writes the low `size` bytes (1, 2, 4 or 8) of `value` at byte `offset` of the
+    /// page; only scratch bytes change. Returns whether the write was accepted (and
+    /// counted): false for other sizes and offsets outside the page.
+    pub fn write(&mut self, offset: u64, size: u8, value: u64) -> bool {
+        if !matches!(size, 1 | 2 | 4 | 8) || offset >= MMIO_SCRATCH_BYTES {
+            return false;
+        }
+        for (lane, byte) in value.to_le_bytes().into_iter().take(usize::from(size)).enumerate() {
+            if let Some(slot) = usize::try_from(offset + lane as u64).ok().and_then(|i| self.scratch.get_mut(i)) {
+                *slot = byte;
+            }
+        }
+        self.writes = self.writes.wrapping_add(1);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -275,5 +373,75 @@ mod tests {
         let out = drain(&mut dev);
         assert_eq!(out[0], 3);
         assert_eq!(out[OUTPUT_CAPACITY - 1], (OUTPUT_CAPACITY + 2) as u8);
+    }
+
+    #[test]
+    fn mmio_scratch_registers_hold_what_is_written() {
+        let mut dev = MmioScratch::new();
+        assert_eq!(dev, MmioScratch::default());
+        for reg in 0..MMIO_SCRATCH_REGISTERS as u64 {
+            assert_eq!(dev.read(reg * 8, 8), 0);
+        }
+        assert!(dev.write(0x10, 8, 0x0102_0304_0506_0708));
+        assert_eq!(dev.read(0x10, 8), 0x0102_0304_0506_0708);
+        assert_eq!(dev.read(0x10, 4), 0x0506_0708);
+        assert_eq!(dev.read(0x14, 4), 0x0102_0304);
+        assert_eq!(dev.read(0x12, 2), 0x0506);
+        assert_eq!(dev.read(0x17, 1), 0x01);
+        // A write changes only the bytes it covers.
+        assert!(dev.write(0x11, 1, 0xAA));
+        assert_eq!(dev.read(0x10, 8), 0x0102_0304_0506_AA08);
+        assert!(dev.write(0x14, 2, 0xFFFF_BBCC));
+        assert_eq!(dev.read(0x10, 8), 0x0102_BBCC_0506_AA08);
+        assert!(dev.write(0x10, 4, 0xFFFF_FFFF_0000_0000));
+        assert_eq!(dev.read(0x10, 8), 0x0102_BBCC_0000_0000);
+        // Unaligned, straddling two registers.
+        assert!(dev.write(0x1D, 8, 0x1112_1314_1516_1718));
+        assert_eq!(dev.read(0x18, 8), 0x1617_1800_0000_0000);
+        assert_eq!(dev.read(0x20, 8), 0x0000_0011_1213_1415);
+        assert_eq!(dev.read(0x1D, 8), 0x1112_1314_1516_1718);
+        // The last register.
+        assert!(dev.write(0xF8, 8, u64::MAX));
+        assert_eq!(dev.read(0xF8, 8), u64::MAX);
+        assert_eq!(dev.writes(), 6);
+    }
+
+    #[test]
+    fn mmio_constant_counter_and_reserved_offsets() {
+        let mut dev = MmioScratch::new();
+        assert_eq!(dev.read(MMIO_CONSTANT_OFFSET, 8), MMIO_CONSTANT);
+        assert_eq!(dev.read(MMIO_CONSTANT_OFFSET, 4), 0x5566_7788);
+        assert_eq!(dev.read(MMIO_CONSTANT_OFFSET + 4, 4), 0x1122_3344);
+        assert_eq!(dev.read(MMIO_CONSTANT_OFFSET + 7, 1), 0x11);
+        assert_eq!(dev.read(MMIO_WRITE_COUNT_OFFSET, 8), 0);
+        // Writes to read-only and reserved offsets are ignored, but counted.
+        assert!(dev.write(MMIO_CONSTANT_OFFSET, 8, 0));
+        assert!(dev.write(MMIO_WRITE_COUNT_OFFSET, 8, 0x55));
+        assert!(dev.write(0x200, 4, 0xDEAD_BEEF));
+        assert!(dev.write(0xFFF, 1, 0x12));
+        assert_eq!(dev.read(MMIO_CONSTANT_OFFSET, 8), MMIO_CONSTANT);
+        assert_eq!(dev.read(MMIO_WRITE_COUNT_OFFSET, 8), 4);
+        assert_eq!(dev.read(0x200, 4), 0);
+        assert_eq!(dev.read(0xFFF, 1), 0);
+        assert_eq!(dev.read(0x110, 8), 0);
+        // Straddling: scratch and constant, constant and counter, counter and reserved.
+        assert!(dev.write(0xFC, 8, 0xAAAA_AAAA_BBBB_BBBB));
+        assert_eq!(dev.read(0xFC, 8), 0x5566_7788_BBBB_BBBB);
+        assert_eq!(dev.read(0x104, 8), 0x0000_0005_1122_3344);
+        assert_eq!(dev.read(0x10C, 8), 0);
+        // Past the end of the page: bytes read 0; outside it nothing is decoded.
+        assert_eq!(dev.read(0xFF9, 8), 0);
+        assert!(dev.write(0xFFE, 8, u64::MAX));
+        assert!(!dev.write(0x1000, 1, 1));
+        assert_eq!(dev.read(0x1000, 1), 0);
+        assert!(!dev.write(u64::MAX, 8, 1));
+        assert_eq!(dev.read(u64::MAX, 8), 0);
+        // Bad sizes: read 0, not written, not counted.
+        for size in [0, 3, 5, 6, 7, 9, 16, 255] {
+            assert_eq!(dev.read(MMIO_CONSTANT_OFFSET, size), 0);
+            assert!(!dev.write(0, size, u64::MAX));
+        }
+        assert_eq!(dev.read(0, 8), 0);
+        assert_eq!(dev.writes(), 6);
     }
 }
