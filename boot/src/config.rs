@@ -15,7 +15,7 @@
 //! name = "hello"          # [a-z0-9-]{1,32}, unique
 //! kind = "guest"          # "service" | "guest"; at most one service
 //! memory_mib = 16         # 1..=65536
-//! vcpus = 1               # 1..=64
+//! vcpus = 1               # 1..=64 (the service partition gets one vCPU on every CPU instead)
 //! cpus = [1]              # optional; if present length == vcpus, no duplicates
 //! start = "long"         # optional: "long" (default), "protected" or "real" (see StartMode)
 //! devices = ["pc"]       # optional: emulated devices whose ports go to the service

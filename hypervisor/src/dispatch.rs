@@ -159,6 +159,14 @@ fn handle_vmcall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         hypercall::GUEST_IRQ_LINE => crate::service::hypercall_guest_irq_line(vcpu, a, b, regs.rdx),
         hypercall::GUEST_POWER => crate::service::hypercall_guest_power(vcpu, a, b, regs.rdx),
         hypercall::GUEST_CONSOLE_WRITE => crate::service::hypercall_guest_console_write(vcpu, a, b, regs.rdx),
+        hypercall::SYSTEM_INFO => crate::control::system_info(vcpu, a),
+        hypercall::VM_CREATE => crate::control::vm_create(vcpu, a, b),
+        hypercall::VM_MAP_RAM => crate::control::vm_map_ram(vcpu, a, b, regs.rdx),
+        hypercall::VM_SET_DEVICES => crate::control::vm_set_devices(vcpu, a, b),
+        hypercall::VCPU_CREATE => crate::control::vcpu_create(vcpu, a, b),
+        hypercall::VCPU_SET_STATE => crate::control::vcpu_set_state(vcpu, a, b, regs.rdx),
+        hypercall::VCPU_START => crate::control::vcpu_start(vcpu, a, b),
+        hypercall::VM_STOP => crate::control::vm_stop(vcpu, a, b),
         _ => Err(HcError::UnknownHypercall),
     };
     regs.rax = match result {

@@ -35,15 +35,36 @@ impl From<ControlError> for BuildError {
     }
 }
 
-/// Builds and starts every partition in `specs`: the guests first, then the service
-/// partition with one vCPU on each CPU that runs guest vCPUs. Returns how many guests
-/// started.
+/// Builds and starts the partitions in `specs`. With a service partition, only that
+/// one (with one vCPU on every CPU): it builds and starts the guests itself through the
+/// control interface, as a user-space VMM does beside KVM. Without one, the hypervisor
+/// builds the flat test-guest images itself. Returns how many partitions started.
 pub fn start_all(specs: &[PartitionSpec<'static>], payload: Option<&'static [u8]>, cpus_online: u32) -> u32 {
+    if let Some(spec) = specs.iter().find(|s| s.kind == PartitionKind::Service) {
+        let guests = specs.iter().filter(|s| s.kind == PartitionKind::Guest);
+        // The pool holds every guest's RAM (2 MiB multiples).
+        let pool: u64 = guests.map(|g| g.memory_bytes().next_multiple_of(2 << 20)).sum();
+        let cpus: alloc::vec::Vec<u32> = (0..cpus_online).collect();
+        return match build_service(spec, payload, &cpus, pool) {
+            Ok(()) => {
+                log::info!(
+                    "partition {}: service partition, {} MiB, a {} MiB pool for guests, one vcpu on each of cpus 0-{}",
+                    spec.name,
+                    spec.memory_mib,
+                    pool >> 20,
+                    cpus_online - 1
+                );
+                1
+            }
+            Err(e) => {
+                log::error!("partition {}: service partition not started: {}", spec.name, describe(&e));
+                0
+            }
+        };
+    }
     let mut started = 0;
-    let mut guest_cpus = alloc::vec::Vec::new();
-    let service = specs.iter().find(|s| s.kind == PartitionKind::Service);
     for spec in specs.iter().filter(|s| s.kind == PartitionKind::Guest) {
-        if !spec.devices.is_empty() && service.is_none() {
+        if !spec.devices.is_empty() {
             log::warn!(
                 "partition {}: lists devices but no service partition is configured; its ports stay unclaimed",
                 spec.name
@@ -62,39 +83,29 @@ pub fn start_all(specs: &[PartitionSpec<'static>], payload: Option<&'static [u8]
                 for (id, cpu) in cpus.iter().enumerate().skip(1) {
                     log::info!("partition {}: vcpu {id} on cpu {cpu}, waiting for INIT and start-up IPIs", spec.name);
                 }
-                guest_cpus.extend(cpus);
             }
             Err(e) => log::error!("partition {}: not started: {}", spec.name, describe(&e)),
-        }
-    }
-    if let Some(spec) = service {
-        guest_cpus.sort_unstable();
-        guest_cpus.dedup();
-        match build_service(spec, payload, &guest_cpus) {
-            Ok(()) => log::info!(
-                "partition {}: service partition, {} MiB, one vcpu on each of cpus {:?}",
-                spec.name,
-                spec.memory_mib,
-                guest_cpus
-            ),
-            Err(e) => log::error!("partition {}: service partition not started: {}", spec.name, describe(&e)),
         }
     }
     started
 }
 
 /// Builds the service partition: its RAM and image as for a guest, the request-slot
-/// array mapped in (`hv_abi::service::SLOTS_GPA`), and one vCPU on each of `cpus`,
-/// each started at the entry point with its own stack (`hv_abi::service::STACK_BYTES`).
+/// array (`hv_abi::service::SLOTS_GPA`), a memory pool of `pool` bytes for guests'
+/// RAM (`POOL_GPA`) and the boot payload, read-only (`PAYLOAD_GPA`), mapped in; and one
+/// vCPU on each of `cpus`, each started at the entry point with its own stack
+/// (`hv_abi::service::STACK_BYTES`).
 fn build_service(
     spec: &PartitionSpec<'static>,
     payload: Option<&'static [u8]>,
     cpus: &[u32],
+    pool: u64,
 ) -> Result<(), BuildError> {
     let (load, entry) = spec.flat.ok_or(BuildError::NotFlat)?;
-    if cpus.is_empty() {
-        return Err(BuildError::BadLayout("no guest runs, so there is nothing to serve"));
+    if pool > hv_abi::service::POOL_MAX_BYTES {
+        return Err(BuildError::BadLayout("the guests' RAM does not fit the service partition's pool (2 GiB)"));
     }
+    let archive = payload.ok_or(BuildError::ImageMissing)?;
     if spec.start != StartMode::Long {
         return Err(BuildError::BadLayout("the service partition starts in 64-bit mode"));
     }
@@ -118,6 +129,7 @@ fn build_service(
     partition::write_guest(vm, load, image)?;
     write_boot_structures(vm)?;
     crate::service::map_slots(vm)?;
+    crate::control::provide(vm, pool, archive, cpus.len() as u32)?;
     for (id, &cpu) in cpus.iter().enumerate() {
         let vcpu = partition::create_vcpu(vm, cpu)?;
         partition::set_boot_state(
@@ -218,6 +230,7 @@ fn build(
             cr3: start::PAGE_TABLES,
             gdt_base: start::GDT,
             gdt_limit: start::GDT_LIMIT,
+            ..Default::default()
         },
     )?;
     for &ap in &handles[1..] {

@@ -13,6 +13,7 @@ extern crate alloc;
 mod acpi;
 mod arch;
 mod console;
+mod control;
 mod dispatch;
 mod guests;
 mod mm;
@@ -25,7 +26,7 @@ mod vcpu;
 mod virq;
 mod vmx;
 
-use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
 use bootloader_api::info::MemoryRegionKind;
@@ -312,6 +313,14 @@ extern "C" fn bsp_main() -> ! {
             core::hint::spin_loop();
         }
         service::shut_down();
+        PARTITIONS_DONE.store(true, Ordering::Release);
+        if aps > 0 {
+            lapic::send_ipi(
+                hv_core::apic::DeliveryMode::Fixed,
+                idt::WAKE_VECTOR,
+                hv_core::apic::Destination::AllExcludingSelf,
+            );
+        }
         log::info!("hypervisor: all partitions stopped");
         destroy_stopped_partitions();
     }
@@ -328,11 +337,33 @@ extern "C" fn bsp_main() -> ! {
 /// for requests, then the guest vCPU (which switches to the service vCPU on forwarded
 /// exits) until its partition stops.
 fn run_partitions_on_this_cpu(cpu: u32, caps: &'static hv_core::vmx_caps::VmxCapabilities) {
-    if let Some(svc) = partition::service_vcpu_for_cpu(cpu).filter(|v| v.started.load(Ordering::Acquire)) {
+    let service = partition::service_vcpu_for_cpu(cpu).filter(|v| v.started.load(Ordering::Acquire));
+    if let Some(svc) = service {
+        // On the BSP this is where the service partition builds and starts the guests.
         service::bring_up(svc, caps);
+        if cpu != 0 {
+            wait_for_guest_vcpu(cpu);
+        }
     }
     if let Some(v) = partition::vcpu_for_cpu(cpu).filter(|v| v.started.load(Ordering::Acquire)) {
         vcpu::run(v, caps);
+    }
+}
+
+/// Set once every guest has stopped: CPUs still waiting for a guest vCPU give up.
+static PARTITIONS_DONE: AtomicBool = AtomicBool::new(false);
+
+/// Sleeps until the service partition starts a guest vCPU on this CPU (`VCPU_START`
+/// kicks it) or the hypervisor is done with partitions. The check runs with
+/// interrupts off and `sti; hlt` cannot miss the kick that follows it.
+fn wait_for_guest_vcpu(cpu: u32) {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        let started = partition::vcpu_for_cpu(cpu).is_some_and(|v| v.started.load(Ordering::Acquire));
+        if started || PARTITIONS_DONE.load(Ordering::Acquire) {
+            return;
+        }
+        x86_64::instructions::interrupts::enable_and_hlt();
     }
 }
 

@@ -94,6 +94,9 @@ pub struct BootState {
     pub cr3: u64,
     pub gdt_base: u64,
     pub gdt_limit: u16,
+    /// RAX and RBX at the start (Multiboot's magic and information pointer).
+    pub rax: u64,
+    pub rbx: u64,
 }
 
 /// One virtual CPU. Its registers are only touched by the physical CPU it runs on.
@@ -248,7 +251,8 @@ pub struct VmHandle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VcpuHandle {
     vm: VmHandle,
-    vcpu: u16,
+    /// The vCPU's id within its VM.
+    pub vcpu: u16,
 }
 
 static VMS: [AtomicPtr<Vm>; MAX_VMS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_VMS];
@@ -325,15 +329,28 @@ pub fn create_vm(name: &'static str) -> Result<VmHandle, ControlError> {
 /// VM level: gives the VM `bytes` of RAM at guest-physical 0, from frames taken for it
 /// alone, mapped write-back and read/write/execute in a new EPT.
 pub fn map_ram(handle: VmHandle, bytes: u64) -> Result<(), ControlError> {
-    let vm = vm(handle)?;
     if bytes == 0 || !bytes.is_multiple_of(2 << 20) {
+        return Err(ControlError::BadRange);
+    }
+    if vm(handle)?.ept.lock().is_some() {
+        return Err(ControlError::BadState);
+    }
+    let base = frames::allocate_zeroed(bytes / 4096, 2 << 20, u64::MAX).map_err(|_| ControlError::OutOfMemory)?;
+    map_ram_from(handle, base, bytes)
+}
+
+/// VM level: gives the VM `bytes` of RAM at guest-physical 0 made of the frames at
+/// host-physical `base` (2 MiB aligned), which the caller owns for this VM (the service
+/// partition's memory pool, whose ranges the caller keeps apart).
+pub fn map_ram_from(handle: VmHandle, base: u64, bytes: u64) -> Result<(), ControlError> {
+    let vm = vm(handle)?;
+    if bytes == 0 || !bytes.is_multiple_of(2 << 20) || !base.is_multiple_of(2 << 20) {
         return Err(ControlError::BadRange);
     }
     let mut ept_slot = vm.ept.lock();
     if ept_slot.is_some() {
         return Err(ControlError::BadState);
     }
-    let base = frames::allocate_zeroed(bytes / 4096, 2 << 20, u64::MAX).map_err(|_| ControlError::OutOfMemory)?;
     let large = *LARGE_PAGES.lock();
     let mut ept = hv_core::ept::Ept::new(KernelTables, large).map_err(|_| ControlError::OutOfMemory)?;
     let flush = ept
@@ -486,7 +503,7 @@ pub fn set_irq_line(handle: VmHandle, pin: u32, high: bool) -> Result<(), Contro
     crate::virq::set_irq_line(vm, pin, high).map_err(|_| ControlError::BadRange)
 }
 
-/// vCPU level: marks the vCPU runnable; its physical CPU enters it once released.
+/// vCPU level: marks the vCPU runnable and wakes its physical CPU, which enters it.
 pub fn start_vcpu(handle: VcpuHandle) -> Result<(), ControlError> {
     let v = vcpu(handle)?;
     if v.vm.ram_bytes.load(Ordering::Acquire) == 0 {
@@ -496,6 +513,7 @@ pub fn start_vcpu(handle: VcpuHandle) -> Result<(), ControlError> {
         return Err(ControlError::BadState);
     }
     v.vm.running.fetch_add(1, Ordering::AcqRel);
+    crate::virq::kick(v);
     Ok(())
 }
 
@@ -527,7 +545,6 @@ pub fn destroy_vm(handle: VmHandle) -> Result<(), ControlError> {
 }
 
 /// VM level: stops every vCPU of the VM (each leaves its loop at its next exit).
-#[allow(dead_code, reason = "a control-interface call the service partition will reach by hypercall (issue 5)")]
 pub fn stop_vm(handle: VmHandle, code: u64) -> Result<(), ControlError> {
     vm(handle)?.stop(code);
     Ok(())
@@ -609,6 +626,12 @@ pub fn guest_vm_by_id(id: hv_abi::service::VmId) -> Option<&'static Vm> {
     matches.then_some(vm)
 }
 
+/// The VM behind `handle`, if the handle is valid.
+#[must_use]
+pub fn guest_vm(handle: VmHandle) -> Option<&'static Vm> {
+    vm(handle).ok()
+}
+
 /// The service partition, if one exists.
 #[must_use]
 pub fn service_vm() -> Option<&'static Vm> {
@@ -640,6 +663,17 @@ pub fn set_devices(handle: VmHandle, devices: hv_abi::platform::devices::DeviceS
 /// partition; the range must lie above the VM's RAM, and the VM must have no vCPUs yet
 /// (so no CPU has used its EPT and nothing needs invalidating).
 pub fn map_shared(handle: VmHandle, gpa: u64, host: u64, bytes: u64) -> Result<(), ControlError> {
+    map_shared_with(handle, gpa, host, bytes, EptPermissions::RW)
+}
+
+/// [`map_shared`] with the given access rights (read-only for the boot payload).
+pub fn map_shared_with(
+    handle: VmHandle,
+    gpa: u64,
+    host: u64,
+    bytes: u64,
+    perms: EptPermissions,
+) -> Result<(), ControlError> {
     let vm = vm(handle)?;
     let aligned = bytes != 0 && gpa % 4096 == 0 && bytes % 4096 == 0 && gpa.checked_add(bytes).is_some();
     if !aligned || gpa < vm.ram_bytes.load(Ordering::Acquire) {
@@ -651,7 +685,7 @@ pub fn map_shared(handle: VmHandle, gpa: u64, host: u64, bytes: u64) -> Result<(
     let mut ept_slot = vm.ept.lock();
     let ept = ept_slot.as_mut().ok_or(ControlError::BadState)?;
     let flush = ept
-        .map(GuestPhysAddr::new(gpa), HostPhysAddr::new(host), bytes, EptPermissions::RW, MemoryType::WriteBack)
+        .map(GuestPhysAddr::new(gpa), HostPhysAddr::new(host), bytes, perms, MemoryType::WriteBack)
         .map_err(|_| ControlError::BadRange)?;
     // No vCPU exists yet, so no CPU holds translations of this EPT.
     flush.acknowledge();

@@ -536,5 +536,7 @@ pub fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstru
     let regs = unsafe { &mut *vcpu.regs.get() };
     regs.rdi = boot.rdi;
     regs.rsi = boot.rsi;
+    regs.rax = boot.rax;
+    regs.rbx = boot.rbx;
     Ok(())
 }

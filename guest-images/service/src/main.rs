@@ -1,25 +1,30 @@
 //! `service`: the service partition. It emulates the PC devices of the guest VMs
-//! (`hv_devices::board::PcBoard`, one per guest VM) for the port I/O the hypervisor
-//! forwards to it (`hv_abi::service`, `hv_abi::io_request`).
+//! (`hv_devices::board::PcBoard`, one per guest VM) for the port I/O and MMIO the
+//! hypervisor forwards to it (`hv_abi::service`, `hv_abi::io_request`).
 //!
 //! Every vCPU of the partition starts at [`_start`] in the 64-bit start state with
 //! RDI = its vCPU id and its own stack (`hv_abi::service::STACK_BYTES` apart), prints
 //! `service: vcpu N ready` (shown as `[<partition name>] service: vcpu N ready`) and
 //! then serves requests forever. A request arrives on the service vCPU of the physical
-//! CPU whose guest vCPU made the access; per request ([`serve`], [`vms::port_access`]):
+//! CPU whose guest vCPU made the access; per request ([`serve`], [`vms::port_access`],
+//! [`vms::mmio_access`]):
 //!
 //! 1. `SERVICE_REPLY_WAIT(reply)` returns the slot index (the first call, and the one
 //!    after a refused call, replies [`NO_REPLY`]); a slot index at or above `SLOTS` is
 //!    ignored (the next call replies `NO_REPLY`).
 //! 2. The 64-byte slot at `SLOTS_GPA + index * SLOT_BYTES` is read with volatile reads
 //!    ([`slots::read`]).
-//! 3. Only port I/O of 1, 2 or 4 bytes to a port (`address` <= 0xFFFF), read or
-//!    write, by a VM whose index the table covers, is performed; anything else is
-//!    answered `FAILED` (the hypervisor then completes it as an open bus).
+//! 3. Only port I/O of 1, 2 or 4 bytes to a port (`address` <= 0xFFFF) and MMIO of 1,
+//!    2, 4 or 8 bytes (`address` = the guest-physical address), read or write, by a VM
+//!    whose index the table covers, is performed; anything else is answered `FAILED`
+//!    (the hypervisor then completes it as an open bus), and so is MMIO at an address
+//!    that no device of the board decodes (`PcBoard::mmio_read` / `mmio_write`). A port
+//!    no device decodes is an open bus on the board itself: `DONE`, reading all-ones.
 //! 4. The VM's board is looked up (and created on its first request, or replaced when
 //!    the VM id's generation changed: the old VM was destroyed), under that VM's lock.
 //! 5. The board's clock is brought to now ([`clock::now`]) with `tick`, then the access
-//!    is performed; interrupt lines that changed level are set with `GUEST_IRQ_LINE`
+//!    is performed (ports: `PcBoard::read` / `write`; MMIO: `PcBoard::mmio_read` /
+//!    `mmio_write`); interrupt lines that changed level are set with `GUEST_IRQ_LINE`
 //!    as they change.
 //! 6. The board's console output is drained; complete lines (and a partial line of 256
 //!    bytes) go out with `GUEST_CONSOLE_WRITE` as the guest's output.
@@ -40,6 +45,7 @@
 #![no_std]
 #![no_main]
 
+mod builder;
 mod clock;
 mod slots;
 mod vms;
@@ -57,6 +63,10 @@ use hv_abi::Error;
 pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
     clock::init(vcpu == 0);
     println!("service: vcpu {vcpu} ready");
+    if vcpu == 0 {
+        // The user-space-VMM part: create, build and start the guests the payload names.
+        builder::build_all();
+    }
     let mut reply = NO_REPLY;
     let mut reported = false;
     loop {
@@ -113,8 +123,24 @@ fn fault_test(value: u8) {
 /// Performs the access `request` describes; returns the status to reply and, for a
 /// read, the data.
 fn serve(request: &IoRequestSlot) -> (u8, Option<u64>) {
-    const FAILED: (u8, Option<u64>) = (status::FAILED, None);
-    if request.kind != kind::PORT || !matches!(request.size, 1 | 2 | 4) {
+    match request.kind {
+        kind::PORT => serve_port(request),
+        kind::MMIO => serve_mmio(request),
+        _ => FAILED,
+    }
+}
+
+/// The reply to a request that could not be performed.
+const FAILED: (u8, Option<u64>) = (status::FAILED, None);
+
+/// The reply to a performed access: `DONE`, with the data for a read.
+fn done(read: bool, value: u64) -> (u8, Option<u64>) {
+    (status::DONE, read.then_some(value))
+}
+
+/// A port request (`kind::PORT`).
+fn serve_port(request: &IoRequestSlot) -> (u8, Option<u64>) {
+    if !matches!(request.size, 1 | 2 | 4) {
         return FAILED;
     }
     let Ok(port) = u16::try_from(request.address) else { return FAILED };
@@ -131,8 +157,24 @@ fn serve(request: &IoRequestSlot) -> (u8, Option<u64>) {
         return FAILED;
     }
     match vms::port_access(VmId(request.vm), port, request.size, write) {
-        Some(value) if write.is_none() => (status::DONE, Some(u64::from(value))),
-        Some(_) => (status::DONE, None),
+        Some(value) => done(write.is_none(), u64::from(value)),
+        None => FAILED,
+    }
+}
+
+/// An MMIO request (`kind::MMIO`): `address` is the guest-physical address.
+fn serve_mmio(request: &IoRequestSlot) -> (u8, Option<u64>) {
+    if !matches!(request.size, 1 | 2 | 4 | 8) {
+        return FAILED;
+    }
+    let write = match request.direction {
+        direction::READ => None,
+        // The hypervisor masked the data to the access size.
+        direction::WRITE => Some(request.data),
+        _ => return FAILED,
+    };
+    match vms::mmio_access(VmId(request.vm), request.address, request.size, write) {
+        Some(value) => done(write.is_none(), value),
         None => FAILED,
     }
 }

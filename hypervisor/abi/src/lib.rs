@@ -69,6 +69,35 @@ pub mod hypercall {
     /// guest-physical address RCX to the console as output of guest VM RBX, prefixed with
     /// that guest's name. Returns the number of bytes written.
     pub const GUEST_CONSOLE_WRITE: u64 = 11;
+
+    // The control interface, for the service partition only (KVM's system, VM and vCPU
+    // levels; see [`super::service::control`]). VM arguments are
+    // [`super::service::VmId`]s; every call checks them (a destroyed VM's id is
+    // refused) and every other argument before it changes anything.
+
+    /// System: RBX = [`super::service::control::info`] item; returns its value.
+    pub const SYSTEM_INFO: u64 = 12;
+    /// System: creates a VM named by the RCX bytes at service address RBX (1 to 32 of
+    /// a-z, 0-9, '-'); returns its VmId.
+    pub const VM_CREATE: u64 = 13;
+    /// VM RBX: gives it RAM at guest-physical 0 from the service partition's memory
+    /// pool: RDX bytes at pool offset RCX (both multiples of 2 MiB, inside the pool,
+    /// overlapping no other VM's RAM). The service partition sees the same bytes at
+    /// `POOL_GPA + RCX`. Returns 0.
+    pub const VM_MAP_RAM: u64 = 14;
+    /// VM RBX: forwards the devices of `DeviceSet` RCX to the service partition.
+    pub const VM_SET_DEVICES: u64 = 15;
+    /// VM RBX: creates its next vCPU, pinned to physical CPU RCX (one that runs no other
+    /// guest vCPU); returns the vCPU id.
+    pub const VCPU_CREATE: u64 = 16;
+    /// vCPU RCX of VM RBX: sets its start state from the
+    /// [`super::service::control::VcpuStartState`] at service address RDX (before it
+    /// starts). Returns 0.
+    pub const VCPU_SET_STATE: u64 = 17;
+    /// vCPU RCX of VM RBX: starts it (it runs on its CPU from then on). Returns 0.
+    pub const VCPU_START: u64 = 18;
+    /// VM RBX: stops every vCPU, logging exit code RCX. Returns 0.
+    pub const VM_STOP: u64 = 19;
 }
 
 /// Most bytes one `CONSOLE_WRITE` takes.
@@ -462,6 +491,96 @@ pub mod service {
         }
     }
 
+    /// Where the service partition sees its memory pool (the RAM it gives guests) and the
+    /// boot payload (read-only: `hypervisor.conf`, `config.toml`, `images/NAME`).
+    pub const POOL_GPA: u64 = 0x4000_0000;
+    /// Largest pool (it ends where the payload begins).
+    pub const POOL_MAX_BYTES: u64 = PAYLOAD_GPA - POOL_GPA;
+    pub const PAYLOAD_GPA: u64 = 0xc000_0000;
+    /// Largest payload (it ends where the request slots begin).
+    pub const PAYLOAD_MAX_BYTES: u64 = SLOTS_GPA - PAYLOAD_GPA;
+
+    /// The control interface's data (see the hypercalls `SYSTEM_INFO` .. `VM_STOP`).
+    pub mod control {
+        /// `SYSTEM_INFO` items.
+        pub mod info {
+            /// Physical CPUs online (guest vCPUs may be pinned to 0 .. n-1).
+            pub const CPUS_ONLINE: u64 = 0;
+            /// Bytes of the memory pool at `POOL_GPA`.
+            pub const POOL_BYTES: u64 = 1;
+            /// Bytes of the boot payload at `PAYLOAD_GPA` (a ustar archive).
+            pub const PAYLOAD_BYTES: u64 = 2;
+        }
+
+        /// Start modes of [`VcpuStartState::mode`].
+        pub mod mode {
+            /// 64-bit mode with paging: CR3 = `cr3`, GDTR = `gdt_base`/`gdt_limit`
+            /// holding the descriptors of [`crate::start`] (CS 0x08, data 0x10).
+            pub const LONG64: u32 = 0;
+            /// 32-bit flat protected mode, paging off (CS 0x18, data 0x20 of the same
+            /// GDT): Linux's 32-bit boot protocol and Multiboot.
+            pub const PROTECTED32: u32 = 1;
+            /// Real mode at `rip` (CS = rip >> 4, IP = rip & 0xF).
+            pub const REAL16: u32 = 2;
+            /// An application processor: waits for INIT and a start-up IPI.
+            pub const WAIT_FOR_SIPI: u32 = 3;
+        }
+
+        /// Bytes of [`VcpuStartState`] in the service partition's memory.
+        pub const START_STATE_BYTES: usize = 72;
+
+        /// A vCPU's start state, as the service partition writes it for
+        /// `VCPU_SET_STATE`: little-endian, in this field order, no padding but after
+        /// `mode` (`gdt_limit` is a u32 whose high half must be 0).
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct VcpuStartState {
+            pub mode: u32,
+            pub gdt_limit: u32,
+            pub rip: u64,
+            pub rsp: u64,
+            pub rax: u64,
+            pub rbx: u64,
+            pub rsi: u64,
+            pub rdi: u64,
+            pub cr3: u64,
+            pub gdt_base: u64,
+        }
+
+        impl VcpuStartState {
+            #[must_use]
+            pub fn to_bytes(&self) -> [u8; START_STATE_BYTES] {
+                let mut b = [0u8; START_STATE_BYTES];
+                b[0..4].copy_from_slice(&self.mode.to_le_bytes());
+                b[4..8].copy_from_slice(&self.gdt_limit.to_le_bytes());
+                let words = [self.rip, self.rsp, self.rax, self.rbx, self.rsi, self.rdi, self.cr3, self.gdt_base];
+                for (i, w) in words.iter().enumerate() {
+                    b[8 + 8 * i..16 + 8 * i].copy_from_slice(&w.to_le_bytes());
+                }
+                b
+            }
+
+            #[must_use]
+            pub fn from_bytes(b: &[u8; START_STATE_BYTES]) -> Self {
+                let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+                let u64_at = |i: usize| {
+                    u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]])
+                };
+                Self {
+                    mode: u32_at(0),
+                    gdt_limit: u32_at(4),
+                    rip: u64_at(8),
+                    rsp: u64_at(16),
+                    rax: u64_at(24),
+                    rbx: u64_at(32),
+                    rsi: u64_at(40),
+                    rdi: u64_at(48),
+                    cr3: u64_at(56),
+                    gdt_base: u64_at(64),
+                }
+            }
+        }
+    }
+
     /// `GUEST_POWER` actions.
     pub mod power {
         /// Power off (ACPI S5, `isa-debug-exit`): RDX = exit code.
@@ -528,6 +647,15 @@ mod tests {
         assert!(!pc.claims_mmio(0xfeb0_0000) && !mmio.claims_port(0xfeb0));
         assert_eq!(DeviceSet::default().with("floppy"), None);
         assert!(DeviceSet::default().is_empty());
+    }
+
+    #[test]
+    fn start_states_round_trip_through_bytes() {
+        use super::service::control::VcpuStartState;
+        let s = VcpuStartState { mode: 1, gdt_limit: 39, rip: 1, rsp: 2, rax: 3, rbx: 4, rsi: 5, rdi: 6, cr3: 7, gdt_base: 8 };
+        assert_eq!(VcpuStartState::from_bytes(&s.to_bytes()), s);
+        assert_eq!(s.to_bytes()[8], 1);
+        assert_eq!(s.to_bytes()[64], 8);
     }
 
     #[test]
