@@ -6,7 +6,7 @@
 //! - `hypervisor.conf`: `key=value` lines (`log_level=...`, `when_idle=...`), then one
 //!   `partition=` line per partition (see [`partition_line`]);
 //! - `images/<name>`: one file per partition: an ELF64 image flattened (see
-//!   [`crate::flat`]), anything else as it is.
+//!   [`crate::flat`]), anything else (and an ELF Multiboot kernel) as it is.
 //!
 //! Entries are written in that order with mode 0644, owner 0 and mtime 0, so the same
 //! config always produces the same bytes.
@@ -32,7 +32,10 @@ pub fn build(config: &Config) -> io::Result<Vec<u8>> {
                 format!("reading image of partition {:?} ({}): {e}", partition.name, partition.image.display()),
             )
         })?;
-        let (bytes, flat) = if flat::is_elf(&data) {
+        // An ELF file with a Multiboot header is a Multiboot kernel: it goes to the
+        // service partition's Multiboot loader as it is, as QEMU's `-kernel` takes it.
+        let multiboot = hv_loader::detect(&data) == hv_loader::ImageKind::Multiboot;
+        let (bytes, flat) = if flat::is_elf(&data) && !multiboot {
             let min_load = match partition.start {
                 StartMode::Long | StartMode::Protected => hv_abi::start::MIN_LOAD_ADDRESS,
                 StartMode::Real => flat::REAL_MODE_MIN_LOAD,
