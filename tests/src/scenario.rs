@@ -152,18 +152,14 @@ fn guests(
     }
 }
 
-/// A scenario with the service partition `svc` (one vCPU per CPU that runs guests)
-/// and guests that use its devices: the service vCPUs report ready, every line of
+/// A scenario with the service partition `svc` (one vCPU on every CPU), which builds and
+/// starts the `guests` guest partitions of the config and emulates their devices: the
+/// service vCPUs report ready, the service reports every guest started, every line of
 /// `expected` appears, the service partition stops after the last guest, and the
 /// hypervisor powers off.
-fn service_scenario(
-    name: &'static str,
-    cpus: u32,
-    config: &'static str,
-    service_vcpus: u32,
-    expected: &[&str],
-) -> Scenario {
-    let mut lines: Vec<String> = (0..service_vcpus).map(|v| format!("[svc] service: vcpu {v} ready")).collect();
+fn service_scenario(name: &'static str, cpus: u32, config: &'static str, guests: u32, expected: &[&str]) -> Scenario {
+    let mut lines: Vec<String> = (0..cpus).map(|v| format!("[svc] service: vcpu {v} ready")).collect();
+    lines.push(format!("[svc] service: {guests} of {guests} guest partitions started"));
     lines.extend(expected.iter().map(|l| l.to_string()));
     lines.push("partition svc: stopped (no guest left to serve)".to_string());
     lines.push("hypervisor: all partitions stopped".to_string());
@@ -254,6 +250,93 @@ fn service_scenarios() -> Vec<Scenario> {
                 "partition bystander: stopped itself (code 0)",
             ],
         ),
+        svc_bad_image(),
+        service_scenario(
+            "svc-acpi",
+            2,
+            "tests/configs/svc-acpi.toml",
+            1,
+            &[
+                "[svc] service: partition acpi: vcpu 1 on cpu 0, waiting for INIT and start-up IPIs",
+                "[acpi] acpi: RSDP at 0x",
+                "[acpi] acpi: MADT: 2 CPUs, IOAPIC at 0xfec00000",
+                "[acpi] acpi: FADT: PM1a_CNT 0x604, PM_TMR 0x608, reset 0xcf9=6",
+                "[acpi] acpi: \\_S5 SLP_TYP 5",
+                "[acpi] PASS guest-acpi",
+                "partition acpi: powered off through its platform (code 0)",
+                "partition acpi: stopped itself (code 0)",
+            ],
+        ),
+        service_scenario(
+            "svc-reset-shutdown",
+            2,
+            "tests/configs/svc-reset-shutdown.toml",
+            2,
+            &[
+                "[off] PASS guest-acpi",
+                "partition off: powered off through its platform (code 0)",
+                "partition off: stopped itself (code 0)",
+                "[reset] PASS guest-acpi",
+                "partition reset: reset through its platform; guests are not rebooted in this version, so it stops",
+                "partition reset: stopped itself (code 0)",
+            ],
+        ),
+        service_scenario(
+            "svc-multiboot",
+            2,
+            "tests/configs/svc-multiboot.toml",
+            1,
+            &[
+                "[svc] service: partition mb: Multiboot image, 16 MiB, vcpu 0 on cpu 1, entry 0x",
+                "[mb] multiboot: magic and boot information ok",
+                "partition mb: powered off through its platform (code 16)",
+                "partition mb: stopped itself (code 16)",
+            ],
+        ),
+        service_scenario(
+            "svc-pit",
+            2,
+            "tests/configs/svc-pit.toml",
+            1,
+            &[
+                "[pit] pit: latched count ",
+                " interrupts in 200 ms",
+                "[pit] pit: channel 2 OUT rose ",
+                "[pit] PASS guest-pit",
+                "partition pit: stopped itself (code 0)",
+            ],
+        ),
+        service_scenario(
+            "svc-rtc",
+            2,
+            "tests/configs/svc-rtc.toml",
+            1,
+            &[
+                "[rtc] rtc: 2026-01-01 00:00:",
+                " periodic interrupts in 200 ms",
+                "[rtc] PASS guest-rtc",
+                "partition rtc: stopped itself (code 0)",
+            ],
+        ),
+        service_scenario(
+            "svc-pic",
+            2,
+            "tests/configs/svc-pic.toml",
+            1,
+            &["[pic] PASS guest-pic", "partition pic: stopped itself (code 0)"],
+        ),
+        service_scenario(
+            "svc-mmio",
+            2,
+            "tests/configs/svc-mmio.toml",
+            1,
+            &[
+                "[mmio] mmio: ",
+                " instruction forms checked",
+                "[mmio] PASS guest-mmio",
+                "partition mmio: stopped itself (code 0)",
+            ],
+        ),
         service_scenario(
             "svc-debug-exit",
             2,
@@ -268,6 +351,30 @@ fn service_scenarios() -> Vec<Scenario> {
             ],
         ),
     ]
+}
+
+/// `svc-bad-image`: two bad images are refused with a line naming the problem, the
+/// good guest beside them runs.
+fn svc_bad_image() -> Scenario {
+    let mut s = service_scenario(
+        "svc-bad-image",
+        2,
+        "tests/configs/svc-bad-image.toml",
+        1,
+        &[
+            "[svc] service: partition cut-short not started: ",
+            "[svc] service: partition no-kernel not started: its image is not a Linux bzImage, a Multiboot kernel or an x86-64 ELF executable",
+            "[svc] service: partition good: flat image, 16 MiB",
+            "[good] PASS guest-hello",
+            "partition good: stopped itself (code 0)",
+        ],
+    );
+    for line in &mut s.expected {
+        if line.ends_with("1 of 1 guest partitions started") {
+            *line = "[svc] service: 1 of 3 guest partitions started".to_string();
+        }
+    }
+    s
 }
 
 /// `guest-apicv` with APIC virtualization: both vCPUs switch to x2APIC mode and get it.
@@ -552,7 +659,7 @@ mod tests {
     fn filters_match_substrings() {
         assert_eq!(select(&[]).len(), catalogue().len());
         let names: Vec<&str> = select(&["boot".to_string()]).iter().map(|s| s.name).collect();
-        assert_eq!(names, ["boot-4cpu", "boot-2cpu", "boot-1cpu", "boot-skylake"]);
+        assert_eq!(names, ["boot-4cpu", "boot-2cpu", "boot-1cpu", "boot-skylake", "svc-multiboot"]);
         let names: Vec<&str> = select(&["vmx".to_string(), "layout".to_string()]).iter().map(|s| s.name).collect();
         assert_eq!(names, ["image-layout", "no-vmx"]);
         let names: Vec<&str> = select(&["fault".to_string()]).iter().map(|s| s.name).collect();

@@ -30,8 +30,9 @@ const BENCH_CONFIG: &str = "tests/configs/bench.toml";
 /// The exit metrics `guest-bench` prints.
 const EXIT_METRICS: [&str; 4] = ["exit.cpuid", "exit.vmcall", "exit.io_unclaimed", "exit.rdmsr"];
 /// The forwarded-I/O metrics `guest-bench` prints (with the service partition beside it
-/// on the same CPU): a COM1 LSR read through the service partition's 16550 model.
-const FORWARDED_METRICS: [&str; 1] = ["io.forwarded_port"];
+/// on the same CPU): a COM1 LSR read through the service partition's 16550 model, and a
+/// 64-bit MMIO load of the `mmio-test` page's constant register.
+const FORWARDED_METRICS: [&str; 2] = ["io.forwarded_port", "io.forwarded_mmio"];
 /// The native baselines `guest-bench` prints; `native.rdtsc` is the measurement overhead.
 const NATIVE_METRICS: [&str; 2] = ["native.rdtsc", "native.loop"];
 /// The interrupt metrics and the test scenario whose guest prints each.

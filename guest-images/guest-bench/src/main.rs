@@ -132,6 +132,18 @@ fn op_in_lsr() -> u8 {
     lsr
 }
 
+/// The read-only constant register of the service partition's `mmio-test` page
+/// (`hv_abi::platform::devices::MMIO_TEST_BASE` + 0x100).
+const MMIO_TEST_CONSTANT: u64 = 0xfeb0_0100;
+
+#[inline(always)]
+fn op_mmio_read() -> u64 {
+    // SAFETY: the page is identity-mapped by the boot page tables; the hypervisor
+    // decodes the load and forwards it to the service partition (or, when the partition
+    // has no such device, stops it: `forwarded_mmio` guards every use).
+    unsafe { core::ptr::read_volatile(MMIO_TEST_CONSTANT as *const u64) }
+}
+
 #[inline(always)]
 fn op_rdmsr() -> u64 {
     let (lo, hi): (u32, u32);
@@ -213,6 +225,14 @@ pub extern "C" fn _start(_vcpu: u64, _ram_bytes: u64) -> ! {
         measure("io.forwarded_port", "", || {
             core::hint::black_box(op_in_lsr());
         });
+        // The bench config gives the partition the mmio-test page along with COM1.
+        let mmio_ok = op_mmio_read() == 0x1122_3344_5566_7788;
+        ok &= check(NAME, "the mmio-test page's constant reads back", mmio_ok);
+        if mmio_ok {
+            measure("io.forwarded_mmio", "", || {
+                core::hint::black_box(op_mmio_read());
+            });
+        }
     }
     println!("{NAME}: all metrics took {} tsc ticks", tsc().wrapping_sub(started));
 
