@@ -6,8 +6,17 @@ use crate::paths;
 use std::process::{Command, ExitCode};
 
 /// The fuzz targets, one per parser of untrusted bytes.
-pub const TARGETS: &[&str] =
-    &["boot_conf", "acpi_s5", "mmio_decode", "devices", "io_reply", "loader_bzimage", "loader_multiboot", "loader_elf"];
+pub const TARGETS: &[&str] = &[
+    "boot_conf",
+    "acpi_s5",
+    "mmio_decode",
+    "devices",
+    "io_reply",
+    "loader_bzimage",
+    "loader_multiboot",
+    "loader_elf",
+    "board",
+];
 
 fn have_cargo_fuzz() -> bool {
     Command::new(paths::cargo()).args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success())
