@@ -264,7 +264,12 @@ pub fn cmd_bench() -> Result<ExitCode, String> {
     }
     // Exits first, then the baselines, then anything else the guest printed.
     let rank = |name: &str| {
-        EXIT_METRICS.iter().chain(&FORWARDED_METRICS).chain(&NATIVE_METRICS).position(|m| *m == name).unwrap_or(usize::MAX)
+        EXIT_METRICS
+            .iter()
+            .chain(&FORWARDED_METRICS)
+            .chain(&NATIVE_METRICS)
+            .position(|m| *m == name)
+            .unwrap_or(usize::MAX)
     };
     measured.sort_by_key(|m| rank(&m.name));
     let tsc = tsc_mhz(&exit_log).or_else(|| results.iter().find_map(|r| tsc_mhz(&read_log(r))));
