@@ -2,14 +2,16 @@
 //! hypervisor's registers and a guest's.
 //!
 //! `hv_vmx_run(regs, launched)` saves the host's callee-saved registers, records the
-//! stack pointer as HOST_RSP, loads the guest's general-purpose registers from `regs`
+//! stack pointer as HOST_RSP (only when it differs from `regs.host_rsp`, the value the
+//! vCPU's VMCS already holds), loads the guest's general-purpose registers from `regs`
 //! and executes VMLAUNCH (first entry) or VMRESUME. On a VM exit the CPU continues at
 //! `hv_vmx_exit` (HOST_RIP) with that stack: the guest registers are stored back into
 //! `regs`, the host registers restored, and the call returns 0. If the entry itself
 //! fails, it returns 1 (VMfailInvalid) or 2 (VMfailValid: see VM_INSTRUCTION_ERROR).
 
-/// The guest registers the VMCS does not hold (RSP, RIP and RFLAGS live in the VMCS).
-/// The layout is fixed: the assembly below uses these offsets.
+/// The guest registers the VMCS does not hold (RSP, RIP and RFLAGS live in the VMCS),
+/// and the HOST_RSP value of the vCPU's VMCS. The layout is fixed: the assembly below
+/// uses these offsets.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct GuestRegisters {
@@ -29,6 +31,12 @@ pub struct GuestRegisters {
     pub r14: u64,
     pub r15: u64,
     pub cr2: u64,
+    /// Not a guest register: the HOST_RSP value the vCPU's VMCS holds (0: none written
+    /// yet), so that entries from the same stack depth skip the VMWRITE. It is per
+    /// VMCS because the service partition's vCPU is entered from a deeper stack frame
+    /// on the same CPU. Resetting the registers to their defaults only costs one
+    /// VMWRITE.
+    pub host_rsp: u64,
 }
 
 core::arch::global_asm!(
@@ -42,9 +50,13 @@ hv_vmx_run:
     push r14
     push r15
     push rdi                      // the GuestRegisters pointer, found again at exit
+    cmp rsp, [rdi + 16*8]         // HOST_RSP already holds this stack pointer?
+    je 4f
     mov rax, 0x6c14               // HOST_RSP
     vmwrite rax, rsp
     jbe 3f
+    mov [rdi + 16*8], rsp
+4:
     test rsi, rsi                 // launched? (flags survive the moves below)
     mov rax, [rdi + 15*8]
     mov cr2, rax
