@@ -102,14 +102,22 @@ fn skip_instruction() -> Outcome {
 
 /// Advances the guest's RIP by `len` bytes, completing an instruction the hypervisor
 /// emulated.
+#[inline]
 pub fn advance_rip(len: u64) -> Outcome {
     let rip = vmcs::read(guest::RIP);
     let _ = vmcs::write(guest::RIP, rip.wrapping_add(len));
-    // Skipping an instruction ends any STI/MOV-SS blocking (SDM 25.4.2).
-    let interruptibility = vmcs::read(guest::INTERRUPTIBILITY_STATE) & !0x3;
-    let _ = vmcs::write(guest::INTERRUPTIBILITY_STATE, interruptibility);
+    // Skipping an instruction ends any STI/MOV-SS blocking (SDM 25.4.2, bits 0 and 1
+    // of the interruptibility state); the field is written only when one is set.
+    let interruptibility = vmcs::read(guest::INTERRUPTIBILITY_STATE);
+    if interruptibility & BLOCKING_BY_STI_MOV_SS != 0 {
+        let _ = vmcs::write(guest::INTERRUPTIBILITY_STATE, interruptibility & !BLOCKING_BY_STI_MOV_SS);
+    }
     Outcome::Continue
 }
+
+/// Interruptibility state bits 0 (blocking by STI) and 1 (blocking by MOV SS), SDM
+/// 25.4.2 table 25-3.
+const BLOCKING_BY_STI_MOV_SS: u64 = 0x3;
 
 /// Queues `event` for delivery into the guest on the next VM entry (SDM 27.6).
 fn inject(event: Injection) -> Outcome {
