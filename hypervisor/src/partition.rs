@@ -104,8 +104,10 @@ pub struct Vcpu {
     pub boot: Mutex<BootState>,
     pub regs: UnsafeCell<GuestRegisters>,
     pub exits: [AtomicU64; EXIT_REASONS],
-    /// TSC ticks spent in the handler, per exit reason.
+    /// TSC ticks spent in the handler, per exit reason, over the exits that were timed
+    /// (`dispatch::EXIT_TIMING_SAMPLE`), and how many were.
     pub exit_ticks: [AtomicU64; EXIT_REASONS],
+    pub exits_timed: [AtomicU64; EXIT_REASONS],
     pub vpid: u16,
     /// Set by [`start_vcpu`]; the physical CPU enters only a started vCPU.
     pub started: AtomicBool,
@@ -383,6 +385,7 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         regs: UnsafeCell::new(GuestRegisters::default()),
         exits: [const { AtomicU64::new(0) }; EXIT_REASONS],
         exit_ticks: [const { AtomicU64::new(0) }; EXIT_REASONS],
+        exits_timed: [const { AtomicU64::new(0) }; EXIT_REASONS],
         vpid: (NEXT_VPID.fetch_add(1, Ordering::AcqRel) & 0xffff) as u16,
         started: AtomicBool::new(false),
         lapic_dirty: AtomicBool::new(true),
