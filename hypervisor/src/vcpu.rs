@@ -253,7 +253,9 @@ pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
         finish(vcpu);
         return;
     }
-    while !vcpu.vm.stop_requested() {
+    // A stop request reaches the loop through `prepare_entry` (`Vm::stop` sets the
+    // vCPU's attention bits, and a new vCPU starts with all of them set).
+    loop {
         // SAFETY: only this physical CPU touches the vCPU's registers.
         let regs = unsafe { &mut *vcpu.regs.get() };
         if crate::virq::prepare_entry(vcpu, regs) == Outcome::Stop {
