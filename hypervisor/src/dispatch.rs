@@ -47,7 +47,7 @@ pub fn handle_exit(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let field = ExitReasonField(vmcs::read(ro::EXIT_REASON) as u32);
     let slot = usize::from(field.basic()).min(EXIT_REASONS - 1);
     let seen = vcpu.exits[slot].load(Ordering::Relaxed);
-    let outcome = if seen % EXIT_TIMING_SAMPLE != 0 {
+    let outcome = if !seen.is_multiple_of(EXIT_TIMING_SAMPLE) {
         dispatch(vcpu, regs, field)
     } else {
         let start = crate::arch::tsc::now();
