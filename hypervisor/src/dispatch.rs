@@ -42,38 +42,40 @@ pub const EXIT_TIMING_SAMPLE: u64 = 16;
 /// Handles the exit that just happened on `vcpu`, counting it, and for one exit in
 /// [`EXIT_TIMING_SAMPLE`] of its reason the TSC ticks its handler took (two TSC reads
 /// on every exit would be a good part of a short handler's cost).
-#[inline]
+#[inline(always)]
 pub fn handle_exit(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let field = ExitReasonField(vmcs::read(ro::EXIT_REASON) as u32);
     let slot = usize::from(field.basic()).min(EXIT_REASONS - 1);
-    let seen = vcpu.exits[slot].load(Ordering::Relaxed);
-    let outcome = if !seen.is_multiple_of(EXIT_TIMING_SAMPLE) {
-        dispatch(vcpu, regs, field)
-    } else {
-        let start = crate::arch::tsc::now();
-        let outcome = dispatch(vcpu, regs, field);
-        vcpu.exit_ticks[slot].fetch_add(crate::arch::tsc::now().wrapping_sub(start), Ordering::Relaxed);
-        vcpu.exits_timed[slot].fetch_add(1, Ordering::Relaxed);
-        outcome
-    };
+    let timed = vcpu.exits[slot].load(Ordering::Relaxed).is_multiple_of(EXIT_TIMING_SAMPLE);
+    let start = if timed { crate::arch::tsc::now() } else { 0 };
+    let outcome = dispatch(vcpu, regs, field);
+    if timed {
+        record_handler_time(vcpu, slot, start);
+    }
     vcpu.exits[slot].fetch_add(1, Ordering::Relaxed);
     outcome
 }
 
+/// Adds the ticks since `start` to the handler time of exit reason `slot`.
+#[inline(never)]
+fn record_handler_time(vcpu: &'static Vcpu, slot: usize, start: u64) {
+    vcpu.exit_ticks[slot].fetch_add(crate::arch::tsc::now().wrapping_sub(start), Ordering::Relaxed);
+    vcpu.exits_timed[slot].fetch_add(1, Ordering::Relaxed);
+}
+
 /// Calls the handler of the exit reason in `field`.
+///
+/// Inlined into the vCPU loop, as are the handlers of the frequent exits (CPUID,
+/// VMCALL, port I/O, RDMSR, interrupts and timers); the others, and every path that
+/// logs, stay out of line so that the frequent paths keep their registers.
+#[inline(always)]
 fn dispatch(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonField) -> Outcome {
     let basic = field.basic();
     // An event that was being delivered when the exit happened must be delivered again
     // (SDM 28.2.4); handlers below may override it with their own injection.
     let vectoring = InterruptionInfo(vmcs::read(ro::IDT_VECTORING_INFO) as u32);
-    if let Some(again) = reinject(vectoring) {
-        let _ = vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, u64::from(again.info.0));
-        if again.copy_error_code {
-            let _ = vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, vmcs::read(ro::IDT_VECTORING_ERR_CODE));
-        }
-        if again.needs_instruction_length {
-            let _ = vmcs::write(control::VMENTRY_INSTRUCTION_LEN, vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
-        }
+    if vectoring.valid() {
+        reinject_vectoring(vectoring);
     }
     if field.entry_failure() {
         return handle_entry_failure(vcpu, basic);
@@ -108,7 +110,24 @@ fn dispatch(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonFie
     }
 }
 
+/// Queues the event whose delivery the exit interrupted (`vectoring`, valid) for
+/// delivery again on the next entry.
+#[cold]
+#[inline(never)]
+fn reinject_vectoring(vectoring: InterruptionInfo) {
+    if let Some(again) = reinject(vectoring) {
+        let _ = vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, u64::from(again.info.0));
+        if again.copy_error_code {
+            let _ = vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, vmcs::read(ro::IDT_VECTORING_ERR_CODE));
+        }
+        if again.needs_instruction_length {
+            let _ = vmcs::write(control::VMENTRY_INSTRUCTION_LEN, vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
+        }
+    }
+}
+
 /// Advances the guest's RIP past the instruction that exited.
+#[inline]
 fn skip_instruction() -> Outcome {
     advance_rip(vmcs::read(ro::VMEXIT_INSTRUCTION_LEN))
 }
@@ -144,6 +163,7 @@ fn inject(event: Injection) -> Outcome {
     Outcome::Continue
 }
 
+#[inline(always)]
 fn handle_cpuid(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
     let topology = VcpuInfo {
@@ -161,6 +181,7 @@ fn handle_cpuid(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     skip_instruction()
 }
 
+#[inline(always)]
 fn handle_vmcall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let (nr, a, b) = (regs.rax, regs.rbx, regs.rcx);
     let result = match nr {
@@ -191,6 +212,7 @@ fn handle_vmcall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
 
 /// CONSOLE_WRITE(gpa, len): validated against the caller's RAM, then written with the
 /// partition's name in front of each line.
+#[inline(never)]
 fn hypercall_console_write(vcpu: &'static Vcpu, gpa: u64, len: u64) -> Result<u64, HcError> {
     if len == 0 || len > hv_abi::CONSOLE_WRITE_MAX {
         return Err(HcError::BadLength);
@@ -205,6 +227,7 @@ fn hypercall_console_write(vcpu: &'static Vcpu, gpa: u64, len: u64) -> Result<u6
 }
 
 /// IRQ_LINE(pin, level): drives an input pin of the caller's own virtual IOAPIC.
+#[inline(never)]
 fn hypercall_irq_line(vcpu: &'static Vcpu, pin: u64, level: u64) -> Result<u64, HcError> {
     let pin = u32::try_from(pin).map_err(|_| HcError::BadArgument)?;
     let high = match level {
@@ -218,6 +241,7 @@ fn hypercall_irq_line(vcpu: &'static Vcpu, pin: u64, level: u64) -> Result<u64, 
 
 /// MEMORY_PROTECT(gpa, len, rights) on the caller's own RAM, through the control
 /// interface (which flushes the EPT on every CPU of the partition).
+#[inline(never)]
 fn hypercall_memory_protect(vcpu: &'static Vcpu, gpa: u64, len: u64, rights: u64) -> Result<u64, HcError> {
     use crate::partition::ControlError;
     use hv_core::ept::EptPermissions;
@@ -232,6 +256,7 @@ fn hypercall_memory_protect(vcpu: &'static Vcpu, gpa: u64, len: u64, rights: u64
 }
 
 /// EXIT_STATS(gpa, len): writes `ExitCount` entries for the reasons seen.
+#[inline(never)]
 fn hypercall_exit_stats(vcpu: &'static Vcpu, gpa: u64, len: u64) -> Result<u64, HcError> {
     let entry = core::mem::size_of::<hv_abi::ExitCount>() as u64;
     let capacity = len / entry;
@@ -255,6 +280,7 @@ fn hypercall_exit_stats(vcpu: &'static Vcpu, gpa: u64, len: u64) -> Result<u64, 
 
 /// HLT: the vCPU sleeps (on the host side, see `virq::prepare_entry`) until an
 /// interrupt it can take arrives; RIP already points past the HLT, as after a real one.
+#[inline]
 fn handle_hlt(vcpu: &'static Vcpu) -> Outcome {
     let outcome = skip_instruction();
     crate::virq::halt(vcpu);
@@ -264,6 +290,7 @@ fn handle_hlt(vcpu: &'static Vcpu) -> Outcome {
 /// A host interrupt arrived while the guest ran (acknowledged on exit, SDM 28.2.2): a
 /// kick or the host timer, both meant only to get this CPU out of guest mode. It is
 /// ended here; the next entry looks at the vCPU's state again.
+#[inline]
 fn handle_external_interrupt() -> Outcome {
     let info = InterruptionInfo(vmcs::read(ro::VMEXIT_INTERRUPTION_INFO) as u32);
     if info.vector() != crate::arch::idt::SPURIOUS_VECTOR {
@@ -274,51 +301,44 @@ fn handle_external_interrupt() -> Outcome {
 
 /// The VMX-preemption timer expired: a guest timer deadline was reached, or the kick
 /// backstop (`virq::inject_and_arm`) came round; the next entry processes either.
+#[inline]
 fn handle_preemption_timer() -> Outcome {
     Outcome::Continue
 }
 
 /// The guest can take an interrupt now: the next entry injects it.
+#[inline]
 fn handle_interrupt_window() -> Outcome {
     Outcome::Continue
 }
 
 /// EOI-induced exit (SDM 30.1.4; trap-like: the EOI is done, RIP is past it): the
 /// vector is in the exit qualification.
+#[inline(never)]
 fn handle_virtualized_eoi(vcpu: &'static Vcpu) -> Outcome {
     crate::virq::virtualized_eoi(vcpu, vmcs::read(ro::EXIT_QUALIFICATION) as u8);
     Outcome::Continue
 }
 
 /// The guest can take an NMI now: the next entry injects it.
+#[inline]
 fn handle_nmi_window() -> Outcome {
     Outcome::Continue
 }
 
+#[inline(always)]
 fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let Some(io) = IoInstruction::decode(vmcs::read(ro::EXIT_QUALIFICATION)) else {
         return stop_with_dump(vcpu, "I/O exit with an invalid size", 0);
     };
     if io.string {
-        return handle_string_io(vcpu, regs, &io);
+        return handle_string_io(vcpu, regs, io);
     }
     let devices = hv_abi::platform::devices::DeviceSet(vcpu.vm.devices.load(Ordering::Relaxed));
     let completion = if devices.claims_port(io.port) {
-        match forward_port(vcpu, regs, &io) {
+        match forward_port(vcpu, regs, io) {
             Ok(completion) => completion,
-            Err(crate::service::ForwardError::NoService) => Completion::Failed,
-            Err(e) => {
-                log::error!(
-                    "partition {}: vcpu {}: port {:#x} {} failed: {}; stopping this partition",
-                    vcpu.vm.name,
-                    vcpu.id,
-                    io.port,
-                    if io.is_in { "read" } else { "write" },
-                    e.describe()
-                );
-                vcpu.vm.stop(u64::MAX);
-                return Outcome::Stop;
-            }
+            Err(outcome) => return outcome,
         }
     } else {
         // An unclaimed port: reads return all-ones, writes are ignored.
@@ -336,12 +356,10 @@ fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outc
     skip_instruction()
 }
 
-/// Forwards a port access to the service partition (same-core switch).
-fn forward_port(
-    vcpu: &'static Vcpu,
-    regs: &GuestRegisters,
-    io: &IoInstruction,
-) -> Result<Completion, crate::service::ForwardError> {
+/// Forwards a port access to the service partition (same-core switch); `Err` when the
+/// partition stops (with a line naming the access).
+#[inline(never)]
+fn forward_port(vcpu: &'static Vcpu, regs: &GuestRegisters, io: IoInstruction) -> Result<Completion, Outcome> {
     let request = hv_core::io_request::Request {
         kind: hv_abi::io_request::kind::PORT,
         address: u64::from(io.port),
@@ -351,7 +369,22 @@ fn forward_port(
         vm: crate::service::vm_id(vcpu.vm).0,
         vcpu: vcpu.id,
     };
-    crate::service::forward(vcpu, &request)
+    match crate::service::forward(vcpu, &request) {
+        Ok(completion) => Ok(completion),
+        Err(crate::service::ForwardError::NoService) => Ok(Completion::Failed),
+        Err(e) => {
+            log::error!(
+                "partition {}: vcpu {}: port {:#x} {} failed: {}; stopping this partition",
+                vcpu.vm.name,
+                vcpu.id,
+                io.port,
+                if io.is_in { "read" } else { "write" },
+                e.describe()
+            );
+            vcpu.vm.stop(u64::MAX);
+            Err(Outcome::Stop)
+        }
+    }
 }
 
 /// Most elements of a REP string instruction done per exit; the instruction is then
@@ -365,7 +398,8 @@ const CS_LONG: u64 = 1 << 13;
 /// OUTS reads (and drops) DS:RSI; each element goes through the guest's page tables
 /// and a fault is delivered to the guest as #PF. 64-bit guests only so far (segment
 /// bases are 0 there); others are stopped with a clear line.
-fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: &IoInstruction) -> Outcome {
+#[inline(never)]
+fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInstruction) -> Outcome {
     if vmcs::read(guest::CS_ACCESS_RIGHTS) & CS_LONG == 0 {
         return stop_with_dump(vcpu, "string I/O outside 64-bit mode is not emulated yet", u64::from(io.port));
     }
@@ -443,6 +477,7 @@ fn access_guest_byte(
     Ok(())
 }
 
+#[inline(always)]
 fn handle_rdmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let msr = regs.rcx as u32;
     let value = match policy(msr) {
@@ -488,6 +523,7 @@ fn read_virtual_msr(vcpu: &'static Vcpu, msr: VirtMsr) -> Option<u64> {
     })
 }
 
+#[inline(never)]
 fn handle_wrmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let msr = regs.rcx as u32;
     let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
@@ -555,6 +591,7 @@ fn write_efer(value: u64) -> bool {
     vmcs::write(guest::IA32_EFER_FULL, (value & (SCE | LME | NXE)) | (current & LMA)).is_ok()
 }
 
+#[inline(never)]
 fn handle_cr_access(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let access = CrAccess::decode(vmcs::read(ro::EXIT_QUALIFICATION));
     if access.access != CrAccessType::MovToCr || !matches!(access.cr, 0 | 4) {
@@ -635,10 +672,12 @@ pub fn set_gpr(regs: &mut GuestRegisters, index: u8, value: u64) {
     *slot = value;
 }
 
+#[inline(never)]
 fn handle_triple_fault(vcpu: &'static Vcpu) -> Outcome {
     stop_with_dump(vcpu, "triple fault", 0)
 }
 
+#[inline(never)]
 fn handle_ept_violation(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let gpa = vmcs::read(ro::GUEST_PHYSICAL_ADDR_FULL);
     let v = EptViolation::decode(vmcs::read(ro::EXIT_QUALIFICATION));
@@ -673,10 +712,12 @@ fn handle_ept_violation(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outco
     Outcome::Stop
 }
 
+#[inline(never)]
 fn handle_ept_misconfiguration(vcpu: &'static Vcpu) -> Outcome {
     stop_with_dump(vcpu, "EPT misconfiguration (a hypervisor bug)", vmcs::read(ro::GUEST_PHYSICAL_ADDR_FULL))
 }
 
+#[inline(never)]
 fn handle_exception_or_nmi(vcpu: &'static Vcpu) -> Outcome {
     let info = InterruptionInfo(vmcs::read(ro::VMEXIT_INTERRUPTION_INFO) as u32);
     // With an empty exception bitmap only NMIs exit here: they were meant for the host,
@@ -692,6 +733,7 @@ fn handle_exception_or_nmi(vcpu: &'static Vcpu) -> Outcome {
 /// AVX-512 bits together and only with AVX, nothing the CPU does not support; then it
 /// is loaded. The host uses no extended state, and each CPU runs one vCPU, so the
 /// guest's XCR0 can stay loaded across exits.
+#[inline(never)]
 fn handle_xsetbv(regs: &mut GuestRegisters) -> Outcome {
     let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
     let leaf = cpuid(0xd, 0);
@@ -714,6 +756,7 @@ const ACTIVITY_WAIT_FOR_SIPI: u64 = 3;
 
 /// INIT (SDM 26.2 and 11.4.7.3 "INIT reset"): the vCPU takes its INIT state (real mode,
 /// CS:IP = F000:FFF0 with CS base FFFF0000, general registers 0) and waits for a SIPI.
+#[inline(never)]
 fn handle_init_signal(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     *regs = GuestRegisters::default();
     if crate::vcpu::reset_to_real_mode(0xf000, 0xffff_0000, 0xfff0).is_err()
@@ -726,6 +769,7 @@ fn handle_init_signal(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome
 
 /// SIPI while waiting for one (SDM 26.2, table 28-1: the exit qualification holds the
 /// vector): start in real mode at vector * 0x1000.
+#[inline(never)]
 fn handle_sipi(vcpu: &'static Vcpu) -> Outcome {
     let vector = vmcs::read(ro::EXIT_QUALIFICATION) & 0xff;
     if crate::vcpu::reset_to_real_mode(vector << 8, vector << 12, 0).is_err()
@@ -736,6 +780,7 @@ fn handle_sipi(vcpu: &'static Vcpu) -> Outcome {
     Outcome::Continue
 }
 
+#[inline(never)]
 fn handle_wbinvd() -> Outcome {
     // SAFETY: WBINVD writes back and invalidates caches; it has no effect on memory
     // contents and the guest asked for exactly this (INVD is treated as WBINVD).
@@ -743,11 +788,14 @@ fn handle_wbinvd() -> Outcome {
     skip_instruction()
 }
 
+#[inline(never)]
 fn handle_vmx_instruction() -> Outcome {
     // The guest sees no VMX (CPUID, FEATURE_CONTROL): VMX instructions raise #UD.
     inject(InterruptionInfo::hardware_exception(UD, None))
 }
 
+#[cold]
+#[inline(never)]
 fn handle_entry_failure(vcpu: &'static Vcpu, basic: u16) -> Outcome {
     let why = match basic {
         33 => "invalid guest state",
@@ -766,6 +814,8 @@ fn handle_entry_failure(vcpu: &'static Vcpu, basic: u16) -> Outcome {
 }
 
 /// Stops the partition with a line naming `what` and a dump of the vCPU's state.
+#[cold]
+#[inline(never)]
 pub fn stop_with_dump(vcpu: &'static Vcpu, what: &str, detail: u64) -> Outcome {
     log::error!("partition {}: vcpu {}: {what} ({detail:#x}); stopping this partition", vcpu.vm.name, vcpu.id);
     dump_guest_state(vcpu);
