@@ -46,21 +46,23 @@ pub const EXIT_TIMING_SAMPLE: u64 = 16;
 pub fn handle_exit(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let field = ExitReasonField(vmcs::read(ro::EXIT_REASON) as u32);
     let slot = usize::from(field.basic()).min(EXIT_REASONS - 1);
-    let timed = vcpu.exits[slot].load(Ordering::Relaxed).is_multiple_of(EXIT_TIMING_SAMPLE);
-    let start = if timed { crate::arch::tsc::now() } else { 0 };
-    let outcome = dispatch(vcpu, regs, field);
-    if timed {
-        record_handler_time(vcpu, slot, start);
+    if vcpu.exits[slot].load(Ordering::Relaxed).is_multiple_of(EXIT_TIMING_SAMPLE) {
+        return handle_exit_timed(vcpu, regs, field, slot);
     }
+    let outcome = dispatch(vcpu, regs, field);
     vcpu.exits[slot].fetch_add(1, Ordering::Relaxed);
     outcome
 }
 
-/// Adds the ticks since `start` to the handler time of exit reason `slot`.
+/// [`handle_exit`] for an exit whose handler is timed.
 #[inline(never)]
-fn record_handler_time(vcpu: &'static Vcpu, slot: usize, start: u64) {
+fn handle_exit_timed(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonField, slot: usize) -> Outcome {
+    let start = crate::arch::tsc::now();
+    let outcome = dispatch(vcpu, regs, field);
     vcpu.exit_ticks[slot].fetch_add(crate::arch::tsc::now().wrapping_sub(start), Ordering::Relaxed);
     vcpu.exits_timed[slot].fetch_add(1, Ordering::Relaxed);
+    vcpu.exits[slot].fetch_add(1, Ordering::Relaxed);
+    outcome
 }
 
 /// Calls the handler of the exit reason in `field`.
@@ -328,15 +330,18 @@ fn handle_nmi_window() -> Outcome {
 
 #[inline(always)]
 fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
-    let Some(io) = IoInstruction::decode(vmcs::read(ro::EXIT_QUALIFICATION)) else {
+    let qualification = vmcs::read(ro::EXIT_QUALIFICATION);
+    let Some(io) = IoInstruction::decode(qualification) else {
         return stop_with_dump(vcpu, "I/O exit with an invalid size", 0);
     };
+    // The out-of-line paths decode the qualification again, so that this one computes
+    // only the fields it uses.
     if io.string {
-        return handle_string_io(vcpu, regs, io);
+        return handle_string_io(vcpu, regs, qualification);
     }
     let devices = hv_abi::platform::devices::DeviceSet(vcpu.vm.devices.load(Ordering::Relaxed));
-    let completion = if devices.claims_port(io.port) {
-        match forward_port(vcpu, regs, io) {
+    let completion = if !devices.is_empty() && devices.claims_port(io.port) {
+        match forward_port(vcpu, regs, qualification) {
             Ok(completion) => completion,
             Err(outcome) => return outcome,
         }
@@ -359,7 +364,8 @@ fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outc
 /// Forwards a port access to the service partition (same-core switch); `Err` when the
 /// partition stops (with a line naming the access).
 #[inline(never)]
-fn forward_port(vcpu: &'static Vcpu, regs: &GuestRegisters, io: IoInstruction) -> Result<Completion, Outcome> {
+fn forward_port(vcpu: &'static Vcpu, regs: &GuestRegisters, qualification: u64) -> Result<Completion, Outcome> {
+    let Some(io) = IoInstruction::decode(qualification) else { return Ok(Completion::Failed) };
     let request = hv_core::io_request::Request {
         kind: hv_abi::io_request::kind::PORT,
         address: u64::from(io.port),
@@ -399,7 +405,8 @@ const CS_LONG: u64 = 1 << 13;
 /// and a fault is delivered to the guest as #PF. 64-bit guests only so far (segment
 /// bases are 0 there); others are stopped with a clear line.
 #[inline(never)]
-fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInstruction) -> Outcome {
+fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, qualification: u64) -> Outcome {
+    let Some(io) = IoInstruction::decode(qualification) else { return Outcome::Continue };
     if vmcs::read(guest::CS_ACCESS_RIGHTS) & CS_LONG == 0 {
         return stop_with_dump(vcpu, "string I/O outside 64-bit mode is not emulated yet", u64::from(io.port));
     }
