@@ -255,14 +255,16 @@ pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
     }
     // A stop request reaches the loop through `prepare_entry` (`Vm::stop` sets the
     // vCPU's attention bits, and a new vCPU starts with all of them set).
+    let mut launched = vcpu.launched.load(Ordering::Relaxed);
     loop {
         // SAFETY: only this physical CPU touches the vCPU's registers.
         let regs = unsafe { &mut *vcpu.regs.get() };
         if crate::virq::prepare_entry(vcpu, regs) == Outcome::Stop {
             break;
         }
-        match run::enter(regs, vcpu.launched.load(Ordering::Relaxed)) {
+        match run::enter(regs, launched) {
             Entry::Exited => {
+                launched = true;
                 vcpu.launched.store(true, Ordering::Relaxed);
                 if dispatch::handle_exit(vcpu, regs) == Outcome::Stop {
                     break;

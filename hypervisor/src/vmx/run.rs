@@ -96,8 +96,7 @@ hv_vmx_run:
 
     .global hv_vmx_exit
 hv_vmx_exit:
-    push rdi                      // guest RDI; [rsp + 8] is the GuestRegisters pointer
-    mov rdi, [rsp + 8]
+    xchg rdi, [rsp]               // the GuestRegisters pointer; guest RDI on the stack
     mov [rdi + 0*8], rax
     mov [rdi + 1*8], rbx
     mov [rdi + 2*8], rcx
@@ -116,7 +115,6 @@ hv_vmx_exit:
     mov [rdi + 15*8], rax
     pop rax
     mov [rdi + 5*8], rax
-    add rsp, 8
     pop r15
     pop r14
     pop r13
