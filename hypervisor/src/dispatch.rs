@@ -44,7 +44,7 @@ pub const EXIT_TIMING_SAMPLE: u64 = 16;
 /// on every exit would be a good part of a short handler's cost).
 #[inline(always)]
 pub fn handle_exit(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
-    let field = ExitReasonField(vmcs::read(ro::EXIT_REASON) as u32);
+    let field = ExitReasonField(vmcs::read_present(ro::EXIT_REASON) as u32);
     let slot = usize::from(field.basic()).min(EXIT_REASONS - 1);
     if vcpu.exits[slot].load(Ordering::Relaxed).is_multiple_of(EXIT_TIMING_SAMPLE) {
         return handle_exit_timed(vcpu, regs, field, slot);
@@ -75,7 +75,7 @@ fn dispatch(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonFie
     let basic = field.basic();
     // An event that was being delivered when the exit happened must be delivered again
     // (SDM 28.2.4); handlers below may override it with their own injection.
-    let vectoring = InterruptionInfo(vmcs::read(ro::IDT_VECTORING_INFO) as u32);
+    let vectoring = InterruptionInfo(vmcs::read_present(ro::IDT_VECTORING_INFO) as u32);
     if vectoring.valid() {
         reinject_vectoring(vectoring);
     }
@@ -131,18 +131,18 @@ fn reinject_vectoring(vectoring: InterruptionInfo) {
 /// Advances the guest's RIP past the instruction that exited.
 #[inline]
 fn skip_instruction() -> Outcome {
-    advance_rip(vmcs::read(ro::VMEXIT_INSTRUCTION_LEN))
+    advance_rip(vmcs::read_present(ro::VMEXIT_INSTRUCTION_LEN))
 }
 
 /// Advances the guest's RIP by `len` bytes, completing an instruction the hypervisor
 /// emulated.
 #[inline]
 pub fn advance_rip(len: u64) -> Outcome {
-    let rip = vmcs::read(guest::RIP);
+    let rip = vmcs::read_present(guest::RIP);
     let _ = vmcs::write(guest::RIP, rip.wrapping_add(len));
     // Skipping an instruction ends any STI/MOV-SS blocking (SDM 25.4.2, bits 0 and 1
     // of the interruptibility state); the field is written only when one is set.
-    let interruptibility = vmcs::read(guest::INTERRUPTIBILITY_STATE);
+    let interruptibility = vmcs::read_present(guest::INTERRUPTIBILITY_STATE);
     if interruptibility & BLOCKING_BY_STI_MOV_SS != 0 {
         let _ = vmcs::write(guest::INTERRUPTIBILITY_STATE, interruptibility & !BLOCKING_BY_STI_MOV_SS);
     }
@@ -330,7 +330,7 @@ fn handle_nmi_window() -> Outcome {
 
 #[inline(always)]
 fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
-    let qualification = vmcs::read(ro::EXIT_QUALIFICATION);
+    let qualification = vmcs::read_present(ro::EXIT_QUALIFICATION);
     let Some(io) = IoInstruction::decode(qualification) else {
         return stop_with_dump(vcpu, "I/O exit with an invalid size", 0);
     };

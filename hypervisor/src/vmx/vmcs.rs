@@ -134,6 +134,27 @@ pub fn read(field: u32) -> u64 {
     value
 }
 
+/// Reads a field that every VMCS has (the basic exit information fields, guest RIP,
+/// the interruptibility state), on the exit path: the VMCS that just exited is
+/// current, so the VMREAD cannot fail, and unlike [`read`] nothing is zeroed first.
+/// Were it to fail anyway, the value would be unspecified (not undefined behaviour).
+#[inline]
+#[must_use]
+pub fn read_present(field: u32) -> u64 {
+    let value: u64;
+    // SAFETY: VMREAD has no side effect; it writes `value` (any bit pattern is a valid
+    // `u64`) or, failing, leaves the register as it was. No stack use.
+    unsafe {
+        core::arch::asm!(
+            "vmread {value}, {field}",
+            field = in(reg) u64::from(field),
+            value = lateout(reg) value,
+            options(nostack, pure, readonly),
+        );
+    }
+    value
+}
+
 /// Reads a field of the current VMCS, `None` when VMREAD fails (no current VMCS, or a
 /// field it does not have).
 #[must_use]
