@@ -54,6 +54,96 @@ pub fn handle_exit(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     outcome
 }
 
+/// What [`try_handle_exit_inline`] did with an exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InlineExit {
+    /// Handled and counted, with this outcome.
+    Done(Outcome),
+    /// A CPUID exit, counted: [`handle_cpuid_exit`] handles it (out of line, as the
+    /// virtual CPUID rules need more registers than all the inline handlers together).
+    Cpuid,
+    /// Not handled (nothing changed, nothing counted): [`handle_exit`] handles it.
+    NotInline,
+}
+
+/// [`handle_exit`] for the exits whose handling calls no function: the hypercalls
+/// that only return a value, port I/O to an unclaimed port, RDMSR of an MSR whose value
+/// needs no lock, interrupts, timers and windows (and CPUID, see [`InlineExit::Cpuid`]),
+/// when the exit is not timed and interrupted no event delivery. Any other exit is
+/// left alone for [`handle_exit`].
+///
+/// Its caller (`vcpu::on_exit`, called from the exit stub) then needs no callee-saved
+/// registers, so the common exit saves and restores no host registers at all.
+#[inline(always)]
+pub fn try_handle_exit_inline(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> InlineExit {
+    let field = ExitReasonField(vmcs::read_present(ro::EXIT_REASON) as u32);
+    let slot = usize::from(field.basic()).min(EXIT_REASONS - 1);
+    let seen = vcpu.exits[slot].load(Ordering::Relaxed);
+    if seen.is_multiple_of(EXIT_TIMING_SAMPLE) || field.entry_failure() {
+        return InlineExit::NotInline;
+    }
+    // Re-injection is left to `handle_exit` (which reads the field again).
+    if InterruptionInfo(vmcs::read_present(ro::IDT_VECTORING_INFO) as u32).valid() {
+        return InlineExit::NotInline;
+    }
+    // The arms below do what the handlers do, through the same helpers, for the cases
+    // that need no call. Each counts the exit once it knows it handles it (and before
+    // the handler, which then has more registers).
+    let count = || vcpu.exits[slot].store(seen + 1, Ordering::Relaxed);
+    let Some(reason) = field.reason() else { return InlineExit::NotInline };
+    let outcome = match reason {
+        ExitReason::Cpuid => {
+            count();
+            return InlineExit::Cpuid;
+        }
+        ExitReason::Vmcall => {
+            let Some(value) = value_hypercall(vcpu, regs.rax) else { return InlineExit::NotInline };
+            count();
+            complete_hypercall(regs, Ok(value))
+        }
+        ExitReason::IoInstruction => {
+            let Some(io) = IoInstruction::decode(vmcs::read_present(ro::EXIT_QUALIFICATION)) else {
+                return InlineExit::NotInline;
+            };
+            if io.string || vcpu.vm.devices.load(Ordering::Relaxed) != 0 {
+                return InlineExit::NotInline;
+            }
+            count();
+            complete_port_io(regs, io, Completion::Failed)
+        }
+        ExitReason::Rdmsr => {
+            let MsrPolicy::Virtualized(msr) = policy(regs.rcx as u32) else { return InlineExit::NotInline };
+            let Some(value) = read_plain_msr(msr) else { return InlineExit::NotInline };
+            count();
+            complete_rdmsr(regs, Some(value))
+        }
+        ExitReason::ExternalInterrupt => {
+            count();
+            handle_external_interrupt()
+        }
+        ExitReason::PreemptionTimer => {
+            count();
+            handle_preemption_timer()
+        }
+        ExitReason::InterruptWindow => {
+            count();
+            handle_interrupt_window()
+        }
+        ExitReason::NmiWindow => {
+            count();
+            handle_nmi_window()
+        }
+        _ => return InlineExit::NotInline,
+    };
+    InlineExit::Done(outcome)
+}
+
+/// A CPUID exit that [`try_handle_exit_inline`] counted.
+#[inline(always)]
+pub fn handle_cpuid_exit(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    handle_cpuid(vcpu, regs)
+}
+
 /// [`handle_exit`] for an exit whose handler is timed.
 #[inline(never)]
 fn handle_exit_timed(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonField, slot: usize) -> Outcome {
@@ -129,14 +219,14 @@ fn reinject_vectoring(vectoring: InterruptionInfo) {
 }
 
 /// Advances the guest's RIP past the instruction that exited.
-#[inline]
+#[inline(always)]
 fn skip_instruction() -> Outcome {
     advance_rip(vmcs::read_present(ro::VMEXIT_INSTRUCTION_LEN))
 }
 
 /// Advances the guest's RIP by `len` bytes, completing an instruction the hypervisor
 /// emulated.
-#[inline]
+#[inline(always)]
 pub fn advance_rip(len: u64) -> Outcome {
     let rip = vmcs::read_present(guest::RIP);
     let _ = vmcs::write(guest::RIP, rip.wrapping_add(len));
@@ -185,16 +275,43 @@ fn handle_cpuid(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
 
 #[inline(always)]
 fn handle_vmcall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    match value_hypercall(vcpu, regs.rax) {
+        Some(value) => complete_hypercall(regs, Ok(value)),
+        None => handle_other_hypercall(vcpu, regs),
+    }
+}
+
+/// The hypercalls that only return a value: `NOP` and `VCPU_ID`.
+#[inline(always)]
+fn value_hypercall(vcpu: &'static Vcpu, nr: u64) -> Option<u64> {
+    match nr {
+        hypercall::NOP => Some(0),
+        hypercall::VCPU_ID => Some(u64::from(vcpu.id)),
+        _ => None,
+    }
+}
+
+/// The hypercall's result in RAX; RIP past the VMCALL.
+#[inline(always)]
+fn complete_hypercall(regs: &mut GuestRegisters, result: Result<u64, HcError>) -> Outcome {
+    regs.rax = match result {
+        Ok(v) => v,
+        Err(e) => e.to_rax(),
+    };
+    skip_instruction()
+}
+
+/// The hypercalls other than those of [`value_hypercall`].
+#[inline(never)]
+fn handle_other_hypercall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let (nr, a, b) = (regs.rax, regs.rbx, regs.rcx);
     let result = match nr {
         hypercall::CONSOLE_WRITE => hypercall_console_write(vcpu, a, b),
-        hypercall::VCPU_ID => Ok(u64::from(vcpu.id)),
         hypercall::PARTITION_STOP => {
             vcpu.vm.stop(a);
             return Outcome::Stop;
         }
         hypercall::EXIT_STATS => hypercall_exit_stats(vcpu, a, b),
-        hypercall::NOP => Ok(0),
         hypercall::IRQ_LINE => hypercall_irq_line(vcpu, a, b),
         hypercall::MEMORY_PROTECT => hypercall_memory_protect(vcpu, a, b, regs.rdx),
         // The service partition's waits are taken by `service::forward` before this
@@ -205,11 +322,7 @@ fn handle_vmcall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         hypercall::GUEST_CONSOLE_WRITE => crate::service::hypercall_guest_console_write(vcpu, a, b, regs.rdx),
         _ => Err(HcError::UnknownHypercall),
     };
-    regs.rax = match result {
-        Ok(v) => v,
-        Err(e) => e.to_rax(),
-    };
-    skip_instruction()
+    complete_hypercall(regs, result)
 }
 
 /// CONSOLE_WRITE(gpa, len): validated against the caller's RAM, then written with the
@@ -349,6 +462,13 @@ fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outc
         // An unclaimed port: reads return all-ones, writes are ignored.
         Completion::Failed
     };
+    complete_port_io(regs, io, completion)
+}
+
+/// Completes a port access: an IN gets the value (all-ones when the access failed);
+/// RIP past the instruction.
+#[inline(always)]
+fn complete_port_io(regs: &mut GuestRegisters, io: IoInstruction, completion: Completion) -> Outcome {
     if io.is_in {
         let mask = hv_core::io_request::size_mask(io.size);
         let value = match completion {
@@ -494,6 +614,12 @@ fn handle_rdmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         // A passthrough MSR only exits when the bitmap cannot describe it.
         MsrPolicy::Passthrough | MsrPolicy::PassthroughReadOnly | MsrPolicy::Unknown => None,
     };
+    complete_rdmsr(regs, value)
+}
+
+/// Completes RDMSR with `value` in EDX:EAX, or #GP without one.
+#[inline(always)]
+fn complete_rdmsr(regs: &mut GuestRegisters, value: Option<u64>) -> Outcome {
     match value {
         Some(v) => {
             regs.rax = v & 0xffff_ffff;
@@ -505,10 +631,19 @@ fn handle_rdmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
 }
 
 fn read_virtual_msr(vcpu: &'static Vcpu, msr: VirtMsr) -> Option<u64> {
+    match msr {
+        VirtMsr::ApicBase => Some(vcpu.lapic().apic_base()),
+        VirtMsr::TscDeadline => Some(vcpu.lapic().read_tsc_deadline(crate::arch::tsc::now())),
+        other => read_plain_msr(other),
+    }
+}
+
+/// The value of a virtualized MSR that needs neither the LAPIC nor any call; `None`
+/// for the others (the LAPIC's, and those RDMSR must fault on).
+#[inline(always)]
+fn read_plain_msr(msr: VirtMsr) -> Option<u64> {
     Some(match msr {
         VirtMsr::Tsc => crate::arch::tsc::now(),
-        VirtMsr::ApicBase => vcpu.lapic().apic_base(),
-        VirtMsr::TscDeadline => vcpu.lapic().read_tsc_deadline(crate::arch::tsc::now()),
         // Locked, VMX off: the guest sees no VMX.
         VirtMsr::FeatureControl => 1,
         VirtMsr::Pat => vmcs::read(guest::IA32_PAT_FULL),

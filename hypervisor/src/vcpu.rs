@@ -11,10 +11,10 @@ use x86::vmx::vmcs::{control, guest, host};
 
 use crate::arch::msr::{self, Msr};
 use crate::arch::{gdt, percpu};
-use crate::dispatch::{self, Outcome};
+use crate::dispatch::{self, InlineExit, Outcome};
 use crate::mm::{frames, paging};
 use crate::partition::Vcpu;
-use crate::vmx::run::{self, Entry};
+use crate::vmx::run::{self, Entry, GuestRegisters};
 use crate::vmx::vmcs::{self, VmInstructionError, Vmcs};
 
 /// Pages shared by every vCPU: I/O bitmaps A and B (every port exits: unclaimed ports
@@ -253,23 +253,16 @@ pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
         finish(vcpu);
         return;
     }
-    // A stop request reaches the loop through `prepare_entry` (`Vm::stop` sets the
-    // vCPU's attention bits, and a new vCPU starts with all of them set).
-    let mut launched = vcpu.launched.load(Ordering::Relaxed);
-    loop {
-        // SAFETY: only this physical CPU touches the vCPU's registers.
-        let regs = unsafe { &mut *vcpu.regs.get() };
-        if crate::virq::prepare_entry(vcpu, regs) == Outcome::Stop {
-            break;
-        }
-        match run::enter(regs, launched) {
-            Entry::Exited => {
-                launched = true;
-                vcpu.launched.store(true, Ordering::Relaxed);
-                if dispatch::handle_exit(vcpu, regs) == Outcome::Stop {
-                    break;
-                }
-            }
+    // SAFETY: only this physical CPU touches the vCPU's registers.
+    let regs = unsafe { &mut *vcpu.regs.get() };
+    // The enter -> exit -> handle -> prepare loop runs inside `run::enter_with`, which
+    // calls `on_exit` after every exit and returns only when the partition stops (a
+    // stop request reaches `prepare_entry` through the vCPU's attention bits: `Vm::stop`
+    // sets them, and a new vCPU starts with all of them set) or an entry fails.
+    if crate::virq::prepare_entry(vcpu, regs) == Outcome::Continue {
+        let ctx = core::ptr::from_ref::<Vcpu>(vcpu).cast::<()>();
+        match run::enter_with(regs, vcpu.launched.load(Ordering::Relaxed), on_exit, ctx) {
+            Entry::Exited => {}
             Entry::FailInvalid | Entry::FailValid => {
                 let err = VmInstructionError(Some(vmcs::read(x86::vmx::vmcs::ro::VM_INSTRUCTION_ERROR) as u32));
                 log::error!(
@@ -280,11 +273,68 @@ pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
                 );
                 dispatch::dump_guest_state(vcpu);
                 vcpu.vm.stop(u64::MAX);
-                break;
             }
         }
     }
     finish(vcpu);
+}
+
+/// After every exit of a vCPU run by [`run`]: handles it and prepares the next entry;
+/// [`run::LEAVE`] when the partition stops.
+///
+/// The common exit is handled here without any call (`dispatch::try_handle_exit_inline`
+/// and the attention word of `prepare_entry`), so this function saves no registers;
+/// everything else is a tail call to [`on_exit_general`] or [`on_entry_attention`].
+extern "C" fn on_exit(ctx: *const (), regs: *mut GuestRegisters) -> u64 {
+    // SAFETY: `ctx` is the `&'static Vcpu` that `run` passed to `run::enter_with`, and
+    // `regs` its registers (`Vcpu::regs`), which only this CPU touches and `run` does
+    // not use while the guest runs.
+    let (vcpu, guest) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs) };
+    match dispatch::try_handle_exit_inline(vcpu, guest) {
+        InlineExit::Done(Outcome::Continue) if vcpu.attention.load(Ordering::Acquire) == 0 => run::RESUME,
+        InlineExit::Done(Outcome::Continue) => on_entry_attention(ctx, regs),
+        InlineExit::Done(Outcome::Stop) => run::LEAVE,
+        InlineExit::Cpuid => on_cpuid_exit(ctx, regs),
+        InlineExit::NotInline => on_exit_general(ctx, regs),
+    }
+}
+
+/// [`on_exit`] for a CPUID exit (counted): its own function, see `InlineExit::Cpuid`.
+#[inline(never)]
+extern "C" fn on_cpuid_exit(ctx: *const (), regs: *mut GuestRegisters) -> u64 {
+    // SAFETY: as in `on_exit`.
+    let (vcpu, guest) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs) };
+    if dispatch::handle_cpuid_exit(vcpu, guest) == Outcome::Stop {
+        return run::LEAVE;
+    }
+    if vcpu.attention.load(Ordering::Acquire) == 0 {
+        return run::RESUME;
+    }
+    on_entry_attention(ctx, regs)
+}
+
+/// [`on_exit`] for the exits it does not handle inline.
+#[inline(never)]
+extern "C" fn on_exit_general(ctx: *const (), regs: *mut GuestRegisters) -> u64 {
+    // SAFETY: as in `on_exit`.
+    let (vcpu, regs) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs) };
+    vcpu.launched.store(true, Ordering::Relaxed);
+    if dispatch::handle_exit(vcpu, regs) == Outcome::Stop || crate::virq::prepare_entry(vcpu, regs) == Outcome::Stop {
+        return run::LEAVE;
+    }
+    run::RESUME
+}
+
+/// [`on_exit`] after an exit handled inline when the next entry needs the full
+/// evaluation of `prepare_entry`.
+#[inline(never)]
+extern "C" fn on_entry_attention(ctx: *const (), regs: *mut GuestRegisters) -> u64 {
+    // SAFETY: as in `on_exit`.
+    let (vcpu, regs) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs) };
+    if crate::virq::prepare_entry(vcpu, regs) == Outcome::Stop {
+        return run::LEAVE;
+    }
+    run::RESUME
 }
 
 /// The vCPU left its loop: it reports its exits, the last one out the partition's

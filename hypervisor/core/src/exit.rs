@@ -352,6 +352,7 @@ impl IoInstruction {
     /// Decodes the qualification; `None` for the size encoding 2, which the SDM does not
     /// use.
     #[must_use]
+    #[inline]
     pub const fn decode(qualification: u64) -> Option<Self> {
         let size = match qualification & 7 {
             0 => 1,
