@@ -229,12 +229,12 @@ fn skip_instruction() -> Outcome {
 #[inline(always)]
 pub fn advance_rip(len: u64) -> Outcome {
     let rip = vmcs::read_present(guest::RIP);
-    let _ = vmcs::write(guest::RIP, rip.wrapping_add(len));
+    vmcs::write_ignoring_failure(guest::RIP, rip.wrapping_add(len));
     // Skipping an instruction ends any STI/MOV-SS blocking (SDM 25.4.2, bits 0 and 1
     // of the interruptibility state); the field is written only when one is set.
     let interruptibility = vmcs::read_present(guest::INTERRUPTIBILITY_STATE);
     if interruptibility & BLOCKING_BY_STI_MOV_SS != 0 {
-        let _ = vmcs::write(guest::INTERRUPTIBILITY_STATE, interruptibility & !BLOCKING_BY_STI_MOV_SS);
+        vmcs::write_ignoring_failure(guest::INTERRUPTIBILITY_STATE, interruptibility & !BLOCKING_BY_STI_MOV_SS);
     }
     Outcome::Continue
 }

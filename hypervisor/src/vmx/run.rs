@@ -6,11 +6,11 @@
 //! differs from `regs.host_rsp`, the value the vCPU's VMCS already holds), loads the
 //! guest's general-purpose registers from `regs` and executes VMLAUNCH (first entry) or
 //! VMRESUME. On a VM exit the CPU continues at `hv_vmx_exit` (HOST_RIP) with that
-//! stack: the guest registers are stored back into `regs` and `on_exit(ctx, regs)` is
-//! called there. When it returns [`RESUME`], the guest registers are loaded again and
-//! the guest resumed at once, without unwinding to the caller of `hv_vmx_run` (the
-//! common exit costs no host register saves or restores); otherwise the host registers
-//! are restored and the call returns 0. If an entry fails, it returns 1 (VMfailInvalid)
+//! stack: the guest registers are stored back into `regs` and `on_exit(regs, ctx)` is
+//! called there. When it returns [`RESUME`] or [`RESUME_KEEP_CR2`], the guest registers
+//! are loaded again and the guest resumed at once, without unwinding to the caller of
+//! `hv_vmx_run` (the common exit costs no host register saves or restores); on
+//! [`LEAVE`] the host registers are restored and the call returns 0. If an entry fails, it returns 1 (VMfailInvalid)
 //! or 2 (VMfailValid: see VM_INSTRUCTION_ERROR).
 //!
 //! The stack at HOST_RSP (16-byte aligned, so `on_exit` is called with the ABI's
@@ -127,14 +127,12 @@ hv_vmx_exit:
     mov [rdi + 15*8], rax
     pop rax
     mov [rdi + 5*8], rax          // the stack is as `hv_vmx_run` left it
-    mov rsi, rdi
-    mov rdi, [rsp + 16]
-    call [rsp + 8]                // on_exit(ctx, regs); RFLAGS.DF is 0 after an exit
-    test rax, rax
+    mov rsi, [rsp + 16]
+    call [rsp + 8]                // on_exit(regs, ctx); RFLAGS.DF is 0 after an exit
+    mov rdi, [rsp]
+    test rax, rax                 // RESUME_KEEP_CR2: CR2 still holds the guest's value
     jnz 6f
-    mov rdi, [rsp]                // RESUME: enter the guest again
-    mov rax, [rdi + 15*8]
-    mov cr2, rax
+7:
     mov rax, [rdi + 0*8]
     mov rbx, [rdi + 1*8]
     mov rcx, [rdi + 2*8]
@@ -153,19 +151,29 @@ hv_vmx_exit:
     vmresume
     jmp 3b                        // VMRESUME failed (flags as it left them)
 6:
-    xor eax, eax                  // leave: the guest exited
+    cmp rax, 2                    // RESUME: CR2 from `regs` too
+    jne 8f
+    mov rax, [rdi + 15*8]
+    mov cr2, rax
+    jmp 7b
+8:
+    xor eax, eax                  // LEAVE: the guest exited
     jmp 5b
     "#
 );
 
-/// [`ExitHook`] results: enter the guest again at once, or return from [`enter`].
-pub const RESUME: u64 = 0;
+/// [`ExitHook`] results: enter the guest again at once, loading its registers from
+/// `regs`, CR2 included ([`RESUME`]) or not ([`RESUME_KEEP_CR2`]: nothing since the exit
+/// changed CR2 or `regs.cr2`, so the CPU's CR2 is still the guest's); or return from
+/// [`enter_with`] ([`LEAVE`]).
+pub const RESUME_KEEP_CR2: u64 = 0;
 pub const LEAVE: u64 = 1;
+pub const RESUME: u64 = 2;
 
 /// Called on the exit stack after every VM exit with the guest's registers saved in
-/// `regs` (and the VMCS that exited current); returns [`RESUME`] or [`LEAVE`]. `ctx` is
-/// what the caller of [`enter`] passed.
-pub type ExitHook = extern "C" fn(ctx: *const (), regs: *mut GuestRegisters) -> u64;
+/// `regs` (and the VMCS that exited current); returns [`RESUME`], [`RESUME_KEEP_CR2`]
+/// or [`LEAVE`]. `ctx` is what the caller of [`enter_with`] passed.
+pub type ExitHook = extern "C" fn(regs: *mut GuestRegisters, ctx: *const ()) -> u64;
 
 extern "C" {
     fn hv_vmx_run(regs: *mut GuestRegisters, launched: u64, on_exit: ExitHook, ctx: *const ()) -> u64;
@@ -191,7 +199,7 @@ pub fn exit_entry_point() -> u64 {
 }
 
 /// An exit hook that returns on every exit.
-extern "C" fn leave(_ctx: *const (), _regs: *mut GuestRegisters) -> u64 {
+extern "C" fn leave(_regs: *mut GuestRegisters, _ctx: *const ()) -> u64 {
     LEAVE
 }
 
@@ -200,7 +208,7 @@ pub fn enter(regs: &mut GuestRegisters, launched: bool) -> Entry {
     enter_with(regs, launched, leave, core::ptr::null())
 }
 
-/// Runs the guest of the current VMCS, calling `on_exit(ctx, regs)` after each exit,
+/// Runs the guest of the current VMCS, calling `on_exit(regs, ctx)` after each exit,
 /// until it says [`LEAVE`] or an entry fails. `on_exit` runs with this CPU's state as
 /// after a VM exit (interrupts off) on this stack, below this call's frame; it must not
 /// use `regs` other than through its argument.

@@ -115,6 +115,22 @@ pub fn write(field: u32, value: u64) -> Result<(), VmInstructionError> {
     Ok(())
 }
 
+/// Writes a field of the current VMCS where the caller would ignore a failure anyway
+/// (a VMCS that just exited is current and the field is one every VMCS has): no status
+/// is captured.
+#[inline]
+pub fn write_ignoring_failure(field: u32, value: u64) {
+    // SAFETY: as in `write`; a failure changes nothing and is not reported.
+    unsafe {
+        core::arch::asm!(
+            "vmwrite {field}, {value}",
+            field = in(reg) u64::from(field),
+            value = in(reg) value,
+            options(nostack),
+        );
+    }
+}
+
 /// Reads a field of the current VMCS (0 if it cannot be read).
 #[inline]
 #[must_use]
