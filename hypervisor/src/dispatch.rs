@@ -35,32 +35,141 @@ const UD: u8 = 6;
 const GP: u8 = 13;
 const PF: u8 = 14;
 
-/// Handles the exit that just happened on `vcpu`, counting it and the TSC ticks its
-/// handler took.
+/// One exit in this many of each reason has its handler timed (the first one
+/// included); the counts are exact.
+pub const EXIT_TIMING_SAMPLE: u64 = 16;
+
+/// Handles the exit that just happened on `vcpu`, counting it, and for one exit in
+/// [`EXIT_TIMING_SAMPLE`] of its reason the TSC ticks its handler took (two TSC reads
+/// on every exit would be a good part of a short handler's cost).
+#[inline(always)]
 pub fn handle_exit(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
-    let start = crate::arch::tsc::now();
-    let field = ExitReasonField(vmcs::read(ro::EXIT_REASON) as u32);
+    let field = ExitReasonField(vmcs::read_present(ro::EXIT_REASON) as u32);
     let slot = usize::from(field.basic()).min(EXIT_REASONS - 1);
+    if vcpu.exits[slot].load(Ordering::Relaxed).is_multiple_of(EXIT_TIMING_SAMPLE) {
+        return handle_exit_timed(vcpu, regs, field, slot);
+    }
     let outcome = dispatch(vcpu, regs, field);
     vcpu.exits[slot].fetch_add(1, Ordering::Relaxed);
+    outcome
+}
+
+/// What [`try_handle_exit_inline`] did with an exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InlineExit {
+    /// Handled and counted, with this outcome.
+    Done(Outcome),
+    /// A CPUID exit, counted: [`handle_cpuid_exit`] handles it (out of line, as the
+    /// virtual CPUID rules need more registers than all the inline handlers together).
+    Cpuid,
+    /// Not handled (nothing changed, nothing counted): [`handle_exit`] handles it.
+    NotInline,
+}
+
+/// [`handle_exit`] for the exits whose handling calls no function: the hypercalls
+/// that only return a value, port I/O to an unclaimed port, RDMSR of an MSR whose value
+/// needs no lock, interrupts, timers and windows (and CPUID, see [`InlineExit::Cpuid`]),
+/// when the exit is not timed and interrupted no event delivery. Any other exit is
+/// left alone for [`handle_exit`].
+///
+/// Its caller (`vcpu::on_exit`, called from the exit stub) then needs no callee-saved
+/// registers, so the common exit saves and restores no host registers at all.
+#[inline(always)]
+pub fn try_handle_exit_inline(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> InlineExit {
+    let field = ExitReasonField(vmcs::read_present(ro::EXIT_REASON) as u32);
+    let slot = usize::from(field.basic()).min(EXIT_REASONS - 1);
+    let seen = vcpu.exits[slot].load(Ordering::Relaxed);
+    if seen.is_multiple_of(EXIT_TIMING_SAMPLE) || field.entry_failure() {
+        return InlineExit::NotInline;
+    }
+    // Re-injection is left to `handle_exit` (which reads the field again).
+    if InterruptionInfo(vmcs::read_present(ro::IDT_VECTORING_INFO) as u32).valid() {
+        return InlineExit::NotInline;
+    }
+    // The arms below do what the handlers do, through the same helpers, for the cases
+    // that need no call. Each counts the exit once it knows it handles it (and before
+    // the handler, which then has more registers).
+    let count = || vcpu.exits[slot].store(seen + 1, Ordering::Relaxed);
+    let Some(reason) = field.reason() else { return InlineExit::NotInline };
+    let outcome = match reason {
+        ExitReason::Cpuid => {
+            count();
+            return InlineExit::Cpuid;
+        }
+        ExitReason::Vmcall => {
+            let Some(value) = value_hypercall(vcpu, regs.rax) else { return InlineExit::NotInline };
+            count();
+            complete_hypercall(regs, Ok(value))
+        }
+        ExitReason::IoInstruction => {
+            let Some(io) = IoInstruction::decode(vmcs::read_present(ro::EXIT_QUALIFICATION)) else {
+                return InlineExit::NotInline;
+            };
+            if io.string || vcpu.vm.devices.load(Ordering::Relaxed) != 0 {
+                return InlineExit::NotInline;
+            }
+            count();
+            complete_port_io(regs, io, Completion::Failed)
+        }
+        ExitReason::Rdmsr => {
+            let MsrPolicy::Virtualized(msr) = policy(regs.rcx as u32) else { return InlineExit::NotInline };
+            let Some(value) = read_plain_msr(msr) else { return InlineExit::NotInline };
+            count();
+            complete_rdmsr(regs, Some(value))
+        }
+        ExitReason::ExternalInterrupt => {
+            count();
+            crate::service::run_timers_if_due(vcpu);
+            handle_external_interrupt()
+        }
+        ExitReason::PreemptionTimer => {
+            count();
+            crate::service::run_timers_if_due(vcpu);
+            handle_preemption_timer()
+        }
+        ExitReason::InterruptWindow => {
+            count();
+            handle_interrupt_window()
+        }
+        ExitReason::NmiWindow => {
+            count();
+            handle_nmi_window()
+        }
+        _ => return InlineExit::NotInline,
+    };
+    InlineExit::Done(outcome)
+}
+
+/// A CPUID exit that [`try_handle_exit_inline`] counted.
+#[inline(always)]
+pub fn handle_cpuid_exit(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    handle_cpuid(vcpu, regs)
+}
+
+/// [`handle_exit`] for an exit whose handler is timed.
+#[inline(never)]
+fn handle_exit_timed(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonField, slot: usize) -> Outcome {
+    let start = crate::arch::tsc::now();
+    let outcome = dispatch(vcpu, regs, field);
     vcpu.exit_ticks[slot].fetch_add(crate::arch::tsc::now().wrapping_sub(start), Ordering::Relaxed);
+    vcpu.exits_timed[slot].fetch_add(1, Ordering::Relaxed);
+    vcpu.exits[slot].fetch_add(1, Ordering::Relaxed);
     outcome
 }
 
 /// Calls the handler of the exit reason in `field`.
+///
+/// Inlined into the vCPU loop, as are the handlers of the frequent exits (CPUID,
+/// VMCALL, port I/O, RDMSR, interrupts and timers); the others, and every path that
+/// logs, stay out of line so that the frequent paths keep their registers.
+#[inline(always)]
 fn dispatch(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonField) -> Outcome {
     let basic = field.basic();
     // An event that was being delivered when the exit happened must be delivered again
     // (SDM 28.2.4); handlers below may override it with their own injection.
-    let vectoring = InterruptionInfo(vmcs::read(ro::IDT_VECTORING_INFO) as u32);
-    if let Some(again) = reinject(vectoring) {
-        let _ = vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, u64::from(again.info.0));
-        if again.copy_error_code {
-            let _ = vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, vmcs::read(ro::IDT_VECTORING_ERR_CODE));
-        }
-        if again.needs_instruction_length {
-            let _ = vmcs::write(control::VMENTRY_INSTRUCTION_LEN, vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
-        }
+    let vectoring = InterruptionInfo(vmcs::read_present(ro::IDT_VECTORING_INFO) as u32);
+    if vectoring.valid() {
+        reinject_vectoring(vectoring);
     }
     if field.entry_failure() {
         return handle_entry_failure(vcpu, basic);
@@ -80,8 +189,14 @@ fn dispatch(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonFie
         ExitReason::EptViolation => handle_ept_violation(vcpu, regs),
         ExitReason::EptMisconfiguration => handle_ept_misconfiguration(vcpu),
         ExitReason::ExceptionOrNmi => handle_exception_or_nmi(vcpu),
-        ExitReason::ExternalInterrupt => handle_external_interrupt(),
-        ExitReason::PreemptionTimer => handle_preemption_timer(),
+        ExitReason::ExternalInterrupt => {
+            crate::service::run_timers_if_due(vcpu);
+            handle_external_interrupt()
+        }
+        ExitReason::PreemptionTimer => {
+            crate::service::run_timers_if_due(vcpu);
+            handle_preemption_timer()
+        }
         ExitReason::InterruptWindow => handle_interrupt_window(),
         ExitReason::NmiWindow => handle_nmi_window(),
         ExitReason::VirtualizedEoi => handle_virtualized_eoi(vcpu),
@@ -95,21 +210,46 @@ fn dispatch(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: ExitReasonFie
     }
 }
 
+/// Queues the event whose delivery the exit interrupted (`vectoring`, valid) for
+/// delivery again on the next entry.
+#[cold]
+#[inline(never)]
+fn reinject_vectoring(vectoring: InterruptionInfo) {
+    if let Some(again) = reinject(vectoring) {
+        let _ = vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, u64::from(again.info.0));
+        if again.copy_error_code {
+            let _ = vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, vmcs::read(ro::IDT_VECTORING_ERR_CODE));
+        }
+        if again.needs_instruction_length {
+            let _ = vmcs::write(control::VMENTRY_INSTRUCTION_LEN, vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
+        }
+    }
+}
+
 /// Advances the guest's RIP past the instruction that exited.
+#[inline(always)]
 fn skip_instruction() -> Outcome {
-    advance_rip(vmcs::read(ro::VMEXIT_INSTRUCTION_LEN))
+    advance_rip(vmcs::read_present(ro::VMEXIT_INSTRUCTION_LEN))
 }
 
 /// Advances the guest's RIP by `len` bytes, completing an instruction the hypervisor
 /// emulated.
+#[inline(always)]
 pub fn advance_rip(len: u64) -> Outcome {
-    let rip = vmcs::read(guest::RIP);
-    let _ = vmcs::write(guest::RIP, rip.wrapping_add(len));
-    // Skipping an instruction ends any STI/MOV-SS blocking (SDM 25.4.2).
-    let interruptibility = vmcs::read(guest::INTERRUPTIBILITY_STATE) & !0x3;
-    let _ = vmcs::write(guest::INTERRUPTIBILITY_STATE, interruptibility);
+    let rip = vmcs::read_present(guest::RIP);
+    vmcs::write_ignoring_failure(guest::RIP, rip.wrapping_add(len));
+    // Skipping an instruction ends any STI/MOV-SS blocking (SDM 25.4.2, bits 0 and 1
+    // of the interruptibility state); the field is written only when one is set.
+    let interruptibility = vmcs::read_present(guest::INTERRUPTIBILITY_STATE);
+    if interruptibility & BLOCKING_BY_STI_MOV_SS != 0 {
+        vmcs::write_ignoring_failure(guest::INTERRUPTIBILITY_STATE, interruptibility & !BLOCKING_BY_STI_MOV_SS);
+    }
     Outcome::Continue
 }
+
+/// Interruptibility state bits 0 (blocking by STI) and 1 (blocking by MOV SS), SDM
+/// 25.4.2 table 25-3.
+const BLOCKING_BY_STI_MOV_SS: u64 = 0x3;
 
 /// Queues `event` for delivery into the guest on the next VM entry (SDM 27.6).
 fn inject(event: Injection) -> Outcome {
@@ -123,6 +263,7 @@ fn inject(event: Injection) -> Outcome {
     Outcome::Continue
 }
 
+#[inline(always)]
 fn handle_cpuid(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
     let topology = VcpuInfo {
@@ -140,17 +281,45 @@ fn handle_cpuid(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     skip_instruction()
 }
 
+#[inline(always)]
 fn handle_vmcall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    match value_hypercall(vcpu, regs.rax) {
+        Some(value) => complete_hypercall(regs, Ok(value)),
+        None => handle_other_hypercall(vcpu, regs),
+    }
+}
+
+/// The hypercalls that only return a value: `NOP` and `VCPU_ID`.
+#[inline(always)]
+fn value_hypercall(vcpu: &'static Vcpu, nr: u64) -> Option<u64> {
+    match nr {
+        hypercall::NOP => Some(0),
+        hypercall::VCPU_ID => Some(u64::from(vcpu.id)),
+        _ => None,
+    }
+}
+
+/// The hypercall's result in RAX; RIP past the VMCALL.
+#[inline(always)]
+fn complete_hypercall(regs: &mut GuestRegisters, result: Result<u64, HcError>) -> Outcome {
+    regs.rax = match result {
+        Ok(v) => v,
+        Err(e) => e.to_rax(),
+    };
+    skip_instruction()
+}
+
+/// The hypercalls other than those of [`value_hypercall`].
+#[inline(never)]
+fn handle_other_hypercall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let (nr, a, b) = (regs.rax, regs.rbx, regs.rcx);
     let result = match nr {
         hypercall::CONSOLE_WRITE => hypercall_console_write(vcpu, a, b),
-        hypercall::VCPU_ID => Ok(u64::from(vcpu.id)),
         hypercall::PARTITION_STOP => {
             vcpu.vm.stop(a);
             return Outcome::Stop;
         }
         hypercall::EXIT_STATS => hypercall_exit_stats(vcpu, a, b),
-        hypercall::NOP => Ok(0),
         hypercall::IRQ_LINE => hypercall_irq_line(vcpu, a, b),
         hypercall::MEMORY_PROTECT => hypercall_memory_protect(vcpu, a, b, regs.rdx),
         // The service partition's waits are taken by `service::forward` before this
@@ -169,15 +338,12 @@ fn handle_vmcall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         hypercall::VM_STOP => crate::control::vm_stop(vcpu, a, b),
         _ => Err(HcError::UnknownHypercall),
     };
-    regs.rax = match result {
-        Ok(v) => v,
-        Err(e) => e.to_rax(),
-    };
-    skip_instruction()
+    complete_hypercall(regs, result)
 }
 
 /// CONSOLE_WRITE(gpa, len): validated against the caller's RAM, then written with the
 /// partition's name in front of each line.
+#[inline(never)]
 fn hypercall_console_write(vcpu: &'static Vcpu, gpa: u64, len: u64) -> Result<u64, HcError> {
     if len == 0 || len > hv_abi::CONSOLE_WRITE_MAX {
         return Err(HcError::BadLength);
@@ -192,6 +358,7 @@ fn hypercall_console_write(vcpu: &'static Vcpu, gpa: u64, len: u64) -> Result<u6
 }
 
 /// IRQ_LINE(pin, level): drives an input pin of the caller's own virtual IOAPIC.
+#[inline(never)]
 fn hypercall_irq_line(vcpu: &'static Vcpu, pin: u64, level: u64) -> Result<u64, HcError> {
     let pin = u32::try_from(pin).map_err(|_| HcError::BadArgument)?;
     let high = match level {
@@ -205,6 +372,7 @@ fn hypercall_irq_line(vcpu: &'static Vcpu, pin: u64, level: u64) -> Result<u64, 
 
 /// MEMORY_PROTECT(gpa, len, rights) on the caller's own RAM, through the control
 /// interface (which flushes the EPT on every CPU of the partition).
+#[inline(never)]
 fn hypercall_memory_protect(vcpu: &'static Vcpu, gpa: u64, len: u64, rights: u64) -> Result<u64, HcError> {
     use crate::partition::ControlError;
     use hv_core::ept::EptPermissions;
@@ -219,6 +387,7 @@ fn hypercall_memory_protect(vcpu: &'static Vcpu, gpa: u64, len: u64, rights: u64
 }
 
 /// EXIT_STATS(gpa, len): writes `ExitCount` entries for the reasons seen.
+#[inline(never)]
 fn hypercall_exit_stats(vcpu: &'static Vcpu, gpa: u64, len: u64) -> Result<u64, HcError> {
     let entry = core::mem::size_of::<hv_abi::ExitCount>() as u64;
     let capacity = len / entry;
@@ -242,6 +411,7 @@ fn hypercall_exit_stats(vcpu: &'static Vcpu, gpa: u64, len: u64) -> Result<u64, 
 
 /// HLT: the vCPU sleeps (on the host side, see `virq::prepare_entry`) until an
 /// interrupt it can take arrives; RIP already points past the HLT, as after a real one.
+#[inline]
 fn handle_hlt(vcpu: &'static Vcpu) -> Outcome {
     let outcome = skip_instruction();
     crate::virq::halt(vcpu);
@@ -251,6 +421,7 @@ fn handle_hlt(vcpu: &'static Vcpu) -> Outcome {
 /// A host interrupt arrived while the guest ran (acknowledged on exit, SDM 28.2.2): a
 /// kick or the host timer, both meant only to get this CPU out of guest mode. It is
 /// ended here; the next entry looks at the vCPU's state again.
+#[inline]
 fn handle_external_interrupt() -> Outcome {
     let info = InterruptionInfo(vmcs::read(ro::VMEXIT_INTERRUPTION_INFO) as u32);
     if info.vector() != crate::arch::idt::SPURIOUS_VECTOR {
@@ -261,38 +432,59 @@ fn handle_external_interrupt() -> Outcome {
 
 /// The VMX-preemption timer expired: a guest timer deadline was reached, or the kick
 /// backstop (`virq::inject_and_arm`) came round; the next entry processes either.
+#[inline]
 fn handle_preemption_timer() -> Outcome {
     Outcome::Continue
 }
 
 /// The guest can take an interrupt now: the next entry injects it.
+#[inline]
 fn handle_interrupt_window() -> Outcome {
     Outcome::Continue
 }
 
 /// EOI-induced exit (SDM 30.1.4; trap-like: the EOI is done, RIP is past it): the
 /// vector is in the exit qualification.
+#[inline(never)]
 fn handle_virtualized_eoi(vcpu: &'static Vcpu) -> Outcome {
     crate::virq::virtualized_eoi(vcpu, vmcs::read(ro::EXIT_QUALIFICATION) as u8);
     Outcome::Continue
 }
 
 /// The guest can take an NMI now: the next entry injects it.
+#[inline]
 fn handle_nmi_window() -> Outcome {
     Outcome::Continue
 }
 
+#[inline(always)]
 fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
-    let Some(io) = IoInstruction::decode(vmcs::read(ro::EXIT_QUALIFICATION)) else {
+    let qualification = vmcs::read_present(ro::EXIT_QUALIFICATION);
+    let Some(io) = IoInstruction::decode(qualification) else {
         return stop_with_dump(vcpu, "I/O exit with an invalid size", 0);
     };
+    // The out-of-line paths decode the qualification again, so that this one computes
+    // only the fields it uses.
     if io.string {
-        return handle_string_io(vcpu, regs, &io);
+        return handle_string_io(vcpu, regs, qualification);
     }
-    let completion = match port_access(vcpu, &io, regs.rax) {
-        Ok(c) => c,
-        Err(stop) => return stop,
+    let devices = hv_abi::platform::devices::DeviceSet(vcpu.vm.devices.load(Ordering::Relaxed));
+    let completion = if !devices.is_empty() && devices.claims_port(io.port) {
+        match forward_port(vcpu, regs, qualification) {
+            Ok(completion) => completion,
+            Err(outcome) => return outcome,
+        }
+    } else {
+        // An unclaimed port: reads return all-ones, writes are ignored.
+        Completion::Failed
     };
+    complete_port_io(regs, io, completion)
+}
+
+/// Completes a port access: an IN gets the value (all-ones when the access failed);
+/// RIP past the instruction.
+#[inline(always)]
+fn complete_port_io(regs: &mut GuestRegisters, io: IoInstruction, completion: Completion) -> Outcome {
     if io.is_in {
         let mask = hv_core::io_request::size_mask(io.size);
         let value = read_value(completion, io.size);
@@ -303,12 +495,21 @@ fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outc
 }
 
 /// The value a read completed with: all-ones when nothing answered it.
+#[inline(always)]
 fn read_value(completion: Completion, size: u8) -> u64 {
     let mask = hv_core::io_request::size_mask(size);
     match completion {
         Completion::Read(v) => v & mask,
         Completion::Written | Completion::Failed => mask,
     }
+}
+
+/// Forwards a port access of the exit in `qualification` to the service partition
+/// (same-core switch), out of line.
+#[inline(never)]
+fn forward_port(vcpu: &'static Vcpu, regs: &GuestRegisters, qualification: u64) -> Result<Completion, Outcome> {
+    let Some(io) = IoInstruction::decode(qualification) else { return Ok(Completion::Failed) };
+    port_access(vcpu, &io, regs.rax)
 }
 
 /// One port access of `io.size` bytes (`data` for a write): forwarded to the service
@@ -341,7 +542,10 @@ const CS_LONG: u64 = 1 << 13;
 /// guest as #PF before the port is touched), then the port access is made as for
 /// IN/OUT (forwarded or unclaimed). 64-bit guests only so far (segment bases are 0
 /// there); others are stopped with a clear line.
-fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: &IoInstruction) -> Outcome {
+#[inline(never)]
+fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, qualification: u64) -> Outcome {
+    let Some(io) = IoInstruction::decode(qualification) else { return Outcome::Continue };
+    let io = &io;
     if vmcs::read(guest::CS_ACCESS_RIGHTS) & CS_LONG == 0 {
         return stop_with_dump(vcpu, "string I/O outside 64-bit mode is not emulated yet", u64::from(io.port));
     }
@@ -438,6 +642,7 @@ fn guest_byte(
     vcpu.vm.guest_range(gpa, 1).ok_or_else(|| stop_with_dump(vcpu, "string I/O to memory outside its RAM", gpa))
 }
 
+#[inline(always)]
 fn handle_rdmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let msr = regs.rcx as u32;
     let value = match policy(msr) {
@@ -447,6 +652,12 @@ fn handle_rdmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         // A passthrough MSR only exits when the bitmap cannot describe it.
         MsrPolicy::Passthrough | MsrPolicy::PassthroughReadOnly | MsrPolicy::Unknown => None,
     };
+    complete_rdmsr(regs, value)
+}
+
+/// Completes RDMSR with `value` in EDX:EAX, or #GP without one.
+#[inline(always)]
+fn complete_rdmsr(regs: &mut GuestRegisters, value: Option<u64>) -> Outcome {
     match value {
         Some(v) => {
             regs.rax = v & 0xffff_ffff;
@@ -458,10 +669,19 @@ fn handle_rdmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
 }
 
 fn read_virtual_msr(vcpu: &'static Vcpu, msr: VirtMsr) -> Option<u64> {
+    match msr {
+        VirtMsr::ApicBase => Some(vcpu.lapic().apic_base()),
+        VirtMsr::TscDeadline => Some(vcpu.lapic().read_tsc_deadline(crate::arch::tsc::now())),
+        other => read_plain_msr(other),
+    }
+}
+
+/// The value of a virtualized MSR that needs neither the LAPIC nor any call; `None`
+/// for the others (the LAPIC's, and those RDMSR must fault on).
+#[inline(always)]
+fn read_plain_msr(msr: VirtMsr) -> Option<u64> {
     Some(match msr {
         VirtMsr::Tsc => crate::arch::tsc::now(),
-        VirtMsr::ApicBase => vcpu.lapic().apic_base(),
-        VirtMsr::TscDeadline => vcpu.lapic().read_tsc_deadline(crate::arch::tsc::now()),
         // Locked, VMX off: the guest sees no VMX.
         VirtMsr::FeatureControl => 1,
         VirtMsr::Pat => vmcs::read(guest::IA32_PAT_FULL),
@@ -483,6 +703,7 @@ fn read_virtual_msr(vcpu: &'static Vcpu, msr: VirtMsr) -> Option<u64> {
     })
 }
 
+#[inline(never)]
 fn handle_wrmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let msr = regs.rcx as u32;
     let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
@@ -550,6 +771,7 @@ fn write_efer(value: u64) -> bool {
     vmcs::write(guest::IA32_EFER_FULL, (value & (SCE | LME | NXE)) | (current & LMA)).is_ok()
 }
 
+#[inline(never)]
 fn handle_cr_access(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let access = CrAccess::decode(vmcs::read(ro::EXIT_QUALIFICATION));
     if access.access != CrAccessType::MovToCr || !matches!(access.cr, 0 | 4) {
@@ -630,10 +852,12 @@ pub fn set_gpr(regs: &mut GuestRegisters, index: u8, value: u64) {
     *slot = value;
 }
 
+#[inline(never)]
 fn handle_triple_fault(vcpu: &'static Vcpu) -> Outcome {
     stop_with_dump(vcpu, "triple fault", 0)
 }
 
+#[inline(never)]
 fn handle_ept_violation(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let gpa = vmcs::read(ro::GUEST_PHYSICAL_ADDR_FULL);
     let v = EptViolation::decode(vmcs::read(ro::EXIT_QUALIFICATION));
@@ -668,10 +892,12 @@ fn handle_ept_violation(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outco
     Outcome::Stop
 }
 
+#[inline(never)]
 fn handle_ept_misconfiguration(vcpu: &'static Vcpu) -> Outcome {
     stop_with_dump(vcpu, "EPT misconfiguration (a hypervisor bug)", vmcs::read(ro::GUEST_PHYSICAL_ADDR_FULL))
 }
 
+#[inline(never)]
 fn handle_exception_or_nmi(vcpu: &'static Vcpu) -> Outcome {
     let info = InterruptionInfo(vmcs::read(ro::VMEXIT_INTERRUPTION_INFO) as u32);
     // With an empty exception bitmap only NMIs exit here: they were meant for the host,
@@ -687,6 +913,7 @@ fn handle_exception_or_nmi(vcpu: &'static Vcpu) -> Outcome {
 /// AVX-512 bits together and only with AVX, nothing the CPU does not support; then it
 /// is loaded. The host uses no extended state, and each CPU runs one vCPU, so the
 /// guest's XCR0 can stay loaded across exits.
+#[inline(never)]
 fn handle_xsetbv(regs: &mut GuestRegisters) -> Outcome {
     let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
     let leaf = cpuid(0xd, 0);
@@ -709,6 +936,7 @@ const ACTIVITY_WAIT_FOR_SIPI: u64 = 3;
 
 /// INIT (SDM 26.2 and 11.4.7.3 "INIT reset"): the vCPU takes its INIT state (real mode,
 /// CS:IP = F000:FFF0 with CS base FFFF0000, general registers 0) and waits for a SIPI.
+#[inline(never)]
 fn handle_init_signal(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     *regs = GuestRegisters::default();
     if crate::vcpu::reset_to_real_mode(0xf000, 0xffff_0000, 0xfff0).is_err()
@@ -721,6 +949,7 @@ fn handle_init_signal(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome
 
 /// SIPI while waiting for one (SDM 26.2, table 28-1: the exit qualification holds the
 /// vector): start in real mode at vector * 0x1000.
+#[inline(never)]
 fn handle_sipi(vcpu: &'static Vcpu) -> Outcome {
     let vector = vmcs::read(ro::EXIT_QUALIFICATION) & 0xff;
     if crate::vcpu::reset_to_real_mode(vector << 8, vector << 12, 0).is_err()
@@ -731,6 +960,7 @@ fn handle_sipi(vcpu: &'static Vcpu) -> Outcome {
     Outcome::Continue
 }
 
+#[inline(never)]
 fn handle_wbinvd() -> Outcome {
     // SAFETY: WBINVD writes back and invalidates caches; it has no effect on memory
     // contents and the guest asked for exactly this (INVD is treated as WBINVD).
@@ -738,11 +968,14 @@ fn handle_wbinvd() -> Outcome {
     skip_instruction()
 }
 
+#[inline(never)]
 fn handle_vmx_instruction() -> Outcome {
     // The guest sees no VMX (CPUID, FEATURE_CONTROL): VMX instructions raise #UD.
     inject(InterruptionInfo::hardware_exception(UD, None))
 }
 
+#[cold]
+#[inline(never)]
 fn handle_entry_failure(vcpu: &'static Vcpu, basic: u16) -> Outcome {
     let why = match basic {
         33 => "invalid guest state",
@@ -761,6 +994,8 @@ fn handle_entry_failure(vcpu: &'static Vcpu, basic: u16) -> Outcome {
 }
 
 /// Stops the partition with a line naming `what` and a dump of the vCPU's state.
+#[cold]
+#[inline(never)]
 pub fn stop_with_dump(vcpu: &'static Vcpu, what: &str, detail: u64) -> Outcome {
     log::error!("partition {}: vcpu {}: {what} ({detail:#x}); stopping this partition", vcpu.vm.name, vcpu.id);
     dump_guest_state(vcpu);
@@ -795,7 +1030,8 @@ pub fn dump_guest_state(vcpu: &'static Vcpu) {
     );
 }
 
-/// Logs a vCPU's exit statistics and, for the partition's last vCPU, its end.
+/// Logs a vCPU's exit statistics (exact counts; the average handler time over the
+/// sampled exits, see [`handle_exit`]) and, for the partition's last vCPU, its end.
 pub fn report_stop(vcpu: &'static Vcpu, last: bool) {
     let vm = vcpu.vm;
     let mut line = heapless_line::Line::new();
@@ -804,10 +1040,16 @@ pub fn report_stop(vcpu: &'static Vcpu, last: bool) {
         if n > 0 {
             let name = ExitReason::from_basic(reason as u16).map_or("other", ExitReason::name);
             let ticks = vcpu.exit_ticks[reason].load(Ordering::Relaxed);
-            line.push(name, n, ticks / n);
+            let timed = vcpu.exits_timed[reason].load(Ordering::Relaxed).max(1);
+            line.push(name, n, ticks / timed);
         }
     }
-    log::info!("partition {}: vcpu {} exits: {}", vm.name, vcpu.id, line.as_str());
+    log::info!(
+        "partition {}: vcpu {} exits: {} (handler time: 1 exit in {EXIT_TIMING_SAMPLE} of each reason timed)",
+        vm.name,
+        vcpu.id,
+        line.as_str()
+    );
     if last {
         match vm.exit_code.load(Ordering::Acquire) {
             u64::MAX => log::info!("partition {}: stopped by the hypervisor", vm.name),

@@ -107,8 +107,10 @@ pub struct Vcpu {
     pub boot: Mutex<BootState>,
     pub regs: UnsafeCell<GuestRegisters>,
     pub exits: [AtomicU64; EXIT_REASONS],
-    /// TSC ticks spent in the handler, per exit reason.
+    /// TSC ticks spent in the handler, per exit reason, over the exits that were timed
+    /// (`dispatch::EXIT_TIMING_SAMPLE`), and how many were.
     pub exit_ticks: [AtomicU64; EXIT_REASONS],
+    pub exits_timed: [AtomicU64; EXIT_REASONS],
     pub vpid: u16,
     /// Set by [`start_vcpu`]; the physical CPU enters only a started vCPU.
     pub started: AtomicBool,
@@ -134,6 +136,10 @@ pub struct Vcpu {
     /// Which entry controls the last entry armed (`virq`: event windows, guest timer),
     /// so that entries needing neither skip the VMCS accesses. Owner CPU only.
     pub entry_controls_set: AtomicU8,
+    /// [`attention`] bits: the next entry must run the full evaluation of
+    /// `virq::prepare_entry`. Whoever changes the state a bit names sets the bit after
+    /// the state (Release); the vCPU's CPU clears them all before it evaluates.
+    pub attention: AtomicU32,
     /// The VM's EPT changed: INVEPT on this vCPU's CPU before it runs again (set by
     /// [`protect_range`], cleared by the vCPU's CPU once done).
     pub ept_flush_pending: AtomicBool,
@@ -189,12 +195,43 @@ impl MpState {
     }
 }
 
+/// Bits of [`Vcpu::attention`]: what changed since the vCPU's CPU last evaluated its
+/// state before an entry. Only "some bit set" matters to the entry path; the bits say
+/// who asked, for a reader of the code or of a dump.
+pub mod attention {
+    /// The LAPIC was used ([`super::Vcpu::lapic`]).
+    pub const LAPIC: u32 = 1 << 0;
+    /// An NMI is pending.
+    pub const NMI: u32 = 1 << 1;
+    /// An INIT is pending.
+    pub const INIT: u32 = 1 << 2;
+    /// A start-up IPI arrived.
+    pub const SIPI: u32 = 1 << 3;
+    /// The MP state changed.
+    pub const MP_STATE: u32 = 1 << 4;
+    /// An INVEPT is due.
+    pub const EPT_FLUSH: u32 = 1 << 5;
+    /// The partition is stopping.
+    pub const STOP: u32 = 1 << 6;
+    /// The last entry armed an event window or the guest timer, or left an NMI
+    /// pending: the next entry looks again (set by the vCPU's own CPU).
+    pub const REARM: u32 = 1 << 7;
+    /// A new vCPU: its first entry evaluates everything.
+    pub const ALL: u32 = u32::MAX;
+}
+
 impl Vcpu {
     /// The virtual LAPIC, locked, marked for re-evaluation before the vCPU's next entry
     /// (the mark comes first, so an entry that misses the change has not yet looked).
     pub fn lapic(&self) -> spin::MutexGuard<'_, VirtualLapic> {
         self.lapic_dirty.store(true, Ordering::Release);
+        self.request_attention(attention::LAPIC);
         self.lapic_state.lock()
+    }
+
+    /// Makes the vCPU's next entry evaluate its state (call after changing it).
+    pub fn request_attention(&self, bits: u32) {
+        self.attention.fetch_or(bits, Ordering::Release);
     }
 
     #[must_use]
@@ -204,6 +241,7 @@ impl Vcpu {
 
     pub fn set_mp_state(&self, state: MpState) {
         self.mp_state.store(state as u8, Ordering::Release);
+        self.request_attention(attention::MP_STATE);
     }
 }
 
@@ -402,6 +440,7 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         regs: UnsafeCell::new(GuestRegisters::default()),
         exits: [const { AtomicU64::new(0) }; EXIT_REASONS],
         exit_ticks: [const { AtomicU64::new(0) }; EXIT_REASONS],
+        exits_timed: [const { AtomicU64::new(0) }; EXIT_REASONS],
         vpid: (NEXT_VPID.fetch_add(1, Ordering::AcqRel) & 0xffff) as u16,
         started: AtomicBool::new(false),
         lapic_dirty: AtomicBool::new(true),
@@ -418,6 +457,7 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         apic_page,
         apicv_active: AtomicBool::new(false),
         entry_controls_set: AtomicU8::new(0),
+        attention: AtomicU32::new(attention::ALL),
         ept_flush_pending: AtomicBool::new(false),
         vmcs: AtomicU64::new(0),
         launched: AtomicBool::new(false),
@@ -477,6 +517,7 @@ fn flush_ept(vm: &'static Vm) {
     let here = crate::arch::percpu::index();
     for v in vm.vcpus() {
         v.ept_flush_pending.store(true, Ordering::Release);
+        v.request_attention(attention::EPT_FLUSH);
         crate::virq::kick(v);
     }
     for v in vm.vcpus().filter(|v| v.cpu != here && v.started.load(Ordering::Acquire)) {
@@ -579,6 +620,7 @@ impl Vm {
             self.exit_code.store(code, Ordering::Release);
         }
         for v in self.vcpus() {
+            v.request_attention(attention::STOP);
             crate::virq::kick(v);
         }
     }

@@ -169,9 +169,14 @@ pub fn wake_deadline(cpu: u32) -> Option<u64> {
 }
 
 /// Runs the service vCPU of `guest`'s CPU when its wake-up deadline has passed (its
-/// device models' timers), returning `TIMER_EXPIRED` from its wait; called between the
-/// guest's exits, with the guest's VMCS current (and current again on return).
+/// device models' timers), returning `TIMER_EXPIRED` from its wait. Called on the
+/// guest's timer and external-interrupt exits (the kick backstop makes one at least
+/// every millisecond) and from its HLT sleep, with the guest's VMCS current (and
+/// current again on return); a no-op for the service partition's own vCPUs.
 pub fn run_timers_if_due(guest: &'static Vcpu) {
+    if guest.vm.is_service.load(Ordering::Relaxed) {
+        return;
+    }
     let Some(svc) = partition::service_vcpu_for_cpu(guest.cpu) else { return };
     let due = svc.wake_at.load(Ordering::Acquire);
     if due == 0 || crate::arch::tsc::now() < due || svc.vm.stop_requested() {

@@ -2,7 +2,7 @@
 //! state, controls computed from the capability MSRs, bitmaps, EPT, VPID) and the
 //! enter → exit → dispatch loop.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use hv_core::vmx_caps::{apply_fixed_bits, VmxCapabilities};
 use hv_core::vmx_controls::{self, Controls};
@@ -11,10 +11,10 @@ use x86::vmx::vmcs::{control, guest, host};
 
 use crate::arch::msr::{self, Msr};
 use crate::arch::{gdt, percpu};
-use crate::dispatch::{self, Outcome};
+use crate::dispatch::{self, InlineExit, Outcome};
 use crate::mm::{frames, paging};
 use crate::partition::Vcpu;
-use crate::vmx::run::{self, Entry};
+use crate::vmx::run::{self, Entry, GuestRegisters};
 use crate::vmx::vmcs::{self, VmInstructionError, Vmcs};
 
 /// Pages shared by every vCPU: I/O bitmaps A and B (every port exits: unclaimed ports
@@ -30,6 +30,8 @@ struct SharedPages {
 static SHARED: Once<Option<SharedPages>> = Once::new();
 /// The controls every vCPU uses (computed once on the BSP).
 static CONTROLS: Once<Controls> = Once::new();
+/// `CONTROLS.proc2`, for the CPUID exit (one load instead of the `Once` check).
+static SECONDARY_CONTROLS: AtomicU32 = AtomicU32::new(0);
 /// The VMX fixed bits of CR0 and CR4 (read once on the BSP; all CPUs are alike).
 static FIXED: Once<FixedBits> = Once::new();
 /// The interrupt-related VMX features (read once on the BSP).
@@ -77,6 +79,7 @@ impl FixedBits {
 pub fn init(raw: &hv_core::vmx_caps::RawVmxMsrs, apicv_allowed: bool) -> Result<(), vmx_controls::MissingControl> {
     let controls = vmx_controls::compute(raw, &vmx_controls::hypervisor_request())?;
     CONTROLS.call_once(|| controls);
+    SECONDARY_CONTROLS.store(controls.proc2, Ordering::Release);
     // SAFETY: the fixed-bit MSRs exist whenever VMX does (the caller probed it); reads
     // have no side effects.
     let fixed = unsafe {
@@ -200,7 +203,7 @@ pub fn fixed_bits() -> Option<&'static FixedBits> {
 
 /// The secondary processor-based controls in use (0 before [`init`]).
 pub fn secondary_controls() -> u32 {
-    CONTROLS.get().map_or(0, |c| c.proc2)
+    SECONDARY_CONTROLS.load(Ordering::Acquire)
 }
 
 fn shared() -> Option<&'static SharedPages> {
@@ -253,20 +256,16 @@ pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
         finish(vcpu);
         return;
     }
-    while !vcpu.vm.stop_requested() {
-        crate::service::run_timers_if_due(vcpu);
-        // SAFETY: only this physical CPU touches the vCPU's registers.
-        let regs = unsafe { &mut *vcpu.regs.get() };
-        if crate::virq::prepare_entry(vcpu, regs) == Outcome::Stop {
-            break;
-        }
-        match run::enter(regs, vcpu.launched.load(Ordering::Relaxed)) {
-            Entry::Exited => {
-                vcpu.launched.store(true, Ordering::Relaxed);
-                if dispatch::handle_exit(vcpu, regs) == Outcome::Stop {
-                    break;
-                }
-            }
+    // SAFETY: only this physical CPU touches the vCPU's registers.
+    let regs = unsafe { &mut *vcpu.regs.get() };
+    // The enter -> exit -> handle -> prepare loop runs inside `run::enter_with`, which
+    // calls `on_exit` after every exit and returns only when the partition stops (a
+    // stop request reaches `prepare_entry` through the vCPU's attention bits: `Vm::stop`
+    // sets them, and a new vCPU starts with all of them set) or an entry fails.
+    if crate::virq::prepare_entry(vcpu, regs) == Outcome::Continue {
+        let ctx = core::ptr::from_ref::<Vcpu>(vcpu).cast::<()>();
+        match run::enter_with(regs, vcpu.launched.load(Ordering::Relaxed), on_exit, ctx) {
+            Entry::Exited => {}
             Entry::FailInvalid | Entry::FailValid => {
                 let err = VmInstructionError(Some(vmcs::read(x86::vmx::vmcs::ro::VM_INSTRUCTION_ERROR) as u32));
                 log::error!(
@@ -277,11 +276,70 @@ pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
                 );
                 dispatch::dump_guest_state(vcpu);
                 vcpu.vm.stop(u64::MAX);
-                break;
             }
         }
     }
     finish(vcpu);
+}
+
+/// After every exit of a vCPU run by [`run`]: handles it and prepares the next entry;
+/// [`run::LEAVE`] when the partition stops.
+///
+/// The common exit is handled here without any call (`dispatch::try_handle_exit_inline`
+/// and the attention word of `prepare_entry`), so this function saves no registers;
+/// everything else is a tail call to [`on_exit_general`] or [`on_entry_attention`].
+/// The inline handlers and CPUID change neither CR2 nor `regs.cr2`: their entries keep
+/// the CPU's CR2 ([`run::RESUME_KEEP_CR2`]); the others load it from `regs`.
+extern "C" fn on_exit(regs: *mut GuestRegisters, ctx: *const ()) -> u64 {
+    // SAFETY: `ctx` is the `&'static Vcpu` that `run` passed to `run::enter_with`, and
+    // `regs` its registers (`Vcpu::regs`), which only this CPU touches and `run` does
+    // not use while the guest runs.
+    let (vcpu, guest) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs) };
+    match dispatch::try_handle_exit_inline(vcpu, guest) {
+        InlineExit::Done(Outcome::Continue) if vcpu.attention.load(Ordering::Acquire) == 0 => run::RESUME_KEEP_CR2,
+        InlineExit::Done(Outcome::Continue) => on_entry_attention(regs, ctx),
+        InlineExit::Done(Outcome::Stop) => run::LEAVE,
+        InlineExit::Cpuid => on_cpuid_exit(regs, ctx),
+        InlineExit::NotInline => on_exit_general(regs, ctx),
+    }
+}
+
+/// [`on_exit`] for a CPUID exit (counted): its own function, see `InlineExit::Cpuid`.
+#[inline(never)]
+extern "C" fn on_cpuid_exit(regs: *mut GuestRegisters, ctx: *const ()) -> u64 {
+    // SAFETY: as in `on_exit`.
+    let (vcpu, guest) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs) };
+    if dispatch::handle_cpuid_exit(vcpu, guest) == Outcome::Stop {
+        return run::LEAVE;
+    }
+    if vcpu.attention.load(Ordering::Acquire) == 0 {
+        return run::RESUME_KEEP_CR2;
+    }
+    on_entry_attention(regs, ctx)
+}
+
+/// [`on_exit`] for the exits it does not handle inline.
+#[inline(never)]
+extern "C" fn on_exit_general(regs: *mut GuestRegisters, ctx: *const ()) -> u64 {
+    // SAFETY: as in `on_exit`.
+    let (vcpu, regs) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs) };
+    vcpu.launched.store(true, Ordering::Relaxed);
+    if dispatch::handle_exit(vcpu, regs) == Outcome::Stop || crate::virq::prepare_entry(vcpu, regs) == Outcome::Stop {
+        return run::LEAVE;
+    }
+    run::RESUME
+}
+
+/// [`on_exit`] after an exit handled inline when the next entry needs the full
+/// evaluation of `prepare_entry`.
+#[inline(never)]
+extern "C" fn on_entry_attention(regs: *mut GuestRegisters, ctx: *const ()) -> u64 {
+    // SAFETY: as in `on_exit`.
+    let (vcpu, regs) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs) };
+    if crate::virq::prepare_entry(vcpu, regs) == Outcome::Stop {
+        return run::LEAVE;
+    }
+    run::RESUME
 }
 
 /// The vCPU left its loop: it reports its exits, the last one out the partition's

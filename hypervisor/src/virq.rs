@@ -29,7 +29,7 @@ use x86::vmx::vmcs::{control, guest};
 use crate::arch::{idt, lapic, percpu, tsc};
 use crate::dispatch::Outcome;
 use crate::mm::frames;
-use crate::partition::{MpState, Vcpu, Vm, NO_SIPI};
+use crate::partition::{attention, MpState, Vcpu, Vm, NO_SIPI};
 use crate::vmx::run::GuestRegisters;
 use crate::vmx::vmcs;
 
@@ -58,7 +58,25 @@ pub fn kick(vcpu: &Vcpu) {
 }
 
 /// Runs before each VM entry on the vCPU's own CPU. `Stop` when the partition stops.
+///
+/// The common entry has nothing to do: no one touched the vCPU's state since the last
+/// evaluation ([`Vcpu::attention`] is 0), which also means that entry armed no window
+/// and no guest timer and left no NMI pending. It costs one load; everything else goes
+/// through [`evaluate`].
+#[inline(always)]
 pub fn prepare_entry(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    if vcpu.attention.load(Ordering::Acquire) == 0 {
+        return Outcome::Continue;
+    }
+    evaluate(vcpu, regs)
+}
+
+/// The full evaluation before an entry (see [`prepare_entry`]).
+#[inline(never)]
+fn evaluate(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    // Cleared before anything is looked at: a change made from now on sets a bit again
+    // and is seen by the next entry at the latest (its kick makes that one come soon).
+    vcpu.attention.swap(0, Ordering::AcqRel);
     // Anything but a runnable vCPU going straight back in needs the full evaluation.
     let mut eventful = false;
     if vcpu.init_pending.swap(false, Ordering::AcqRel) {
@@ -118,6 +136,13 @@ pub fn prepare_entry(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome 
         && vcpu.entry_controls_set.load(Ordering::Relaxed) == ENTRY_BACKSTOP_ONLY;
     if !quiet {
         inject_and_arm(vcpu);
+    }
+    // What the next entry must look at again even if no one changes anything: an
+    // armed window or guest timer, an NMI still waiting for its window.
+    if vcpu.entry_controls_set.load(Ordering::Relaxed) != ENTRY_BACKSTOP_ONLY
+        || vcpu.nmi_pending.load(Ordering::Acquire)
+    {
+        vcpu.request_attention(attention::REARM);
     }
     Outcome::Continue
 }
@@ -473,12 +498,14 @@ fn deliver(vm: &'static Vm, sender: Option<u32>, mode: IpiDeliveryMode, vector: 
         IpiDeliveryMode::Nmi => {
             for target in vm.vcpus().filter(|v| is_target(v)) {
                 target.nmi_pending.store(true, Ordering::Release);
+                target.request_attention(attention::NMI);
                 kick(target);
             }
         }
         IpiDeliveryMode::Init => {
             for target in vm.vcpus().filter(|v| is_target(v)) {
                 target.init_pending.store(true, Ordering::Release);
+                target.request_attention(attention::INIT);
                 kick(target);
             }
         }
@@ -488,6 +515,7 @@ fn deliver(vm: &'static Vm, sender: Option<u32>, mode: IpiDeliveryMode, vector: 
             for target in vm.vcpus().filter(|v| is_target(v)) {
                 if target.mp_state() == MpState::WaitForSipi || target.init_pending.load(Ordering::Acquire) {
                     target.sipi_vector.store(u32::from(vector), Ordering::Release);
+                    target.request_attention(attention::SIPI);
                     kick(target);
                 }
             }

@@ -212,9 +212,11 @@ fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"))
 }
 
-/// `cargo xtask bench`.
-pub fn cmd_bench() -> Result<ExitCode, String> {
-    let mut scenarios: Vec<Scenario> = CPU_COUNTS
+/// `cargo xtask bench`; with `exits_only`, only the exit round trips (one Bochs run).
+pub fn cmd_bench(exits_only: bool) -> Result<ExitCode, String> {
+    let cpu_counts: &[u32] = if exits_only { &[] } else { &CPU_COUNTS };
+    let interrupt_metrics: &[(&str, &str)] = if exits_only { &[] } else { &INTERRUPT_METRICS };
+    let mut scenarios: Vec<Scenario> = cpu_counts
         .iter()
         .map(|&cpus| Scenario {
             name: match cpus {
@@ -234,21 +236,21 @@ pub fn cmd_bench() -> Result<ExitCode, String> {
         .collect();
     scenarios.push(exit_scenario());
     let catalogue = scenario::catalogue();
-    for (_, name) in INTERRUPT_METRICS {
-        let found = catalogue.iter().find(|s| s.name == name).ok_or(format!("no scenario {name} in the catalogue"))?;
+    for (_, name) in interrupt_metrics {
+        let found = catalogue.iter().find(|s| s.name == *name).ok_or(format!("no scenario {name} in the catalogue"))?;
         scenarios.push(found.clone());
     }
     let results = test::run_scenarios(scenarios, None);
 
     let mut problems = Vec::new();
     let mut boot = Vec::new();
-    for (cpus, r) in CPU_COUNTS.iter().zip(&results) {
+    for (cpus, r) in cpu_counts.iter().zip(&results) {
         match entry_to_ready_ticks(&read_log(r)) {
             Some(t) => boot.push(Metric::single(format!("boot.entry_to_ready.cpus{cpus}"), t)),
             None => problems.push(format!("{}: no `boot: entry to ready` line in the log", r.name)),
         }
     }
-    let exit_run = &results[CPU_COUNTS.len()];
+    let exit_run = &results[cpu_counts.len()];
     let exit_log = read_log(exit_run);
     let mut measured = bench_metrics(&exit_log);
     for want in EXIT_METRICS.iter().chain(&FORWARDED_METRICS).chain(&NATIVE_METRICS) {
@@ -256,7 +258,7 @@ pub fn cmd_bench() -> Result<ExitCode, String> {
             problems.push(format!("{}: no `bench: {want}` line in the log", exit_run.name));
         }
     }
-    for ((metric, _), run) in INTERRUPT_METRICS.iter().zip(&results[CPU_COUNTS.len() + 1..]) {
+    for ((metric, _), run) in interrupt_metrics.iter().zip(&results[cpu_counts.len() + 1..]) {
         match bench_metrics(&read_log(run)).into_iter().find(|m| m.name == *metric) {
             Some(m) => measured.push(m),
             None => problems.push(format!("{}: no `bench: {metric}` line in the log", run.name)),

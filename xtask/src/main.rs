@@ -4,7 +4,7 @@
 //! - `image --config PATH --out PATH`: the same with an explicit output;
 //! - `run [...]`: boot the image in KVM, QEMU or Bochs and stream the serial console;
 //! - `test [FILTER...]`: host unit tests, then the emulator scenarios;
-//! - `bench`: boot-time measurements under Bochs;
+//! - `bench [--exits-only]`: boot-time, exit and interrupt measurements under Bochs;
 //! - `fuzz [TARGET] [--seconds N]`: the libFuzzer targets of `hypervisor/core/fuzz`;
 //! - `usb DEVICE [--yes]`: write the image to a removable drive.
 //!
@@ -90,8 +90,14 @@ enum Command {
         #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
         timeout: Option<u64>,
     },
-    /// Measure boot time (TSC ticks from entry to ready) with 1, 2 and 4 CPUs under Bochs.
-    Bench,
+    /// Measure boot time (TSC ticks from entry to ready) with 1, 2 and 4 CPUs, the exit
+    /// round trips and the interrupt metrics under Bochs.
+    Bench {
+        /// Only the exit round trips (`guest-bench`, one Bochs run); `bench.json` then
+        /// holds only those metrics.
+        #[arg(long)]
+        exits_only: bool,
+    },
     /// Fuzz the parsers of untrusted bytes (installs cargo-fuzz when missing).
     Fuzz {
         /// One target (boot_conf, acpi_s5, mmio_decode, devices, io_reply) [default: all].
@@ -124,7 +130,7 @@ fn main() -> ExitCode {
             run::cmd_run(run::RunArgs { emulator, cpus, cpu_model, timeout, config })
         }
         Command::Test { filters, timeout } => test::cmd_test(&filters, timeout),
-        Command::Bench => bench::cmd_bench(),
+        Command::Bench { exits_only } => bench::cmd_bench(exits_only),
         Command::Fuzz { target, seconds } => fuzz::cmd_fuzz(target, seconds),
         Command::Usb { device, yes, image } => usb::cmd_usb(&device, yes, image),
     };

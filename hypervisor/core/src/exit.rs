@@ -25,7 +25,9 @@ macro_rules! exit_reasons {
 
             /// The exit reason with basic number `basic`, `None` for numbers that are
             /// unused or newer than this table.
+            // Inlined: the kernel's exit dispatcher then switches on the number once.
             #[must_use]
+            #[inline(always)]
             pub const fn from_basic(basic: u16) -> Option<Self> {
                 match basic {
                     $($value => Some(Self::$variant),)*
@@ -167,6 +169,7 @@ impl ExitReasonField {
 
     /// The basic exit reason decoded, `None` when unknown.
     #[must_use]
+    #[inline]
     pub const fn reason(self) -> Option<ExitReason> {
         ExitReason::from_basic(self.basic())
     }
@@ -349,6 +352,7 @@ impl IoInstruction {
     /// Decodes the qualification; `None` for the size encoding 2, which the SDM does not
     /// use.
     #[must_use]
+    #[inline]
     pub const fn decode(qualification: u64) -> Option<Self> {
         let size = match qualification & 7 {
             0 => 1,

@@ -114,7 +114,10 @@ pub const fn id_bits(count: u32) -> u32 {
 
 /// The CPUID result the guest sees for (`leaf`, `subleaf`), given the host's `host`
 /// result for the same query. See the module documentation for the rules.
+// Always inlined: the kernel calls it on every CPUID exit, where passing the results
+// through memory cost more than the leaf's own rules.
 #[must_use]
+#[inline(always)]
 pub fn virtual_cpuid(leaf: u32, subleaf: u32, host: CpuidResult, vcpu: VcpuInfo) -> CpuidResult {
     let count = vcpu.vcpu_count.max(1);
     let zero = CpuidResult::default();

@@ -166,7 +166,9 @@ pub enum MsrPolicy {
 }
 
 /// The policy of one MSR (see the module documentation).
+// Always inlined: the kernel decides every RDMSR/WRMSR exit with it.
 #[must_use]
+#[inline(always)]
 pub const fn policy(index: u32) -> MsrPolicy {
     use msr::*;
     use MsrPolicy::{Passthrough, Unknown, Virtualized as V};

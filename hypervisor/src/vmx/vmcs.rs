@@ -11,13 +11,12 @@ pub struct VmInstructionError(pub Option<u32>);
 
 impl VmInstructionError {
     /// Reads the error of the last failed VMX instruction on the current VMCS.
+    #[cold]
+    #[inline(never)]
     fn current() -> Self {
-        // SAFETY: VMREAD of a read-only field of the current VMCS; if there is none the
-        // read fails and we report VMfailInvalid.
-        match unsafe { x86::bits64::vmx::vmread(x86::vmx::vmcs::ro::VM_INSTRUCTION_ERROR) } {
-            Ok(n) => Self(Some(n as u32)),
-            Err(_) => Self(None),
-        }
+        // A read of a read-only field of the current VMCS; if there is none the read
+        // fails and we report VMfailInvalid.
+        Self(try_read(x86::vmx::vmcs::ro::VM_INSTRUCTION_ERROR).map(|n| n as u32))
     }
 
     /// The SDM's name for the error (table 31-1), for the log.
@@ -82,17 +81,113 @@ pub fn load(phys: u64) -> Result<(), VmInstructionError> {
     unsafe { x86::bits64::vmx::vmptrld(phys) }.map_err(|_| VmInstructionError::current())
 }
 
+// VMREAD and VMWRITE are inline assembly rather than the `x86` crate's functions: these
+// run several times on every exit, and the crate reads the flags back through
+// PUSHF/POP. Both instructions report failure in RFLAGS (SDM 31.2 "Conventions"):
+// VMfailInvalid sets CF, VMfailValid sets ZF, so "below or equal" means failure. On
+// failure the destination of VMREAD is left unchanged (SDM Vol. 3 31.3 "VMREAD").
+//
+// VMREAD is declared `pure, readonly`: the VMCS is treated as memory that only
+// non-`readonly` code changes (VMWRITE below, VMPTRLD, VM entries through
+// `hv_vmx_run`), so the compiler may drop an unused read or merge two reads with no
+// possible change in between, but never move a read across such a change.
+
 /// Writes a field of the current VMCS.
+#[inline]
 pub fn write(field: u32, value: u64) -> Result<(), VmInstructionError> {
+    let failed: u8;
     // SAFETY: VMWRITE only changes the current VMCS (checked by the CPU: a missing VMCS
     // or a bad field encoding fails with an error, reported to the caller). What a
-    // field's value means for the guest is validated at VM entry.
-    unsafe { x86::bits64::vmx::vmwrite(field, value) }.map_err(|_| VmInstructionError::current())
+    // field's value means for the guest is validated at VM entry. No stack use.
+    unsafe {
+        core::arch::asm!(
+            "vmwrite {field}, {value}",
+            "setbe {failed}",
+            field = in(reg) u64::from(field),
+            value = in(reg) value,
+            failed = lateout(reg_byte) failed,
+            options(nostack),
+        );
+    }
+    if failed != 0 {
+        return Err(VmInstructionError::current());
+    }
+    Ok(())
+}
+
+/// Writes a field of the current VMCS where the caller would ignore a failure anyway
+/// (a VMCS that just exited is current and the field is one every VMCS has): no status
+/// is captured.
+#[inline]
+pub fn write_ignoring_failure(field: u32, value: u64) {
+    // SAFETY: as in `write`; a failure changes nothing and is not reported.
+    unsafe {
+        core::arch::asm!(
+            "vmwrite {field}, {value}",
+            field = in(reg) u64::from(field),
+            value = in(reg) value,
+            options(nostack),
+        );
+    }
 }
 
 /// Reads a field of the current VMCS (0 if it cannot be read).
+#[inline]
 #[must_use]
 pub fn read(field: u32) -> u64 {
-    // SAFETY: VMREAD has no side effect; failure yields 0.
-    unsafe { x86::bits64::vmx::vmread(field) }.unwrap_or(0)
+    let value: u64;
+    // SAFETY: VMREAD has no side effect; `value` is zeroed first and a failed VMREAD
+    // leaves it unchanged, so failure yields 0. No stack use.
+    unsafe {
+        core::arch::asm!(
+            "xor {value:e}, {value:e}",
+            "vmread {value}, {field}",
+            field = in(reg) u64::from(field),
+            value = out(reg) value,
+            options(nostack, pure, readonly),
+        );
+    }
+    value
+}
+
+/// Reads a field that every VMCS has (the basic exit information fields, guest RIP,
+/// the interruptibility state), on the exit path: the VMCS that just exited is
+/// current, so the VMREAD cannot fail, and unlike [`read`] nothing is zeroed first.
+/// Were it to fail anyway, the value would be unspecified (not undefined behaviour).
+#[inline]
+#[must_use]
+pub fn read_present(field: u32) -> u64 {
+    let value: u64;
+    // SAFETY: VMREAD has no side effect; it writes `value` (any bit pattern is a valid
+    // `u64`) or, failing, leaves the register as it was. No stack use.
+    unsafe {
+        core::arch::asm!(
+            "vmread {value}, {field}",
+            field = in(reg) u64::from(field),
+            value = lateout(reg) value,
+            options(nostack, pure, readonly),
+        );
+    }
+    value
+}
+
+/// Reads a field of the current VMCS, `None` when VMREAD fails (no current VMCS, or a
+/// field it does not have).
+#[must_use]
+pub fn try_read(field: u32) -> Option<u64> {
+    let value: u64;
+    let failed: u8;
+    // SAFETY: as in `read`; the flags say whether the read succeeded.
+    unsafe {
+        core::arch::asm!(
+            "xor {value:e}, {value:e}",
+            "vmread {value}, {field}",
+            "setbe {failed}",
+            field = in(reg) u64::from(field),
+            value = out(reg) value,
+            failed = lateout(reg_byte) failed,
+            options(nostack, pure, readonly),
+        );
+    }
+    (failed == 0).then_some(value)
 }
