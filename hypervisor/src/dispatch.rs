@@ -105,6 +105,8 @@ pub fn try_handle_exit_inline(vcpu: &'static Vcpu, regs: &mut GuestRegisters) ->
             let Some(io) = IoInstruction::decode(vmcs::read_present(ro::EXIT_QUALIFICATION)) else {
                 return InlineExit::NotInline;
             };
+            // A partition with devices takes the general path, which forwards their ports
+            // (a port lookup here would cost every exit of this function its registers).
             if io.string || vcpu.vm.devices.load(Ordering::Relaxed) != 0 {
                 return InlineExit::NotInline;
             }
@@ -117,16 +119,10 @@ pub fn try_handle_exit_inline(vcpu: &'static Vcpu, regs: &mut GuestRegisters) ->
             count();
             complete_rdmsr(regs, Some(value))
         }
-        ExitReason::ExternalInterrupt => {
-            count();
-            crate::service::run_timers_if_due(vcpu);
-            handle_external_interrupt()
-        }
-        ExitReason::PreemptionTimer => {
-            count();
-            crate::service::run_timers_if_due(vcpu);
-            handle_preemption_timer()
-        }
+        // Timer and kick exits (about one per millisecond at most) take the general path,
+        // which also runs the service partition's device timers when they are due (a call
+        // here would cost every exit of this function its registers).
+        ExitReason::ExternalInterrupt | ExitReason::PreemptionTimer => return InlineExit::NotInline,
         ExitReason::InterruptWindow => {
             count();
             handle_interrupt_window()
