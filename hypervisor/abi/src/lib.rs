@@ -224,7 +224,13 @@ pub mod platform {
         pub const ALL: &[Device] = &[
             Device { name: "com1", ports: &[(0x3f8, 0x3ff)], isa_irq: Some(4), mmio: &[], pc: true },
             Device { name: "pit", ports: &[(0x40, 0x43), (0x61, 0x61)], isa_irq: Some(0), mmio: &[], pc: true },
-            Device { name: "pic", ports: &[(0x20, 0x21), (0xa0, 0xa1), (0x4d0, 0x4d1)], isa_irq: None, mmio: &[], pc: true },
+            Device {
+                name: "pic",
+                ports: &[(0x20, 0x21), (0xa0, 0xa1), (0x4d0, 0x4d1)],
+                isa_irq: None,
+                mmio: &[],
+                pc: true,
+            },
             Device { name: "rtc", ports: &[(0x70, 0x71)], isa_irq: Some(8), mmio: &[], pc: true },
             Device { name: "acpi-pm", ports: &[(0x600, 0x60b)], isa_irq: Some(9), mmio: &[], pc: true },
             Device { name: "pci", ports: &[(0xcf8, 0xcff)], isa_irq: None, mmio: &[], pc: true },
@@ -652,7 +658,18 @@ mod tests {
     #[test]
     fn start_states_round_trip_through_bytes() {
         use super::service::control::VcpuStartState;
-        let s = VcpuStartState { mode: 1, gdt_limit: 39, rip: 1, rsp: 2, rax: 3, rbx: 4, rsi: 5, rdi: 6, cr3: 7, gdt_base: 8 };
+        let s = VcpuStartState {
+            mode: 1,
+            gdt_limit: 39,
+            rip: 1,
+            rsp: 2,
+            rax: 3,
+            rbx: 4,
+            rsi: 5,
+            rdi: 6,
+            cr3: 7,
+            gdt_base: 8,
+        };
         assert_eq!(VcpuStartState::from_bytes(&s.to_bytes()), s);
         assert_eq!(s.to_bytes()[8], 1);
         assert_eq!(s.to_bytes()[64], 8);

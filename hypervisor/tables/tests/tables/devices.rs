@@ -19,7 +19,11 @@ fn defaults_match_the_platform() {
     assert_eq!(d.ioapic_id, 4, "the I/O APIC ID is the vCPU count");
     let board = hv_devices::board::ACPI_PM_PORTS;
     assert_eq!((d.pm1_evt_port, d.pm1_cnt_port, d.pm_tmr_port), (board.pm1_evt, board.pm1_cnt, board.pm_tmr));
-    assert_eq!(d.s5_slp_typ, hv_devices::board::S5_SLP_TYP, "the DSDT's \\_S5 must be what the board's PM1 control powers off on");
+    assert_eq!(
+        d.s5_slp_typ,
+        hv_devices::board::S5_SLP_TYP,
+        "the DSDT's \\_S5 must be what the board's PM1 control powers off on"
+    );
     assert_eq!(d.sci_irq, DEFAULT_SCI_IRQ);
     assert_eq!(d.reset_port, RESET_CONTROL_PORT);
     assert_eq!(d.reset_value, 0x06);
