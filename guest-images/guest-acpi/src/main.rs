@@ -43,6 +43,7 @@
 #![no_main]
 
 use core::fmt;
+use guest_rt::port::{inl, inw, outb, outw};
 
 use guest_rt::hv_abi::platform::{IOAPIC_BASE, LAPIC_BASE};
 use guest_rt::interrupts::delay_us;
@@ -204,33 +205,6 @@ fn fatal(what: fmt::Arguments<'_>) -> ! {
     println!("FAIL {NAME}: {what}");
     println!("FAIL {NAME}");
     stop(1)
-}
-
-fn inw(port: u16) -> u16 {
-    let value: u16;
-    // SAFETY: port I/O to an emulated device forwarded to the service partition (or an
-    // unclaimed port); it touches no memory of this guest.
-    unsafe { core::arch::asm!("in ax, dx", in("dx") port, out("ax") value, options(nomem, nostack, preserves_flags)) };
-    value
-}
-
-fn inl(port: u16) -> u32 {
-    let value: u32;
-    // SAFETY: as in `inw`.
-    unsafe {
-        core::arch::asm!("in eax, dx", in("dx") port, out("eax") value, options(nomem, nostack, preserves_flags))
-    };
-    value
-}
-
-fn outb(port: u16, value: u8) {
-    // SAFETY: as in `inw`.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
-}
-
-fn outw(port: u16, value: u16) {
-    // SAFETY: as in `inw`.
-    unsafe { core::arch::asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags)) };
 }
 
 /// The first RSDP in the scan area whose first 20 bytes sum to 0: its address and

@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+use guest_rt::port::{inb, outb};
 use guest_rt::{check, println, stop};
 
 const NAME: &str = "guest-io-flood";
@@ -22,13 +23,8 @@ const ROUNDS: u32 = 20_000;
 pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
     let mut open_bus = 0u32;
     for round in 0..ROUNDS {
-        let lsr: u8;
-        // SAFETY: port I/O to ports the partition's config forwards to the service
-        // partition; the hypervisor completes it.
-        unsafe {
-            core::arch::asm!("in al, dx", in("dx") COM1_LSR, out("al") lsr, options(nomem, nostack));
-            core::arch::asm!("out dx, al", in("dx") POST, in("al") round as u8, options(nomem, nostack));
-        }
+        let lsr = inb(COM1_LSR);
+        outb(POST, round as u8);
         // An idle 16550 reports its transmitter empty (THRE and TEMT); all-ones would
         // mean the access was not answered by the model.
         if lsr == 0xff || lsr & 0x60 != 0x60 {

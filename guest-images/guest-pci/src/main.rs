@@ -18,29 +18,13 @@
 #![no_std]
 #![no_main]
 
+use guest_rt::port::{inl, outl};
 use guest_rt::{check, check_fmt, println, stop};
 
 const NAME: &str = "guest-pci";
 const CONFIG_ADDRESS: u16 = 0xCF8;
 const CONFIG_DATA: u16 = 0xCFC;
 const CONFIG_ENABLE: u32 = 1 << 31;
-
-fn outl(port: u16, value: u32) {
-    // SAFETY: port I/O to the PCI configuration ports, forwarded to the service
-    // partition; it touches no memory of this guest.
-    unsafe {
-        core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
-    };
-}
-
-fn inl(port: u16) -> u32 {
-    let value: u32;
-    // SAFETY: as in `outl`.
-    unsafe {
-        core::arch::asm!("in eax, dx", in("dx") port, out("eax") value, options(nomem, nostack, preserves_flags))
-    };
-    value
-}
 
 fn address(bus: u8, device: u8, function: u8, offset: u8) -> u32 {
     CONFIG_ENABLE

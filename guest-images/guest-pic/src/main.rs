@@ -35,6 +35,7 @@
 
 use guest_rt::interrupts::delay_us;
 use guest_rt::ioapic::{self, entry};
+use guest_rt::port::{inb, outb};
 use guest_rt::{check, check_fmt, exceptions, lapic, println, stop};
 
 const NAME: &str = "guest-pic";
@@ -75,19 +76,6 @@ const PIT_MODE0: u8 = 0x30;
 const PIT_DIVISOR: u16 = 11932;
 /// Long enough for a few PIT periods, also with the service partition's wake-up latency.
 const WAIT_US: u64 = 30_000;
-
-fn outb(port: u16, value: u8) {
-    // SAFETY: port I/O to the PIC, ELCR and PIT ports, which the hypervisor forwards to
-    // the service partition; it touches no memory of this guest.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
-}
-
-fn inb(port: u16) -> u8 {
-    let value: u8;
-    // SAFETY: as in `outb`.
-    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
-    value
-}
 
 fn irr(cmd: u16) -> u8 {
     outb(cmd, OCW3_READ_IRR);

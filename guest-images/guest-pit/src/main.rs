@@ -32,6 +32,7 @@
 
 use guest_rt::interrupts::{cli, count, delay_us, sti, tsc, tsc_to_us, us_to_tsc};
 use guest_rt::ioapic::{self, entry};
+use guest_rt::port::{inb, outb};
 use guest_rt::{check, check_fmt, exceptions, lapic, println, stop};
 
 const NAME: &str = "guest-pit";
@@ -64,19 +65,6 @@ const PIN: u32 = 2;
 const VECTOR: u8 = 0x50;
 const MEASURE_US: u64 = 200_000;
 const EXPECTED: core::ops::RangeInclusive<u64> = 10..=30;
-
-fn outb(port: u16, value: u8) {
-    // SAFETY: port I/O to the PIT and port B, which the hypervisor forwards to the
-    // service partition; it touches no memory of this guest.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
-}
-
-fn inb(port: u16) -> u8 {
-    let value: u8;
-    // SAFETY: as in `outb`.
-    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
-    value
-}
 
 /// Writes a 16-bit count to `port`, LSB then MSB.
 fn write_count(port: u16, count: u16) {

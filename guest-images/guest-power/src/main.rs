@@ -16,6 +16,7 @@
 #![no_std]
 #![no_main]
 
+use guest_rt::port::{inb, outb, outw};
 use guest_rt::{check, check_fmt, println, stop};
 
 const NAME: &str = "guest-power";
@@ -28,24 +29,6 @@ const RTC_REG_A: u8 = 0x0A;
 const RTC_UIP: u8 = 0x80;
 const ISA_DEBUG_EXIT: u16 = 0xF4;
 const EXIT_CODE: u8 = 0x31;
-
-fn outb(port: u16, value: u8) {
-    // SAFETY: port I/O to an emulated device forwarded to the service partition; it
-    // touches no memory of this guest.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
-}
-
-fn outw(port: u16, value: u16) {
-    // SAFETY: as in `outb`.
-    unsafe { core::arch::asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags)) };
-}
-
-fn inb(port: u16) -> u8 {
-    let value: u8;
-    // SAFETY: as in `outb`.
-    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
-    value
-}
 
 fn rtc_read(index: u8) -> u8 {
     outb(RTC_INDEX, index);

@@ -15,6 +15,7 @@ pub mod bench;
 pub mod interrupts;
 pub mod ioapic;
 pub mod lapic;
+pub mod port;
 pub mod smp;
 
 pub use hv_abi;

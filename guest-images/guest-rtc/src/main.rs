@@ -33,6 +33,7 @@
 
 use guest_rt::interrupts::{cli, count, set_hook, sti, tsc, us_to_tsc};
 use guest_rt::ioapic::{self, entry};
+use guest_rt::port::{inb, outb};
 use guest_rt::{check, check_fmt, exceptions, lapic, println, stop};
 
 const NAME: &str = "guest-rtc";
@@ -71,19 +72,6 @@ const PIN: u32 = 8;
 const VECTOR: u8 = 0x58;
 const MEASURE_US: u64 = 200_000;
 const EXPECTED: core::ops::RangeInclusive<u64> = 6..=20;
-
-fn outb(port: u16, value: u8) {
-    // SAFETY: port I/O to the RTC/CMOS ports, which the hypervisor forwards to the
-    // service partition; it touches no memory of this guest.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
-}
-
-fn inb(port: u16) -> u8 {
-    let value: u8;
-    // SAFETY: as in `outb`.
-    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
-    value
-}
 
 fn cmos_read(index: u8) -> u8 {
     outb(INDEX, index);

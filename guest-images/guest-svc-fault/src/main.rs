@@ -11,23 +11,11 @@
 #![no_main]
 
 use guest_rt::hv_abi::platform::devices::{FAULT_TEST_CRASH, FAULT_TEST_HANG};
+use guest_rt::port::{inb, outb};
 use guest_rt::{println, stop};
 
 const COM1: u16 = 0x3f8;
 const FAULT_TEST_PORT: u16 = 0xf6;
-
-fn outb(port: u16, value: u8) {
-    // SAFETY: port I/O to ports this partition's config forwards to the service
-    // partition; the hypervisor completes (or fails) it.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack)) };
-}
-
-fn inb(port: u16) -> u8 {
-    let value: u8;
-    // SAFETY: as in `outb`.
-    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack)) };
-    value
-}
 
 /// Writes `line` to COM1, polling LSR.THRE.
 fn uart_line(line: &str) {

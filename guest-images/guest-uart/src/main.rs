@@ -31,6 +31,7 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use guest_rt::port::{inb, outb};
 
 use guest_rt::interrupts::{count, set_hook, sti, us_to_tsc, wait_for};
 use guest_rt::ioapic::{self, entry};
@@ -74,19 +75,6 @@ static SENT: AtomicUsize = AtomicUsize::new(0);
 static DONE: AtomicBool = AtomicBool::new(false);
 /// Interrupts whose IIR did not say "THR empty".
 static OTHER_IIR: AtomicUsize = AtomicUsize::new(0);
-
-fn outb(port: u16, value: u8) {
-    // SAFETY: port I/O to COM1, which the hypervisor forwards to the service partition;
-    // it touches no memory of this guest.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
-}
-
-fn inb(port: u16) -> u8 {
-    let value: u8;
-    // SAFETY: as in `outb`.
-    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
-    value
-}
 
 /// Waits (bounded) for LSR bits `mask`; true if they came.
 fn lsr_wait(mask: u8) -> bool {
