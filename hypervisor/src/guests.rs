@@ -12,12 +12,6 @@ use tar_no_std::TarArchiveRef;
 
 use crate::partition::{self, BootState, ControlError};
 
-/// Identity-mapped span of the boot page tables: 4 GiB with 2 MiB pages.
-const IDENTITY_GIB: u64 = 4;
-/// Page-table entry bits: present, writable, 2 MiB page (SDM Vol. 3 4.5).
-const PTE_PRESENT_WRITABLE: u64 = 0x3;
-const PTE_LARGE: u64 = 0x80;
-
 /// Why a partition was not started.
 #[derive(Debug)]
 enum BuildError {
@@ -263,23 +257,9 @@ fn choose_cpus(spec: &PartitionSpec<'static>, cpus_online: u32) -> Result<alloc:
 
 /// Writes the GDT and identity page tables of `hv_abi::start` into the VM's RAM.
 fn write_boot_structures(vm: partition::VmHandle) -> Result<(), ControlError> {
-    let gdt: [u64; 5] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
-    for (i, d) in gdt.iter().enumerate() {
-        partition::write_guest(vm, start::GDT + 8 * i as u64, &d.to_le_bytes())?;
-    }
-    let pml4 = start::PAGE_TABLES;
-    let pdpt = pml4 + 0x1000;
-    let pd = pdpt + 0x1000;
-    partition::write_guest(vm, pml4, &(pdpt | PTE_PRESENT_WRITABLE).to_le_bytes())?;
-    for gib in 0..IDENTITY_GIB {
-        let table = pd + gib * 0x1000;
-        partition::write_guest(vm, pdpt + 8 * gib, &(table | PTE_PRESENT_WRITABLE).to_le_bytes())?;
-        let mut entries = [0u8; 4096];
-        for (j, e) in entries.as_chunks_mut::<8>().0.iter_mut().enumerate() {
-            let addr = (gib << 30) + ((j as u64) << 21);
-            e.copy_from_slice(&(addr | PTE_PRESENT_WRITABLE | PTE_LARGE).to_le_bytes());
-        }
-        partition::write_guest(vm, table, &entries)?;
+    partition::write_guest(vm, start::GDT, &start::gdt_bytes())?;
+    for i in 0..start::PAGE_TABLE_PAGES {
+        partition::write_guest(vm, start::PAGE_TABLES + i * 4096, &start::page_table_page(i))?;
     }
     Ok(())
 }

@@ -165,6 +165,57 @@ pub mod start {
     pub const DATA_SELECTOR: u16 = 0x10;
     pub const CODE32_SELECTOR: u16 = 0x18;
     pub const DATA32_SELECTOR: u16 = 0x20;
+    /// GiB the boot page tables identity-map (2 MiB pages).
+    pub const IDENTITY_GIB: u64 = 4;
+    /// Pages of boot page tables at [`PAGE_TABLES`]: PML4, PDPT, one PD per GiB.
+    pub const PAGE_TABLE_PAGES: u64 = 2 + IDENTITY_GIB;
+    /// Page-table entry bits: present, writable, 2 MiB page (SDM Vol. 3 4.5).
+    const PTE_PRESENT_WRITABLE: u64 = 0x3;
+    const PTE_LARGE: u64 = 0x80;
+    /// The boot GDT's descriptors (SDM Vol. 3 3.4.5): null, 64-bit code (0x08), flat
+    /// data (0x10), flat 32-bit code (0x18), flat 32-bit data (0x20).
+    const GDT_DESCRIPTORS: [u64; 5] =
+        [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+
+    /// The boot GDT, as the bytes written at [`GDT`] ([`GDT_LIMIT`] + 1 bytes).
+    #[must_use]
+    pub fn gdt_bytes() -> [u8; 40] {
+        let mut bytes = [0u8; 40];
+        for (chunk, d) in bytes.as_chunks_mut::<8>().0.iter_mut().zip(GDT_DESCRIPTORS) {
+            *chunk = d.to_le_bytes();
+        }
+        bytes
+    }
+
+    /// Page `index` (0..[`PAGE_TABLE_PAGES`]) of the boot page tables, which go at
+    /// [`PAGE_TABLES`] + index * 4096: the PML4 (its entry 0 → the PDPT), the PDPT
+    /// (entries 0..4 → the PDs), then one PD per GiB of 2 MiB identity pages. Any other
+    /// index gives a zero page.
+    #[must_use]
+    pub fn page_table_page(index: u64) -> [u8; 4096] {
+        let mut page = [0u8; 4096];
+        let pdpt = PAGE_TABLES + 0x1000;
+        let pd = pdpt + 0x1000;
+        let entries = page.as_chunks_mut::<8>().0;
+        match index {
+            0 => entries[0] = (pdpt | PTE_PRESENT_WRITABLE).to_le_bytes(),
+            1 => {
+                for (gib, e) in entries.iter_mut().enumerate().take(IDENTITY_GIB as usize) {
+                    *e = ((pd + gib as u64 * 0x1000) | PTE_PRESENT_WRITABLE).to_le_bytes();
+                }
+            }
+            i if i < PAGE_TABLE_PAGES => {
+                let gib = i - 2;
+                for (j, e) in entries.iter_mut().enumerate() {
+                    let addr = (gib << 30) + ((j as u64) << 21);
+                    *e = (addr | PTE_PRESENT_WRITABLE | PTE_LARGE).to_le_bytes();
+                }
+            }
+            _ => {}
+        }
+        page
+    }
+
     /// Lowest address a guest image may be linked at (everything below holds the boot
     /// structures and the initial stack).
     pub const MIN_LOAD_ADDRESS: u64 = 0x20_0000;

@@ -9,7 +9,7 @@
 //! - [`check_flat`]: the layout rules for flat images (as the hypervisor's own builder
 //!   has them);
 //! - [`flat_start_state`], [`entry_start_state`]: the boot vCPU's start state;
-//! - [`gdt_bytes`], [`page_table_page`]: the boot structures of `hv_abi::start`;
+//! - [`gdt_bytes`], [`page_table_page`]: the boot structures of `hv_abi::start` (from there);
 //! - [`DryRun`]: a [`GuestMemory`] that only checks ranges, for validating an image with
 //!   its loader before anything is created;
 //! - [`Failure`]: why a partition was not started.
@@ -41,16 +41,7 @@ pub const REAL_MODE_MIN_LOAD: u64 = 0x1000;
 pub const REAL_MODE_ENTRY_LIMIT: u64 = 0x10_0000;
 /// Linux's command line in this version (configurable command lines come later).
 pub const LINUX_CMDLINE: &str = "console=ttyS0";
-/// GiB identity-mapped by the boot page tables (2 MiB pages).
-pub const IDENTITY_GIB: u64 = 4;
-/// Pages of boot page tables at `start::PAGE_TABLES`: PML4, PDPT, one PD per GiB.
-pub const PAGE_TABLE_PAGES: u64 = 2 + IDENTITY_GIB;
-/// Page-table entry bits: present, writable, 2 MiB page (SDM Vol. 3 4.5).
-const PTE_PRESENT_WRITABLE: u64 = 0x3;
-const PTE_LARGE: u64 = 0x80;
-/// The boot GDT of `hv_abi::start`: null, 64-bit code (0x08), flat data (0x10), flat
-/// 32-bit code (0x18), flat 32-bit data (0x20).
-const GDT: [u64; 5] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+pub use hv_abi::start::{gdt_bytes, page_table_page, PAGE_TABLE_PAGES};
 
 /// Why a guest partition was not started (printed after "not started: ").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,45 +358,6 @@ pub fn entry_start_state(entry: EntryState, long64_rsp: u64) -> VcpuStartState {
 #[must_use]
 pub fn ap_start_state() -> VcpuStartState {
     VcpuStartState { mode: mode::WAIT_FOR_SIPI, ..VcpuStartState::default() }
-}
-
-/// The boot GDT, as the bytes written at `start::GDT` (`start::GDT_LIMIT` + 1 bytes).
-#[must_use]
-pub fn gdt_bytes() -> [u8; 40] {
-    let mut bytes = [0u8; 40];
-    for (chunk, d) in bytes.as_chunks_mut::<8>().0.iter_mut().zip(GDT) {
-        *chunk = d.to_le_bytes();
-    }
-    bytes
-}
-
-/// Page `index` (0..[`PAGE_TABLE_PAGES`]) of the boot page tables, which go at
-/// `start::PAGE_TABLES + index * 4096`: the PML4 (its entry 0 → the PDPT), the PDPT
-/// (entries 0..4 → the PDs), then one PD per GiB of 2 MiB identity pages.
-#[must_use]
-pub fn page_table_page(index: u64) -> [u8; 4096] {
-    let mut page = [0u8; 4096];
-    let pml4 = start::PAGE_TABLES;
-    let pdpt = pml4 + 0x1000;
-    let pd = pdpt + 0x1000;
-    let entries = page.as_chunks_mut::<8>().0;
-    match index {
-        0 => entries[0] = (pdpt | PTE_PRESENT_WRITABLE).to_le_bytes(),
-        1 => {
-            for (gib, e) in entries.iter_mut().enumerate().take(IDENTITY_GIB as usize) {
-                *e = ((pd + gib as u64 * 0x1000) | PTE_PRESENT_WRITABLE).to_le_bytes();
-            }
-        }
-        i if i < PAGE_TABLE_PAGES => {
-            let gib = i - 2;
-            for (j, e) in entries.iter_mut().enumerate() {
-                let addr = (gib << 30) + ((j as u64) << 21);
-                *e = (addr | PTE_PRESENT_WRITABLE | PTE_LARGE).to_le_bytes();
-            }
-        }
-        _ => {}
-    }
-    page
 }
 
 /// Guest memory that only checks ranges and keeps nothing: a loader run against it
