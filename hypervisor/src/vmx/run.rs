@@ -49,6 +49,26 @@ pub struct GuestRegisters {
 
 core::arch::global_asm!(
     r#"
+    // Loads the guest's general-purpose registers from the GuestRegisters at RDI (RDI
+    // last); flags are left as they were (the entry path tests them after).
+    .macro load_guest_gprs
+    mov rax, [rdi + 0*8]
+    mov rbx, [rdi + 1*8]
+    mov rcx, [rdi + 2*8]
+    mov rdx, [rdi + 3*8]
+    mov rsi, [rdi + 4*8]
+    mov rbp, [rdi + 6*8]
+    mov r8,  [rdi + 7*8]
+    mov r9,  [rdi + 8*8]
+    mov r10, [rdi + 9*8]
+    mov r11, [rdi + 10*8]
+    mov r12, [rdi + 11*8]
+    mov r13, [rdi + 12*8]
+    mov r14, [rdi + 13*8]
+    mov r15, [rdi + 14*8]
+    mov rdi, [rdi + 5*8]
+    .endm
+
     .global hv_vmx_run
 hv_vmx_run:
     push rbp
@@ -70,21 +90,7 @@ hv_vmx_run:
     test rsi, rsi                 // launched? (flags survive the moves below)
     mov rax, [rdi + 15*8]
     mov cr2, rax
-    mov rax, [rdi + 0*8]
-    mov rbx, [rdi + 1*8]
-    mov rcx, [rdi + 2*8]
-    mov rdx, [rdi + 3*8]
-    mov rsi, [rdi + 4*8]
-    mov rbp, [rdi + 6*8]
-    mov r8,  [rdi + 7*8]
-    mov r9,  [rdi + 8*8]
-    mov r10, [rdi + 9*8]
-    mov r11, [rdi + 10*8]
-    mov r12, [rdi + 11*8]
-    mov r13, [rdi + 12*8]
-    mov r14, [rdi + 13*8]
-    mov r15, [rdi + 14*8]
-    mov rdi, [rdi + 5*8]
+    load_guest_gprs
     jnz 2f
     vmlaunch
     jmp 3f
@@ -133,21 +139,7 @@ hv_vmx_exit:
     test rax, rax                 // RESUME_KEEP_CR2: CR2 still holds the guest's value
     jnz 6f
 7:
-    mov rax, [rdi + 0*8]
-    mov rbx, [rdi + 1*8]
-    mov rcx, [rdi + 2*8]
-    mov rdx, [rdi + 3*8]
-    mov rsi, [rdi + 4*8]
-    mov rbp, [rdi + 6*8]
-    mov r8,  [rdi + 7*8]
-    mov r9,  [rdi + 8*8]
-    mov r10, [rdi + 9*8]
-    mov r11, [rdi + 10*8]
-    mov r12, [rdi + 11*8]
-    mov r13, [rdi + 12*8]
-    mov r14, [rdi + 13*8]
-    mov r15, [rdi + 14*8]
-    mov rdi, [rdi + 5*8]
+    load_guest_gprs
     vmresume
     jmp 3b                        // VMRESUME failed (flags as it left them)
 6:
