@@ -136,22 +136,39 @@ pub fn bring_up(svc: &'static Vcpu, caps: &VmxCapabilities) -> bool {
         svc.vm.stop(u64::MAX);
         return false;
     }
-    let deadline = crate::arch::tsc::deadline_us(BRING_UP_DEADLINE_US);
-    loop {
-        match run_until_wait(svc, deadline) {
-            Ok(NO_REPLY) => return true,
-            // No request was ever posted: nothing to reply to.
-            Ok(_) => set_service_rax(svc, HcError::BadArgument.to_rax()),
-            Err(e) => {
-                if e == ForwardError::MissedDeadline {
-                    log::error!("partition {name}: vcpu {} did not reach its first wait in time; stopping it", svc.id);
-                    svc.vm.stop(u64::MAX);
-                }
-                log::error!("partition {name}: vcpu {} is not serving: {}", svc.id, e.describe());
-                return false;
+    match run_until_idle(svc, crate::arch::tsc::deadline_us(BRING_UP_DEADLINE_US)) {
+        Ok(()) => true,
+        Err(e) => {
+            if e == ForwardError::MissedDeadline {
+                log::error!("partition {name}: vcpu {} did not reach its first wait in time; stopping it", svc.id);
+                svc.vm.stop(u64::MAX);
             }
+            log::error!("partition {name}: vcpu {} is not serving: {}", svc.id, e.describe());
+            false
         }
     }
+}
+
+/// Runs the service vCPU (its VMCS current) until it waits without a reply. No request
+/// is pending, so there is nothing to reply to: a wait that replies is refused with
+/// `BadArgument` and the vCPU runs on.
+fn run_until_idle(svc: &'static Vcpu, deadline: u64) -> Result<(), ForwardError> {
+    while run_until_wait(svc, deadline)? != NO_REPLY {
+        set_service_rax(svc, HcError::BadArgument.to_rax());
+    }
+    Ok(())
+}
+
+/// Makes `guest`'s VMCS current again after its CPU ran the service vCPU. This cannot
+/// fail with a region set up on this CPU; if it does, nothing may touch the guest's
+/// VMCS any more, so the guest is stopped.
+fn switch_back(guest: &'static Vcpu) -> Result<(), ForwardError> {
+    if vmcs::load(guest.vmcs.load(Ordering::Acquire)).is_err() {
+        log::error!("partition {}: vcpu {}: cannot switch back from the service partition", guest.vm.name, guest.id);
+        guest.vm.stop(u64::MAX);
+        return Err(ForwardError::SwitchFailed);
+    }
+    Ok(())
 }
 
 fn set_service_rax(svc: &'static Vcpu, value: u64) {
@@ -187,28 +204,16 @@ pub fn run_timers_if_due(guest: &'static Vcpu) {
         return;
     }
     set_service_rax(svc, service::TIMER_EXPIRED);
-    let deadline = crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US);
-    loop {
-        match run_until_wait(svc, deadline) {
-            Ok(NO_REPLY) => break,
-            // No request is pending: there is nothing to reply to.
-            Ok(_) => set_service_rax(svc, HcError::BadArgument.to_rax()),
-            Err(ForwardError::MissedDeadline) => {
-                log::error!(
-                    "partition {}: missed the {} ms deadline on a timer wake-up; stopping it",
-                    svc.vm.name,
-                    REQUEST_DEADLINE_US / 1000
-                );
-                svc.vm.stop(u64::MAX);
-                break;
-            }
-            Err(_) => break,
-        }
+    if run_until_idle(svc, crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US)) == Err(ForwardError::MissedDeadline) {
+        log::error!(
+            "partition {}: missed the {} ms deadline on a timer wake-up; stopping it",
+            svc.vm.name,
+            REQUEST_DEADLINE_US / 1000
+        );
+        svc.vm.stop(u64::MAX);
     }
-    if vmcs::load(guest.vmcs.load(Ordering::Acquire)).is_err() {
-        log::error!("partition {}: vcpu {}: cannot switch back from the service partition", guest.vm.name, guest.id);
-        guest.vm.stop(u64::MAX);
-    }
+    // A failure has stopped the guest, which its next entry check sees.
+    let _ = switch_back(guest);
 }
 
 /// Enters the service vCPU (its VMCS current) until it calls `SERVICE_REPLY_WAIT`,
@@ -279,13 +284,7 @@ pub fn forward(guest: &'static Vcpu, request: &Request) -> Result<Completion, Fo
         return Err(ForwardError::SwitchFailed);
     }
     let result = serve(svc, index, slot, &posted);
-    if vmcs::load(guest.vmcs.load(Ordering::Acquire)).is_err() {
-        // The guest's own VMCS cannot be made current again: nothing below may touch
-        // it. This cannot happen with a region set up on this CPU.
-        log::error!("partition {}: vcpu {}: cannot switch back from the service partition", guest.vm.name, guest.id);
-        guest.vm.stop(u64::MAX);
-        return Err(ForwardError::SwitchFailed);
-    }
+    switch_back(guest)?;
     result
 }
 
@@ -391,15 +390,7 @@ pub fn hypercall_guest_power(caller: &'static Vcpu, id: u64, action: u64, code: 
 /// as the guest's console output.
 pub fn hypercall_guest_console_write(caller: &'static Vcpu, id: u64, gpa: u64, len: u64) -> Result<u64, HcError> {
     let vm = target_guest(caller, id)?;
-    if len == 0 || len > hv_abi::CONSOLE_WRITE_MAX {
-        return Err(HcError::BadLength);
-    }
-    let host = caller.vm.guest_range(gpa, len).ok_or(HcError::BadAddress)?;
-    // SAFETY: the range lies inside the service partition's RAM (checked above), which
-    // is direct-mapped and stays allocated; concurrent changes only garble the text.
-    let bytes = unsafe { core::slice::from_raw_parts(frames::phys_to_virt(host), len as usize) };
-    crate::console::write_partition_output(vm.name, bytes, &vm.console_line_start);
-    Ok(len)
+    dispatch::console_write(caller.vm, gpa, len, vm)
 }
 
 /// After the last guest stopped: reports the service partition's exits and marks it
