@@ -107,7 +107,7 @@ pub fn vm_create(caller: &'static Vcpu, gpa: u64, len: u64) -> Result<u64, HcErr
     // direct-mapped; a concurrent change only changes the name, which is checked below.
     unsafe { core::ptr::copy_nonoverlapping(frames::phys_to_virt(host), name.as_mut_ptr(), len as usize) };
     let name = &name[..len as usize];
-    if !name.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-') {
+    if !hv_core::boot_conf::is_partition_name(name) {
         return Err(HcError::BadArgument);
     }
     let name = core::str::from_utf8(name).map_err(|_| HcError::BadArgument)?;

@@ -19,7 +19,7 @@ use x86::vmx::vmcs::{control, guest, ro};
 
 use crate::arch::cpuid::cpuid;
 use crate::mm::frames;
-use crate::partition::{Vcpu, EXIT_REASONS};
+use crate::partition::{Vcpu, Vm, EXIT_REASONS};
 use crate::vmx::run::GuestRegisters;
 use crate::vmx::vmcs;
 
@@ -341,15 +341,21 @@ fn handle_other_hypercall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Out
 /// partition's name in front of each line.
 #[inline(never)]
 fn hypercall_console_write(vcpu: &'static Vcpu, gpa: u64, len: u64) -> Result<u64, HcError> {
+    console_write(vcpu.vm, gpa, len, vcpu.vm)
+}
+
+/// Writes `len` bytes at guest-physical `gpa` of `source`'s RAM to the console as
+/// `output`'s console output (its name in front of each line); checked first.
+pub fn console_write(source: &Vm, gpa: u64, len: u64, output: &Vm) -> Result<u64, HcError> {
     if len == 0 || len > hv_abi::CONSOLE_WRITE_MAX {
         return Err(HcError::BadLength);
     }
-    let host = vcpu.vm.guest_range(gpa, len).ok_or(HcError::BadAddress)?;
-    // SAFETY: the range lies inside the VM's RAM (checked above), which is direct-mapped
-    // and stays allocated; the guest may change it concurrently, which only garbles its
-    // own output.
+    let host = source.guest_range(gpa, len).ok_or(HcError::BadAddress)?;
+    // SAFETY: the range lies inside the source VM's RAM (checked above), which is
+    // direct-mapped and stays allocated; the VM may change it concurrently, which only
+    // garbles the output.
     let bytes = unsafe { core::slice::from_raw_parts(frames::phys_to_virt(host), len as usize) };
-    crate::console::write_partition_output(vcpu.vm.name, bytes, &vcpu.vm.console_line_start);
+    crate::console::write_partition_output(output.name, bytes, &output.console_line_start);
     Ok(len)
 }
 

@@ -154,6 +154,12 @@ fn parse_number(s: &str) -> Option<u64> {
     }
 }
 
+/// Whether `name` is a valid partition name: 1 to 32 of a-z, 0-9 and '-'.
+#[must_use]
+pub fn is_partition_name(name: &[u8]) -> bool {
+    (1..=32).contains(&name.len()) && name.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// Parses the value of a `partition=` line.
 pub fn parse_partition(value: &str) -> Result<PartitionSpec<'_>, &'static str> {
     let mut spec = PartitionSpec {
@@ -226,9 +232,7 @@ pub fn parse_partition(value: &str) -> Result<PartitionSpec<'_>, &'static str> {
         }
     }
     spec.kind = kind.ok_or("kind is missing")?;
-    let name_ok = (1..=32).contains(&spec.name.len())
-        && spec.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !name_ok {
+    if !is_partition_name(spec.name.as_bytes()) {
         return Err("name must be 1 to 32 of a-z, 0-9, '-'");
     }
     if spec.memory_mib == 0 || spec.vcpus == 0 || spec.image.is_empty() {
