@@ -153,6 +153,16 @@ fn handle_exit_timed(vcpu: &'static Vcpu, regs: &mut GuestRegisters, field: Exit
     outcome
 }
 
+/// The guest's XCR0 where a leaf needs it (0xD), else 0 (no XGETBV on other leaves).
+#[inline(always)]
+fn xcr0_for(leaf: u32) -> u64 {
+    if leaf == 0xd {
+        crate::arch::cpuid::xcr0()
+    } else {
+        0
+    }
+}
+
 /// Calls the handler of the exit reason in `field`.
 ///
 /// Inlined into the vCPU loop, as are the handlers of the frequent exits (CPUID,
@@ -270,6 +280,7 @@ fn handle_cpuid(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let r = virtual_cpuid(leaf, subleaf, cpuid(leaf, subleaf), topology);
     // Features whose VM-execution control is off must not be advertised (#UD otherwise).
     let r = hv_core::virt_cpuid::hide_disabled_features(leaf, subleaf, r, crate::vcpu::secondary_controls());
+    let r = crate::arch::cpuid::host_facts().adjust(leaf, subleaf, r, xcr0_for(leaf));
     regs.rax = u64::from(r.eax);
     regs.rbx = u64::from(r.ebx);
     regs.rcx = u64::from(r.ecx);
@@ -692,6 +703,7 @@ fn read_plain_msr(msr: VirtMsr) -> Option<u64> {
         VirtMsr::Xss => 0,
         VirtMsr::MtrrCap => 0x508,
         VirtMsr::MiscEnable => 1,
+        VirtMsr::ArchCapabilities => crate::arch::cpuid::GUEST_ARCH_CAPABILITIES.load(Ordering::Relaxed),
         VirtMsr::TscAdjust
         | VirtMsr::SpecCtrl
         | VirtMsr::BiosSignId
@@ -715,7 +727,7 @@ fn handle_wrmsr(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
             let valid = (0..8).all(|i| matches!((value >> (8 * i)) & 0xff, 0 | 1 | 4 | 5 | 6 | 7));
             valid && vmcs::write(guest::IA32_PAT_FULL, value).is_ok()
         }
-        MsrPolicy::Virtualized(VirtMsr::FeatureControl) => false,
+        MsrPolicy::Virtualized(VirtMsr::FeatureControl | VirtMsr::ArchCapabilities) => false,
         MsrPolicy::Virtualized(VirtMsr::Efer) => write_efer(value),
         MsrPolicy::Virtualized(VirtMsr::Xss) => value == 0,
         MsrPolicy::Virtualized(VirtMsr::ApicBase) => {
@@ -912,14 +924,14 @@ fn handle_exception_or_nmi(vcpu: &'static Vcpu) -> Outcome {
 
 /// XSETBV always exits (SDM 26.1.2). The new XCR0 is checked as the CPU would check
 /// it (SDM 13.3): XCR0 only (ECX = 0), x87 always on, AVX only with SSE, the three
-/// AVX-512 bits together and only with AVX, nothing the CPU does not support; then it
+/// AVX-512 bits together and only with AVX, nothing outside the components the guest's
+/// CPUID lists (`XsaveLayout::supported`, a subset of what the CPU has); then it
 /// is loaded. The host uses no extended state, and each CPU runs one vCPU, so the
 /// guest's XCR0 can stay loaded across exits.
 #[inline(never)]
 fn handle_xsetbv(regs: &mut GuestRegisters) -> Outcome {
     let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
-    let leaf = cpuid(0xd, 0);
-    let supported = (u64::from(leaf.edx) << 32) | u64::from(leaf.eax);
+    let supported = crate::arch::cpuid::host_facts().xsave.supported;
     if regs.rcx & 0xffff_ffff != 0 || !hv_core::virt_cpuid::xcr0_is_valid(value, supported) {
         return inject(InterruptionInfo::hardware_exception(GP, Some(0)));
     }

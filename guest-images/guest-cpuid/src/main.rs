@@ -1,6 +1,8 @@
 //! `guest-cpuid`: checks the virtual CPUID contract (see `hv_core::virt_cpuid`):
 //! hypervisor bit set, VMX hidden, the hypervisor leaves with their signature, APIC IDs
-//! equal to vCPU ids, topology leaves matching the partition's vCPU count.
+//! equal to vCPU ids, topology leaves matching the partition's vCPU count, the TSC
+//! frequency in leaves 0x15/0x16, MONITOR hidden, an XSAVE leaf whose sizes match its
+//! components.
 #![no_std]
 #![no_main]
 
@@ -40,6 +42,43 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
         ok &= check(NAME, "leaf 0xB: x2APIC id equals the vCPU id", u64::from(smt.edx) == vcpu);
         ok &= check(NAME, "leaf 0xB: one thread per core", smt.ebx & 0xffff == 1);
         ok &= check(NAME, "leaf 0xB: logical processors = vCPU count", core.ebx & 0xffff == vcpus);
+    }
+    let vendor = cpuid(0, 0);
+    let mut v = [0u8; 12];
+    v[..4].copy_from_slice(&vendor.ebx.to_le_bytes());
+    v[4..8].copy_from_slice(&vendor.edx.to_le_bytes());
+    v[8..].copy_from_slice(&vendor.ecx.to_le_bytes());
+    println!("{NAME}: vendor {:?}, highest basic leaf {max:#x}", core::str::from_utf8(&v).unwrap_or("?"));
+    ok &= check(NAME, "leaf 0: highest basic leaf >= 0x16 (TSC frequency leaves)", max >= 0x16);
+    if max >= 0x16 {
+        let (l15, l16) = (cpuid(0x15, 0), cpuid(0x16, 0));
+        println!(
+            "{NAME}: leaf 0x15 {:#x}/{:#x} crystal {} Hz, leaf 0x16 base {} MHz",
+            l15.ebx, l15.eax, l15.ecx, l16.eax
+        );
+        ok &= check(
+            NAME,
+            "leaf 0x15: TSC/crystal ratio and crystal Hz given",
+            l15.eax != 0 && l15.ebx != 0 && l15.ecx != 0,
+        );
+        ok &= check(NAME, "leaf 0x16: base MHz given", l16.eax != 0);
+        // Linux multiplies crystal kHz by the numerator in 32 bits.
+        let product = u64::from(l15.ecx / 1000) * u64::from(l15.ebx);
+        ok &= check(NAME, "leaf 0x15: crystal kHz x numerator fits 32 bits", product <= u64::from(u32::MAX));
+    }
+    ok &= check(NAME, "leaf 1: MONITOR/MWAIT (ECX 3) hidden", l1.ecx & (1 << 3) == 0);
+    if l1.ecx & (1 << 26) != 0 {
+        let d0 = cpuid(0xd, 0);
+        let mut end = 576;
+        for i in 2..32 {
+            if d0.eax & (1 << i) != 0 {
+                let c = cpuid(0xd, i);
+                ok &= check(NAME, "leaf 0xD: every listed component has a size", c.eax != 0);
+                end = end.max(c.ebx + c.eax);
+            }
+        }
+        println!("{NAME}: xsave components {:#x}, all-components size {} (computed {end})", d0.eax, d0.ecx);
+        ok &= check(NAME, "leaf 0xD: size of all components matches their layout", d0.ecx == end);
     }
     if ok {
         println!("PASS {NAME}");

@@ -25,6 +25,7 @@ pub mod msr {
     pub const IA32_SPEC_CTRL: u32 = 0x48;
     pub const IA32_PRED_CMD: u32 = 0x49;
     pub const IA32_BIOS_UPDT_TRIG: u32 = 0x79;
+    pub const IA32_ARCH_CAPABILITIES: u32 = 0x10a;
     /// IA32_BIOS_SIGN_ID, a.k.a. the microcode revision (UCODE_REV).
     pub const IA32_BIOS_SIGN_ID: u32 = 0x8b;
     pub const IA32_MTRRCAP: u32 = 0xfe;
@@ -69,6 +70,15 @@ pub const FIXED_MTRRS: u8 = 11;
 /// What a guest reads from IA32_FEATURE_CONTROL: locked, VMX disabled (bit 0 only).
 pub const GUEST_FEATURE_CONTROL: u64 = 1;
 
+/// IA32_ARCH_CAPABILITIES bits (SDM Vol. 4 table 2-2) a guest may see of the host's
+/// value: the "not affected" and "mitigation present" facts RDCL_NO (0), IBRS_ALL (1),
+/// RSBA (2), SKIP_L1DFL_VMENTRY (3), SSB_NO (4), MDS_NO (5), IF_PSCHANGE_MC_NO (6),
+/// TAA_NO (8), SBDR_SSDP_NO (13), FBSDP_NO (14), PSDP_NO (15), FB_CLEAR (17), PBRSB_NO
+/// (24), GDS_NO (26), RFDS_NO (27). Bits that announce further MSRs (TSX_CTRL 7,
+/// FB_CLEAR_CTRL 18, ...) are hidden: those MSRs are not virtualised.
+pub const GUEST_ARCH_CAPABILITIES_MASK: u64 =
+    0b1_0111_1111 | 1 << 13 | 1 << 14 | 1 << 15 | 1 << 17 | 1 << 24 | 1 << 26 | 1 << 27;
+
 /// An MSR the hypervisor emulates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VirtMsr {
@@ -88,6 +98,9 @@ pub enum VirtMsr {
     BiosUpdateTrigger,
     /// IA32_BIOS_SIGN_ID (0x8B): microcode revision.
     BiosSignId,
+    /// IA32_ARCH_CAPABILITIES (0x10A): read-only, the host's value within
+    /// [`GUEST_ARCH_CAPABILITIES_MASK`].
+    ArchCapabilities,
     /// IA32_MTRRCAP (0xFE).
     MtrrCap,
     /// IA32_MCG_CAP (0x179): reads 0 (no machine-check banks).
@@ -132,6 +145,7 @@ impl VirtMsr {
             Self::PredCmd => IA32_PRED_CMD,
             Self::BiosUpdateTrigger => IA32_BIOS_UPDT_TRIG,
             Self::BiosSignId => IA32_BIOS_SIGN_ID,
+            Self::ArchCapabilities => IA32_ARCH_CAPABILITIES,
             Self::MtrrCap => IA32_MTRRCAP,
             Self::McgCap => IA32_MCG_CAP,
             Self::McgStatus => IA32_MCG_STATUS,
@@ -184,6 +198,7 @@ pub const fn policy(index: u32) -> MsrPolicy {
         IA32_PRED_CMD => V(VirtMsr::PredCmd),
         IA32_BIOS_UPDT_TRIG => V(VirtMsr::BiosUpdateTrigger),
         IA32_BIOS_SIGN_ID => V(VirtMsr::BiosSignId),
+        IA32_ARCH_CAPABILITIES => V(VirtMsr::ArchCapabilities),
         IA32_MTRRCAP => V(VirtMsr::MtrrCap),
         IA32_MCG_CAP => V(VirtMsr::McgCap),
         IA32_MCG_STATUS => V(VirtMsr::McgStatus),
@@ -406,6 +421,7 @@ mod tests {
             (0x3a, FeatureControl),
             (0x1a0, MiscEnable),
             (0x8b, BiosSignId),
+            (0x10a, ArchCapabilities),
             (0x48, SpecCtrl),
             (0x49, PredCmd),
             (0x800, X2Apic(0)),

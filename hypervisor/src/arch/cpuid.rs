@@ -25,3 +25,52 @@ pub fn phys_addr_bits() -> u8 {
         36
     }
 }
+
+/// CPUID.1:ECX bit 26: XSAVE.
+const LEAF1_ECX_XSAVE: u32 = 1 << 26;
+
+/// What guests read from IA32_ARCH_CAPABILITIES: the host's value within
+/// `GUEST_ARCH_CAPABILITIES_MASK`, or 0 when the host has none; set by
+/// [`read_arch_capabilities`] at boot.
+pub static GUEST_ARCH_CAPABILITIES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// CPUID.(7,0):EDX bit 29: IA32_ARCH_CAPABILITIES exists.
+const LEAF7_EDX_ARCH_CAPABILITIES: u32 = 1 << 29;
+
+/// Reads the host's IA32_ARCH_CAPABILITIES (when CPUID says it exists) into
+/// [`GUEST_ARCH_CAPABILITIES`].
+pub fn read_arch_capabilities() {
+    if cpuid(0, 0).eax < 7 || cpuid(7, 0).edx & LEAF7_EDX_ARCH_CAPABILITIES == 0 {
+        return;
+    }
+    // SAFETY: CPUID.(7,0):EDX[29] says the MSR exists (SDM Vol. 4 table 2-2).
+    let value =
+        unsafe { x86_64::registers::model_specific::Msr::new(hv_core::virt_msr::msr::IA32_ARCH_CAPABILITIES).read() };
+    GUEST_ARCH_CAPABILITIES
+        .store(value & hv_core::virt_msr::GUEST_ARCH_CAPABILITIES_MASK, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The host facts the guests' CPUID rules need, read once on first use (every CPU is
+/// alike: the boot checks that).
+#[must_use]
+pub fn host_facts() -> &'static hv_core::virt_cpuid::HostCpuid {
+    static FACTS: spin::Once<hv_core::virt_cpuid::HostCpuid> = spin::Once::new();
+    FACTS.call_once(|| hv_core::virt_cpuid::HostCpuid {
+        max_basic_leaf: cpuid(0, 0).eax,
+        xsave: hv_core::virt_cpuid::XsaveLayout::read(cpuid(1, 0).ecx & LEAF1_ECX_XSAVE != 0, |sub| cpuid(0xd, sub)),
+    })
+}
+
+/// XCR0 as loaded on this CPU (the guest's, as the hypervisor leaves it loaded), or the
+/// x87|SSE default when the CPU has no XSAVE.
+#[must_use]
+pub fn xcr0() -> u64 {
+    if cpuid(1, 0).ecx & LEAF1_ECX_XSAVE == 0 {
+        return 0b11;
+    }
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV with ECX = 0 reads XCR0; it is valid because CR4.OSXSAVE is set on
+    // every CPU with XSAVE (vmx::enable_on_this_cpu) before any guest runs.
+    unsafe { core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}

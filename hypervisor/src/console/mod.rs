@@ -72,7 +72,8 @@ pub fn init() {
 }
 
 /// Writes a partition's console output, each line prefixed with `[name] `. Bytes
-/// that are not printable ASCII (or newline) are shown as `.`, so a guest cannot send
+/// that are not printable ASCII (or newline, tab, backspace) are shown as `.` and CR is
+/// dropped (LF ends a line), so a guest cannot send
 /// terminal control sequences to the user's console.
 ///
 /// `line_start` is the partition's own "next byte starts a line" state, kept across
@@ -81,6 +82,10 @@ pub fn write_partition_output(name: &str, bytes: &[u8], line_start: &core::sync:
     let mut sinks = SINKS.lock();
     let mut at_start = line_start.load(Ordering::Relaxed);
     for &b in bytes {
+        // Serial drivers send CR LF; the LF below ends the line (and prints CR LF).
+        if b == b'\r' {
+            continue;
+        }
         if at_start {
             // Plain writes, no formatting machinery: this runs on the hypercall path.
             let _ = sinks.write_str("[");
@@ -93,7 +98,7 @@ pub fn write_partition_output(name: &str, bytes: &[u8], line_start: &core::sync:
                 let _ = sinks.write_str("\r\n");
                 at_start = true;
             }
-            0x20..=0x7e => {
+            b'\t' | 0x08 | 0x20..=0x7e => {
                 let _ = sinks.write_char(b as char);
             }
             _ => {
