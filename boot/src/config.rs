@@ -23,7 +23,13 @@
 //!                         # (com1, pit, pic, rtc, acpi-pm, pci, kbd, debug-exit, debugcon,
 //!                         # fw-cfg, post); default none (every port unclaimed)
 //! image = "path/to/file"  # relative to the config file's directory, or
-//!                         # "guest:NAME" for a test guest from guest-images/ (built by xtask)
+//!                         # "guest:NAME" for a test guest from guest-images/ (built by xtask),
+//!                         # or "linux:NAME" for the Linux guest material xtask fetches
+//!                         # and builds (linux:bzImage, linux:initramfs.cpio.gz)
+//! initrd = "path"         # optional (Linux bzImage guests): the initial RAM disk, resolved
+//!                         # like `image`
+//! cmdline = "console=ttyS0"  # optional (Linux bzImage guests): the kernel command line,
+//!                         # printable ASCII, at most 2047 bytes (default "console=ttyS0")
 //! ```
 //!
 //! [`load`] parses a file and validates it into a [`Config`]; every problem is reported
@@ -190,6 +196,10 @@ struct RawPartition {
     start: StartMode,
     #[serde(default)]
     devices: Option<Vec<String>>,
+    #[serde(default)]
+    initrd: Option<String>,
+    #[serde(default)]
+    cmdline: Option<String>,
 }
 
 /// The whole file exactly as written (before validation).
@@ -222,6 +232,10 @@ pub struct Partition {
     /// The emulated devices (names of `hv_abi::platform::devices::ALL`) whose ports
     /// are forwarded to the service partition; empty: none.
     pub devices: Vec<String>,
+    /// The initial RAM disk on the host, if any (Linux guests).
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line, if given (Linux guests).
+    pub cmdline: Option<String>,
 }
 
 impl Partition {
@@ -229,6 +243,30 @@ impl Partition {
     pub fn payload_image_path(&self) -> String {
         format!("images/{}", self.name)
     }
+
+    /// Path of this partition's initial RAM disk inside the boot payload.
+    pub fn payload_initrd_path(&self) -> String {
+        format!("images/{}.initrd", self.name)
+    }
+
+    /// Path of this partition's kernel command line inside the boot payload.
+    pub fn payload_cmdline_path(&self) -> String {
+        format!("images/{}.cmdline", self.name)
+    }
+}
+
+/// Longest kernel command line accepted (the boot protocol's `cmdline_size` of 2.06+
+/// kernels is 2047 at least on x86_64).
+pub const MAX_CMDLINE_LEN: usize = 2047;
+
+/// Where the material that `cargo xtask` builds lives: `image = "guest:NAME"` resolves
+/// in `guests`, `"linux:NAME"` in `linux`. Without a directory such names are an error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuiltMaterial<'a> {
+    /// The directory of the built test guests and the service partition.
+    pub guests: Option<&'a Path>,
+    /// The directory of the Linux guest material (kernel, initramfs).
+    pub linux: Option<&'a Path>,
 }
 
 /// A validated config.
@@ -253,6 +291,10 @@ struct CanonicalPartition<'a> {
     cpus: Option<&'a [u32]>,
     image: String,
     start: StartMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    initrd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cmdline: Option<&'a str>,
 }
 
 /// Serialisable form of the payload's `config.toml`.
@@ -280,6 +322,8 @@ impl Config {
                     cpus: p.cpus.as_deref(),
                     image: p.payload_image_path(),
                     start: p.start,
+                    initrd: p.initrd.as_ref().map(|_| p.payload_initrd_path()),
+                    cmdline: p.cmdline.as_deref(),
                 })
                 .collect(),
         };
@@ -381,8 +425,27 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Like [`load`], resolving `image = "guest:NAME"` to `NAME` in `guests`, the directory of
 /// the test guests built by `cargo xtask` (without it such images are an error).
 pub fn load_with_guests(path: &Path, guests: Option<&Path>) -> Result<Config, ConfigError> {
+    load_with_material(path, BuiltMaterial { guests, linux: None })
+}
+
+/// Like [`load`], resolving `guest:` and `linux:` names in the directories of `built`.
+pub fn load_with_material(path: &Path, built: BuiltMaterial<'_>) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { file: path.to_path_buf(), error })?;
-    parse_with_guests(&text, path, guests)
+    let raw: RawConfig =
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { file: path.to_path_buf(), message: e.to_string() })?;
+    validate(raw, path, built)
+}
+
+/// Whether the config file names Linux guest material (`"linux:..."` as an image or
+/// initrd), which `cargo xtask` then fetches and builds first. A file that cannot be read
+/// or parsed names none (loading it reports the problem).
+pub fn uses_linux_material(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else { return false };
+    let Ok(raw) = toml::from_str::<RawConfig>(&text) else { return false };
+    raw.partition.iter().any(|p| {
+        p.image.starts_with(LINUX_MATERIAL_PREFIX)
+            || p.initrd.as_deref().is_some_and(|i| i.starts_with(LINUX_MATERIAL_PREFIX))
+    })
 }
 
 /// Parses and validates config text as if read from `path` (used to name the file in
@@ -395,11 +458,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 pub fn parse_with_guests(text: &str, path: &Path, guests: Option<&Path>) -> Result<Config, ConfigError> {
     let raw: RawConfig =
         toml::from_str(text).map_err(|e| ConfigError::Parse { file: path.to_path_buf(), message: e.to_string() })?;
-    validate(raw, path, guests)
+    validate(raw, path, BuiltMaterial { guests, linux: None })
 }
 
 /// The prefix of `image` values that name a test guest from `guest-images/`.
 pub const GUEST_IMAGE_PREFIX: &str = "guest:";
+
+/// The prefix of `image`/`initrd` values that name Linux guest material built by
+/// `cargo xtask` (`linux:bzImage`, `linux:initramfs.cpio.gz`).
+pub const LINUX_MATERIAL_PREFIX: &str = "linux:";
 
 /// Checks a partition name against `[a-z0-9-]{1,32}`.
 fn name_is_valid(name: &str) -> bool {
@@ -407,7 +474,7 @@ fn name_is_valid(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-fn validate(raw: RawConfig, path: &Path, guests: Option<&Path>) -> Result<Config, ConfigError> {
+fn validate(raw: RawConfig, path: &Path, built: BuiltMaterial<'_>) -> Result<Config, ConfigError> {
     let invalid = |field: String, problem: String, fix: String| ConfigError::Invalid {
         file: path.to_path_buf(),
         field,
@@ -493,56 +560,30 @@ fn validate(raw: RawConfig, path: &Path, guests: Option<&Path>) -> Result<Config
                 Some(out)
             }
         };
-        if p.image.is_empty() {
-            return Err(invalid(
-                field("image"),
-                "the image path is empty".to_string(),
-                "give the path of the partition's image file, relative to the config file".to_string(),
-            ));
-        }
-        let image = match (p.image.strip_prefix(GUEST_IMAGE_PREFIX), guests) {
-            (Some(guest), Some(dir)) if name_is_valid(guest) => dir.join(guest),
-            (Some(guest), Some(_)) => {
-                return Err(invalid(
-                    field("image"),
-                    format!("{guest:?} is not a valid test guest name"),
-                    "name a crate of guest-images/, e.g. \"guest:guest-hello\"".to_string(),
-                ))
-            }
-            (Some(_), None) => {
-                return Err(invalid(
-                    field("image"),
-                    format!("{:?} names a test guest, which only `cargo xtask` builds", p.image),
-                    "build the image with `cargo xtask build --config FILE` (or `cargo xtask test`)".to_string(),
-                ))
-            }
-            (None, _) => base_dir.join(&p.image),
+        let image = resolve_file(&p.image, "image", &base_dir, built)
+            .map_err(|(problem, fix)| invalid(field("image"), problem, fix))?;
+        let initrd = match &p.initrd {
+            None => None,
+            Some(initrd) => Some(
+                resolve_file(initrd, "initrd", &base_dir, built)
+                    .map_err(|(problem, fix)| invalid(field("initrd"), problem, fix))?,
+            ),
         };
-        match std::fs::metadata(&image) {
-            Ok(m) if m.is_file() && m.len() > 0 => {}
-            Ok(m) if m.is_file() => {
+        if let Some(cmdline) = &p.cmdline {
+            if cmdline.len() > MAX_CMDLINE_LEN || !cmdline.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
                 return Err(invalid(
-                    field("image"),
-                    format!("image file {} is empty", image.display()),
-                    "build the partition image first, or point `image` at a non-empty file".to_string(),
-                ))
+                    field("cmdline"),
+                    format!("the command line is {} bytes or has characters other than printable ASCII", cmdline.len()),
+                    format!("use at most {MAX_CMDLINE_LEN} printable ASCII characters"),
+                ));
             }
-            Ok(_) => {
-                return Err(invalid(
-                    field("image"),
-                    format!("{} is not a regular file", image.display()),
-                    "point `image` at a file (relative to the config file's directory)".to_string(),
-                ))
-            }
-            Err(e) => {
-                return Err(invalid(
-                    field("image"),
-                    format!("image file {} cannot be read: {e}", image.display()),
-                    "build the partition image first, or correct the path (it is relative to \
-                     the config file's directory)"
-                        .to_string(),
-                ))
-            }
+        }
+        if (initrd.is_some() || p.cmdline.is_some()) && p.kind == PartitionKind::Service {
+            return Err(invalid(
+                field(if initrd.is_some() { "initrd" } else { "cmdline" }),
+                "the service partition is no Linux kernel".to_string(),
+                "remove `initrd` and `cmdline` from the service partition".to_string(),
+            ));
         }
 
         let devices = p.devices.unwrap_or_default();
@@ -573,10 +614,79 @@ fn validate(raw: RawConfig, path: &Path, guests: Option<&Path>) -> Result<Config
             cpus,
             image,
             start: p.start,
+            initrd,
+            cmdline: p.cmdline,
         });
     }
 
     Ok(Config { source: path.to_path_buf(), hypervisor: raw.hypervisor, partitions })
+}
+
+/// Resolves an `image` or `initrd` value (`what` names the field in messages) to a
+/// non-empty regular file: `guest:NAME` and `linux:NAME` in the directories of `built`,
+/// anything else relative to `base_dir`. The error is (problem, fix).
+fn resolve_file(
+    value: &str,
+    what: &str,
+    base_dir: &Path,
+    built: BuiltMaterial<'_>,
+) -> Result<PathBuf, (String, String)> {
+    if value.is_empty() {
+        return Err((
+            format!("the {what} path is empty"),
+            "give the path of the file, relative to the config file".to_string(),
+        ));
+    }
+    let path = if let Some(guest) = value.strip_prefix(GUEST_IMAGE_PREFIX) {
+        match built.guests {
+            Some(dir) if name_is_valid(guest) => dir.join(guest),
+            Some(_) => {
+                return Err((
+                    format!("{guest:?} is not a valid test guest name"),
+                    "name a crate of guest-images/, e.g. \"guest:guest-hello\"".to_string(),
+                ))
+            }
+            None => {
+                return Err((
+                    format!("{value:?} names a test guest, which only `cargo xtask` builds"),
+                    "build the image with `cargo xtask build --config FILE` (or `cargo xtask test`)".to_string(),
+                ))
+            }
+        }
+    } else if let Some(name) = value.strip_prefix(LINUX_MATERIAL_PREFIX) {
+        match built.linux {
+            Some(dir) if !name.is_empty() && !name.contains('/') && !name.starts_with('.') => dir.join(name),
+            Some(_) => {
+                return Err((
+                    format!("{name:?} is not a file name of the Linux guest material"),
+                    "use \"linux:bzImage\" or \"linux:initramfs.cpio.gz\"".to_string(),
+                ))
+            }
+            None => {
+                return Err((
+                    format!("{value:?} names Linux guest material, which only `cargo xtask` fetches and builds"),
+                    "build the image with `cargo xtask build --config FILE` (or run `cargo xtask linux`)".to_string(),
+                ))
+            }
+        }
+    } else {
+        base_dir.join(value)
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() && m.len() > 0 => Ok(path),
+        Ok(m) if m.is_file() => Err((
+            format!("{what} file {} is empty", path.display()),
+            "build the file first, or point the field at a non-empty file".to_string(),
+        )),
+        Ok(_) => Err((
+            format!("{} is not a regular file", path.display()),
+            "point the field at a file (relative to the config file's directory)".to_string(),
+        )),
+        Err(e) => Err((
+            format!("{what} file {} cannot be read: {e}", path.display()),
+            "build the file first, or correct the path (it is relative to the config file's directory)".to_string(),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -800,5 +910,39 @@ mod tests {
         let e = load(Path::new("/nonexistent/dir/cfg.toml")).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("/nonexistent/dir/cfg.toml") && msg.contains("fix:"), "{msg}");
+    }
+
+    #[test]
+    fn initrd_and_cmdline_are_checked() {
+        let f = Fixture::new();
+        let c = f.parse(&partition("lx", "initrd = \"guest.bin\"\ncmdline = \"console=ttyS0 quiet\"")).unwrap();
+        assert_eq!(c.partitions[0].initrd, Some(f.dir.path().join("guest.bin")));
+        assert_eq!(c.partitions[0].cmdline.as_deref(), Some("console=ttyS0 quiet"));
+        let bad = f.parse(&partition("lx", "cmdline = \"tab\there\"")).unwrap_err().to_string();
+        assert!(bad.contains("partition[0].cmdline") && bad.contains("printable ASCII"), "{bad}");
+        let long = format!("cmdline = \"{}\"", "x".repeat(MAX_CMDLINE_LEN + 1));
+        assert!(f.parse(&partition("lx", &long)).unwrap_err().to_string().contains("cmdline"));
+        let missing = f.parse(&partition("lx", "initrd = \"nope.img\"")).unwrap_err().to_string();
+        assert!(missing.contains("partition[0].initrd") && missing.contains("nope.img"), "{missing}");
+        let linux = f.parse(&partition("lx", "initrd = \"linux:initramfs.cpio.gz\"")).unwrap_err().to_string();
+        assert!(linux.contains("only `cargo xtask` fetches and builds"), "{linux}");
+        let svc = "[[partition]]\nname = \"svc\"\nkind = \"service\"\nmemory_mib = 16\nvcpus = 1\n\
+                   image = \"guest.bin\"\ncmdline = \"x\"\n";
+        assert!(f.parse(svc).unwrap_err().to_string().contains("remove `initrd` and `cmdline`"));
+    }
+
+    #[test]
+    fn linux_material_names_resolve_in_their_directory() {
+        let f = Fixture::new();
+        let path = f.dir.path().join("config.toml");
+        std::fs::write(&path, partition("lx", "initrd = \"linux:guest.bin\"")).unwrap();
+        assert!(uses_linux_material(&path));
+        let built = BuiltMaterial { guests: None, linux: Some(f.dir.path()) };
+        let c = load_with_material(&path, built).unwrap();
+        assert_eq!(c.partitions[0].initrd, Some(f.dir.path().join("guest.bin")));
+        std::fs::write(&path, partition("lx", "initrd = \"linux:../guest.bin\"")).unwrap();
+        assert!(load_with_material(&path, built).unwrap_err().to_string().contains("not a file name"));
+        std::fs::write(&path, partition("lx", "")).unwrap();
+        assert!(!uses_linux_material(&path));
     }
 }

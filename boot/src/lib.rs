@@ -60,15 +60,15 @@ impl std::error::Error for BuildError {}
 /// Validates `config_path`, writes the payload next to `out` (as `<out>.payload.tar`) and
 /// builds the UEFI disk image `out` from the kernel ELF `kernel`.
 ///
-/// `guests` is the directory of the test guests built by `cargo xtask`, for configs that
-/// name `image = "guest:NAME"`.
+/// `built` holds the directories of the material `cargo xtask` builds (test guests,
+/// Linux kernel and initramfs), for configs that name `"guest:NAME"` or `"linux:NAME"`.
 pub fn build_image(
     config_path: &Path,
-    guests: Option<&Path>,
+    built: config::BuiltMaterial<'_>,
     kernel: &Path,
     out: &Path,
 ) -> Result<BuiltImage, BuildError> {
-    let config = config::load_with_guests(config_path, guests).map_err(BuildError::Config)?;
+    let config = config::load_with_material(config_path, built).map_err(BuildError::Config)?;
     let mut payload_name = out.file_name().unwrap_or_default().to_os_string();
     payload_name.push(".payload.tar");
     let payload_path = out.with_file_name(payload_name);

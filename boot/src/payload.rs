@@ -6,7 +6,9 @@
 //! - `hypervisor.conf`: `key=value` lines (`log_level=...`, `when_idle=...`), then one
 //!   `partition=` line per partition (see [`partition_line`]);
 //! - `images/<name>`: one file per partition: an ELF64 image flattened (see
-//!   [`crate::flat`]), anything else (and an ELF Multiboot kernel) as it is.
+//!   [`crate::flat`]), anything else (and an ELF Multiboot kernel) as it is;
+//!   `images/<name>.initrd` and `images/<name>.cmdline` beside it when the partition
+//!   has an initrd or a command line.
 //!
 //! Entries are written in that order with mode 0644, owner 0 and mtime 0, so the same
 //! config always produces the same bytes.
@@ -52,6 +54,18 @@ pub fn build(config: &Config) -> io::Result<Vec<u8>> {
         };
         settings.push_str(&partition_line(partition, flat.as_ref()));
         images.push((partition.payload_image_path(), bytes));
+        if let Some(initrd) = &partition.initrd {
+            let data = std::fs::read(initrd).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("reading initrd of partition {:?} ({}): {e}", partition.name, initrd.display()),
+                )
+            })?;
+            images.push((partition.payload_initrd_path(), data));
+        }
+        if let Some(cmdline) = &partition.cmdline {
+            images.push((partition.payload_cmdline_path(), cmdline.as_bytes().to_vec()));
+        }
     }
     let mut builder = tar::Builder::new(Vec::new());
     append(&mut builder, CONFIG_ENTRY, config.to_canonical_toml().as_bytes())?;
@@ -63,7 +77,7 @@ pub fn build(config: &Config) -> io::Result<Vec<u8>> {
 }
 
 /// One partition as the hypervisor reads it from `hypervisor.conf`:
-/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B+...],image=images/N[,load=0x..,entry=0x..]`.
+/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B+...],image=images/N[,load=0x..,entry=0x..][,devices=..][,initrd=images/N.initrd][,cmdline=images/N.cmdline]`.
 /// `load` and `entry` are present for flattened ELF images (partitions the hypervisor
 /// can start itself).
 #[must_use]
@@ -83,6 +97,12 @@ pub fn partition_line(p: &Partition, flat: Option<&FlatImage>) -> String {
     }
     if !p.devices.is_empty() {
         line.push_str(&format!(",devices={}", p.devices.join("+")));
+    }
+    if p.initrd.is_some() {
+        line.push_str(&format!(",initrd={}", p.payload_initrd_path()));
+    }
+    if p.cmdline.is_some() {
+        line.push_str(&format!(",cmdline={}", p.payload_cmdline_path()));
     }
     match p.start {
         StartMode::Long => {}
@@ -162,6 +182,8 @@ mod tests {
             image: "x".into(),
             start: StartMode::Long,
             devices: vec![],
+            initrd: None,
+            cmdline: None,
         };
         let flat = FlatImage { load: 0x20_0000, entry: 0x20_0040, bytes: vec![] };
         assert_eq!(
@@ -182,5 +204,34 @@ mod tests {
         std::fs::write(dir.path().join("guest-hello"), b"elf?").unwrap();
         let config = crate::config::parse_with_guests(text, &cfg_path, Some(dir.path())).unwrap();
         assert_eq!(config.partitions[0].image, dir.path().join("guest-hello"));
+    }
+
+    #[test]
+    fn initrd_and_cmdline_travel_beside_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kernel"), b"kernel bytes").unwrap();
+        std::fs::write(dir.path().join("rd"), b"initrd bytes").unwrap();
+        let cfg_path = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg_path,
+            "[[partition]]\nname = \"lx\"\nkind = \"guest\"\nmemory_mib = 64\nvcpus = 1\n\
+             image = \"kernel\"\ninitrd = \"rd\"\ncmdline = \"console=ttyS0 hvtest=boot\"\n",
+        )
+        .unwrap();
+        let config = crate::config::load(&cfg_path).unwrap();
+        let bytes = build(&config).unwrap();
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let mut files = std::collections::BTreeMap::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut data = String::new();
+            entry.read_to_string(&mut data).unwrap();
+            files.insert(name, data);
+        }
+        assert_eq!(files["images/lx.initrd"], "initrd bytes");
+        assert_eq!(files["images/lx.cmdline"], "console=ttyS0 hvtest=boot");
+        assert!(files["hypervisor.conf"].contains(",initrd=images/lx.initrd,cmdline=images/lx.cmdline"));
+        assert!(files["config.toml"].contains("initrd = \"images/lx.initrd\""));
     }
 }

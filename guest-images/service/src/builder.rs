@@ -35,8 +35,9 @@
 //!      `hv_abi::start` (GDT at 0x800, identity page tables for 4 GiB with 2 MiB pages at
 //!      0x1000..0x7000) unless it starts in real mode; started as the hypervisor's own
 //!      builder starts it ([`plan::flat_start_state`]);
-//!    - Linux bzImage: `hv_loader::linux`, command line `console=ttyS0` (fixed in this
-//!      version), no initrd, the e820 map of [`plan::e820`], `acpi_rsdp` = the RSDP;
+//!    - Linux bzImage: `hv_loader::linux`, the command line of the line's `cmdline=`
+//!      file (default `console=ttyS0`), the `initrd=` file as initial RAM disk, the e820
+//!      map of [`plan::e820`], `acpi_rsdp` = the RSDP;
 //!    - Multiboot: `hv_loader::multiboot`, empty command line, no modules, same e820;
 //!    - ELF64: `hv_loader::elf64` at or above `start::MIN_LOAD_ADDRESS`, plus the boot
 //!      structures; RSP = lowest load address - 8, RDI = 0, RSI = RAM bytes;
@@ -183,6 +184,16 @@ impl Builder {
     fn build(&mut self, spec: &PartitionSpec<'_>) -> Result<(), Failure> {
         // Validate everything first: nothing is created for a partition that fails here.
         let image = ustar::find(self.payload, spec.image).ok_or(Failure::ImageMissing)?;
+        let extras = BootExtras {
+            initrd: match spec.initrd {
+                Some(path) => Some(ustar::find(self.payload, path).ok_or(Failure::InitrdMissing)?),
+                None => None,
+            },
+            cmdline: match spec.cmdline {
+                Some(path) => plan::cmdline_from(ustar::find(self.payload, path).ok_or(Failure::BadCmdline)?)?,
+                None => plan::LINUX_CMDLINE,
+            },
+        };
         let ram = plan::guest_ram(spec.memory_bytes())?;
         let offset = self.pool.place(ram)?;
         if spec.vcpus == 0 || spec.vcpus as usize > MAX_VCPUS {
@@ -196,7 +207,7 @@ impl Builder {
                 [region, region]
             }
             None => {
-                let (_, loaded) = load_image(&mut plan::DryRun { size: ram }, image, e820.as_slice(), None)?;
+                let (_, loaded) = load_image(&mut plan::DryRun { size: ram }, image, &extras, e820.as_slice(), None)?;
                 [loaded.kernel, loaded.data.unwrap_or(loaded.kernel)]
             }
         };
@@ -210,7 +221,8 @@ impl Builder {
         }
 
         let vm = create_vm(spec.name)?;
-        let guest = Guest { vm, spec, image, ram, offset, cpus: cpus.as_slice(), e820: e820.as_slice(), desc, tables };
+        let guest =
+            Guest { vm, spec, image, extras, ram, offset, cpus: cpus.as_slice(), e820: e820.as_slice(), desc, tables };
         match self.commit(&guest) {
             Ok((state, kind)) => {
                 println!(
@@ -271,6 +283,7 @@ struct Guest<'s, 'c> {
     vm: VmId,
     spec: &'s PartitionSpec<'c>,
     image: &'static [u8],
+    extras: BootExtras,
     ram: u64,
     offset: u64,
     cpus: &'s [u32],
@@ -302,7 +315,7 @@ fn write_memory(mem: &mut PoolMemory, g: &Guest<'_, '_>) -> Result<(VcpuStartSta
         }
         return Ok((plan::flat_start_state(g.spec.start, load, entry, g.ram), Kind::Flat));
     }
-    let (kind, loaded) = load_image(mem, g.image, g.e820, rsdp)?;
+    let (kind, loaded) = load_image(mem, g.image, &g.extras, g.e820, rsdp)?;
     let long = matches!(loaded.entry, EntryState::Long64 { .. });
     write_boot_structures(mem, long)?;
     let mut state = plan::entry_start_state(loaded.entry, loaded.kernel.start.saturating_sub(8));
@@ -313,16 +326,24 @@ fn write_memory(mem: &mut PoolMemory, g: &Guest<'_, '_>) -> Result<(VcpuStartSta
     Ok((state, kind))
 }
 
+/// What a Linux kernel gets beside its image: the initrd and the command line.
+#[derive(Clone, Copy)]
+struct BootExtras {
+    initrd: Option<&'static [u8]>,
+    cmdline: &'static str,
+}
+
 /// Loads a non-flat image with the loader its format calls for.
 fn load_image(
     mem: &mut impl GuestMemory,
     image: &[u8],
+    extras: &BootExtras,
     e820: &[E820Entry],
     acpi_rsdp: Option<u64>,
 ) -> Result<(Kind, Loaded), Failure> {
     match hv_loader::detect(image) {
         ImageKind::LinuxBzImage => {
-            let params = LinuxParams { cmdline: plan::LINUX_CMDLINE, initrd: None, e820, acpi_rsdp };
+            let params = LinuxParams { cmdline: extras.cmdline, initrd: extras.initrd, e820, acpi_rsdp };
             Ok((Kind::BzImage, hv_loader::linux::load_with_layout(mem, image, &params)?))
         }
         ImageKind::Multiboot => {

@@ -114,7 +114,7 @@ pub enum StartMode {
 }
 
 /// One `partition=` line, validated:
-/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B],image=P[,load=0x..,entry=0x..][,devices=D+E]`.
+/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B],image=P[,load=0x..,entry=0x..][,devices=D+E][,initrd=P][,cmdline=P]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionSpec<'a> {
     pub name: &'a str,
@@ -131,6 +131,10 @@ pub struct PartitionSpec<'a> {
     pub start: StartMode,
     /// The emulated devices whose ports are forwarded to the service partition.
     pub devices: hv_abi::platform::devices::DeviceSet,
+    /// Path inside the payload of the initial RAM disk (Linux `initrd`), if any.
+    pub initrd: Option<&'a str>,
+    /// Path inside the payload of the kernel command line (a text file), if any.
+    pub cmdline: Option<&'a str>,
 }
 
 impl PartitionSpec<'_> {
@@ -173,6 +177,8 @@ pub fn parse_partition(value: &str) -> Result<PartitionSpec<'_>, &'static str> {
         flat: None,
         start: StartMode::Long,
         devices: hv_abi::platform::devices::DeviceSet(0),
+        initrd: None,
+        cmdline: None,
     };
     let (mut kind, mut load, mut entry) = (None, None, None);
     for field in value.split(',') {
@@ -226,6 +232,8 @@ pub fn parse_partition(value: &str) -> Result<PartitionSpec<'_>, &'static str> {
                     spec.devices = spec.devices.with(name.trim()).ok_or("devices names an unknown device")?;
                 }
             }
+            "initrd" if !val.is_empty() => spec.initrd = Some(val),
+            "cmdline" if !val.is_empty() => spec.cmdline = Some(val),
             "load" => load = Some(parse_number(val).ok_or("load must be a number")?),
             "entry" => entry = Some(parse_number(val).ok_or("entry must be a number")?),
             _ => return Err("unknown field"),
@@ -395,6 +403,12 @@ mod tests {
         let with = parse_partition("name=g,kind=guest,memory_mib=16,vcpus=1,image=x,devices=com1+pci").unwrap();
         assert!(with.devices.claims_port(0x3f8) && with.devices.claims_port(0xcfc) && !with.devices.claims_port(0x40));
         assert!(parse_partition("name=g,kind=guest,memory_mib=16,vcpus=1,image=x,devices=floppy").is_err());
+        assert_eq!((with.initrd, with.cmdline), (None, None));
+        let linux = parse_partition(
+            "name=g,kind=guest,memory_mib=16,vcpus=1,image=x,initrd=images/g.initrd,cmdline=images/g.cmdline",
+        )
+        .unwrap();
+        assert_eq!((linux.initrd, linux.cmdline), (Some("images/g.initrd"), Some("images/g.cmdline")));
         let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
         assert_eq!(lines, [3, 4, 5, 6, 7]);
         assert!(problems.iter().all(|p| matches!(p.kind, ProblemKind::BadPartition(_))));

@@ -41,6 +41,15 @@ pub const REAL_MODE_MIN_LOAD: u64 = 0x1000;
 pub const REAL_MODE_ENTRY_LIMIT: u64 = 0x10_0000;
 /// Linux's command line in this version (configurable command lines come later).
 pub const LINUX_CMDLINE: &str = "console=ttyS0";
+
+/// The kernel command line from the bytes of a payload's `cmdline=` file: printable
+/// ASCII only (the config's own rule, checked again: the payload is input).
+pub fn cmdline_from(bytes: &[u8]) -> Result<&str, Failure> {
+    if bytes.len() > 2047 || !bytes.iter().all(|&b| (0x20..=0x7e).contains(&b)) {
+        return Err(Failure::BadCmdline);
+    }
+    core::str::from_utf8(bytes).map_err(|_| Failure::BadCmdline)
+}
 pub use hv_abi::start::{gdt_bytes, page_table_page, PAGE_TABLE_PAGES};
 
 /// Why a guest partition was not started (printed after "not started: ").
@@ -48,6 +57,10 @@ pub use hv_abi::start::{gdt_bytes, page_table_page, PAGE_TABLE_PAGES};
 pub enum Failure {
     /// Its `image=` path is not a file of the boot payload.
     ImageMissing,
+    /// Its `initrd=` path is not a file of the boot payload.
+    InitrdMissing,
+    /// Its `cmdline=` file is missing or not printable ASCII.
+    BadCmdline,
     /// A flat image's layout or the RAM size breaks a rule.
     Layout(&'static str),
     /// The pool has no room for its RAM.
@@ -78,6 +91,8 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::ImageMissing => write!(f, "its image is missing from the boot payload"),
+            Self::InitrdMissing => write!(f, "its initrd is missing from the boot payload"),
+            Self::BadCmdline => write!(f, "its command line is missing from the boot payload or not printable ASCII"),
             Self::Layout(why) => write!(f, "{why}"),
             Self::NoPoolMemory { need, free } => {
                 write!(f, "not enough pool memory for its RAM: needs {} MiB, {} MiB free", need >> 20, free >> 20)
