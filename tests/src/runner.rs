@@ -61,8 +61,9 @@ pub fn machine_for(scenario: &Scenario, bochs_ips: u64) -> Option<Machine> {
             model: scenario.cpu_model.unwrap_or(crate::scenario::ICELAKE).to_string(),
             cpus: scenario.cpus,
             ips: bochs_ips,
+            memory_mib: scenario.memory_mib,
         }),
-        Emulator::Qemu => Some(Machine::Qemu { cpus: scenario.cpus, kvm: false, memory_mib: 256 }),
+        Emulator::Qemu => Some(Machine::Qemu { cpus: scenario.cpus, kvm: false, memory_mib: scenario.memory_mib }),
         Emulator::None => None,
     }
 }

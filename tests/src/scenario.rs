@@ -48,7 +48,13 @@ pub struct Scenario {
     /// Whether `FATAL:` lines are part of the expected output (a deliberate CPU fault);
     /// they must then be listed in `expected`. A panic still fails the scenario.
     pub fatal_expected: bool,
+    /// Memory of the emulated machine in MiB (room for the hypervisor, the partitions'
+    /// RAM, the service partition's pool and the boot payload).
+    pub memory_mib: u32,
 }
+
+/// Emulated machine memory of the scenarios with small partitions.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
 
 /// The Bochs CPU model with the richest VMX support.
 pub const ICELAKE: &str = "corei7_icelake_u";
@@ -87,6 +93,7 @@ fn bochs_boot(name: &'static str, model: &'static str, cpus: u32, timeout_s: u64
         expected: boot_expectations(cpus),
         require_self_exit: true,
         fatal_expected: false,
+        memory_mib: DEFAULT_MEMORY_MIB,
     }
 }
 
@@ -115,6 +122,7 @@ fn cpu_fault() -> Scenario {
         expected,
         require_self_exit: true,
         fatal_expected: true,
+        memory_mib: DEFAULT_MEMORY_MIB,
     }
 }
 
@@ -149,6 +157,7 @@ fn guests(
         expected,
         require_self_exit: true,
         fatal_expected: false,
+        memory_mib: DEFAULT_MEMORY_MIB,
     }
 }
 
@@ -175,6 +184,7 @@ fn service_scenario(name: &'static str, cpus: u32, config: &'static str, guests:
         expected: lines,
         require_self_exit: true,
         fatal_expected: false,
+        memory_mib: DEFAULT_MEMORY_MIB,
     }
 }
 
@@ -412,6 +422,7 @@ fn bochs_expect(name: &'static str, config: &'static str, expected: &[&str]) -> 
         expected: expected.iter().map(|s| s.to_string()).collect(),
         require_self_exit: true,
         fatal_expected: false,
+        memory_mib: DEFAULT_MEMORY_MIB,
     }
 }
 
@@ -462,6 +473,7 @@ fn base_catalogue() -> Vec<Scenario> {
             expected: Vec::new(),
             require_self_exit: false,
             fatal_expected: false,
+            memory_mib: DEFAULT_MEMORY_MIB,
         },
         bochs_boot("boot-4cpu", ICELAKE, 4, 300),
         bochs_boot("boot-2cpu", ICELAKE, 2, 180),
@@ -477,6 +489,7 @@ fn base_catalogue() -> Vec<Scenario> {
             expected: vec!["vmx: unavailable: ".to_string(), "platform: power off".to_string()],
             require_self_exit: true,
             fatal_expected: false,
+            memory_mib: DEFAULT_MEMORY_MIB,
         },
         cpu_fault(),
         guests("guest-hello", ICELAKE, 2, "tests/configs/guest-hello.toml", &[("hello", "guest-hello")]),

@@ -193,6 +193,7 @@ fn exit_scenario(name: &'static str, config: &'static str) -> Scenario {
         ],
         require_self_exit: true,
         fatal_expected: false,
+        memory_mib: scenario::DEFAULT_MEMORY_MIB,
     }
 }
 
@@ -236,6 +237,7 @@ pub fn cmd_bench(exits_only: bool) -> Result<ExitCode, String> {
             expected: scenario::boot_expectations(cpus),
             require_self_exit: true,
             fatal_expected: false,
+            memory_mib: scenario::DEFAULT_MEMORY_MIB,
         })
         .collect();
     scenarios.push(exit_scenario("bench-exits", BENCH_CONFIG));
@@ -436,7 +438,7 @@ mod tests {
 
     #[test]
     fn ips_comes_from_the_generated_bochsrc() {
-        let rc = hv_tests::emulator::bochsrc(Path::new("/tmp/x"), "corei7_icelake_u", 1, 12_345_678);
+        let rc = hv_tests::emulator::bochsrc(Path::new("/tmp/x"), "corei7_icelake_u", 1, 12_345_678, 256);
         assert_eq!(bochsrc_ips(&rc), Some(12_345_678));
         assert_eq!(bochsrc_ips("megs: 256\n"), None);
         let metrics: Vec<Metric> =

@@ -94,17 +94,30 @@ pub fn check_config(config: &Path) -> Result<(), String> {
     }
 }
 
+/// The Linux guest material directory when `config` names `"linux:..."` files
+/// (fetched and built first), else `None`.
+fn linux_material_for(config: &Path) -> Result<Option<PathBuf>, String> {
+    if hv_boot::config::uses_linux_material(config) {
+        crate::linux::material().map(|m| Some(m.dir))
+    } else {
+        Ok(None)
+    }
+}
+
 /// Builds the kernel, then the payload and disk image `out` from `config`.
 pub fn image(config: &Path, out: &Path) -> Result<hv_boot::BuiltImage, String> {
     check_config(config)?;
     let guests = guests()?;
+    let linux = linux_material_for(config)?;
     // Validate first: a bad config should not wait for a kernel build.
-    hv_boot::config::load_with_guests(config, Some(&guests)).map_err(|e| e.to_string())?;
+    let built = hv_boot::config::BuiltMaterial { guests: Some(&guests), linux: linux.as_deref() };
+    hv_boot::config::load_with_material(config, built).map_err(|e| e.to_string())?;
     let kernel = kernel()?;
     image_from_kernel(config, &guests, &kernel, out)
 }
 
-/// Builds the payload and disk image `out` from `config` and an already built kernel.
+/// Builds the payload and disk image `out` from `config` and an already built kernel
+/// (fetching and building the Linux guest material first when the config names it).
 pub fn image_from_kernel(
     config: &Path,
     guests: &Path,
@@ -112,10 +125,19 @@ pub fn image_from_kernel(
     out: &Path,
 ) -> Result<hv_boot::BuiltImage, String> {
     check_config(config)?;
+    let linux = linux_material_for(config)?;
+    let built = hv_boot::config::BuiltMaterial { guests: Some(guests), linux: linux.as_deref() };
     ui::with_spinner(&format!("creating disk image {}", out.display()), || {
-        hv_boot::build_image(config, Some(guests), kernel, out)
+        hv_boot::build_image(config, built, kernel, out)
     })
     .map_err(|e| e.to_string())
+}
+
+/// Memory of the emulated machine that runs `built` (see `hv_tests::emulator::memory_for`).
+pub fn machine_memory(built: &hv_boot::BuiltImage) -> u32 {
+    let partitions: u64 = built.config.partitions.iter().map(|p| u64::from(p.memory_mib)).sum();
+    let payload = std::fs::metadata(&built.payload).map(|m| m.len()).unwrap_or(0);
+    hv_tests::emulator::memory_for(partitions, payload)
 }
 
 fn report(built: &hv_boot::BuiltImage) {

@@ -3,7 +3,7 @@
 use crate::{build, paths, EmulatorChoice};
 use hv_tests::emulator::{self, Machine, WaitOptions};
 use hv_tests::judge::Ending;
-use hv_tests::scenario::{Emulator, ICELAKE};
+use hv_tests::scenario::{Emulator, DEFAULT_MEMORY_MIB, ICELAKE};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,12 +72,13 @@ fn choose_machine(args: &RunArgs) -> Result<Machine, String> {
     }
     Ok(match choice {
         EmulatorChoice::Kvm | EmulatorChoice::Qemu => {
-            Machine::Qemu { cpus: args.cpus, kvm: choice == EmulatorChoice::Kvm, memory_mib: 256 }
+            Machine::Qemu { cpus: args.cpus, kvm: choice == EmulatorChoice::Kvm, memory_mib: DEFAULT_MEMORY_MIB }
         }
         _ => Machine::Bochs {
             model: args.cpu_model.clone().unwrap_or_else(|| ICELAKE.to_string()),
             cpus: args.cpus,
             ips: emulator::bochs_ips(),
+            memory_mib: DEFAULT_MEMORY_MIB,
         },
     })
 }
@@ -93,6 +94,7 @@ pub fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
     hv_tests::deps::ensure(&[emu], |msg| println!("{msg}"))?;
     let config = args.config.clone().unwrap_or_else(paths::default_config);
     let built = build::image(&config, &paths::default_image())?;
+    let machine = machine.with_memory(build::machine_memory(&built));
 
     let dir = paths::target().join("run").join(dir_name);
     let run = emulator::prepare(&dir, &built.image, &machine).map_err(|e| e.to_string())?;

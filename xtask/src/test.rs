@@ -86,7 +86,7 @@ pub fn print_result(r: &ScenarioResult) {
 
 /// Builds the kernel once and one image per distinct config; returns config → image (or
 /// the reason it could not be built).
-pub fn build_images(scenarios: &[Scenario]) -> BTreeMap<&'static str, Result<PathBuf, String>> {
+pub fn build_images(scenarios: &[Scenario]) -> BTreeMap<&'static str, Result<(PathBuf, u32), String>> {
     let mut images = BTreeMap::new();
     let configs: Vec<&'static str> = {
         let mut c: Vec<&'static str> = scenarios.iter().map(|s| s.config).collect();
@@ -105,7 +105,8 @@ pub fn build_images(scenarios: &[Scenario]) -> BTreeMap<&'static str, Result<Pat
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "image".into());
             let out = paths::target().join("test-images").join(format!("{stem}.img"));
-            build::image_from_kernel(&paths::workspace().join(config), &guests, &kernel, &out).map(|b| b.image)
+            build::image_from_kernel(&paths::workspace().join(config), &guests, &kernel, &out)
+                .map(|b| (b.image.clone(), build::machine_memory(&b)))
         });
         images.insert(config, result);
     }
@@ -132,8 +133,12 @@ pub fn run_scenarios(scenarios: Vec<Scenario>, timeout: Option<Duration>) -> Vec
     let mut results = Vec::new();
     let mut runnable = Vec::new();
     for s in scenarios {
+        let mut s = s;
         let image = match images.get(s.config) {
-            Some(Ok(image)) => image.clone(),
+            Some(Ok((image, memory_mib))) => {
+                s.memory_mib = s.memory_mib.max(*memory_mib);
+                image.clone()
+            }
             Some(Err(e)) => {
                 results.push(not_run(&s, &format!("no image: {e}")));
                 continue;
