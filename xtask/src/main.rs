@@ -6,7 +6,8 @@
 //! - `test [FILTER...]`: host unit tests, then the emulator scenarios;
 //! - `bench [--exits-only]`: boot-time, exit and interrupt measurements under Bochs;
 //! - `fuzz [TARGET] [--seconds N]`: the libFuzzer targets of `hypervisor/core/fuzz`;
-//! - `usb DEVICE [--yes]`: write the image to a removable drive.
+//! - `usb DEVICE [--yes]`: write the image to a removable drive;
+//! - `linux`: fetch and build the Linux guest material into `$TARGET/linux`.
 //!
 //! Every path under `target/` honours `CARGO_TARGET_DIR`. `HV_KERNEL_ELF` may name a
 //! prebuilt kernel ELF to use instead of building the `hypervisor` package.
@@ -14,6 +15,7 @@
 mod bench;
 mod build;
 mod fuzz;
+mod linux;
 mod paths;
 mod run;
 mod test;
@@ -119,6 +121,9 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         image: Option<PathBuf>,
     },
+    /// Fetch and build the Linux guest material (Debian kernel + busybox initramfs) into
+    /// target/linux.
+    Linux,
 }
 
 fn main() -> ExitCode {
@@ -133,6 +138,11 @@ fn main() -> ExitCode {
         Command::Bench { exits_only } => bench::cmd_bench(exits_only),
         Command::Fuzz { target, seconds } => fuzz::cmd_fuzz(target, seconds),
         Command::Usb { device, yes, image } => usb::cmd_usb(&device, yes, image),
+        Command::Linux => linux::material().map(|material| {
+            println!("kernel:    {}", material.kernel.display());
+            println!("initramfs: {}", material.initramfs.display());
+            ExitCode::SUCCESS
+        }),
     };
     match result {
         Ok(code) => code,
