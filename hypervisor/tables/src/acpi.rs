@@ -73,10 +73,12 @@ pub fn fadt_flags(desc: &PlatformDesc) -> u32 {
 }
 
 /// FADT `IAPC_BOOT_ARCH` (table 5.11): `LEGACY_DEVICES` (bit 0: ISA devices such as the
-/// UART, PIT, PIC and RTC exist), `8042` (bit 1: the keyboard controller's reset path is
-/// modelled) and `VGA Not Present` (bit 2: nothing to probe). MSI, PCIe ASPM and the
-/// CMOS RTC are not declared absent.
-pub const IAPC_BOOT_ARCH: u16 = (1 << 0) | (1 << 1) | (1 << 2);
+/// UART, PIT, PIC and RTC exist) and `VGA Not Present` (bit 2: nothing to probe). `8042`
+/// (bit 1) stays clear: only the keyboard controller's reset command (0x64 <- 0xFE) is
+/// modelled, not a PS/2 controller an OS could probe (Linux then skips the i8042
+/// probe, which otherwise fails with "Can't read CTR"). MSI, PCIe ASPM and the CMOS RTC
+/// are not declared absent.
+pub const IAPC_BOOT_ARCH: u16 = (1 << 0) | (1 << 2);
 
 // FADT field offsets (table 5.9).
 const FADT_FIRMWARE_CTRL: usize = 36;
@@ -308,6 +310,26 @@ pub(crate) fn write_madt(buf: &mut [u8], desc: &PlatformDesc) -> Result<(), Tabl
     fix_checksum(buf, HEADER_CHECKSUM, "MADT")
 }
 
+/// PCI0's `_CRS`: bus numbers 0-255, the configuration mechanism's ports 0xCF8-0xCFF,
+/// and the I/O space around them as the root bus's windows. No memory window: the bus
+/// has only the host bridge, which has no BARs.
+fn pci0_resources() -> [u8; 16 + 8 + 16 + 16 + 2] {
+    let mut out = [0u8; 58];
+    let parts: [&[u8]; 5] = [
+        &aml::word_address_space(2, 0x00, 0xFF),
+        &aml::io_port(0x0CF8, 8),
+        &aml::word_address_space(1, 0x0000, 0x0CF7),
+        &aml::word_address_space(1, 0x0D00, 0xFFFF),
+        &aml::END_TAG,
+    ];
+    let mut at = 0;
+    for part in parts {
+        out[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    out
+}
+
 /// The DSDT's AML (see the crate docs).
 fn dsdt_aml(s: &mut dyn Sink, desc: &PlatformDesc) {
     let typ = u64::from(desc.s5_slp_typ);
@@ -317,6 +339,7 @@ fn dsdt_aml(s: &mut dyn Sink, desc: &PlatformDesc) {
             aml::name_integer(s, b"_HID", u64::from(aml::eisa_id(b"PNP0A03")));
             aml::name_integer(s, b"_UID", 0);
             aml::name_integer(s, b"_BBN", 0);
+            aml::name_buffer(s, b"_CRS", &pci0_resources());
         });
     });
 }

@@ -8,6 +8,9 @@
 //!   (`ExtOpPrefix` + 0x82) (§20.2.5.2).
 //! - `DefPackage := PackageOp PkgLength NumElements PackageElementList`, `PackageOp`
 //!   = 0x12, `NumElements` a `ByteData` (§20.2.5.4).
+//! - `DefBuffer := BufferOp PkgLength BufferSize ByteList`, `BufferOp` = 0x11,
+//!   `BufferSize` a `TermArg` integer (§20.2.5.4); a `ResourceTemplate` is a buffer of
+//!   resource descriptors ending in an End Tag (§6.4).
 //! - `NameString := <RootChar NamePath> | ...`, `RootChar` = '\\', `NameSeg :=
 //!   <LeadNameChar NameChar NameChar NameChar>` with `LeadNameChar` 'A'-'Z' or '_' and
 //!   `NameChar` also '0'-'9' (§20.2.2); shorter names are padded with '_'.
@@ -32,6 +35,7 @@ pub(crate) const DWORD_PREFIX: u8 = 0x0C;
 pub(crate) const QWORD_PREFIX: u8 = 0x0E;
 pub(crate) const SCOPE_OP: u8 = 0x10;
 pub(crate) const PACKAGE_OP: u8 = 0x12;
+pub(crate) const BUFFER_OP: u8 = 0x11;
 pub(crate) const EXT_OP_PREFIX: u8 = 0x5B;
 pub(crate) const DEVICE_OP: u8 = 0x82;
 
@@ -112,6 +116,41 @@ pub(crate) fn name_package(s: &mut dyn Sink, name: &[u8], elements: &[u64]) {
         }
     });
 }
+
+/// `Name(name, Buffer() { bytes })`.
+pub(crate) fn name_buffer(s: &mut dyn Sink, name: &[u8], bytes: &[u8]) {
+    s.u8(NAME_OP);
+    s.bytes(name);
+    block(s, &[BUFFER_OP], &|s| {
+        integer(s, bytes.len() as u64);
+        s.bytes(bytes);
+    });
+}
+
+/// A Word Address Space Descriptor (ACPI 6.5 §6.4.3.5.3, large item 0x88, 13 data
+/// bytes) for a producer range `min..=max` with fixed minimum and maximum, no
+/// translation; `kind` 1 = I/O (type-specific flags: ISA and non-ISA ranges), 2 = bus
+/// numbers.
+pub(crate) const fn word_address_space(kind: u8, min: u16, max: u16) -> [u8; 16] {
+    let len = max.wrapping_sub(min).wrapping_add(1);
+    let type_flags = if kind == 1 { 0x03 } else { 0x00 };
+    let [min0, min1] = min.to_le_bytes();
+    let [max0, max1] = max.to_le_bytes();
+    let [len0, len1] = len.to_le_bytes();
+    // Tag, length 13, resource type, general flags (MIF | MAF = 0x0C, producer),
+    // type-specific flags, granularity 0, min, max, translation 0, length.
+    [0x88, 13, 0, kind, 0x0C, type_flags, 0, 0, min0, min1, max0, max1, 0, 0, len0, len1]
+}
+
+/// An I/O Port Descriptor (§6.4.2.5, small item 0x47): 16-bit decode of `len` ports at
+/// `base`.
+pub(crate) const fn io_port(base: u16, len: u8) -> [u8; 8] {
+    let [b0, b1] = base.to_le_bytes();
+    [0x47, 0x01, b0, b1, b0, b1, 0x01, len]
+}
+
+/// The End Tag (§6.4.2.9, small item 0x79) with checksum 0 ("treated as correct").
+pub(crate) const END_TAG: [u8; 2] = [0x79, 0x00];
 
 /// `Scope(name) { body }`.
 pub(crate) fn scope(s: &mut dyn Sink, name: &[u8], body: &dyn Fn(&mut dyn Sink)) {

@@ -72,9 +72,11 @@
 //!   0x0FFF (not supported); no day/month alarm.
 //! - **DSDT** (revision 2, 64-bit integers): `Name(\_S5, Package(4) { s5_slp_typ,
 //!   s5_slp_typ, 0, 0 })` and `Scope(\_SB) { Device(PCI0) { Name(_HID,
-//!   EISAID("PNP0A03")) Name(_UID, 0) Name(_BBN, 0) } }`, the PCI root bus 0 behind the
-//!   configuration mechanism #1 host bridge. Not included: `_CRS` for PCI0 (Linux then
-//!   uses its default root-bus resources), `_PRT`, `_OSC`, processor objects, and the
+//!   EISAID("PNP0A03")) Name(_UID, 0) Name(_BBN, 0) Name(_CRS, ResourceTemplate) } }`,
+//!   the PCI root bus 0 behind the configuration mechanism #1 host bridge; `_CRS` gives
+//!   bus numbers 0-255, the ports 0xCF8-0xCFF and the I/O windows 0-0xCF7 and
+//!   0xD00-0xFFFF (no memory window: no device has BARs). Not included: `_PRT`, `_OSC`,
+//!   processor objects, and the
 //!   other sleep states (the PM model implements only S5).
 //! - **FACS**: version 2, no hardware signature, no S4BIOS, no 64-bit wake, global
 //!   lock 0. It exists because the FADT of a non-hardware-reduced platform must point
@@ -430,7 +432,7 @@ mod tests {
     #[test]
     fn sizes_for_the_report() {
         // 64-byte aligned placement: no padding before the FACS.
-        for (n, size) in [(1u32, 944usize), (4, 1040), (254, 8032)] {
+        for (n, size) in [(1u32, 1008usize), (4, 1104), (254, 8096)] {
             assert_eq!(required_size(&PlatformDesc::pc_defaults(n), 0xF_0000), Ok(size), "{n} vCPUs");
         }
     }

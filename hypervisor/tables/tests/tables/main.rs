@@ -69,7 +69,7 @@ pub fn check_acpi(g: &parse::Guest, layout: &TableLayout, desc: &PlatformDesc) {
     assert_eq!((f.gpe0_blk_len, f.gpe1_blk_len), (0, 0));
     assert!(f.p_lvl2_lat > 100 && f.p_lvl3_lat > 1000, "no C2/C3");
     assert_eq!(f.century, desc.century_cmos_index);
-    assert_eq!(f.iapc_boot_arch, 0b111, "LEGACY_DEVICES | 8042 | VGA not present");
+    assert_eq!(f.iapc_boot_arch, 0b101, "LEGACY_DEVICES | VGA not present, no 8042");
     assert_eq!(f.flags, expected_fadt_flags(desc));
     assert_eq!(f.flags & (1 << 4), 0, "PWR_BUTTON 0: fixed-feature power button");
     assert_eq!(f.flags & (1 << 20), 0, "not hardware-reduced");
@@ -119,6 +119,7 @@ pub fn check_acpi(g: &parse::Guest, layout: &TableLayout, desc: &PlatformDesc) {
             ("\\_SB_.PCI0._HID".to_string(), AmlObject::Integer(0x030A_D041)), // EISAID("PNP0A03")
             ("\\_SB_.PCI0._UID".to_string(), AmlObject::Integer(0)),
             ("\\_SB_.PCI0._BBN".to_string(), AmlObject::Integer(0)),
+            ("\\_SB_.PCI0._CRS".to_string(), AmlObject::Buffer(pci0_crs())),
         ]
     );
 }
@@ -272,4 +273,17 @@ fn region_too_small_by_one_byte() {
             check_acpi(&g, &layout, &desc);
         }
     }
+}
+
+/// PCI0's `_CRS` as iasl compiles `ResourceTemplate() { WordBusNumber(ResourceProducer,
+/// MinFixed, MaxFixed, PosDecode, 0, 0, 0xFF, 0, 0x100) IO(Decode16, 0xCF8, 0xCF8, 1, 8)
+/// WordIO(ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, 0, 0, 0xCF7, 0,
+/// 0xCF8) WordIO(..., 0, 0xD00, 0xFFFF, 0, 0xF300) }` (ACPI 6.5 §6.4.3.5.3, §6.4.2.5).
+fn pci0_crs() -> Vec<u8> {
+    let mut v = vec![0x88, 0x0D, 0x00, 0x02, 0x0C, 0x00, 0, 0, 0, 0, 0xFF, 0, 0, 0, 0x00, 0x01];
+    v.extend([0x47, 0x01, 0xF8, 0x0C, 0xF8, 0x0C, 0x01, 0x08]);
+    v.extend([0x88, 0x0D, 0x00, 0x01, 0x0C, 0x03, 0, 0, 0, 0, 0xF7, 0x0C, 0, 0, 0xF8, 0x0C]);
+    v.extend([0x88, 0x0D, 0x00, 0x01, 0x0C, 0x03, 0, 0, 0x00, 0x0D, 0xFF, 0xFF, 0, 0, 0x00, 0xF3]);
+    v.extend([0x79, 0x00]);
+    v
 }

@@ -387,6 +387,7 @@ pub fn mp_floating_len(head: &[u8]) -> usize {
 pub enum AmlObject {
     Integer(u64),
     Package(Vec<u64>),
+    Buffer(Vec<u8>),
     Device,
 }
 
@@ -475,6 +476,13 @@ fn term_list(b: &[u8], scope: &str, out: &mut Vec<(String, AmlObject)>) {
                     }
                     assert_eq!(elements.len(), count, "package NumElements");
                     out.push((path, AmlObject::Package(elements)));
+                    i += 1 + len;
+                } else if b[i] == 0x11 {
+                    let (len, n) = pkg_length(&b[i + 1..]);
+                    let body = &b[i + 1 + n..i + 1 + len];
+                    let (size, used) = aml_integer(body);
+                    assert_eq!(size as usize, body.len() - used, "BufferSize");
+                    out.push((path, AmlObject::Buffer(body[used..].to_vec())));
                     i += 1 + len;
                 } else {
                     let (v, used) = aml_integer(&b[i..]);

@@ -112,7 +112,7 @@ fn check_with_acpi_crate(tables: &AcpiTables<GuestMemory>, desc: &PlatformDesc, 
     assert_eq!(flags.local_xapics_must_use_physical_destination_mode(), n > 8);
     let arch = { fadt.iapc_boot_arch };
     assert!(arch.legacy_devices_are_accessible());
-    assert!(arch.motherboard_implements_8042());
+    assert!(!arch.motherboard_implements_8042());
     assert!(arch.dont_probe_vga());
     assert!(!arch.dont_enable_msi());
 
@@ -267,6 +267,14 @@ fn aml_crate_reads_the_dsdt() {
         assert_eq!(integer(&ctx, "\\_SB.PCI0._HID"), 0x030A_D041);
         assert_eq!(integer(&ctx, "\\_SB.PCI0._UID"), 0);
         assert_eq!(integer(&ctx, "\\_SB.PCI0._BBN"), 0);
+        let crs = ctx.namespace.get_by_path(&AmlName::from_str("\\_SB.PCI0._CRS").unwrap()).expect("_CRS").clone();
+        let resources = aml::resource::resource_descriptor_list(&crs).expect("_CRS parses as resources");
+        let text: Vec<String> = resources.iter().map(|r| format!("{r:?}")).collect();
+        assert_eq!(text.len(), 4, "{text:?}");
+        assert!(text[0].contains("BusNumberRange") && text[0].contains("address_range: (0, 255)"), "{}", text[0]);
+        assert!(text[1].contains("IOPort") && text[1].contains("memory_range: (3320, 3320)"), "{}", text[1]);
+        assert!(text[2].contains("IORange") && text[2].contains("address_range: (0, 3319)"), "{}", text[2]);
+        assert!(text[3].contains("IORange") && text[3].contains("address_range: (3328, 65535)"), "{}", text[3]);
         // Device initialisation (_STA/_INI) runs without touching hardware.
         ctx.initialize_objects().expect("initialize_objects");
     }
