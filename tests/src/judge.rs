@@ -18,7 +18,22 @@ pub enum Ending {
 
 /// Whether a log line reports a fatal kernel error (`FATAL:` or a panic).
 pub fn is_fatal_line(line: &str) -> bool {
-    line.contains("FATAL:") || is_panic_line(line)
+    line.contains("FATAL:") || is_panic_line(line) || is_guest_kernel_fault(line)
+}
+
+/// What a guest kernel prints when it hits a bug or a fault (Linux: oops, BUG,
+/// WARNING, call traces, panics). A guest's console line carries the `[name] ` prefix.
+const GUEST_KERNEL_FAULTS: [&str; 7] =
+    ["Oops", "BUG:", "WARNING:", "Call Trace:", "Kernel panic", "general protection fault", "unchecked MSR access"];
+
+/// Whether a line is a partition's console output (`[name] ...`) reporting a guest
+/// kernel fault, which fails every scenario: the platform must not provoke one.
+pub fn is_guest_kernel_fault(line: &str) -> bool {
+    let Some(rest) = line.strip_prefix('[') else { return false };
+    let Some((name, text)) = rest.split_once("] ") else { return false };
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && GUEST_KERNEL_FAULTS.iter().any(|f| text.contains(f))
 }
 
 /// Whether a log line reports a panic, which fails every scenario, even one that
@@ -109,6 +124,21 @@ pub fn judge(scenario: &Scenario, log: &str, ending: &Ending) -> Result<(), Stri
         return Err("the emulator did not exit by itself".to_string());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod guest_fault_tests {
+    use super::*;
+
+    #[test]
+    fn guest_kernel_faults_are_fatal() {
+        assert!(is_fatal_line("[linux] [    2.8] WARNING: CPU: 0 PID: 0 at arch/x86/kernel/fpu/xstate.c:606"));
+        assert!(is_fatal_line("[linux] [    0.0] unchecked MSR access error: RDMSR from 0x10a"));
+        assert!(is_fatal_line("[linux] [   12.1] BUG: kernel NULL pointer dereference"));
+        assert!(!is_fatal_line("[linux] linux-init: log check: 0 suspicious lines"));
+        assert!(!is_fatal_line("partition linux: WARNING: not a console line"));
+        assert!(!is_fatal_line("[svc] service: partition linux: bzImage image"));
+    }
 }
 
 #[cfg(test)]
