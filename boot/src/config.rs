@@ -7,6 +7,8 @@
 //! log_level = "info"      # error|warn|info|debug|trace (default info)
 //! when_idle = "halt"      # "halt" | "power-off" (default halt)
 //! selftest = "none"       # "none" | "cpu-fault" (default none; see SelfTest)
+//! console_timestamps = false  # stamp partition console lines with the TSC ticks since
+//!                         # the partition was created: `[name +TICKS] ` (default false)
 //! apicv = true            # use APIC virtualization (virtual-interrupt delivery) for guests
 //!                         # in x2APIC mode when the CPU has it; false forces the software
 //!                         # path (for testing both) (default true)
@@ -160,6 +162,15 @@ pub struct HypervisorSettings {
     /// when the CPU has it; `false` forces the software path (for testing both).
     #[serde(default = "default_apicv")]
     pub apicv: bool,
+    /// Stamp each partition console line with the TSC ticks since the partition was
+    /// created, as `[name +TICKS] ` (measurements such as `cargo xtask bench`'s Linux
+    /// boot profile).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub console_timestamps: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for HypervisorSettings {
@@ -169,6 +180,7 @@ impl Default for HypervisorSettings {
             when_idle: WhenIdle::default(),
             selftest: SelfTest::default(),
             apicv: default_apicv(),
+            console_timestamps: false,
         }
     }
 }
@@ -342,6 +354,9 @@ impl Config {
         }
         if !self.hypervisor.apicv {
             conf.push_str("apicv=off\n");
+        }
+        if self.hypervisor.console_timestamps {
+            conf.push_str("console_timestamps=on\n");
         }
         conf
     }

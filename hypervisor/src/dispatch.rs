@@ -335,6 +335,7 @@ fn handle_other_hypercall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Out
         hypercall::GUEST_IRQ_LINE => crate::service::hypercall_guest_irq_line(vcpu, a, b, regs.rdx),
         hypercall::GUEST_POWER => crate::service::hypercall_guest_power(vcpu, a, b, regs.rdx),
         hypercall::GUEST_CONSOLE_WRITE => crate::service::hypercall_guest_console_write(vcpu, a, b, regs.rdx),
+        hypercall::SERVICE_CONSOLE_READ => crate::console::input::hypercall_read(vcpu, a, b, regs.rdx),
         hypercall::SYSTEM_INFO => crate::control::system_info(vcpu, a),
         hypercall::VM_CREATE => crate::control::vm_create(vcpu, a, b),
         hypercall::VM_MAP_RAM => crate::control::vm_map_ram(vcpu, a, b, regs.rdx),
@@ -366,7 +367,7 @@ pub fn console_write(source: &Vm, gpa: u64, len: u64, output: &Vm) -> Result<u64
     // direct-mapped and stays allocated; the VM may change it concurrently, which only
     // garbles the output.
     let bytes = unsafe { core::slice::from_raw_parts(frames::phys_to_virt(host), len as usize) };
-    crate::console::write_partition_output(output.name, bytes, &output.console_line_start);
+    crate::console::write_partition_output(output.name, bytes, &output.console_line_start, output.created_tsc);
     Ok(len)
 }
 

@@ -172,6 +172,7 @@ extern "C" fn bsp_main() -> ! {
     let (conf, partitions) = payload::read(handoff.ramdisk);
     let conf = *CONF.call_once(|| conf);
     console::set_level(conf.log_level);
+    console::set_timestamps(conf.console_timestamps);
 
     let cpu = arch::cpuid::features();
     let acpi_info = match handoff.rsdp {

@@ -274,6 +274,8 @@ pub struct Vm {
     pub exit_code: AtomicU64,
     /// Console state: the next byte the partition writes starts a line.
     pub console_line_start: AtomicBool,
+    /// TSC when the VM was created (the zero of its console timestamps).
+    pub created_tsc: u64,
     /// The partition's virtual IOAPIC.
     pub ioapic: Mutex<VIoApic>,
 }
@@ -356,6 +358,7 @@ pub fn create_vm(name: &'static str) -> Result<VmHandle, ControlError> {
         stopped: AtomicBool::new(false),
         exit_code: AtomicU64::new(0),
         console_line_start: AtomicBool::new(true),
+        created_tsc: crate::arch::tsc::now(),
         ioapic: Mutex::new(VIoApic::default()),
     }));
     VMS[index]

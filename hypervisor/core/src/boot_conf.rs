@@ -44,11 +44,20 @@ pub struct BootConf {
     /// when the CPU has it (`apicv=on`, the default); `apicv=off` forces the software
     /// path (for testing both).
     pub apicv: bool,
+    /// Stamp each partition console line with the TSC ticks since the partition was
+    /// created (`console_timestamps=on`; for measurements such as Linux boot time).
+    pub console_timestamps: bool,
 }
 
 impl Default for BootConf {
     fn default() -> Self {
-        Self { log_level: LogLevel::Info, when_idle: WhenIdle::Halt, selftest: SelfTest::None, apicv: true }
+        Self {
+            log_level: LogLevel::Info,
+            when_idle: WhenIdle::Halt,
+            selftest: SelfTest::None,
+            apicv: true,
+            console_timestamps: false,
+        }
     }
 }
 
@@ -314,6 +323,11 @@ pub fn parse_with_partitions<'a>(
                 "off" => conf.apicv = false,
                 _ => report(bad),
             },
+            "console_timestamps" => match value {
+                "on" => conf.console_timestamps = true,
+                "off" => conf.console_timestamps = false,
+                _ => report(bad),
+            },
             _ => report(ConfProblem { line, kind: ProblemKind::UnknownKey(key) }),
         }
     }
@@ -342,7 +356,8 @@ mod tests {
                 log_level: LogLevel::Debug,
                 when_idle: WhenIdle::PowerOff,
                 selftest: SelfTest::CpuFault,
-                apicv: true
+                apicv: true,
+                console_timestamps: false,
             }
         );
     }
@@ -350,6 +365,8 @@ mod tests {
     #[test]
     fn apicv_is_on_unless_turned_off() {
         assert!(BootConf::default().apicv);
+        assert!(!BootConf::default().console_timestamps);
+        assert!(parse_all(b"console_timestamps=on\n").0.console_timestamps);
         let (conf, problems) = parse_all(b"apicv=off\n");
         assert!(problems.is_empty());
         assert_eq!(conf, BootConf { apicv: false, ..BootConf::default() });

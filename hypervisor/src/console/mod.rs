@@ -3,6 +3,7 @@
 //! have no serial port, so the screen matters as much as the serial line.
 
 pub mod framebuffer;
+pub mod input;
 pub mod serial;
 
 use core::fmt::{self, Write};
@@ -78,7 +79,8 @@ pub fn init() {
 ///
 /// `line_start` is the partition's own "next byte starts a line" state, kept across
 /// calls (a guest may write one line in several pieces).
-pub fn write_partition_output(name: &str, bytes: &[u8], line_start: &core::sync::atomic::AtomicBool) {
+pub fn write_partition_output(name: &str, bytes: &[u8], line_start: &core::sync::atomic::AtomicBool, created_tsc: u64) {
+    let stamp = TIMESTAMPS.load(Ordering::Relaxed).then(|| crate::arch::tsc::now().wrapping_sub(created_tsc));
     let mut sinks = SINKS.lock();
     let mut at_start = line_start.load(Ordering::Relaxed);
     for &b in bytes {
@@ -90,6 +92,9 @@ pub fn write_partition_output(name: &str, bytes: &[u8], line_start: &core::sync:
             // Plain writes, no formatting machinery: this runs on the hypercall path.
             let _ = sinks.write_str("[");
             let _ = sinks.write_str(name);
+            if let Some(ticks) = stamp {
+                let _ = write!(sinks, " +{ticks}");
+            }
             let _ = sinks.write_str("] ");
             at_start = false;
         }
@@ -107,6 +112,17 @@ pub fn write_partition_output(name: &str, bytes: &[u8], line_start: &core::sync:
         }
     }
     line_start.store(at_start, Ordering::Relaxed);
+}
+
+/// Whether partition console lines carry TSC stamps (`console_timestamps=on`).
+static TIMESTAMPS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Turns the TSC stamps of partition console lines on or off (from `hypervisor.conf`):
+/// `[name +TICKS] `, TICKS since the partition was created, taken when the write
+/// arrives (the guest's byte reaches the console synchronously through the service
+/// partition, so it is the guest's time of writing within one request).
+pub fn set_timestamps(on: bool) {
+    TIMESTAMPS.store(on, Ordering::Relaxed);
 }
 
 /// Waits until the serial port has sent everything (before power-off).
