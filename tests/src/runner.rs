@@ -1,6 +1,6 @@
 //! Running scenarios (two at a time) and writing the JSON report.
 
-use crate::emulator::{self, Machine, WaitOptions};
+use crate::emulator::{self, Com1, Machine, SerialBridge, WaitOptions};
 use crate::judge::{self, Ending};
 use crate::layout;
 use crate::scenario::{Emulator, Scenario};
@@ -106,19 +106,36 @@ fn run_emulated(
         return Err("not started: interrupted".to_string());
     }
     let dir = ctx.scenarios_dir.join(scenario.name);
-    let run = emulator::prepare(&dir, image, machine).map_err(|e| format!("preparing {}: {e}", dir.display()))?;
+    // Scenarios that type input get COM1 by TCP (the harness listens, the emulator
+    // connects); the others keep it a file.
+    let bridge = if scenario.input.is_empty() {
+        None
+    } else {
+        Some(SerialBridge::listen().map_err(|e| format!("listening for COM1 on 127.0.0.1: {e}"))?)
+    };
+    let com1 = bridge.as_ref().map_or(Com1::File, SerialBridge::com1);
+    let run =
+        emulator::prepare_with(&dir, image, machine, com1).map_err(|e| format!("preparing {}: {e}", dir.display()))?;
     result.notes.extend(run.notes.iter().cloned());
     result.log = Some(run.serial_log());
-    let mut running = emulator::start(&run, machine).map_err(|e| e.to_string())?;
+    let mut running = match bridge {
+        Some(bridge) => emulator::start_with_bridge(&run, machine, bridge),
+        None => emulator::start(&run, machine),
+    }
+    .map_err(|e| e.to_string())?;
     let options = WaitOptions {
         timeout: Some(ctx.timeout_override.unwrap_or(scenario.timeout)),
         stop: ctx.stop.as_deref(),
         cut_short_on_fatal: !scenario.fatal_expected,
+        input: &scenario.input,
     };
     let (ending, log) = running.wait(&options, |_| {});
     let verdict = judge::judge(scenario, &log, &ending);
     if verdict.is_err() {
         result.log_tail = judge::tail(&log, TAIL_LINES);
+        if let Some(text) = running.input_waiting_for() {
+            result.notes.push(format!("console input: still waiting for {text:?} before typing"));
+        }
         if let Machine::Bochs { .. } = machine {
             // Bochs reports triple faults and other emulation failures in its own log.
             let bochs_log = std::fs::read_to_string(dir.join("bochs.log")).unwrap_or_default();

@@ -1,12 +1,18 @@
-//! `cargo xtask run`: boot the image and stream the serial console.
+//! `cargo xtask run`: boot the image, stream the serial console and type into it.
+//!
+//! COM1 is connected to this process by TCP on the loopback interface (Bochs
+//! `mode=socket-client`, QEMU `-serial tcp:`): what the machine sends is shown (and kept
+//! in `serial.log`), what the user types goes to the machine. On a terminal, input is
+//! passed on key by key without local echo (`stty -icanon -echo`, restored at the end);
+//! Ctrl-C still stops the emulator.
 
 use crate::{build, paths, EmulatorChoice};
-use hv_tests::emulator::{self, Machine, WaitOptions};
+use hv_tests::emulator::{self, InputSender, Machine, SerialBridge, WaitOptions};
 use hv_tests::judge::Ending;
 use hv_tests::scenario::{Emulator, DEFAULT_MEMORY_MIB, ICELAKE};
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 /// Options of `cargo xtask run`.
@@ -97,27 +103,34 @@ pub fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
     let machine = machine.with_memory(build::machine_memory(&built));
 
     let dir = paths::target().join("run").join(dir_name);
-    let run = emulator::prepare(&dir, &built.image, &machine).map_err(|e| e.to_string())?;
+    let bridge = SerialBridge::listen().map_err(|e| format!("listening for COM1 on 127.0.0.1: {e}"))?;
+    let run = emulator::prepare_with(&dir, &built.image, &machine, bridge.com1()).map_err(|e| e.to_string())?;
     for note in &run.notes {
         println!("note: {note}");
     }
     let stop = crate::ui::ctrl_c_flag()?;
     println!(
-        "starting {dir_name} with {} CPU(s); serial log {}; Ctrl-C stops it",
+        "starting {dir_name} with {} CPU(s); serial log {}; typing goes to the console          (Ctrl-A n: next partition); Ctrl-C stops it",
         args.cpus,
         run.serial_log().display()
     );
-    let mut running = emulator::start(&run, &machine).map_err(|e| e.to_string())?;
+    let mut running = emulator::start_with_bridge(&run, &machine, bridge).map_err(|e| e.to_string())?;
+    let terminal = KeyByKey::enter();
+    if let Some(input) = running.input() {
+        forward_stdin(input);
+    }
     let options = WaitOptions {
         timeout: (args.timeout > 0).then(|| Duration::from_secs(args.timeout)),
         stop: Some(&stop),
         cut_short_on_fatal: false,
+        input: &[],
     };
     let mut stdout = std::io::stdout();
     let (ending, _) = running.wait(&options, |text| {
         let _ = stdout.write_all(text.as_bytes());
         let _ = stdout.flush();
     });
+    drop(terminal);
     println!();
     match ending {
         Ending::Exited(code) => {
@@ -134,4 +147,64 @@ pub fn cmd_run(args: RunArgs) -> Result<ExitCode, String> {
         }
         Ending::CutShortAfterFatal => Ok(ExitCode::FAILURE),
     }
+}
+
+/// Passes what is typed on stdin to the machine's COM1, from a thread of its own (it ends
+/// with stdin, or when the machine is gone).
+fn forward_stdin(input: InputSender) {
+    let spawned = std::thread::Builder::new().name("stdin-to-com1".into()).spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 256];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if !input.send(buf[..n].to_vec()) {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        println!("note: console input is off ({e})");
+    }
+}
+
+/// The terminal settings of stdin while the machine runs: key by key (no line editing),
+/// no local echo (the guest echoes), CR kept as CR (what a serial terminal sends), no
+/// XON/XOFF or Ctrl-V processing, but Ctrl-C still signals. The previous settings come
+/// back on drop. Nothing changes when stdin is not a terminal.
+struct KeyByKey {
+    saved: Option<String>,
+}
+
+impl KeyByKey {
+    /// Arguments of `stty` for the mode described above.
+    const STTY_ARGS: [&'static str; 9] = ["-icanon", "-echo", "-icrnl", "-ixon", "-iexten", "min", "1", "time", "0"];
+
+    fn enter() -> Self {
+        if !std::io::stdin().is_terminal() {
+            return KeyByKey { saved: None };
+        }
+        let saved = stty(&["-g"]).filter(|s| !s.is_empty());
+        if saved.is_some() && stty(&Self::STTY_ARGS).is_none() {
+            return KeyByKey { saved: None };
+        }
+        KeyByKey { saved }
+    }
+}
+
+impl Drop for KeyByKey {
+    fn drop(&mut self) {
+        if let Some(saved) = self.saved.take() {
+            let _ = stty(&[saved.as_str()]);
+        }
+    }
+}
+
+/// Runs `stty ARGS` on this process's terminal (stdin); its output, `None` on failure.
+fn stty(args: &[&str]) -> Option<String> {
+    let out = Command::new("stty").args(args).stdin(Stdio::inherit()).stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

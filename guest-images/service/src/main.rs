@@ -40,6 +40,11 @@
 //! when `SERVICE_REPLY_WAIT` returns `TIMER_EXPIRED`, every board is brought to now
 //! ([`vms::tick_all`]), which raises the interrupts that came due.
 //!
+//! Console input ([`console`]): after every request and every timer tick the service
+//! partition asks the hypervisor for the bytes typed on the physical console (at most
+//! every 10 ms, `SERVICE_CONSOLE_READ`) and feeds them to the UART of the guest that has
+//! the input focus, as fast as that guest reads them.
+//!
 //! Nothing in a slot can make it panic. There is no heap: the boards live in a static
 //! table ([`vms`]).
 #![no_std]
@@ -47,6 +52,7 @@
 
 mod builder;
 mod clock;
+mod console;
 mod slots;
 mod vms;
 
@@ -70,11 +76,12 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
     let mut reply = NO_REPLY;
     let mut reported = false;
     loop {
-        let wake = vms::next_wake().map_or(0, clock::to_tsc);
+        let wake = [vms::next_wake(), console::next_wake()].into_iter().flatten().min().map_or(0, clock::to_tsc);
         let r = raw_hypercall(hc::SERVICE_REPLY_WAIT, reply, wake, 0, 0);
         reply = NO_REPLY;
         if r == TIMER_EXPIRED {
             vms::tick_all();
+            console::poll(clock::now());
             continue;
         }
         if let Some(e) = Error::from_rax(r) {
@@ -89,6 +96,7 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
         let (status, data) = serve(&request);
         slots::reply(index, data, status);
         reply = r;
+        console::poll(clock::now());
     }
 }
 

@@ -1,6 +1,7 @@
 //! The guest VMs the service partition emulates devices for: a static table of
 //! `hv_abi::service::MAX_VMS` entries indexed by `VmId::index()`, each holding that
-//! VM's [`PcBoard`], the interrupt-line levels last sent, and its console line buffer.
+//! VM's [`PcBoard`], the interrupt-line levels last sent, its console line buffer and
+//! the console input waiting for its UART (see [`crate::console`]).
 //!
 //! **Locking.** The service partition has one vCPU per physical CPU that runs guest
 //! vCPUs, so several service vCPUs may serve requests at once: of different VMs, or of
@@ -23,6 +24,7 @@ use hv_abi::hypercall as hc;
 use hv_abi::platform::IOAPIC_PINS;
 use hv_abi::service::{power, VmId, MAX_VMS};
 use hv_abi::CONSOLE_WRITE_MAX;
+use hv_core::console_input::InputQueue;
 use hv_devices::board::{BoardConfig, PcBoard};
 use hv_devices::{Nanos, Platform, PlatformRequest};
 
@@ -43,6 +45,8 @@ struct Vm {
     /// The guest's console line being assembled.
     line: [u8; LINE_MAX],
     line_len: usize,
+    /// Console input the UART's receiver has not taken yet.
+    input: InputQueue,
 }
 
 impl Vm {
@@ -50,7 +54,28 @@ impl Vm {
         // vcpus and RAM are not known to the service partition in this version (see the
         // module documentation); the epoch is fixed for now.
         let config = BoardConfig { vcpus: 1, ram_bytes: 0, epoch_seconds: EPOCH_SECONDS };
-        Self { id, board: PcBoard::new(config, now), lines: 0, last_now: now, line: [0; LINE_MAX], line_len: 0 }
+        Self {
+            id,
+            board: PcBoard::new(config, now),
+            lines: 0,
+            last_now: now,
+            line: [0; LINE_MAX],
+            line_len: 0,
+            input: InputQueue::new(),
+        }
+    }
+
+    /// Moves waiting console input into the UART's receiver, as much as it has room for
+    /// (none is lost to an overrun); the rest waits for the guest to read. Returns
+    /// whether any moved (the interrupt it may raise is driven by the next `tick`).
+    fn feed_input(board: &mut PcBoard, input: &mut InputQueue) -> bool {
+        if input.is_empty() {
+            return false;
+        }
+        let space = board.console_input_space();
+        input.deliver(space, |byte| {
+            board.push_console_input(byte);
+        }) > 0
     }
 
     /// Sends the assembled line (if any) as the guest's console output.
@@ -177,6 +202,27 @@ static TABLE: [Entry; MAX_VMS as usize] = [const { Entry::new() }; MAX_VMS as us
 /// drained, a power request is performed and [`next_wake`] is updated ([`settle`]).
 /// `None` when the table does not cover the VM.
 fn access<R>(id: VmId, f: impl FnOnce(&mut PcBoard, Nanos, &mut Wire<'_>) -> R) -> Option<R> {
+    with_vm(id, |vm| {
+        let now = crate::clock::now().max(vm.last_now);
+        vm.last_now = now;
+        let mut wire = Wire { id, lines: &mut vm.lines, power: None };
+        vm.board.tick(now, &mut wire);
+        let result = f(&mut vm.board, now, &mut wire);
+        // The access may have emptied the receiver (a read of RBR): refill it, and drive
+        // the interrupt line the new bytes raise.
+        if Vm::feed_input(&mut vm.board, &mut vm.input) {
+            vm.board.tick(now, &mut wire);
+        }
+        let request = wire.power;
+        settle(vm, request);
+        result
+    })
+}
+
+/// Runs `f` on the table entry of guest VM `id` under its lock: the entry is created on
+/// the VM's first request (or console input), or replaced when the id's generation
+/// changed (the old VM was destroyed). `None` when the table does not cover the VM.
+fn with_vm<R>(id: VmId, f: impl FnOnce(&mut Vm) -> R) -> Option<R> {
     let entry = TABLE.get(usize::from(id.index()))?;
     let now = crate::clock::now();
     let mut guard = entry.lock();
@@ -185,15 +231,32 @@ fn access<R>(id: VmId, f: impl FnOnce(&mut PcBoard, Nanos, &mut Wire<'_>) -> R) 
         // First request of this VM, or of a new VM in a destroyed one's place.
         *slot = Some(Vm::new(id, now));
     }
-    let vm = slot.as_mut()?;
-    let now = now.max(vm.last_now);
-    vm.last_now = now;
-    let mut wire = Wire { id, lines: &mut vm.lines, power: None };
-    vm.board.tick(now, &mut wire);
-    let result = f(&mut vm.board, now, &mut wire);
-    let request = wire.power;
-    settle(vm, request);
-    Some(result)
+    slot.as_mut().map(f)
+}
+
+/// Room in guest VM `id`'s console input queue (0 when the table does not cover it).
+pub fn input_room(id: VmId) -> usize {
+    with_vm(id, |vm| vm.input.free()).unwrap_or(0)
+}
+
+/// Queues console input for guest VM `id` and feeds its UART's receiver as far as it
+/// has room, raising the receive interrupt as the UART model dictates. Bytes beyond the
+/// queue's room are dropped (the caller asks for no more than [`input_room`], except
+/// when the queue is full: see `crate::console`). Returns how many were queued.
+pub fn queue_input(id: VmId, bytes: &[u8]) -> usize {
+    with_vm(id, |vm| {
+        let queued = vm.input.extend(bytes);
+        if Vm::feed_input(&mut vm.board, &mut vm.input) {
+            let now = crate::clock::now().max(vm.last_now);
+            vm.last_now = now;
+            let mut wire = Wire { id: vm.id, lines: &mut vm.lines, power: None };
+            vm.board.tick(now, &mut wire);
+            let request = wire.power;
+            settle(vm, request);
+        }
+        queued
+    })
+    .unwrap_or(0)
 }
 
 /// What follows every access and every timer tick of a VM: its console output is
@@ -254,6 +317,7 @@ pub fn tick_all() {
         let Some(vm) = guard.vm().as_mut() else { continue };
         let now = crate::clock::now().max(vm.last_now);
         vm.last_now = now;
+        Vm::feed_input(&mut vm.board, &mut vm.input);
         let mut wire = Wire { id: vm.id, lines: &mut vm.lines, power: None };
         vm.board.tick(now, &mut wire);
         let request = wire.power;

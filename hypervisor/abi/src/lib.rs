@@ -98,6 +98,21 @@ pub mod hypercall {
     pub const VCPU_START: u64 = 18;
     /// VM RBX: stops every vCPU, logging exit code RCX. Returns 0.
     pub const VM_STOP: u64 = 19;
+
+    /// Service partition only: takes console input for a guest (see
+    /// [`super::service::console`]). RBX = service address of a buffer, RCX = its length
+    /// (0 ..= [`super::service::console::READ_MAX`]; 0 only asks where input goes now),
+    /// RDX = the guest VmId the caller has room for, or
+    /// [`super::service::console::ANY_TARGET`]. The hypervisor reads the bytes waiting in
+    /// the physical console's UART, handles the escape sequences (Ctrl-A n switches the
+    /// partition that gets input, Ctrl-A Ctrl-A is a literal Ctrl-A) and writes up to RCX
+    /// of the remaining bytes to the buffer; the bytes are for the partition that had the
+    /// input focus when the call began, and a switch ends the call. When RDX names
+    /// another VM than that one, nothing is taken. Never waits. Returns
+    /// [`super::service::console::encode`]`(count, target)`; `BadLength` for RCX > 64,
+    /// `BadAddress` for a buffer outside the caller's RAM, `BadArgument` for an RDX that
+    /// is neither a VmId nor `ANY_TARGET`.
+    pub const SERVICE_CONSOLE_READ: u64 = 20;
 }
 
 /// Most bytes one `CONSOLE_WRITE` takes.
@@ -638,6 +653,43 @@ pub mod service {
         }
     }
 
+    /// Console input (`SERVICE_CONSOLE_READ`): the physical console's input goes to one
+    /// guest partition with a UART (`com1`) at a time, its *focus*. The service partition
+    /// polls for it and feeds the bytes to that guest's UART receiver, keeping what the
+    /// receiver cannot take yet.
+    pub mod console {
+        use super::VmId;
+
+        /// Most bytes one `SERVICE_CONSOLE_READ` returns.
+        pub const READ_MAX: u64 = 64;
+        /// RDX of `SERVICE_CONSOLE_READ`: the caller takes input for any guest.
+        pub const ANY_TARGET: u64 = u64::MAX;
+        /// Result bit: bits 16..48 hold the target VmId (clear: no guest takes input).
+        pub const TARGET_VALID: u64 = 1 << 48;
+
+        /// The result of `SERVICE_CONSOLE_READ`: `count` (bits 0..16, at most
+        /// [`READ_MAX`]), the target's VmId (bits 16..48) and [`TARGET_VALID`]. Never
+        /// negative, so never mistaken for an error.
+        #[must_use]
+        pub const fn encode(count: u16, target: Option<VmId>) -> u64 {
+            match target {
+                Some(id) => count as u64 | (id.0 as u64) << 16 | TARGET_VALID,
+                None => count as u64,
+            }
+        }
+
+        /// `(count, target)` from a successful result (`None` for an error value).
+        #[must_use]
+        pub fn decode(rax: u64) -> Option<(usize, Option<VmId>)> {
+            if (rax as i64) < 0 {
+                return None;
+            }
+            let count = (rax & 0xffff) as usize;
+            let target = (rax & TARGET_VALID != 0).then_some(VmId((rax >> 16) as u32));
+            Some((count, target))
+        }
+    }
+
     /// `GUEST_POWER` actions.
     pub mod power {
         /// Power off (ACPI S5, `isa-debug-exit`): RDX = exit code.
@@ -724,6 +776,17 @@ mod tests {
         assert_eq!(VcpuStartState::from_bytes(&s.to_bytes()), s);
         assert_eq!(s.to_bytes()[8], 1);
         assert_eq!(s.to_bytes()[64], 8);
+    }
+
+    #[test]
+    fn console_read_results_round_trip() {
+        use super::service::console::{decode, encode, READ_MAX};
+        let id = VmId::new(15, 0xffff);
+        assert_eq!(decode(encode(READ_MAX as u16, Some(id))), Some((64, Some(id))));
+        assert_eq!(decode(encode(0, Some(VmId(0)))), Some((0, Some(VmId(0)))));
+        assert_eq!(decode(encode(3, None)), Some((3, None)));
+        assert!((encode(64, Some(VmId(u32::MAX))) as i64) >= 0);
+        assert_eq!(decode(super::Error::BadLength.to_rax()), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod addr;
 pub mod apic;
 pub mod apicv;
 pub mod boot_conf;
+pub mod console_input;
 pub mod control_regs;
 pub mod cpu_features;
 pub mod ept;

@@ -470,6 +470,13 @@ impl PcBoard {
     pub fn push_console_input(&mut self, byte: u8) -> bool {
         self.uart.push_input(byte)
     }
+
+    /// Bytes the UART's receiver takes before it overruns ([`Uart16550::rx_space`]: 0 in
+    /// loopback), for pacing console input.
+    #[must_use]
+    pub const fn console_input_space(&self) -> usize {
+        self.uart.rx_space()
+    }
 }
 
 #[cfg(test)]
@@ -770,7 +777,9 @@ mod tests {
         let mut r = Rig::new();
         r.out(0x3FC, 1, 0x08); // OUT2
         r.out(0x3F9, 1, 0x01); // IER: received data
+        assert_eq!(r.board.console_input_space(), 1, "16450 mode: RBR only");
         assert!(r.board.push_console_input(b'k'));
+        assert_eq!(r.board.console_input_space(), 0);
         assert_eq!(r.board.next_event(), Some(0), "the line change waits for a tick");
         r.board.tick(10, &mut r.platform);
         assert_eq!(r.platform.lines, 1 << 4);
