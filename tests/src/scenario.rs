@@ -51,6 +51,10 @@ pub struct Scenario {
     /// Memory of the emulated machine in MiB (room for the hypervisor, the partitions'
     /// RAM, the service partition's pool and the boot payload).
     pub memory_mib: u32,
+    /// Console input typed into COM1: (wait until the serial log contains this text, then
+    /// type these bytes), step by step. Scenarios with input connect COM1 to the harness
+    /// by TCP (Bochs `mode=socket-client`); the others write it to a file.
+    pub input: Vec<(String, String)>,
 }
 
 /// Emulated machine memory of the scenarios with small partitions.
@@ -94,6 +98,7 @@ fn bochs_boot(name: &'static str, model: &'static str, cpus: u32, timeout_s: u64
         require_self_exit: true,
         fatal_expected: false,
         memory_mib: DEFAULT_MEMORY_MIB,
+        input: Vec::new(),
     }
 }
 
@@ -123,6 +128,7 @@ fn cpu_fault() -> Scenario {
         require_self_exit: true,
         fatal_expected: true,
         memory_mib: DEFAULT_MEMORY_MIB,
+        input: Vec::new(),
     }
 }
 
@@ -158,6 +164,7 @@ fn guests(
         require_self_exit: true,
         fatal_expected: false,
         memory_mib: DEFAULT_MEMORY_MIB,
+        input: Vec::new(),
     }
 }
 
@@ -185,7 +192,46 @@ fn service_scenario(name: &'static str, cpus: u32, config: &'static str, guests:
         require_self_exit: true,
         fatal_expected: false,
         memory_mib: DEFAULT_MEMORY_MIB,
+        input: Vec::new(),
     }
+}
+
+/// `scenario` with console input: `steps` of (text the serial log must contain, bytes
+/// to type into COM1 then), in order (see [`Scenario::input`]).
+pub fn with_input(mut scenario: Scenario, steps: &[(&str, &str)]) -> Scenario {
+    scenario.input = steps.iter().map(|(text, bytes)| (text.to_string(), bytes.to_string())).collect();
+    scenario
+}
+
+/// `svc-console-input`: two guests read a line from their UART. Input goes to `alpha`
+/// first. Once both are ready everything is typed at once: `hello alpha` without its
+/// CR, `Ctrl-A n` (the switch to `beta`, while alpha still waits for its line), beta's
+/// line with `Ctrl-A Ctrl-A` (a literal 0x01, shown as `.`) and `Ctrl-A z` (ignored),
+/// `Ctrl-A n` again (cycling back to alpha) and the CR that ends alpha's line.
+fn svc_console_input() -> Scenario {
+    let s = service_scenario(
+        "svc-console-input",
+        2,
+        "tests/configs/svc-console-input.toml",
+        2,
+        &[
+            "console: input goes to partition alpha (Ctrl-A n switches)",
+            "[alpha] ready for input",
+            "[beta] ready for input",
+            "[alpha] got: hello alpha",
+            "console: input goes to partition beta (Ctrl-A n switches)",
+            "[beta] got: hello beta .!",
+            "partition alpha: stopped itself (code 0)",
+            "partition beta: stopped itself (code 0)",
+        ],
+    );
+    with_input(
+        s,
+        &[
+            ("[alpha] ready for input", ""),
+            ("[beta] ready for input", "hello alpha\u{1}nhello beta \u{1}\u{1}\u{1}z!\r\u{1}n\r"),
+        ],
+    )
 }
 
 /// The service-partition scenarios (issue 5).
@@ -360,6 +406,7 @@ fn service_scenarios() -> Vec<Scenario> {
                 "partition plain: stopped itself (code 0)",
             ],
         ),
+        svc_console_input(),
     ]
 }
 
@@ -423,6 +470,7 @@ fn bochs_expect(name: &'static str, config: &'static str, expected: &[&str]) -> 
         require_self_exit: true,
         fatal_expected: false,
         memory_mib: DEFAULT_MEMORY_MIB,
+        input: Vec::new(),
     }
 }
 
@@ -451,7 +499,74 @@ pub fn catalogue() -> Vec<Scenario> {
     all.extend(variants);
     all.extend(without_apicv);
     all.extend(service_scenarios());
+    all.extend(linux_scenarios());
     all
+}
+
+/// A Linux guest scenario: the service partition builds the Debian kernel of
+/// `cargo xtask linux` with its initramfs (`guests` guest partitions in all); the
+/// scenario checks `expected`, that the kernel powered the partition off through ACPI
+/// S5, and (through the judge) that no guest console line reports an oops, BUG,
+/// WARNING, call trace or panic.
+fn linux_scenario(
+    name: &'static str,
+    config: &'static str,
+    guests: u32,
+    timeout_s: u64,
+    expected: &[&str],
+) -> Scenario {
+    let mut lines: Vec<&str> = vec![
+        "[linux] linux-init: reached /init (kernel 6.1",
+        "[linux] linux-init: log check: 0 suspicious lines",
+        "[linux] linux-init: powering off",
+        "ACPI: PM: Preparing to enter system sleep state S5",
+        "partition linux: powered off through its platform (code 0)",
+        "partition linux: stopped itself (code 0)",
+    ];
+    lines.extend_from_slice(expected);
+    let mut s = service_scenario(name, 2, config, guests, &lines);
+    s.timeout = Duration::from_secs(timeout_s);
+    s
+}
+
+/// The scenarios that boot an unmodified Linux.
+fn linux_scenarios() -> Vec<Scenario> {
+    vec![
+        linux_scenario(
+            "linux-boot",
+            "tests/configs/linux-boot.toml",
+            1,
+            900,
+            &[
+                "[svc] service: partition linux: bzImage image, 128 MiB, vcpu 0 on cpu 1",
+                "[linux] linux-init: cpuinfo begin",
+                "[linux] vendor_id\t: GenuineIntel",
+                "[linux] linux-init: cpuinfo end",
+            ],
+        ),
+        linux_scenario(
+            "linux-smp",
+            "tests/configs/linux-smp.toml",
+            1,
+            1200,
+            &[
+                "[svc] service: partition linux: vcpu 1 on cpu 0, waiting for INIT and start-up IPIs",
+                "smpboot: Total of 2 processors activated",
+                "[linux] linux-init: online 0-1",
+                "[linux] linux-init: nproc 2",
+                "[linux] linux-init: worker 0 done on cpu 0",
+                "[linux] linux-init: worker 1 done on cpu 1",
+                "[linux] linux-init: workload done",
+            ],
+        ),
+        linux_scenario(
+            "linux-with-guest",
+            "tests/configs/linux-with-guest.toml",
+            2,
+            900,
+            &["[uart] PASS guest-uart", "partition uart: stopped itself (code 0)"],
+        ),
+    ]
 }
 
 /// `NAME-SUFFIX`, as a `'static` name (the catalogue is built a handful of times per
@@ -474,6 +589,7 @@ fn base_catalogue() -> Vec<Scenario> {
             require_self_exit: false,
             fatal_expected: false,
             memory_mib: DEFAULT_MEMORY_MIB,
+            input: Vec::new(),
         },
         bochs_boot("boot-4cpu", ICELAKE, 4, 300),
         bochs_boot("boot-2cpu", ICELAKE, 2, 180),
@@ -490,6 +606,7 @@ fn base_catalogue() -> Vec<Scenario> {
             require_self_exit: true,
             fatal_expected: false,
             memory_mib: DEFAULT_MEMORY_MIB,
+            input: Vec::new(),
         },
         cpu_fault(),
         guests("guest-hello", ICELAKE, 2, "tests/configs/guest-hello.toml", &[("hello", "guest-hello")]),
@@ -669,10 +786,24 @@ mod tests {
     }
 
     #[test]
+    fn only_console_input_scenarios_type_input() {
+        let all = catalogue();
+        let with: Vec<&str> = all.iter().filter(|s| !s.input.is_empty()).map(|s| s.name).collect();
+        assert!(with.contains(&"svc-console-input"), "{with:?}");
+        let s = all.iter().find(|s| s.name == "svc-console-input").unwrap();
+        assert_eq!(s.input[0], ("[alpha] ready for input".to_string(), String::new()));
+        assert!(s.input[1].1.contains("\u{1}n"), "the switch is typed");
+        assert!(all
+            .iter()
+            .filter(|s| s.name.starts_with("guest-") || s.name.starts_with("boot-"))
+            .all(|s| s.input.is_empty()));
+    }
+
+    #[test]
     fn filters_match_substrings() {
         assert_eq!(select(&[]).len(), catalogue().len());
         let names: Vec<&str> = select(&["boot".to_string()]).iter().map(|s| s.name).collect();
-        assert_eq!(names, ["boot-4cpu", "boot-2cpu", "boot-1cpu", "boot-skylake", "svc-multiboot"]);
+        assert_eq!(names, ["boot-4cpu", "boot-2cpu", "boot-1cpu", "boot-skylake", "svc-multiboot", "linux-boot"]);
         let names: Vec<&str> = select(&["vmx".to_string(), "layout".to_string()]).iter().map(|s| s.name).collect();
         assert_eq!(names, ["image-layout", "no-vmx"]);
         let names: Vec<&str> = select(&["fault".to_string()]).iter().map(|s| s.name).collect();

@@ -11,6 +11,11 @@
 //!   (one vCPU's IPI send to the halted vCPU's handler) and `ipi.roundtrip` (vCPU 0 ->
 //!   vCPU 1 -> vCPU 0 fixed IPIs) in the same form.
 //!
+//! - Linux exit profile: `tests/configs/bench-linux.toml` boots the Debian kernel with
+//!   console timestamps; `linux.exits.REASON` (count), `linux.exit_ticks.REASON` (handler
+//!   time) and `linux.boot_to_init` (emulated instructions from the partition's creation
+//!   to the kernel starting /init), a table, and `$TARGET/linux-exits.svg`.
+//!
 //! Everything goes to `$TARGET/bench.json` and a table. Under Bochs with
 //! `clock: sync=none` the TSC advances by `TSC Hz / ips` per emulated instruction, so
 //! ticks convert to instructions: the table shows both. The command never fails on a
@@ -41,6 +46,8 @@ const NATIVE_METRICS: [&str; 2] = ["native.rdtsc", "native.loop"];
 /// The interrupt metrics and the test scenario whose guest prints each.
 const INTERRUPT_METRICS: [(&str, &str); 3] =
     [("timer.latency", "guest-apic-timer"), ("hlt.wake", "guest-hlt"), ("ipi.roundtrip", "guest-ipi-2")];
+/// The Linux exit-profile config (`linux-boot` with console timestamps).
+const BENCH_LINUX_CONFIG: &str = "tests/configs/bench-linux.toml";
 /// The name of the measurement-overhead metric.
 const OVERHEAD: &str = "native.rdtsc";
 
@@ -194,7 +201,81 @@ fn exit_scenario(name: &'static str, config: &'static str) -> Scenario {
         require_self_exit: true,
         fatal_expected: false,
         memory_mib: scenario::DEFAULT_MEMORY_MIB,
+        input: Vec::new(),
     }
+}
+
+/// The Linux exit-profile run: `linux-boot`'s guest with console timestamps.
+fn linux_scenario() -> Scenario {
+    let mut s = exit_scenario("bench-linux", BENCH_LINUX_CONFIG);
+    s.cpus = 2;
+    s.timeout = Duration::from_secs(900);
+    s.expected = vec![
+        "linux-init: reached /init".to_string(),
+        "linux-init: log check: 0 suspicious lines".to_string(),
+        "partition linux: stopped itself (code 0)".to_string(),
+        "platform: power off (code 0)".to_string(),
+    ];
+    s
+}
+
+/// The Linux profile's metrics from its run (with the problems found), its table
+/// printed and its chart written to `$TARGET/linux-exits.svg`. `tpi` converts ticks to
+/// instructions (1 when unknown: Bochs' TSC then counts instructions at ips = TSC Hz).
+fn linux_profile(run: &ScenarioResult, tpi: Option<f64>) -> (Vec<Metric>, Vec<String>) {
+    let log = hv_tests::judge::strip_escapes(&read_log(run));
+    let exits = crate::linux_profile::exit_counts(&log, crate::linux_profile::PARTITION);
+    let mut metrics = Vec::new();
+    let mut problems = Vec::new();
+    if exits.is_empty() {
+        problems.push(format!("{}: no `partition linux: vcpu N exits:` line in the log", run.name));
+    }
+    let tpi = tpi.filter(|t| *t > 0.0).unwrap_or(1.0);
+    match crate::linux_profile::boot_to_init_ticks(&log) {
+        Some(ticks) => {
+            let mut m = Metric::single("linux.boot_to_init".to_string(), (ticks as f64 / tpi) as u64);
+            m.unit = "insns";
+            metrics.push(m);
+        }
+        None => problems.push(format!("{}: no stamped `Run /init as init process` line in the log", run.name)),
+    }
+    let total: u64 = exits.iter().map(|e| e.ticks).sum::<u64>().max(1);
+    println!();
+    println!("Linux boot exit profile ({} ticks per instruction):", fmt_opt(Some(tpi), 2));
+    println!("{:<22} {:>10} {:>14} {:>7}", "exit reason", "count", "handler ticks", "share");
+    for e in &exits {
+        let mut count = Metric::single(format!("linux.exits.{}", e.reason), e.count);
+        count.unit = "exits";
+        metrics.push(count);
+        metrics.push(Metric::single(format!("linux.exit_ticks.{}", e.reason), e.ticks));
+        println!("{:<22} {:>10} {:>14} {:>6.1}%", e.reason, e.count, e.ticks, e.ticks as f64 * 100.0 / total as f64);
+    }
+    if let Some(m) = metrics.iter().find(|m| m.name == "linux.boot_to_init") {
+        println!("linux.boot_to_init: {} emulated instructions from the partition's creation to /init", m.median);
+    }
+    let svg = paths::target().join("linux-exits.svg");
+    let title = "Linux boot to power-off: handler time per exit reason (Bochs icelake)";
+    match std::fs::write(&svg, crate::linux_profile::svg_chart(title, &exits)) {
+        Ok(()) => println!("chart: {}", svg.display()),
+        Err(e) => problems.push(format!("writing {}: {e}", svg.display())),
+    }
+    (metrics, problems)
+}
+
+/// `cargo xtask bench --linux-only`.
+pub fn cmd_bench_linux() -> Result<ExitCode, String> {
+    let results = test::run_scenarios(vec![linux_scenario()], None);
+    let run = results.first().ok_or("the Linux profile did not run")?;
+    let (metrics, problems) = linux_profile(run, None);
+    let path = paths::target().join("bench.json");
+    let doc = to_json(scenario::ICELAKE, &metrics, tsc_mhz(&read_log(run)), Some(run_ips(run)), None);
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
+    println!("written: {}", path.display());
+    for p in &problems {
+        println!("missing: {p}");
+    }
+    Ok(if problems.is_empty() && run.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn read_log(r: &ScenarioResult) -> String {
@@ -238,6 +319,7 @@ pub fn cmd_bench(exits_only: bool) -> Result<ExitCode, String> {
             require_self_exit: true,
             fatal_expected: false,
             memory_mib: scenario::DEFAULT_MEMORY_MIB,
+            input: Vec::new(),
         })
         .collect();
     scenarios.push(exit_scenario("bench-exits", BENCH_CONFIG));
@@ -246,6 +328,9 @@ pub fn cmd_bench(exits_only: bool) -> Result<ExitCode, String> {
     for (_, name) in interrupt_metrics {
         let found = catalogue.iter().find(|s| s.name == *name).ok_or(format!("no scenario {name} in the catalogue"))?;
         scenarios.push(found.clone());
+    }
+    if !exits_only {
+        scenarios.push(linux_scenario());
     }
     let results = test::run_scenarios(scenarios, None);
 
@@ -303,6 +388,11 @@ pub fn cmd_bench(exits_only: bool) -> Result<ExitCode, String> {
 
     let mut metrics = measured.clone();
     metrics.extend(boot.iter().cloned());
+    if let Some(run) = results.iter().find(|r| r.name == "bench-linux") {
+        let (linux, linux_problems) = linux_profile(run, tpi);
+        metrics.extend(linux);
+        problems.extend(linux_problems);
+    }
     let path = paths::target().join("bench.json");
     let doc = to_json(scenario::ICELAKE, &metrics, tsc, Some(ips), tpi);
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;

@@ -16,6 +16,7 @@ mod bench;
 mod build;
 mod fuzz;
 mod linux;
+mod linux_profile;
 mod paths;
 mod run;
 mod test;
@@ -99,6 +100,10 @@ enum Command {
         /// holds only those metrics.
         #[arg(long)]
         exits_only: bool,
+        /// Only the Linux boot's exit profile (one Bochs run); `bench.json` then holds
+        /// only the `linux.*` metrics.
+        #[arg(long, conflicts_with = "exits_only")]
+        linux_only: bool,
     },
     /// Fuzz the parsers of untrusted bytes (installs cargo-fuzz when missing).
     Fuzz {
@@ -135,7 +140,11 @@ fn main() -> ExitCode {
             run::cmd_run(run::RunArgs { emulator, cpus, cpu_model, timeout, config })
         }
         Command::Test { filters, timeout } => test::cmd_test(&filters, timeout),
-        Command::Bench { exits_only } => bench::cmd_bench(exits_only),
+        Command::Bench { exits_only, linux_only: true } => {
+            let _ = exits_only;
+            bench::cmd_bench_linux()
+        }
+        Command::Bench { exits_only, linux_only: false } => bench::cmd_bench(exits_only),
         Command::Fuzz { target, seconds } => fuzz::cmd_fuzz(target, seconds),
         Command::Usb { device, yes, image } => usb::cmd_usb(&device, yes, image),
         Command::Linux => linux::material().map(|material| {
