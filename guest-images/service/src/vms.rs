@@ -30,6 +30,10 @@ use hv_devices::{Nanos, Platform, PlatformRequest};
 
 /// The RTC's wall-clock time at a board's creation: 2026-01-01T00:00:00Z (Unix seconds).
 pub const EPOCH_SECONDS: u64 = 1_767_225_600;
+/// How long a partial console line waits for more bytes before it is sent as it is
+/// (20 ms, in the boards' nanoseconds).
+const PARTIAL_LINE_IDLE: Nanos = 20_000_000;
+
 /// The longest console chunk sent at once (a partial line is sent when it gets this long).
 const LINE_MAX: usize = CONSOLE_WRITE_MAX as usize;
 
@@ -45,6 +49,9 @@ struct Vm {
     /// The guest's console line being assembled.
     line: [u8; LINE_MAX],
     line_len: usize,
+    /// When the last byte joined the partial line (a prompt without a newline is sent
+    /// once the guest has written nothing for [`PARTIAL_LINE_IDLE`]).
+    line_last: Nanos,
     /// Console input the UART's receiver has not taken yet.
     input: InputQueue,
 }
@@ -61,6 +68,7 @@ impl Vm {
             last_now: now,
             line: [0; LINE_MAX],
             line_len: 0,
+            line_last: now,
             input: InputQueue::new(),
         }
     }
@@ -97,6 +105,7 @@ impl Vm {
         loop {
             let n = self.board.take_console_output(&mut chunk);
             let Some(bytes) = chunk.get(..n).filter(|b| !b.is_empty()) else { break };
+            self.line_last = self.last_now;
             for &byte in bytes {
                 if let Some(slot) = self.line.get_mut(self.line_len) {
                     *slot = byte;
@@ -264,6 +273,15 @@ pub fn queue_input(id: VmId, bytes: &[u8]) -> usize {
 /// any) is performed, and the board's next event lowers [`next_wake`].
 fn settle(vm: &mut Vm, request: Option<PlatformRequest>) {
     vm.drain_console(request.is_some());
+    if vm.line_len > 0 {
+        // A partial line (a shell prompt) goes out once the guest stopped writing.
+        let due = vm.line_last.saturating_add(PARTIAL_LINE_IDLE);
+        if vm.last_now >= due {
+            vm.send_line();
+        } else {
+            NEXT_WAKE.fetch_min(due, Ordering::AcqRel);
+        }
+    }
     if let Some(request) = request {
         power(vm.id, request);
     }
