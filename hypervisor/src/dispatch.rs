@@ -367,7 +367,13 @@ pub fn console_write(source: &Vm, gpa: u64, len: u64, output: &Vm) -> Result<u64
     // direct-mapped and stays allocated; the VM may change it concurrently, which only
     // garbles the output.
     let bytes = unsafe { core::slice::from_raw_parts(frames::phys_to_virt(host), len as usize) };
-    crate::console::write_partition_output(output.name, bytes, &output.console_line_start, output.created_tsc);
+    crate::console::write_partition_output(
+        output.name,
+        bytes,
+        &output.console_line_start,
+        &output.console_filter,
+        output.created_tsc,
+    );
     Ok(len)
 }
 

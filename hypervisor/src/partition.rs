@@ -274,6 +274,9 @@ pub struct Vm {
     pub exit_code: AtomicU64,
     /// Console state: the next byte the partition writes starts a line.
     pub console_line_start: AtomicBool,
+    /// Console state: where the partition's output is in a terminal control sequence
+    /// (`hv_core::console_output::ControlFilter`, as a byte).
+    pub console_filter: AtomicU8,
     /// TSC when the VM was created (the zero of its console timestamps).
     pub created_tsc: u64,
     /// The partition's virtual IOAPIC.
@@ -358,6 +361,7 @@ pub fn create_vm(name: &'static str) -> Result<VmHandle, ControlError> {
         stopped: AtomicBool::new(false),
         exit_code: AtomicU64::new(0),
         console_line_start: AtomicBool::new(true),
+        console_filter: AtomicU8::new(0),
         created_tsc: crate::arch::tsc::now(),
         ioapic: Mutex::new(VIoApic::default()),
     }));

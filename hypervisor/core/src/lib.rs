@@ -15,6 +15,7 @@ pub mod apic;
 pub mod apicv;
 pub mod boot_conf;
 pub mod console_input;
+pub mod console_output;
 pub mod control_regs;
 pub mod cpu_features;
 pub mod ept;

@@ -72,20 +72,29 @@ pub fn init() {
     log::set_max_level(log::LevelFilter::Trace);
 }
 
-/// Writes a partition's console output, each line prefixed with `[name] `. Bytes
-/// that are not printable ASCII (or newline, tab, backspace) are shown as `.` and CR is
-/// dropped (LF ends a line), so a guest cannot send
-/// terminal control sequences to the user's console.
+/// Writes a partition's console output, each line prefixed with `[name] `. Terminal
+/// control sequences are dropped, CR is dropped (LF ends a line), and the other bytes
+/// that are not printable ASCII (or tab, backspace) are shown as `.`, so a guest cannot
+/// control the user's terminal.
 ///
-/// `line_start` is the partition's own "next byte starts a line" state, kept across
-/// calls (a guest may write one line in several pieces).
-pub fn write_partition_output(name: &str, bytes: &[u8], line_start: &core::sync::atomic::AtomicBool, created_tsc: u64) {
+/// `line_start` and `filter_state` are the partition's own "next byte starts a line"
+/// and control-sequence states, kept across calls (a guest may write one line in
+/// several pieces).
+pub fn write_partition_output(
+    name: &str,
+    bytes: &[u8],
+    line_start: &core::sync::atomic::AtomicBool,
+    filter_state: &AtomicU8,
+    created_tsc: u64,
+) {
     let stamp = TIMESTAMPS.load(Ordering::Relaxed).then(|| crate::arch::tsc::now().wrapping_sub(created_tsc));
     let mut sinks = SINKS.lock();
     let mut at_start = line_start.load(Ordering::Relaxed);
+    let mut filter = hv_core::console_output::ControlFilter::from_u8(filter_state.load(Ordering::Relaxed));
     for &b in bytes {
         // Serial drivers send CR LF; the LF below ends the line (and prints CR LF).
-        if b == b'\r' {
+        // Terminal control sequences are dropped (hv_core::console_output).
+        if b == b'\r' || !filter.keep(b) {
             continue;
         }
         if at_start {
@@ -112,6 +121,7 @@ pub fn write_partition_output(name: &str, bytes: &[u8], line_start: &core::sync:
         }
     }
     line_start.store(at_start, Ordering::Relaxed);
+    filter_state.store(filter.to_u8(), Ordering::Relaxed);
 }
 
 /// Whether partition console lines carry TSC stamps (`console_timestamps=on`).
