@@ -529,6 +529,28 @@ fn linux_scenario(
     s
 }
 
+/// `linux-console-input`: Linux starts a shell on ttyS0; the scenario types a command at
+/// its prompt through COM1 (the hypervisor gives the input to the only guest with a
+/// UART) and checks the output, then powers the guest off from the shell.
+fn linux_console_input() -> Scenario {
+    let mut s = service_scenario(
+        "linux-console-input",
+        2,
+        "tests/configs/linux-console-input.toml",
+        1,
+        &[
+            "[linux] linux-init: starting shell on the console",
+            "console: input goes to partition linux (Ctrl-A n switches)",
+            "[linux] hv-42",
+            "ACPI: PM: Preparing to enter system sleep state S5",
+            "partition linux: powered off through its platform (code 0)",
+            "partition linux: stopped itself (code 0)",
+        ],
+    );
+    s.timeout = Duration::from_secs(900);
+    with_input(s, &[("linux# ", "echo hv-$((6*7))\r"), ("[linux] hv-42", "poweroff -f\r")])
+}
+
 /// The scenarios that boot an unmodified Linux.
 fn linux_scenarios() -> Vec<Scenario> {
     vec![
@@ -559,6 +581,7 @@ fn linux_scenarios() -> Vec<Scenario> {
                 "[linux] linux-init: workload done",
             ],
         ),
+        linux_console_input(),
         linux_scenario(
             "linux-with-guest",
             "tests/configs/linux-with-guest.toml",
