@@ -163,6 +163,9 @@ pub fn run_scenarios(scenarios: Vec<Scenario>, timeout: Option<Duration>) -> Vec
         bochs_ips: hv_tests::emulator::bochs_ips(),
         stop: stop.clone(),
     };
+    // Longest first (the time-out is the proxy): the Linux boots start at once and the
+    // short scenarios fill the other slot, so the two slots finish close together.
+    runnable.sort_by_key(|(s, _)| std::cmp::Reverse(s.timeout));
     let names: Vec<&str> = runnable.iter().map(|(s, _)| s.name).collect();
     let pb = ui::spinner(format!("running {} scenario(s) two at a time: {}", names.len(), names.join(", ")));
     runner::run_parallel(

@@ -9,7 +9,7 @@
 //! | 0 | with a known TSC frequency at least 0x16 (the leaves 0x15/0x16 below are synthesised) |
 //! | 1 | ECX: hypervisor (31) set, VMX (5) and SMX (6) clear, OSXSAVE (27) as given, MONITOR (3), EIST (7), TM2 (8), PDCM (15), DTES64 (2), DS-CPL (4) clear; EDX: DS (21), ACPI thermal (22), TM (29) clear; EBX[31:24] = vCPU id (initial APIC ID), EBX[23:16] = vCPU count; EDX HTT (28) set iff count > 1 |
 //! | 4 | for each cache present: EAX[31:26] = count − 1 cores per package, EAX[25:14] = 0 (one thread per cache); the rest as host |
-//! | 6 | zeros (no thermal/power management) |
+//! | 6 | EAX = ARAT (bit 2: the virtual LAPIC timer always runs), the rest 0 (no thermal/power management) |
 //! | 7.0 | SGX (EBX 2), RDT monitoring/allocation (EBX 12, 15), Intel PT (EBX 25), WAITPKG (ECX 5), SGX_LC (ECX 30) and IA32_CORE_CAPABILITIES (EDX 30) clear |
 //! | 0xF, 0x10, 0x12, 0x14 | zeros (no RDT, SGX or processor trace) |
 //! | 0xA | zeros (no PMU) |
@@ -85,6 +85,9 @@ pub mod leaf1_ecx {
 
 /// CPUID.1:EDX bit 28: HTT (EBX[23:16] is valid).
 pub const LEAF1_EDX_HTT: u32 = 1 << 28;
+
+/// CPUID.6:EAX bit 2: ARAT, the APIC timer always runs (SDM Vol. 2A table 3-8).
+pub const LEAF6_EAX_ARAT: u32 = 1 << 2;
 
 /// CPUID.1:EDX bits hidden from guests: DS (21), ACPI thermal MSRs (22), TM (29).
 pub const LEAF1_EDX_HIDDEN: u32 = 1 << 21 | 1 << 22 | 1 << 29;
@@ -213,7 +216,10 @@ pub fn virtual_cpuid(leaf: u32, subleaf: u32, host: CpuidResult, vcpu: VcpuInfo)
             let eax = (host.eax & 0x3fff) | (count - 1).min(0x3f) << 26;
             CpuidResult { eax, ..host }
         }
-        6 | 0xa => zero,
+        // ARAT: the virtual LAPIC timer never stops in an idle state, so a guest needs no
+        // broadcast timer (Linux otherwise polls in idle or leans on the PIT).
+        6 => CpuidResult { eax: LEAF6_EAX_ARAT, ..zero },
+        0xa => zero,
         7 if subleaf == 0 => CpuidResult {
             ebx: host.ebx & !(leaf7::EBX_SGX | leaf7::EBX_RDT_M | leaf7::EBX_RDT_A | leaf7::EBX_PT),
             ecx: host.ecx & !(leaf7::ECX_WAITPKG | leaf7::ECX_SGX_LC),
@@ -354,7 +360,7 @@ mod tests {
     #[test]
     fn thermal_and_pmu_are_hidden() {
         let host = r(0x77, 0x2, 0x9, 0x1);
-        assert_eq!(virtual_cpuid(6, 0, host, ONE), CpuidResult::default());
+        assert_eq!(virtual_cpuid(6, 0, host, ONE), CpuidResult { eax: LEAF6_EAX_ARAT, ..CpuidResult::default() });
         assert_eq!(virtual_cpuid(0xa, 0, host, ONE), CpuidResult::default());
     }
 
