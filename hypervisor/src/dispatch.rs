@@ -280,7 +280,12 @@ fn handle_cpuid(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let r = virtual_cpuid(leaf, subleaf, cpuid(leaf, subleaf), topology);
     // Features whose VM-execution control is off must not be advertised (#UD otherwise).
     let r = hv_core::virt_cpuid::hide_disabled_features(leaf, subleaf, r, crate::vcpu::secondary_controls());
-    let r = crate::arch::cpuid::host_facts().adjust(leaf, subleaf, r, xcr0_for(leaf));
+    let host_max = crate::arch::cpuid::HOST_MAX_BASIC_LEAF.load(Ordering::Relaxed);
+    let r = if hv_core::virt_cpuid::needs_host_facts(leaf, host_max) {
+        crate::arch::cpuid::host_facts().adjust(leaf, subleaf, r, xcr0_for(leaf))
+    } else {
+        r
+    };
     regs.rax = u64::from(r.eax);
     regs.rbx = u64::from(r.ebx);
     regs.rcx = u64::from(r.ecx);

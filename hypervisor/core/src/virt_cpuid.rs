@@ -588,6 +588,15 @@ pub struct HostCpuid {
     pub xsave: XsaveLayout,
 }
 
+/// Whether [`HostCpuid::adjust`] can change `leaf`'s result: leaf 7 (PKU), leaf 0xD
+/// (XSAVE), and basic leaves above the host's highest one. The CPUID exit skips the
+/// adjustment for every other leaf (the common ones) to keep its path short.
+#[must_use]
+#[inline(always)]
+pub const fn needs_host_facts(leaf: u32, host_max_basic_leaf: u32) -> bool {
+    leaf == 7 || leaf == 0xd || (leaf > host_max_basic_leaf && leaf <= MAX_BASIC_LEAF)
+}
+
 impl HostCpuid {
     /// Applies the host facts to a result of [`virtual_cpuid`]; `xcr0` is the guest's
     /// current XCR0 (for the size in 0xD.0 EBX). Leaves above the host's highest basic
@@ -702,6 +711,21 @@ mod host_cpuid_tests {
         });
         assert_eq!(layout.supported, 0x7);
         assert_eq!(XsaveLayout::read(false, bochs_icelake), XsaveLayout::LEGACY);
+    }
+
+    #[test]
+    fn only_leaves_the_adjustment_can_change_need_it() {
+        let host = HostCpuid { max_basic_leaf: 0x14, xsave: XsaveLayout::read(true, bochs_icelake) };
+        let some = CpuidResult { eax: 1, ebx: 2, ecx: 0xffff_ffff, edx: 4 };
+        for leaf in (0..=0x20).chain([0x4000_0000, 0x8000_0001]) {
+            if !needs_host_facts(leaf, host.max_basic_leaf) {
+                for sub in 0..4 {
+                    assert_eq!(host.adjust(leaf, sub, some, 0x7), some, "leaf {leaf:#x}.{sub}");
+                }
+            }
+        }
+        assert!(needs_host_facts(7, 0x1f) && needs_host_facts(0xd, 0x1f) && needs_host_facts(0x15, 0x14));
+        assert!(!needs_host_facts(0, 0x1f) && !needs_host_facts(1, 0x1f) && !needs_host_facts(0x20, 0x14));
     }
 
     #[test]

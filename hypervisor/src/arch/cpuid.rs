@@ -55,11 +55,23 @@ pub fn read_arch_capabilities() {
 #[must_use]
 pub fn host_facts() -> &'static hv_core::virt_cpuid::HostCpuid {
     static FACTS: spin::Once<hv_core::virt_cpuid::HostCpuid> = spin::Once::new();
-    FACTS.call_once(|| hv_core::virt_cpuid::HostCpuid {
-        max_basic_leaf: cpuid(0, 0).eax,
-        xsave: hv_core::virt_cpuid::XsaveLayout::read(cpuid(1, 0).ecx & LEAF1_ECX_XSAVE != 0, |sub| cpuid(0xd, sub)),
+    FACTS.call_once(|| {
+        let max_basic_leaf = cpuid(0, 0).eax;
+        HOST_MAX_BASIC_LEAF.store(max_basic_leaf, core::sync::atomic::Ordering::Relaxed);
+        hv_core::virt_cpuid::HostCpuid {
+            max_basic_leaf,
+            xsave: hv_core::virt_cpuid::XsaveLayout::read(cpuid(1, 0).ecx & LEAF1_ECX_XSAVE != 0, |sub| {
+                cpuid(0xd, sub)
+            }),
+        }
     })
 }
+
+/// The host's highest basic CPUID leaf, for the CPUID exit's cheap check
+/// (`hv_core::virt_cpuid::needs_host_facts`); set by [`host_facts`] at boot, before any
+/// guest runs (until then every leaf above 0 counts as "above the host's maximum" and
+/// takes the full path).
+pub static HOST_MAX_BASIC_LEAF: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
 /// XCR0 as loaded on this CPU (the guest's, as the hypervisor leaves it loaded), or the
 /// x87|SSE default when the CPU has no XSAVE.
