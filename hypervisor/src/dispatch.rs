@@ -272,6 +272,16 @@ fn inject(event: Injection) -> Outcome {
 #[inline(always)]
 fn handle_cpuid(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
+    // Leaf 0 is the same for every vCPU: precomputed at boot.
+    if leaf == 0 {
+        if let Some(r) = crate::arch::cpuid::virtual_leaf0() {
+            regs.rax = u64::from(r.eax);
+            regs.rbx = u64::from(r.ebx);
+            regs.rcx = u64::from(r.ecx);
+            regs.rdx = u64::from(r.edx);
+            return skip_instruction();
+        }
+    }
     let topology = VcpuInfo {
         vcpu_id: vcpu.id,
         vcpu_count: vcpu.vm.vcpu_count.load(Ordering::Relaxed).max(1),

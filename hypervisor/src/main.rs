@@ -189,6 +189,7 @@ extern "C" fn bsp_main() -> ! {
     // The CPUID facts every guest CPUID exit applies, read before any guest runs.
     let _ = crate::arch::cpuid::host_facts();
     crate::arch::cpuid::read_arch_capabilities();
+    crate::arch::cpuid::set_virtual_leaf0(hz);
     log::info!("tsc: {} MHz ({source})", hz / 1_000_000);
     let apic_mode = match lapic::init_bsp(cpu.x2apic) {
         Ok(mode) => mode,

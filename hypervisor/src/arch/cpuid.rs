@@ -67,6 +67,35 @@ pub fn host_facts() -> &'static hv_core::virt_cpuid::HostCpuid {
     })
 }
 
+/// The guest's CPUID leaf 0 (vendor and highest basic leaf), the same for every vCPU
+/// and fixed once the TSC frequency is known: EAX..EDX, then 1 once set by
+/// [`set_virtual_leaf0`]. The CPUID exit answers leaf 0 from here without executing
+/// CPUID (as KVM answers from its precomputed CPUID table).
+static VIRTUAL_LEAF0: [core::sync::atomic::AtomicU32; 5] = [const { core::sync::atomic::AtomicU32::new(0) }; 5];
+
+/// Computes the guest's leaf 0 (after the TSC frequency is known, before guests run).
+pub fn set_virtual_leaf0(tsc_hz: u64) {
+    use core::sync::atomic::Ordering::{Relaxed, Release};
+    let info = hv_core::virt_cpuid::VcpuInfo { vcpu_id: 0, vcpu_count: 1, tsc_hz };
+    let r = hv_core::virt_cpuid::virtual_cpuid(0, 0, cpuid(0, 0), info);
+    for (slot, v) in VIRTUAL_LEAF0.iter().zip([r.eax, r.ebx, r.ecx, r.edx]) {
+        slot.store(v, Relaxed);
+    }
+    VIRTUAL_LEAF0[4].store(1, Release);
+}
+
+/// The guest's leaf 0, once [`set_virtual_leaf0`] ran.
+#[inline(always)]
+#[must_use]
+pub fn virtual_leaf0() -> Option<CpuidResult> {
+    use core::sync::atomic::Ordering::{Acquire, Relaxed};
+    if VIRTUAL_LEAF0[4].load(Acquire) == 0 {
+        return None;
+    }
+    let v = |i: usize| VIRTUAL_LEAF0[i].load(Relaxed);
+    Some(CpuidResult { eax: v(0), ebx: v(1), ecx: v(2), edx: v(3) })
+}
+
 /// The host's highest basic CPUID leaf, for the CPUID exit's cheap check
 /// (`hv_core::virt_cpuid::needs_host_facts`); set by [`host_facts`] at boot, before any
 /// guest runs (until then every leaf above 0 counts as "above the host's maximum" and
