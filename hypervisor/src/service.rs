@@ -159,16 +159,39 @@ fn run_until_idle(svc: &'static Vcpu, deadline: u64) -> Result<(), ForwardError>
     Ok(())
 }
 
+/// [`REQUEST_DEADLINE_US`] in TSC ticks (0: not computed yet).
+static REQUEST_DEADLINE_TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// The TSC deadline of a request or timer wake-up starting now: [`REQUEST_DEADLINE_US`]
+/// from now, converted once (the TSC frequency does not change after boot).
+fn request_deadline() -> u64 {
+    let mut ticks = REQUEST_DEADLINE_TICKS.load(Ordering::Relaxed);
+    if ticks == 0 {
+        // As `tsc::deadline_us`; kept only once the frequency is known.
+        ticks = REQUEST_DEADLINE_US.saturating_mul(crate::arch::tsc::hz()) / 1_000_000;
+        REQUEST_DEADLINE_TICKS.store(ticks, Ordering::Relaxed);
+    }
+    crate::arch::tsc::now().saturating_add(ticks)
+}
+
 /// Makes `guest`'s VMCS current again after its CPU ran the service vCPU. This cannot
 /// fail with a region set up on this CPU; if it does, nothing may touch the guest's
 /// VMCS any more, so the guest is stopped.
+#[inline(always)]
 fn switch_back(guest: &'static Vcpu) -> Result<(), ForwardError> {
     if vmcs::load(guest.vmcs.load(Ordering::Acquire)).is_err() {
-        log::error!("partition {}: vcpu {}: cannot switch back from the service partition", guest.vm.name, guest.id);
-        guest.vm.stop(u64::MAX);
-        return Err(ForwardError::SwitchFailed);
+        return Err(switch_back_failed(guest));
     }
     Ok(())
+}
+
+/// [`switch_back`] failed: logged, and the guest stopped.
+#[cold]
+#[inline(never)]
+fn switch_back_failed(guest: &'static Vcpu) -> ForwardError {
+    log::error!("partition {}: vcpu {}: cannot switch back from the service partition", guest.vm.name, guest.id);
+    guest.vm.stop(u64::MAX);
+    ForwardError::SwitchFailed
 }
 
 fn set_service_rax(svc: &'static Vcpu, value: u64) {
@@ -204,7 +227,7 @@ pub fn run_timers_if_due(guest: &'static Vcpu) {
         return;
     }
     set_service_rax(svc, service::TIMER_EXPIRED);
-    if run_until_idle(svc, crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US)) == Err(ForwardError::MissedDeadline) {
+    if run_until_idle(svc, request_deadline()) == Err(ForwardError::MissedDeadline) {
         log::error!(
             "partition {}: missed the {} ms deadline on a timer wake-up; stopping it",
             svc.vm.name,
@@ -220,6 +243,10 @@ pub fn run_timers_if_due(guest: &'static Vcpu) {
 /// handling its other exits as any partition's; returns the call's reply argument
 /// (RBX), with RIP already past the VMCALL. The result of the call (RAX) is whatever
 /// the caller sets before the next entry.
+///
+/// Inlined into its callers (the forwarding path runs it once per request); the other
+/// exits and a failed entry are handled out of line.
+#[inline(always)]
 fn run_until_wait(svc: &'static Vcpu, deadline: u64) -> Result<u64, ForwardError> {
     // SAFETY: only this CPU (the service vCPU's own) touches its registers.
     let regs: &mut GuestRegisters = unsafe { &mut *svc.regs.get() };
@@ -243,24 +270,35 @@ fn run_until_wait(svc: &'static Vcpu, deadline: u64) -> Result<u64, ForwardError
                     let _ = dispatch::advance_rip(vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
                     return Ok(regs.rbx);
                 }
-                if dispatch::handle_exit(svc, regs) == Outcome::Stop {
+                if handle_other_exit(svc, regs) == Outcome::Stop {
                     return Err(ForwardError::ServiceStopped);
                 }
             }
-            Entry::FailInvalid | Entry::FailValid => {
-                let err = vmcs::VmInstructionError(Some(vmcs::read(ro::VM_INSTRUCTION_ERROR) as u32));
-                log::error!(
-                    "partition {}: vcpu {}: VM entry failed: {}; stopping this partition",
-                    svc.vm.name,
-                    svc.id,
-                    err.describe()
-                );
-                dispatch::dump_guest_state(svc);
-                svc.vm.stop(u64::MAX);
-                return Err(ForwardError::ServiceStopped);
-            }
+            Entry::FailInvalid | Entry::FailValid => return Err(entry_failed(svc)),
         }
     }
+}
+
+/// A service vCPU exit other than `SERVICE_REPLY_WAIT`: handled as any partition's.
+#[inline(never)]
+fn handle_other_exit(svc: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+    dispatch::handle_exit(svc, regs)
+}
+
+/// A failed entry of the service vCPU: logged, and the service partition stopped.
+#[cold]
+#[inline(never)]
+fn entry_failed(svc: &'static Vcpu) -> ForwardError {
+    let err = vmcs::VmInstructionError(Some(vmcs::read(ro::VM_INSTRUCTION_ERROR) as u32));
+    log::error!(
+        "partition {}: vcpu {}: VM entry failed: {}; stopping this partition",
+        svc.vm.name,
+        svc.id,
+        err.describe()
+    );
+    dispatch::dump_guest_state(svc);
+    svc.vm.stop(u64::MAX);
+    ForwardError::ServiceStopped
 }
 
 /// Forwards `request` of guest vCPU `guest` (whose VMCS is current) to the service
@@ -289,41 +327,55 @@ pub fn forward(guest: &'static Vcpu, request: &Request) -> Result<Completion, Fo
 }
 
 /// Runs the service vCPU (current VMCS) until it answers slot `index`.
+#[inline(always)]
 fn serve(svc: &'static Vcpu, index: u32, slot: u64, posted: &IoRequestSlot) -> Result<Completion, ForwardError> {
-    let deadline = crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US);
+    let deadline = request_deadline();
     set_service_rax(svc, u64::from(index));
     loop {
         let reply = match run_until_wait(svc, deadline) {
             Ok(reply) => reply,
-            Err(ForwardError::MissedDeadline) => {
-                log::error!(
-                    "partition {}: missed the {} ms deadline on a request ({} {:#x}); stopping it",
-                    svc.vm.name,
-                    REQUEST_DEADLINE_US / 1000,
-                    if posted.kind == hv_abi::io_request::kind::PORT { "port" } else { "MMIO" },
-                    posted.address
-                );
-                svc.vm.stop(u64::MAX);
-                return Err(ForwardError::MissedDeadline);
-            }
+            Err(ForwardError::MissedDeadline) => return Err(missed_request_deadline(svc, posted)),
             Err(e) => return Err(e),
         };
         if reply == u64::from(index) {
             let answer = read_slot(slot);
-            return Ok(io_request::validate_reply(posted, &answer).unwrap_or_else(|why| {
-                log::warn!(
-                    "partition {}: refused reply for access {:#x} ({why:?}); the access fails as on an open bus",
-                    svc.vm.name,
-                    posted.address
-                );
-                Completion::Failed
-            }));
+            return Ok(
+                io_request::validate_reply(posted, &answer).unwrap_or_else(|why| refused_reply(svc, posted, why))
+            );
         }
         // A wait without a reply (or for another slot) while this request is pending:
         // hand the pending request out again, or refuse the bad slot index.
         let result = if reply == NO_REPLY { u64::from(index) } else { HcError::BadArgument.to_rax() };
         set_service_rax(svc, result);
     }
+}
+
+/// The service partition missed the deadline on request `posted`: logged, and stopped.
+#[cold]
+#[inline(never)]
+fn missed_request_deadline(svc: &'static Vcpu, posted: &IoRequestSlot) -> ForwardError {
+    log::error!(
+        "partition {}: missed the {} ms deadline on a request ({} {:#x}); stopping it",
+        svc.vm.name,
+        REQUEST_DEADLINE_US / 1000,
+        if posted.kind == hv_abi::io_request::kind::PORT { "port" } else { "MMIO" },
+        posted.address
+    );
+    svc.vm.stop(u64::MAX);
+    ForwardError::MissedDeadline
+}
+
+/// The service partition's reply to `posted` failed validation: logged; the access
+/// fails as on an open bus.
+#[cold]
+#[inline(never)]
+fn refused_reply(svc: &'static Vcpu, posted: &IoRequestSlot, why: io_request::ReplyError) -> Completion {
+    log::warn!(
+        "partition {}: refused reply for access {:#x} ({why:?}); the access fails as on an open bus",
+        svc.vm.name,
+        posted.address
+    );
+    Completion::Failed
 }
 
 fn write_slot(slot: u64, value: &IoRequestSlot) {

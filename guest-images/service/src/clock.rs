@@ -1,9 +1,15 @@
 //! Device time: [`Nanos`] from the TSC, counted from the first request the service
-//! partition handles (`tsc * 1_000_000 / tsc_khz`, in 128-bit arithmetic).
+//! partition handles.
 //!
 //! The TSC frequency comes from the hypervisor's timing leaf
 //! (`hv_abi::platform::CPUID_TIMING_LEAF`, EAX = TSC kHz), read directly so that a
 //! missing leaf cannot panic the service partition: it then assumes 1 GHz and says so.
+//!
+//! **Cost.** [`now`] runs on every forwarded access, so it converts with one 64x64-bit
+//! multiplication and a shift: nanoseconds = ticks * [`NS_PER_TICK_FP`] >> 32, the
+//! factor computed once by [`init`] (rounded down; its error is below 2^-32 ns per tick,
+//! under a millisecond a month). [`to_tsc`] inverts that exactly (the first TSC value at
+//! which [`now`] reaches a time), with a division, for wake-up deadlines only.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,11 +20,20 @@ use hv_devices::Nanos;
 
 /// The frequency assumed when the timing leaf is missing.
 const FALLBACK_KHZ: u64 = 1_000_000;
+/// Fraction bits of [`NS_PER_TICK_FP`].
+const SHIFT: u32 = 32;
 
-/// TSC kHz (0 until [`init`]).
-static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
+/// Nanoseconds per TSC tick in 32.32 fixed point (rounded down; never 0). Until
+/// [`init`], the fallback's: 1 ns per tick.
+static NS_PER_TICK_FP: AtomicU64 = AtomicU64::new(1 << SHIFT);
 /// The TSC at the first request (0: none yet).
 static BASE: AtomicU64 = AtomicU64::new(0);
+
+/// The 32.32 fixed-point nanoseconds per tick of a `khz` kHz TSC (`khz` > 0).
+fn ns_per_tick_fp(khz: u64) -> u64 {
+    let fp = (1_000_000u128 << SHIFT) / u128::from(khz.max(1));
+    u64::try_from(fp).unwrap_or(u64::MAX).max(1)
+}
 
 /// Reads the TSC frequency; `report` prints a line when the fallback is used.
 pub fn init(report: bool) {
@@ -27,34 +42,50 @@ pub fn init(report: bool) {
     if khz == 0 && report {
         println!("service: CPUID {CPUID_TIMING_LEAF:#x} gives no TSC frequency; device time assumes 1 GHz");
     }
-    TSC_KHZ.store(if khz == 0 { FALLBACK_KHZ } else { khz }, Ordering::Relaxed);
+    NS_PER_TICK_FP.store(ns_per_tick_fp(if khz == 0 { FALLBACK_KHZ } else { khz }), Ordering::Relaxed);
+}
+
+/// The device time of TSC value `t`, `base` being the TSC at time 0.
+#[inline]
+fn nanos_at(t: u64, base: u64) -> Nanos {
+    let fp = NS_PER_TICK_FP.load(Ordering::Relaxed);
+    let nanos = (u128::from(t.saturating_sub(base)) * u128::from(fp)) >> SHIFT;
+    u64::try_from(nanos).unwrap_or(u64::MAX)
+}
+
+/// The TSC at time 0, taken now if no one has yet.
+#[inline]
+fn base(t: u64) -> u64 {
+    match BASE.load(Ordering::Acquire) {
+        0 => match BASE.compare_exchange(0, t, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => t,
+            Err(base) => base,
+        },
+        base => base,
+    }
 }
 
 /// Nanoseconds since the first call. The service vCPUs run on different physical CPUs
 /// whose TSCs may differ slightly: a reading below the base counts as 0, and each board
 /// keeps its own time from going back.
+#[inline]
 pub fn now() -> Nanos {
     let t = tsc().max(1);
-    let base = match BASE.compare_exchange(0, t, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => t,
-        Err(base) => base,
-    };
-    let khz = match TSC_KHZ.load(Ordering::Relaxed) {
-        0 => FALLBACK_KHZ,
-        khz => khz,
-    };
-    let nanos = u128::from(t.saturating_sub(base)) * 1_000_000 / u128::from(khz);
-    u64::try_from(nanos).unwrap_or(u64::MAX)
+    nanos_at(t, base(t))
 }
 
-/// The TSC value at which [`now`] reaches `nanos` (saturating), for wake-up deadlines.
+/// The current TSC, for cheap "is it time yet" checks against [`to_tsc`] values.
+#[inline]
+pub fn tsc_now() -> u64 {
+    tsc()
+}
+
+/// The first TSC value at which [`now`] reaches `nanos` (saturating), for wake-up
+/// deadlines.
 pub fn to_tsc(nanos: Nanos) -> u64 {
     let base = BASE.load(Ordering::Acquire);
-    let khz = match TSC_KHZ.load(Ordering::Relaxed) {
-        0 => FALLBACK_KHZ,
-        khz => khz,
-    };
-    // Round up, so that the deadline is never before the event.
-    let ticks = (u128::from(nanos) * u128::from(khz)).div_ceil(1_000_000);
+    let fp = u128::from(NS_PER_TICK_FP.load(Ordering::Relaxed).max(1));
+    // The least `ticks` with (ticks * fp) >> SHIFT >= nanos: ceil(nanos << SHIFT / fp).
+    let ticks = (u128::from(nanos) << SHIFT).div_ceil(fp);
     base.saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX)).max(1)
 }

@@ -6,10 +6,10 @@
 //! the guest reads its UART (after every access, and at every timer tick).
 //!
 //! **When.** [`poll`] runs after every request and every timer tick but asks the
-//! hypervisor at most every [`POLL_INTERVAL`]; while some guest takes input every
-//! service vCPU also waits with the next poll as a deadline ([`next_wake`]), so input
-//! reaches an idle guest too, whichever CPU it runs on. Only one service vCPU polls at a
-//! time.
+//! hypervisor at most every [`POLL_INTERVAL`] (until then it costs a TSC read and a
+//! comparison); while some guest takes input every service vCPU also waits with the
+//! next poll as a deadline ([`next_wake`]), so input reaches an idle guest too,
+//! whichever CPU it runs on. Only one service vCPU polls at a time.
 //!
 //! **How much.** Each call names the guest the service partition believes has the focus
 //! and asks for no more than that guest's queue has room for; the hypervisor takes
@@ -41,6 +41,9 @@ const CALLS_PER_POLL: usize = 4;
 
 /// The time of the next poll (0: at once).
 static NEXT_POLL: AtomicU64 = AtomicU64::new(0);
+/// The same as a TSC value ([`crate::clock::to_tsc`]), so that [`poll`] costs a TSC read
+/// and a comparison while no poll is due (it runs after every request).
+static NEXT_POLL_TSC: AtomicU64 = AtomicU64::new(0);
 /// A service vCPU is polling.
 static POLLING: AtomicBool = AtomicBool::new(false);
 /// The raw VmId of the guest that had the focus at the last call, or `ANY_TARGET`.
@@ -49,8 +52,19 @@ static FOCUS: AtomicU64 = AtomicU64::new(ANY_TARGET);
 static ARMED: AtomicBool = AtomicBool::new(false);
 
 /// Polls the hypervisor for console input if [`POLL_INTERVAL`] has passed since the last
-/// poll, and keeps the wake-up deadline of the next one. `now` is the device time.
-pub fn poll(now: Nanos) {
+/// poll, and keeps the wake-up deadline of the next one.
+#[inline]
+pub fn poll() {
+    if crate::clock::tsc_now() < NEXT_POLL_TSC.load(Ordering::Acquire) {
+        return;
+    }
+    poll_now();
+}
+
+/// [`poll`] once the TSC says a poll may be due.
+#[inline(never)]
+fn poll_now() {
+    let now = crate::clock::now();
     if now < NEXT_POLL.load(Ordering::Acquire) {
         return;
     }
@@ -61,6 +75,7 @@ pub fn poll(now: Nanos) {
     FOCUS.store(focus, Ordering::Release);
     let next = now.saturating_add(if got { BUSY_POLL_INTERVAL } else { POLL_INTERVAL });
     NEXT_POLL.store(next, Ordering::Release);
+    NEXT_POLL_TSC.store(crate::clock::to_tsc(next), Ordering::Release);
     ARMED.store(focus != ANY_TARGET, Ordering::Release);
     POLLING.store(false, Ordering::Release);
 }

@@ -22,10 +22,11 @@
 //!    no device decodes is an open bus on the board itself: `DONE`, reading all-ones.
 //! 4. The VM's board is looked up (and created on its first request, or replaced when
 //!    the VM id's generation changed: the old VM was destroyed), under that VM's lock.
-//! 5. The board's clock is brought to now ([`clock::now`]) with `tick`, then the access
-//!    is performed (ports: `PcBoard::read` / `write`; MMIO: `PcBoard::mmio_read` /
-//!    `mmio_write`); interrupt lines that changed level are set with `GUEST_IRQ_LINE`
-//!    as they change.
+//! 5. The board's clock is brought to now ([`clock::now`]) with `tick` (which does
+//!    nothing until a device's next event is due: `hv_devices::board`, "Lazy ticks"),
+//!    then the access is performed (ports: `PcBoard::read` / `write`; MMIO:
+//!    `PcBoard::mmio_read` / `mmio_write`); interrupt lines that changed level are set
+//!    with `GUEST_IRQ_LINE` as they change.
 //! 6. The board's console output is drained; complete lines (and a partial line of 256
 //!    bytes) go out with `GUEST_CONSOLE_WRITE` as the guest's output.
 //! 7. A power request the access made (PM1 S5, 0xCF9 or keyboard-controller reset,
@@ -42,8 +43,8 @@
 //!
 //! Console input ([`console`]): after every request and every timer tick the service
 //! partition asks the hypervisor for the bytes typed on the physical console (at most
-//! every 10 ms, `SERVICE_CONSOLE_READ`) and feeds them to the UART of the guest that has
-//! the input focus, as fast as that guest reads them.
+//! every 10 ms, `SERVICE_CONSOLE_READ`; in between, a TSC comparison) and feeds them
+//! to the UART of the guest that has the input focus, as fast as that guest reads them.
 //!
 //! Nothing in a slot can make it panic. There is no heap: the boards live in a static
 //! table ([`vms`]).
@@ -61,6 +62,7 @@ use hv_abi::hypercall as hc;
 use hv_abi::io_request::{direction, kind, status, IoRequestSlot};
 use hv_abi::service::{VmId, NO_REPLY, SLOTS, TIMER_EXPIRED};
 use hv_abi::Error;
+use hv_devices::Nanos;
 
 /// Entry point of every vCPU (see the module documentation): RDI = vCPU id, RSI = RAM
 /// size in bytes.
@@ -75,13 +77,24 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
     }
     let mut reply = NO_REPLY;
     let mut reported = false;
+    // The last wake-up time converted to a TSC deadline (it rarely changes, and the
+    // conversion divides).
+    let mut wake_for: Option<Nanos> = None;
+    let mut wake = 0;
     loop {
-        let wake = [vms::next_wake(), console::next_wake()].into_iter().flatten().min().map_or(0, clock::to_tsc);
+        let next = match (vms::next_wake(), console::next_wake()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if next != wake_for {
+            wake_for = next;
+            wake = next.map_or(0, clock::to_tsc);
+        }
         let r = raw_hypercall(hc::SERVICE_REPLY_WAIT, reply, wake, 0, 0);
         reply = NO_REPLY;
         if r == TIMER_EXPIRED {
             vms::tick_all();
-            console::poll(clock::now());
+            console::poll();
             continue;
         }
         if let Some(e) = Error::from_rax(r) {
@@ -96,7 +109,7 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
         let (status, data) = serve(&request);
         slots::reply(index, data, status);
         reply = r;
-        console::poll(clock::now());
+        console::poll();
     }
 }
 

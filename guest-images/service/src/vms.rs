@@ -219,7 +219,7 @@ fn access<R>(id: VmId, f: impl FnOnce(&mut PcBoard, Nanos, &mut Wire<'_>) -> R) 
         let result = f(&mut vm.board, now, &mut wire);
         // The access may have emptied the receiver (a read of RBR): refill it, and drive
         // the interrupt line the new bytes raise.
-        if Vm::feed_input(&mut vm.board, &mut vm.input) {
+        if !vm.input.is_empty() && Vm::feed_input(&mut vm.board, &mut vm.input) {
             vm.board.tick(now, &mut wire);
         }
         let request = wire.power;
@@ -233,12 +233,11 @@ fn access<R>(id: VmId, f: impl FnOnce(&mut PcBoard, Nanos, &mut Wire<'_>) -> R) 
 /// changed (the old VM was destroyed). `None` when the table does not cover the VM.
 fn with_vm<R>(id: VmId, f: impl FnOnce(&mut Vm) -> R) -> Option<R> {
     let entry = TABLE.get(usize::from(id.index()))?;
-    let now = crate::clock::now();
     let mut guard = entry.lock();
     let slot = guard.vm();
     if slot.as_ref().is_none_or(|vm| vm.id != id) {
         // First request of this VM, or of a new VM in a destroyed one's place.
-        *slot = Some(Vm::new(id, now));
+        *slot = Some(Vm::new(id, crate::clock::now()));
     }
     slot.as_mut().map(f)
 }
@@ -272,21 +271,32 @@ pub fn queue_input(id: VmId, bytes: &[u8]) -> usize {
 /// drained (all of it when a power request ends the guest), the power request (if
 /// any) is performed, and the board's next event lowers [`next_wake`].
 fn settle(vm: &mut Vm, request: Option<PlatformRequest>) {
-    vm.drain_console(request.is_some());
+    // Most accesses write nothing to the console: no output, no partial line waiting.
+    if vm.board.console_output_len() > 0 || request.is_some() {
+        vm.drain_console(request.is_some());
+    }
     if vm.line_len > 0 {
         // A partial line (a shell prompt) goes out once the guest stopped writing.
         let due = vm.line_last.saturating_add(PARTIAL_LINE_IDLE);
         if vm.last_now >= due {
             vm.send_line();
         } else {
-            NEXT_WAKE.fetch_min(due, Ordering::AcqRel);
+            lower_next_wake(due);
         }
     }
     if let Some(request) = request {
         power(vm.id, request);
     }
     if let Some(next) = vm.board.next_event() {
-        NEXT_WAKE.fetch_min(next, Ordering::AcqRel);
+        lower_next_wake(next);
+    }
+}
+
+/// Lowers [`next_wake`] to `t` (a read, and an atomic update only when it is lower).
+#[inline]
+fn lower_next_wake(t: Nanos) {
+    if t < NEXT_WAKE.load(Ordering::Acquire) {
+        NEXT_WAKE.fetch_min(t, Ordering::AcqRel);
     }
 }
 

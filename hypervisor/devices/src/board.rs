@@ -53,6 +53,16 @@
 //! up, but the board does not tick the others: the owner calls [`PcBoard::tick`]
 //! (before each access, and when [`PcBoard::next_event`] is due) so that timers of all
 //! devices raise their interrupts on time.
+//!
+//! **Lazy ticks.** A device's [`PortIo::next_event`] is the next time its
+//! [`PortIo::tick`] has anything to do: before it, a tick changes nothing a guest can
+//! observe (every read and write brings its own device to `now` first). The board keeps
+//! each timed device's next event ([`PcBoard::next_event`] is their minimum, without
+//! asking the devices), refreshes a device's entry after every access to it and after
+//! console input, and [`PcBoard::tick`] returns at once while `now` is before the
+//! minimum. So the owner may call `tick` before every access at the cost of a
+//! comparison; a test checks that a board ticked lazily and one whose devices are ticked
+//! on every access behave the same.
 
 use hv_abi::platform::devices;
 
@@ -298,6 +308,63 @@ const fn mmio_size_mask(size: u8) -> u64 {
     }
 }
 
+/// Runs `$body` with `$d` bound to device `$kind` of board `$board` and `$p` to the
+/// platform it reports to (the PIC pair reports nothing and gets the outer platform
+/// `$platform`; the others get the wiring). A macro rather than a function taking a
+/// `&mut dyn PortIo`, so that every access calls its device directly.
+macro_rules! on_device {
+    ($board:expr, $kind:expr, $platform:expr, |$d:ident, $p:ident| $body:expr) => {{
+        let PcBoard { uart, pit, pic, rtc, acpi, pci, kbd, debug_exit, debugcon, fw_cfg, post, .. } = $board;
+        let outer: &mut dyn Platform = $platform;
+        match $kind {
+            DeviceKind::Pic => {
+                let ($d, $p) = (pic, outer);
+                $body
+            }
+            DeviceKind::Com1 => {
+                let ($d, $p) = (uart, &mut Wires { pic, outer });
+                $body
+            }
+            DeviceKind::Pit => {
+                let ($d, $p) = (pit, &mut Wires { pic, outer });
+                $body
+            }
+            DeviceKind::Rtc => {
+                let ($d, $p) = (rtc, &mut Wires { pic, outer });
+                $body
+            }
+            DeviceKind::AcpiPm => {
+                let ($d, $p) = (acpi, &mut Wires { pic, outer });
+                $body
+            }
+            DeviceKind::Pci => {
+                let ($d, $p) = (pci, &mut Wires { pic, outer });
+                $body
+            }
+            DeviceKind::Kbd => {
+                let ($d, $p) = (kbd, &mut Wires { pic, outer });
+                $body
+            }
+            DeviceKind::DebugExit => {
+                let ($d, $p) = (debug_exit, &mut Wires { pic, outer });
+                $body
+            }
+            DeviceKind::DebugCon => {
+                let ($d, $p) = (debugcon, &mut Wires { pic, outer });
+                $body
+            }
+            DeviceKind::FwCfg => {
+                let ($d, $p) = (fw_cfg, &mut Wires { pic, outer });
+                $body
+            }
+            DeviceKind::Post => {
+                let ($d, $p) = (post, &mut Wires { pic, outer });
+                $body
+            }
+        }
+    }};
+}
+
 /// A complete PC device set (see the module documentation).
 #[derive(Debug, Clone)]
 pub struct PcBoard {
@@ -314,6 +381,25 @@ pub struct PcBoard {
     fw_cfg: FwCfg,
     post: PostPort,
     mmio_test: MmioScratch,
+    /// The next event of each timed device ([`TIMED`] order; `NO_EVENT`: none), as its
+    /// `next_event` said after the board last touched it.
+    events: [Nanos; TIMED.len()],
+    /// The minimum of `events`.
+    earliest: Nanos,
+}
+
+/// The devices with timers or deferred interrupt-line changes, which [`PcBoard::tick`]
+/// drives, in the order `PcBoard::events` keeps them.
+const TIMED: [DeviceKind; 4] = [DeviceKind::Com1, DeviceKind::Pit, DeviceKind::Rtc, DeviceKind::AcpiPm];
+
+/// `PcBoard::events` entry of a device without a next event.
+const NO_EVENT: Nanos = Nanos::MAX;
+
+/// The earliest of the timed devices' next events.
+#[inline]
+fn earliest(events: &[Nanos; TIMED.len()]) -> Nanos {
+    let [a, b, c, d] = *events;
+    a.min(b).min(c.min(d))
 }
 
 impl PcBoard {
@@ -323,7 +409,7 @@ impl PcBoard {
     #[must_use]
     pub fn new(cfg: BoardConfig, now: Nanos) -> Self {
         let cpus = u16::try_from(cfg.vcpus).unwrap_or(u16::MAX);
-        Self {
+        let mut board = Self {
             config: cfg,
             uart: Uart16550::new(COM1_BASE, COM1_IRQ),
             pit: Pit8254::new(),
@@ -337,7 +423,11 @@ impl PcBoard {
             fw_cfg: FwCfg::new(cfg.ram_bytes, cpus, cpus),
             post: PostPort,
             mmio_test: MmioScratch::new(),
-        }
+            events: [NO_EVENT; TIMED.len()],
+            earliest: NO_EVENT,
+        };
+        board.refresh_all();
+        board
     }
 
     /// The configuration the board was built with.
@@ -357,45 +447,57 @@ impl PcBoard {
         &mut self.pic
     }
 
-    /// Runs `f` on device `kind` with the platform it reports to (the PIC pair reports
-    /// nothing and gets the outer platform; the others get the wiring).
-    fn with_device<R>(
-        &mut self,
-        kind: DeviceKind,
-        platform: &mut dyn Platform,
-        f: impl FnOnce(&mut dyn PortIo, &mut dyn Platform) -> R,
-    ) -> R {
-        let Self { uart, pit, pic, rtc, acpi, pci, kbd, debug_exit, debugcon, fw_cfg, post, .. } = self;
-        let device: &mut dyn PortIo = match kind {
-            DeviceKind::Pic => return f(pic, platform),
-            DeviceKind::Com1 => uart,
-            DeviceKind::Pit => pit,
-            DeviceKind::Rtc => rtc,
-            DeviceKind::AcpiPm => acpi,
-            DeviceKind::Pci => pci,
-            DeviceKind::Kbd => kbd,
-            DeviceKind::DebugExit => debug_exit,
-            DeviceKind::DebugCon => debugcon,
-            DeviceKind::FwCfg => fw_cfg,
-            DeviceKind::Post => post,
-        };
-        f(device, &mut Wires { pic, outer: platform })
-    }
-
     /// Reads `size` bytes (1, 2 or 4) at `port`; the result fits the size. Undecoded
     /// ports and other sizes read all-ones.
     pub fn read(&mut self, port: u16, size: u8, now: Nanos, platform: &mut dyn Platform) -> u32 {
         let Some(kind) = DeviceKind::at(port).filter(|_| matches!(size, 1 | 2 | 4)) else {
             return open_bus(size);
         };
-        self.with_device(kind, platform, |d, p| d.read(port, size, now, p)) & size_mask(size)
+        let value = on_device!(self, kind, platform, |d, p| d.read(port, size, now, p)) & size_mask(size);
+        self.refresh(kind);
+        value
     }
 
     /// Writes the low `size` bytes (1, 2 or 4) of `value` at `port`. Undecoded ports
     /// and other sizes are ignored.
     pub fn write(&mut self, port: u16, size: u8, value: u32, now: Nanos, platform: &mut dyn Platform) {
         let Some(kind) = DeviceKind::at(port).filter(|_| matches!(size, 1 | 2 | 4)) else { return };
-        self.with_device(kind, platform, |d, p| d.write(port, size, value & size_mask(size), now, p));
+        let value = value & size_mask(size);
+        on_device!(self, kind, platform, |d, p| d.write(port, size, value, now, p));
+        self.refresh(kind);
+    }
+
+    /// The next event of timed device `kind` as its model says now ([`NO_EVENT`]: none).
+    fn device_event(&self, kind: DeviceKind) -> Nanos {
+        let event = match kind {
+            DeviceKind::Com1 => self.uart.next_event(),
+            DeviceKind::Pit => self.pit.next_event(),
+            DeviceKind::Rtc => self.rtc.next_event(),
+            DeviceKind::AcpiPm => self.acpi.next_event(),
+            _ => None,
+        };
+        event.unwrap_or(NO_EVENT)
+    }
+
+    /// Takes the next event of device `kind` anew after the board touched it (nothing
+    /// for a device without timers: only the timed devices have one).
+    #[inline]
+    fn refresh(&mut self, kind: DeviceKind) {
+        let (slot, event) = match kind {
+            DeviceKind::Com1 => (&mut self.events[0], self.uart.next_event()),
+            DeviceKind::Pit => (&mut self.events[1], self.pit.next_event()),
+            DeviceKind::Rtc => (&mut self.events[2], self.rtc.next_event()),
+            DeviceKind::AcpiPm => (&mut self.events[3], self.acpi.next_event()),
+            _ => return,
+        };
+        *slot = event.unwrap_or(NO_EVENT);
+        self.earliest = earliest(&self.events);
+    }
+
+    /// Takes the next event of every timed device anew.
+    fn refresh_all(&mut self) {
+        self.events = TIMED.map(|kind| self.device_event(kind));
+        self.earliest = earliest(&self.events);
     }
 
     /// Reads `size` bytes (1, 2, 4 or 8) at guest-physical address `gpa` from the MMIO
@@ -430,21 +532,35 @@ impl PcBoard {
     }
 
     /// The earliest time any device needs [`PcBoard::tick`] (a timer interrupt, or a
-    /// line change waiting to be driven), if any.
+    /// line change waiting to be driven), if any. Kept by the board (see "Lazy ticks"
+    /// in the module documentation): no device is asked.
     #[must_use]
-    pub fn next_event(&self) -> Option<Nanos> {
-        [self.uart.next_event(), self.pit.next_event(), self.rtc.next_event(), self.acpi.next_event()]
-            .into_iter()
-            .flatten()
-            .min()
+    #[inline]
+    pub const fn next_event(&self) -> Option<Nanos> {
+        if self.earliest == NO_EVENT {
+            None
+        } else {
+            Some(self.earliest)
+        }
     }
 
     /// Lets time pass up to `now` for every device with timers or pending line
-    /// changes: interrupts due by then are raised.
+    /// changes: interrupts due by then are raised. Returns at once while `now` is
+    /// before [`PcBoard::next_event`] (nothing is due).
+    #[inline]
     pub fn tick(&mut self, now: Nanos, platform: &mut dyn Platform) {
-        for kind in [DeviceKind::Com1, DeviceKind::Pit, DeviceKind::Rtc, DeviceKind::AcpiPm] {
-            self.with_device(kind, platform, |d, p| d.tick(now, p));
+        if now < self.earliest {
+            return;
         }
+        self.tick_devices(now, platform);
+    }
+
+    /// [`PcBoard::tick`] without the early return: ticks every timed device.
+    fn tick_devices(&mut self, now: Nanos, platform: &mut dyn Platform) {
+        for kind in TIMED {
+            on_device!(&mut *self, kind, &mut *platform, |d, p| d.tick(now, p));
+        }
+        self.refresh_all();
     }
 
     /// Moves console output into `out` and returns how many bytes it took: first the
@@ -460,6 +576,7 @@ impl PcBoard {
 
     /// Console bytes waiting to be taken.
     #[must_use]
+    #[inline]
     pub const fn console_output_len(&self) -> usize {
         self.uart.output_len() + self.debugcon.output_len()
     }
@@ -468,7 +585,9 @@ impl PcBoard {
     /// lost (receiver full, or the UART is in loopback). The interrupt it may raise is
     /// driven at the next [`PcBoard::tick`] (see [`PcBoard::next_event`]).
     pub fn push_console_input(&mut self, byte: u8) -> bool {
-        self.uart.push_input(byte)
+        let taken = self.uart.push_input(byte);
+        self.refresh(DeviceKind::Com1);
+        taken
     }
 
     /// Bytes the UART's receiver takes before it overruns ([`Uart16550::rx_space`]: 0 in
@@ -926,6 +1045,127 @@ mod tests {
                 }
             }
             prop_assert_eq!(platform, RecordingPlatform::default(), "MMIO raises no interrupts");
+        }
+    }
+
+    /// Every interrupt-line call and power request, in order.
+    #[derive(Debug, Default, Clone, PartialEq, Eq)]
+    struct LogPlatform {
+        calls: Vec<(u8, bool)>,
+        requests: Vec<PlatformRequest>,
+    }
+
+    impl Platform for LogPlatform {
+        fn set_irq(&mut self, irq: u8, high: bool) {
+            self.calls.push((irq, high));
+        }
+        fn request(&mut self, request: PlatformRequest) {
+            self.requests.push(request);
+        }
+    }
+
+    /// Accesses that program the timed devices: PIT counters and control words, port B,
+    /// RTC registers A-C with rates and enables, the PM timer's enable and status, the
+    /// UART's IER, MCR and receiver, and reads of all of them.
+    fn timed_op() -> impl Strategy<Value = Op> {
+        use std::vec;
+        let ports = prop_oneof![
+            Just(PIT_BASE),
+            Just(PIT_BASE + 2),
+            Just(PIT_CONTROL),
+            Just(PORT_B),
+            Just(crate::rtc_cmos::INDEX_PORT),
+            Just(crate::rtc_cmos::DATA_PORT),
+            Just(ACPI_PM_PORTS.pm1_evt),
+            Just(ACPI_PM_PORTS.pm1_evt + 2),
+            Just(ACPI_PM_PORTS.pm_tmr),
+            Just(COM1_BASE),
+            Just(COM1_BASE + 1),
+            Just(COM1_BASE + 2),
+            Just(COM1_BASE + 4),
+            Just(COM1_BASE + 5),
+        ];
+        let values = prop_oneof![
+            // PIT control words (counters 0 and 2, modes 0-5, LSB/MSB), read-back, latch.
+            (0u8..6).prop_map(|mode| u32::from(0x30 | (mode << 1))),
+            (0u8..6).prop_map(|mode| u32::from(0xB0 | (mode << 1))),
+            Just(0xC2),
+            Just(0x00),
+            // Counts, RTC indexes A-C, rates and enables; PM enable/status bits; UART bits.
+            0u32..0x100,
+            Just(0x0A),
+            Just(0x0B),
+            Just(0x0C),
+            // Index and data in one 2-byte write at 0x70: RTC rates and enables.
+            Just(0x260A),
+            Just(0x2F0A),
+            Just(0x520B),
+            Just(0x720B),
+            Just(0x26),
+            Just(0x2F),
+            Just(0x52),
+            Just(0x72),
+            Just(0x01),
+            Just(0x08),
+            Just(0x0F),
+            any::<u32>(),
+        ];
+        prop_oneof![
+            4 => (ports.clone(), 1u8..=2).prop_map(|(p, s)| Op::Read(p, s)),
+            6 => (ports, 1u8..=2, values).prop_map(|(p, s, v)| Op::Write(p, s, v)),
+            2 => Just(Op::Tick),
+            1 => any::<u8>().prop_map(Op::Input),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// A board ticked lazily (`tick` before every access, as the service partition
+        /// does, and at `next_event`) behaves as one whose devices are all ticked before
+        /// every access: the same reads, the same interrupt-line calls in the same order.
+        #[test]
+        fn lazy_ticks_match_ticking_every_access(
+            start in 0u64..1_000_000_000,
+            ops in proptest::collection::vec((timed_op(), prop_oneof![0u64..2_000_000, 0u64..600_000_000]), 0..200),
+        ) {
+            let mut lazy = PcBoard::new(config(), start);
+            let mut eager = PcBoard::new(config(), start);
+            let (mut lazy_platform, mut eager_platform) = (LogPlatform::default(), LogPlatform::default());
+            let mut now = start;
+            for (i, (op, dt)) in ops.into_iter().enumerate() {
+                now += dt;
+                if let Op::Tick = op {
+                    // A timer wake-up: at the lazy board's next event if it is due by then.
+                    if let Some(t) = lazy.next_event().filter(|&t| t <= now) {
+                        lazy.tick(t.max(start), &mut lazy_platform);
+                        eager.tick_devices(t.max(start), &mut eager_platform);
+                    }
+                    continue;
+                }
+                lazy.tick(now, &mut lazy_platform);
+                eager.tick_devices(now, &mut eager_platform);
+                match op {
+                    Op::Read(port, size) => {
+                        let a = lazy.read(port, size, now, &mut lazy_platform);
+                        let b = eager.read(port, size, now, &mut eager_platform);
+                        prop_assert_eq!(a, b, "op {}: read {:#x} at {}", i, port, now);
+                    }
+                    Op::Write(port, size, value) => {
+                        lazy.write(port, size, value, now, &mut lazy_platform);
+                        eager.write(port, size, value, now, &mut eager_platform);
+                    }
+                    Op::Input(byte) => {
+                        prop_assert_eq!(lazy.push_console_input(byte), eager.push_console_input(byte));
+                    }
+                    Op::Tick | Op::Drain(_) => {}
+                }
+                prop_assert_eq!(&lazy_platform, &eager_platform, "op {} at {}", i, now);
+                // The same next event; one already due may name different past times (the
+                // UART's deferred line change names the latest time it saw).
+                let due = |t: Nanos| t.max(now);
+                prop_assert_eq!(lazy.next_event().map(due), eager.next_event().map(due), "op {} at {}", i, now);
+            }
         }
     }
 

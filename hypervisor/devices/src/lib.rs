@@ -77,8 +77,13 @@ pub const fn open_bus(size: u8) -> u32 {
 /// first, the way the ISA bus splits a wide access: `byte(p)` is the device's answer at
 /// port `p`, `None` where it does not decode (open bus, 0xFF). Sizes other than 1, 2
 /// and 4 read open bus without touching the device.
+#[inline]
 pub fn read_bytewise(port: u16, size: u8, mut byte: impl FnMut(u16) -> Option<u8>) -> u32 {
-    if !matches!(size, 1 | 2 | 4) {
+    // The common case, one byte, without the lane loop.
+    if size == 1 {
+        return u32::from(byte(port).unwrap_or(0xFF));
+    }
+    if !matches!(size, 2 | 4) {
         return open_bus(size);
     }
     (0..size).fold(0, |acc, lane| {
@@ -90,8 +95,14 @@ pub fn read_bytewise(port: u16, size: u8, mut byte: impl FnMut(u16) -> Option<u8
 /// Writes the low `size` bytes of `value` at `port` to an 8-bit device one byte lane at
 /// a time, low byte first: `byte(p, v)` writes `v` at port `p` (the device ignores ports
 /// it does not decode). Sizes other than 1, 2 and 4 are ignored.
+#[inline]
 pub fn write_bytewise(port: u16, size: u8, value: u32, mut byte: impl FnMut(u16, u8)) {
-    if !matches!(size, 1 | 2 | 4) {
+    // The common case, one byte, without the lane loop.
+    if size == 1 {
+        byte(port, value as u8);
+        return;
+    }
+    if !matches!(size, 2 | 4) {
         return;
     }
     for lane in 0..size {

@@ -223,6 +223,17 @@ impl MmioScratch {
         if !matches!(size, 1 | 2 | 4 | 8) || offset >= MMIO_SCRATCH_BYTES {
             return 0;
         }
+        let end = offset + u64::from(size);
+        let mask = u64::MAX >> (64 - 8 * u32::from(size));
+        // An access inside one register (the common case) without the byte loop.
+        if offset >= MMIO_CONSTANT_OFFSET && end <= MMIO_WRITE_COUNT_OFFSET {
+            return (MMIO_CONSTANT >> (8 * (offset - MMIO_CONSTANT_OFFSET))) & mask;
+        }
+        if let Some(bytes) = self.scratch.get(offset as usize..end as usize) {
+            let mut word = [0u8; 8];
+            word.iter_mut().zip(bytes).for_each(|(w, b)| *w = *b);
+            return u64::from_le_bytes(word);
+        }
         (0..u64::from(size)).rev().fold(0, |value, lane| value << 8 | u64::from(self.byte(offset + lane)))
     }
 

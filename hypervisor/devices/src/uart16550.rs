@@ -280,6 +280,11 @@ pub struct Uart16550 {
     thre_pending: bool,
     /// The level last reported on `irq`.
     irq_level: bool,
+    /// The line should have another level than `irq_level` (`irq_wanted() !=
+    /// irq_level`, kept so that [`PortIo::next_event`] costs a test): only
+    /// [`Uart16550::push_input`] and [`Uart16550::set_modem_inputs`] leave it so; every
+    /// access and tick drives the line and clears it.
+    line_stale: bool,
     /// The latest time seen in an access or tick.
     last_now: Nanos,
     output: OutputRing,
@@ -309,6 +314,7 @@ impl Uart16550 {
             msr_deltas: 0,
             thre_pending: false,
             irq_level: false,
+            line_stale: false,
             last_now: 0,
             output: OutputRing::new(),
         }
@@ -377,7 +383,9 @@ impl Uart16550 {
         if self.mcr & MCR_LOOP != 0 {
             return false;
         }
-        self.receive(byte)
+        let taken = self.receive(byte);
+        self.line_stale = self.irq_wanted() != self.irq_level;
+        taken
     }
 
     /// Sets the modem inputs seen outside loopback mode: `inputs` holds [`MSR_CTS`],
@@ -388,6 +396,7 @@ impl Uart16550 {
         let old = self.modem_inputs();
         self.external_inputs = inputs & MSR_INPUTS;
         self.msr_deltas |= modem_deltas(old, self.modem_inputs());
+        self.line_stale = self.irq_wanted() != self.irq_level;
     }
 
     const fn rx_capacity(&self) -> usize {
@@ -496,8 +505,10 @@ impl Uart16550 {
         self.pending_interrupt().is_some() && self.mcr & (MCR_OUT2 | MCR_LOOP) == MCR_OUT2
     }
 
+    #[inline]
     fn update_irq(&mut self, platform: &mut dyn Platform) {
         let level = self.irq_wanted();
+        self.line_stale = false;
         if level != self.irq_level {
             self.irq_level = level;
             platform.set_irq(self.irq, level);
@@ -623,6 +634,7 @@ impl Uart16550 {
 }
 
 impl PortIo for Uart16550 {
+    #[inline]
     fn read(&mut self, port: u16, size: u8, now: Nanos, platform: &mut dyn Platform) -> u32 {
         self.last_now = self.last_now.max(now);
         read_bytewise(port, size, |p| {
@@ -647,7 +659,7 @@ impl PortIo for Uart16550 {
     /// access or tick has changed the interrupt line; otherwise none: the UART has no
     /// timers.
     fn next_event(&self) -> Option<Nanos> {
-        (self.irq_wanted() != self.irq_level).then_some(self.last_now)
+        self.line_stale.then_some(self.last_now)
     }
 
     fn tick(&mut self, now: Nanos, platform: &mut dyn Platform) {
@@ -1324,6 +1336,7 @@ mod tests {
         prop_assert_eq!(uart.irq_level, platform.line());
         prop_assert_eq!(uart.irq_level, pending && uart.mcr & 0x18 == 0x08);
         prop_assert_eq!(uart.next_event(), None);
+        prop_assert!(!uart.line_stale);
         Ok(())
     }
 
@@ -1364,6 +1377,8 @@ mod tests {
                         prop_assert_eq!(got, before.min(n));
                     }
                 }
+                // The kept flag says what the line's state does.
+                prop_assert_eq!(uart.line_stale, uart.irq_wanted() != uart.irq_level);
                 if needs_tick {
                     prop_assert!(uart.next_event().is_none_or(|t| t <= now));
                     uart.tick(now, &mut platform);
