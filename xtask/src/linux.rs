@@ -23,8 +23,8 @@ use std::process::{Command, Output};
 /// The Linux guest material produced by [`material`].
 #[derive(Debug, Clone)]
 pub struct LinuxMaterial {
-    /// The directory holding everything (`$TARGET/linux`).
-    #[allow(dead_code, reason = "for callers that put more files next to the material")]
+    /// The directory holding everything (`$TARGET/linux`); `linux:NAME` in a config
+    /// resolves here.
     pub dir: PathBuf,
     /// The kernel image (`$TARGET/linux/bzImage`).
     pub kernel: PathBuf,
