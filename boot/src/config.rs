@@ -267,9 +267,8 @@ impl Partition {
     }
 }
 
-/// Longest kernel command line accepted (the boot protocol's `cmdline_size` of 2.06+
-/// kernels is 2047 at least on x86_64).
-pub const MAX_CMDLINE_LEN: usize = 2047;
+/// Longest kernel command line accepted (see `hv_abi::service::MAX_CMDLINE_LEN`).
+pub use hv_abi::service::MAX_CMDLINE_LEN;
 
 /// Where the material that `cargo xtask` builds lives: `image = "guest:NAME"` resolves
 /// in `guests`, `"linux:NAME"` in `linux`. Without a directory such names are an error.
@@ -585,7 +584,7 @@ fn validate(raw: RawConfig, path: &Path, built: BuiltMaterial<'_>) -> Result<Con
             ),
         };
         if let Some(cmdline) = &p.cmdline {
-            if cmdline.len() > MAX_CMDLINE_LEN || !cmdline.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            if !hv_abi::service::is_valid_cmdline(cmdline.as_bytes()) {
                 return Err(invalid(
                     field("cmdline"),
                     format!("the command line is {} bytes or has characters other than printable ASCII", cmdline.len()),

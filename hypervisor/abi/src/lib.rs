@@ -572,6 +572,18 @@ pub mod service {
     /// Largest payload (it ends where the request slots begin).
     pub const PAYLOAD_MAX_BYTES: u64 = SLOTS_GPA - PAYLOAD_GPA;
 
+    /// Longest kernel command line of a payload's `images/NAME.cmdline` (the x86 boot
+    /// protocol's `cmdline_size` is 2047 for the 2.06+ kernels the loader takes).
+    pub const MAX_CMDLINE_LEN: usize = 2047;
+
+    /// Whether `bytes` may be a kernel command line: at most [`MAX_CMDLINE_LEN`] bytes
+    /// of printable ASCII. The config checks it when the payload is built, the service
+    /// partition again when it reads the payload.
+    #[must_use]
+    pub fn is_valid_cmdline(bytes: &[u8]) -> bool {
+        bytes.len() <= MAX_CMDLINE_LEN && bytes.iter().all(|&b| (0x20..=0x7e).contains(&b))
+    }
+
     /// The control interface's data (see the hypercalls `SYSTEM_INFO` .. `VM_STOP`).
     pub mod control {
         /// `SYSTEM_INFO` items.

@@ -45,7 +45,7 @@ pub const LINUX_CMDLINE: &str = "console=ttyS0";
 /// The kernel command line from the bytes of a payload's `cmdline=` file: printable
 /// ASCII only (the config's own rule, checked again: the payload is input).
 pub fn cmdline_from(bytes: &[u8]) -> Result<&str, Failure> {
-    if bytes.len() > 2047 || !bytes.iter().all(|&b| (0x20..=0x7e).contains(&b)) {
+    if !hv_abi::service::is_valid_cmdline(bytes) {
         return Err(Failure::BadCmdline);
     }
     core::str::from_utf8(bytes).map_err(|_| Failure::BadCmdline)
@@ -407,6 +407,14 @@ impl GuestMemory for DryRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_payload_command_line_is_checked_again() {
+        assert_eq!(cmdline_from(b"console=ttyS0 hvtest=boot"), Ok("console=ttyS0 hvtest=boot"));
+        assert_eq!(cmdline_from(b"tab\there"), Err(Failure::BadCmdline));
+        assert_eq!(cmdline_from(&[b'x'; 2048]), Err(Failure::BadCmdline));
+        assert!(cmdline_from(&[b'x'; 2047]).is_ok());
+    }
 
     #[test]
     fn pool_ranges_are_sequential_and_2_mib_aligned() {
