@@ -38,8 +38,15 @@ const KERNEL_METAPACKAGE: &str = "linux-image-amd64";
 const BUSYBOX_PACKAGE: &str = "busybox-static";
 
 /// Fetches (once) the Debian kernel and busybox and builds the initramfs, all under
-/// `$TARGET/linux`.
+/// `$TARGET/linux`. Done once per xtask process: every image built afterwards (one per
+/// scenario config) reuses the result.
 pub fn material() -> Result<LinuxMaterial, String> {
+    static MATERIAL: std::sync::OnceLock<Result<LinuxMaterial, String>> = std::sync::OnceLock::new();
+    MATERIAL.get_or_init(build_material).clone()
+}
+
+/// [`material`]'s work.
+fn build_material() -> Result<LinuxMaterial, String> {
     let dir = paths::target().join("linux");
     std::fs::create_dir_all(dir.join("debs")).map_err(|e| format!("creating {}: {e}", dir.join("debs").display()))?;
     let mut apt = Apt { updated: false };
