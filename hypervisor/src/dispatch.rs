@@ -272,9 +272,10 @@ fn inject(event: Injection) -> Outcome {
 #[inline(always)]
 fn handle_cpuid(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
+    let host = crate::arch::cpuid::host_facts();
     // Leaf 0 is the same for every vCPU: precomputed at boot.
     if leaf == 0 {
-        if let Some(r) = crate::arch::cpuid::virtual_leaf0() {
+        if let Some(r) = host.map(|h| h.leaf0) {
             regs.rax = u64::from(r.eax);
             regs.rbx = u64::from(r.ebx);
             regs.rcx = u64::from(r.ecx);
@@ -290,11 +291,11 @@ fn handle_cpuid(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let r = virtual_cpuid(leaf, subleaf, cpuid(leaf, subleaf), topology);
     // Features whose VM-execution control is off must not be advertised (#UD otherwise).
     let r = hv_core::virt_cpuid::hide_disabled_features(leaf, subleaf, r, crate::vcpu::secondary_controls());
-    let host_max = crate::arch::cpuid::HOST_MAX_BASIC_LEAF.load(Ordering::Relaxed);
-    let r = if hv_core::virt_cpuid::needs_host_facts(leaf, host_max) {
-        crate::arch::cpuid::host_facts().adjust(leaf, subleaf, r, xcr0_for(leaf))
-    } else {
-        r
+    let r = match host {
+        Some(h) if hv_core::virt_cpuid::needs_host_facts(leaf, h.cpuid.max_basic_leaf) => {
+            h.cpuid.adjust(leaf, subleaf, r, xcr0_for(leaf))
+        }
+        _ => r,
     };
     regs.rax = u64::from(r.eax);
     regs.rbx = u64::from(r.ebx);
@@ -725,7 +726,7 @@ fn read_plain_msr(msr: VirtMsr) -> Option<u64> {
         VirtMsr::Xss => 0,
         VirtMsr::MtrrCap => 0x508,
         VirtMsr::MiscEnable => 1,
-        VirtMsr::ArchCapabilities => crate::arch::cpuid::GUEST_ARCH_CAPABILITIES.load(Ordering::Relaxed),
+        VirtMsr::ArchCapabilities => crate::arch::cpuid::host_facts().map_or(0, |h| h.arch_capabilities),
         VirtMsr::TscAdjust
         | VirtMsr::SpecCtrl
         | VirtMsr::BiosSignId
@@ -953,7 +954,8 @@ fn handle_exception_or_nmi(vcpu: &'static Vcpu) -> Outcome {
 #[inline(never)]
 fn handle_xsetbv(regs: &mut GuestRegisters) -> Outcome {
     let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
-    let supported = crate::arch::cpuid::host_facts().xsave.supported;
+    // Before the host facts exist no guest runs; nothing is supported then.
+    let supported = crate::arch::cpuid::host_facts().map_or(0, |h| h.cpuid.xsave.supported);
     if regs.rcx & 0xffff_ffff != 0 || !hv_core::virt_cpuid::xcr0_is_valid(value, supported) {
         return inject(InterruptionInfo::hardware_exception(GP, Some(0)));
     }

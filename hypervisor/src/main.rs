@@ -186,10 +186,8 @@ extern "C" fn bsp_main() -> ! {
         None => None,
     };
     let (hz, source) = tsc::init(cpu.tsc_hz_from_cpuid, acpi_info.as_ref());
-    // The CPUID facts every guest CPUID exit applies, read before any guest runs.
-    let _ = crate::arch::cpuid::host_facts();
-    crate::arch::cpuid::read_arch_capabilities();
-    crate::arch::cpuid::set_virtual_leaf0(hz);
+    // The host facts every guest CPUID and RDMSR exit applies, read before any guest runs.
+    let _ = crate::arch::cpuid::init_host_facts(hz);
     log::info!("tsc: {} MHz ({source})", hz / 1_000_000);
     let apic_mode = match lapic::init_bsp(cpu.x2apic) {
         Ok(mode) => mode,

@@ -25,6 +25,8 @@ pub enum Msr {
     VmxTrueProcbasedCtls = 0x48e,
     VmxTrueExitCtls = 0x48f,
     VmxTrueEntryCtls = 0x490,
+    /// IA32_ARCH_CAPABILITIES (0x10A; exists when CPUID.(7,0):EDX[29] is set).
+    ArchCapabilities = 0x10a,
     /// IA32_GS_BASE (0xC000_0101).
     GsBase = 0xc000_0101,
 }
