@@ -159,21 +159,6 @@ fn run_until_idle(svc: &'static Vcpu, deadline: u64) -> Result<(), ForwardError>
     Ok(())
 }
 
-/// [`REQUEST_DEADLINE_US`] in TSC ticks (0: not computed yet).
-static REQUEST_DEADLINE_TICKS: AtomicU64 = AtomicU64::new(0);
-
-/// The TSC deadline of a request or timer wake-up starting now: [`REQUEST_DEADLINE_US`]
-/// from now, converted once (the TSC frequency does not change after boot).
-fn request_deadline() -> u64 {
-    let mut ticks = REQUEST_DEADLINE_TICKS.load(Ordering::Relaxed);
-    if ticks == 0 {
-        // As `tsc::deadline_us`; kept only once the frequency is known.
-        ticks = REQUEST_DEADLINE_US.saturating_mul(crate::arch::tsc::hz()) / 1_000_000;
-        REQUEST_DEADLINE_TICKS.store(ticks, Ordering::Relaxed);
-    }
-    crate::arch::tsc::now().saturating_add(ticks)
-}
-
 /// Makes `guest`'s VMCS current again after its CPU ran the service vCPU. This cannot
 /// fail with a region set up on this CPU; if it does, nothing may touch the guest's
 /// VMCS any more, so the guest is stopped.
@@ -227,7 +212,7 @@ pub fn run_timers_if_due(guest: &'static Vcpu) {
         return;
     }
     set_service_rax(svc, service::TIMER_EXPIRED);
-    if run_until_idle(svc, request_deadline()) == Err(ForwardError::MissedDeadline) {
+    if run_until_idle(svc, crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US)) == Err(ForwardError::MissedDeadline) {
         log::error!(
             "partition {}: missed the {} ms deadline on a timer wake-up; stopping it",
             svc.vm.name,
@@ -329,7 +314,7 @@ pub fn forward(guest: &'static Vcpu, request: &Request) -> Result<Completion, Fo
 /// Runs the service vCPU (current VMCS) until it answers slot `index`.
 #[inline(always)]
 fn serve(svc: &'static Vcpu, index: u32, slot: u64, posted: &IoRequestSlot) -> Result<Completion, ForwardError> {
-    let deadline = request_deadline();
+    let deadline = crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US);
     set_service_rax(svc, u64::from(index));
     loop {
         let reply = match run_until_wait(svc, deadline) {
