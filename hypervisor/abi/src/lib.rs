@@ -113,6 +113,18 @@ pub mod hypercall {
     /// `BadAddress` for a buffer outside the caller's RAM, `BadArgument` for an RDX that
     /// is neither a VmId nor `ANY_TARGET`.
     pub const SERVICE_CONSOLE_READ: u64 = 20;
+
+    /// Service partition only: completes a request it answered
+    /// [`super::io_request::status::DEFERRED`] (see [`super::io_request`], "Deferred
+    /// completion"). RBX = the slot index, RCX = the request's `sequence` (as posted in
+    /// the slot), RDX = a read's data (in the low `size` bytes; ignored for a write and
+    /// for `FAILED`), RSI = [`super::io_request::status::DONE`] or
+    /// [`super::io_request::status::FAILED`]. The hypervisor completes the waiting
+    /// guest's instruction and wakes its vCPU (on whichever CPU it sits). Returns 0;
+    /// `BadArgument` (with a warning line, nothing changed) for a slot index out of range
+    /// or of no guest vCPU, a vCPU that waits on no deferred request, another sequence
+    /// number, another status, or data wider than the access.
+    pub const SERVICE_COMPLETE: u64 = 23;
 }
 
 /// Most bytes one `CONSOLE_WRITE` takes.
@@ -319,7 +331,28 @@ pub mod platform {
                 mmio: &[(MMIO_TEST_BASE, MMIO_TEST_BASE + 0xfff)],
                 pc: false,
             },
+            // Not a PC device: a port whose reads complete only after a delay, through
+            // the deferred completion of `io_request` (the svc-deferred scenario). A
+            // write sets the delay in milliseconds of device time
+            // (DELAY_TEST_NEVER: reads never complete); a read returns
+            // DELAY_TEST_VALUE_BASE plus the number of reads completed before it.
+            Device {
+                name: "delay-test",
+                ports: &[(DELAY_TEST_PORT, DELAY_TEST_PORT)],
+                isa_irq: None,
+                mmio: &[],
+                pc: false,
+            },
         ];
+
+        /// The `delay-test` port.
+        pub const DELAY_TEST_PORT: u16 = 0xf8;
+        /// `delay-test` delay value: reads are never completed (the guest waits until
+        /// the hypervisor's deferred deadline stops it).
+        pub const DELAY_TEST_NEVER: u32 = u32::MAX;
+        /// What the first completed `delay-test` read returns; each later one returns
+        /// one more.
+        pub const DELAY_TEST_VALUE_BASE: u32 = 0xde1a_0000;
 
         /// Guest-physical base of the `mmio-test` page.
         pub const MMIO_TEST_BASE: u64 = 0xfeb0_0000;
@@ -401,6 +434,21 @@ pub mod platform {
 /// read) and `status` (`Done` or `Failed`) and replies. The hypervisor accepts the reply
 /// only if every field it posted is unchanged and the data fits the access size
 /// (`hv_core::io_request::validate_reply`).
+///
+/// # Deferred completion
+/// A request that starts work the service partition finishes later (a device that
+/// answers after a delay) may be answered `Deferred` instead, with every posted field
+/// unchanged: the guest vCPU stays on its instruction (RIP not advanced, nothing
+/// written) and its physical CPU goes on (the service vCPU waits for its next request
+/// or timer; the CPU sleeps and runs the service's device timers meanwhile). The
+/// service partition completes the request later, from any of its vCPUs, with
+/// [`crate::hypercall::SERVICE_COMPLETE`]`(slot, sequence, data, status)`: the
+/// hypervisor checks it against the request it posted (`hv_core::io_request::deferred`)
+/// and only then completes the guest's instruction and wakes its vCPU. The slot keeps
+/// the request until then (the hypervisor posts nothing else to it). A deferred request
+/// not completed within the hypervisor's deferred deadline (5 s of TSC time) stops the
+/// waiting guest with a line naming the access; a guest that stops or is reset while it
+/// waits drops the request, and a later completion of it is refused.
 pub mod io_request {
     /// Version of this layout; bumped on any change.
     pub const VERSION: u32 = 1;
@@ -435,6 +483,9 @@ pub mod io_request {
         /// Answered: the service partition could not perform it (the hypervisor then
         /// completes a read with all-ones and drops a write, as an open bus does).
         pub const FAILED: u8 = 3;
+        /// Answered: accepted, and completed later with
+        /// [`crate::hypercall::SERVICE_COMPLETE`] (see "Deferred completion" above).
+        pub const DEFERRED: u8 = 4;
     }
 
     /// One request slot. Little-endian, laid out as the fields appear here (40 bytes),
@@ -763,6 +814,8 @@ mod tests {
         assert!(!pc.claims_port(0x1234));
         assert!(!pc.claims_port(0xf6), "the fault-test port is not part of the PC");
         assert!(DeviceSet::default().with("svc-fault-test").unwrap().claims_port(0xf6));
+        assert!(!pc.claims_port(0xf8), "the delay-test port is not part of the PC");
+        assert!(DeviceSet::default().with("delay-test").unwrap().claims_port(0xf8));
         let mmio = DeviceSet::default().with("mmio-test").unwrap();
         assert!(mmio.claims_mmio(0xfeb0_0000) && mmio.claims_mmio(0xfeb0_0fff) && !mmio.claims_mmio(0xfeb0_1000));
         assert!(!pc.claims_mmio(0xfeb0_0000) && !mmio.claims_port(0xfeb0));

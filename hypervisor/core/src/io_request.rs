@@ -4,10 +4,14 @@
 //! guest's registers.
 //!
 //! A reply is accepted only if the slot still describes the request the hypervisor
-//! posted (sequence, kind, address, size, direction, VM, vCPU), its status is `Done` or
-//! `Failed`, the reserved field is 0, and a read's data fits the access size. Anything
-//! else is a misbehaving service partition: the caller stops the guest's access with an
-//! open-bus result and logs it, and the hypervisor keeps running.
+//! posted (sequence, kind, address, size, direction, VM, vCPU), its status is `Done`,
+//! `Failed` or `Deferred`, the reserved field is 0, and a read's data fits the access
+//! size. Anything else is a misbehaving service partition: the caller stops the guest's
+//! access with an open-bus result and logs it, and the hypervisor keeps running.
+//!
+//! A `Deferred` reply ([`Reply::Deferred`]) is completed later by the service
+//! partition's `SERVICE_COMPLETE` hypercall; [`deferred`] holds the waiting vCPU's side
+//! of that: the state machine and the checks every completion passes.
 
 use hv_abi::io_request::{direction, kind, status, IoRequestSlot};
 
@@ -42,6 +46,16 @@ pub enum Completion {
     /// The service partition could not perform it: reads see all-ones, writes are
     /// dropped.
     Failed,
+}
+
+/// What an accepted reply says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// The access is over: complete the guest's instruction with this.
+    Completed(Completion),
+    /// The service partition accepted the request and completes it later
+    /// (`SERVICE_COMPLETE`); the guest's instruction waits.
+    Deferred,
 }
 
 /// Why a reply was refused.
@@ -85,7 +99,8 @@ pub fn post(request: &Request, sequence: u64) -> Result<IoRequestSlot, PostError
 }
 
 /// Checks the service partition's `reply` to the slot the hypervisor `posted`.
-pub fn validate_reply(posted: &IoRequestSlot, reply: &IoRequestSlot) -> Result<Completion, ReplyError> {
+#[inline]
+pub fn validate_reply(posted: &IoRequestSlot, reply: &IoRequestSlot) -> Result<Reply, ReplyError> {
     let unchanged = reply.sequence == posted.sequence
         && reply.kind == posted.kind
         && reply.address == posted.address
@@ -95,7 +110,7 @@ pub fn validate_reply(posted: &IoRequestSlot, reply: &IoRequestSlot) -> Result<C
         && reply.vcpu == posted.vcpu;
     match reply.status {
         status::FREE | status::PENDING => return Err(ReplyError::NotAnswered),
-        status::DONE | status::FAILED => {}
+        status::DONE | status::FAILED | status::DEFERRED => {}
         other => return Err(ReplyError::BadStatus(other)),
     }
     if !unchanged {
@@ -104,16 +119,149 @@ pub fn validate_reply(posted: &IoRequestSlot, reply: &IoRequestSlot) -> Result<C
     if reply.reserved != 0 {
         return Err(ReplyError::ReservedNotZero);
     }
-    if reply.status == status::FAILED {
+    if reply.status == status::DEFERRED {
+        return Ok(Reply::Deferred);
+    }
+    completion(posted, reply.status, reply.data).map(Reply::Completed)
+}
+
+/// The completion that `status` (`DONE` or `FAILED`, checked by the caller) and `data`
+/// give the request `posted`.
+#[inline]
+fn completion(posted: &IoRequestSlot, status: u8, data: u64) -> Result<Completion, ReplyError> {
+    if status == status::FAILED {
         return Ok(Completion::Failed);
     }
     if posted.direction == direction::WRITE {
         return Ok(Completion::Written);
     }
-    if reply.data & !size_mask(posted.size) != 0 {
+    if data & !size_mask(posted.size) != 0 {
         return Err(ReplyError::DataTooWide);
     }
-    Ok(Completion::Read(reply.data))
+    Ok(Completion::Read(data))
+}
+
+/// Deferred completion: the state of a guest vCPU whose request the service partition
+/// answered `Deferred`, and the checks of its later `SERVICE_COMPLETE`.
+///
+/// The waiting vCPU's CPU [`DeferredWait::begin`]s the wait with the request it posted
+/// and a deadline, then polls [`DeferredWait::take_completion`] and
+/// [`DeferredWait::is_overdue`] between sleeps; any service vCPU may
+/// [`DeferredWait::complete`] it meanwhile. A completion is checked in full
+/// ([`validate_completion`]) before the state changes, so a refused one changes
+/// nothing. A wait that ends otherwise (the guest stops, an INIT, the deadline) is
+/// [`DeferredWait::abandon`]ed: later completions of it are refused.
+pub mod deferred {
+    use super::{completion, Completion, ReplyError};
+    use hv_abi::io_request::{status, IoRequestSlot};
+
+    /// Why a `SERVICE_COMPLETE` was refused.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum CompletionError {
+        /// The vCPU waits on no deferred request (none was deferred, it was completed
+        /// already, or the wait was abandoned).
+        NotWaiting,
+        /// The sequence number is not the deferred request's.
+        WrongSequence { expected: u64, got: u64 },
+        /// The status is neither `DONE` nor `FAILED`.
+        BadStatus(u8),
+        /// A read's data has bits above the access size.
+        DataTooWide,
+    }
+
+    impl CompletionError {
+        /// A short description for log lines.
+        #[must_use]
+        pub fn describe(self) -> &'static str {
+            match self {
+                Self::NotWaiting => "that vcpu waits on no deferred request",
+                Self::WrongSequence { .. } => "the sequence number is not the deferred request's",
+                Self::BadStatus(_) => "the status is neither DONE nor FAILED",
+                Self::DataTooWide => "the data is wider than the access",
+            }
+        }
+    }
+
+    /// Checks a completion (`sequence`, `status`, `data`) of the deferred request
+    /// `posted`; the result is what the guest's instruction completes with.
+    pub fn validate_completion(
+        posted: &IoRequestSlot,
+        sequence: u64,
+        completion_status: u8,
+        data: u64,
+    ) -> Result<Completion, CompletionError> {
+        if sequence != posted.sequence {
+            return Err(CompletionError::WrongSequence { expected: posted.sequence, got: sequence });
+        }
+        if !matches!(completion_status, status::DONE | status::FAILED) {
+            return Err(CompletionError::BadStatus(completion_status));
+        }
+        completion(posted, completion_status, data).map_err(|e| match e {
+            ReplyError::DataTooWide => CompletionError::DataTooWide,
+            // `completion` refuses nothing else.
+            _ => CompletionError::BadStatus(completion_status),
+        })
+    }
+
+    /// Why a wait could not begin (a hypervisor bug: one request per vCPU at a time).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct AlreadyWaiting;
+
+    /// A guest vCPU's deferred request, if any.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub enum DeferredWait {
+        /// No deferred request.
+        #[default]
+        Idle,
+        /// The service partition deferred `posted`; the guest waits until the TSC
+        /// reaches `deadline`.
+        Waiting { posted: IoRequestSlot, deadline: u64 },
+        /// Completed; the vCPU's CPU has not taken the result yet.
+        Completed(Completion),
+    }
+
+    impl DeferredWait {
+        /// Starts waiting on `posted` until TSC `deadline`. Only from `Idle`.
+        pub fn begin(&mut self, posted: IoRequestSlot, deadline: u64) -> Result<(), AlreadyWaiting> {
+            if *self != Self::Idle {
+                return Err(AlreadyWaiting);
+            }
+            *self = Self::Waiting { posted, deadline };
+            Ok(())
+        }
+
+        /// A `SERVICE_COMPLETE(sequence, data, status)`: checked against the waiting
+        /// request ([`validate_completion`]); only an accepted one changes the state.
+        pub fn complete(&mut self, sequence: u64, completion_status: u8, data: u64) -> Result<(), CompletionError> {
+            let Self::Waiting { posted, .. } = self else { return Err(CompletionError::NotWaiting) };
+            let done = validate_completion(posted, sequence, completion_status, data)?;
+            *self = Self::Completed(done);
+            Ok(())
+        }
+
+        /// The completion, once there is one (the state is `Idle` again).
+        pub fn take_completion(&mut self) -> Option<Completion> {
+            let Self::Completed(done) = *self else { return None };
+            *self = Self::Idle;
+            Some(done)
+        }
+
+        /// Whether a request still waits at TSC `now` past its deadline.
+        #[must_use]
+        pub fn is_overdue(&self, now: u64) -> bool {
+            matches!(*self, Self::Waiting { deadline, .. } if now >= deadline)
+        }
+
+        /// Drops whatever the vCPU waited on or was given (the state is `Idle`); returns
+        /// the request if one was still waiting.
+        pub fn abandon(&mut self) -> Option<IoRequestSlot> {
+            let previous = core::mem::take(self);
+            match previous {
+                Self::Waiting { posted, .. } => Some(posted),
+                Self::Idle | Self::Completed(_) => None,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -131,7 +279,7 @@ mod tests {
         let posted = post(&read_port(0x3f8, 1), 7).unwrap();
         assert_eq!((posted.status, posted.direction, posted.data), (status::PENDING, direction::READ, 0));
         let reply = IoRequestSlot { data: 0x41, status: status::DONE, ..posted };
-        assert_eq!(validate_reply(&posted, &reply), Ok(Completion::Read(0x41)));
+        assert_eq!(validate_reply(&posted, &reply), Ok(Reply::Completed(Completion::Read(0x41))));
     }
 
     #[test]
@@ -141,7 +289,7 @@ mod tests {
         let posted = post(&w, 1).unwrap();
         assert_eq!(posted.data, 0xbeef);
         let reply = IoRequestSlot { status: status::DONE, data: 0x1234, ..posted };
-        assert_eq!(validate_reply(&posted, &reply), Ok(Completion::Written));
+        assert_eq!(validate_reply(&posted, &reply), Ok(Reply::Completed(Completion::Written)));
     }
 
     #[test]
@@ -172,8 +320,120 @@ mod tests {
         assert_eq!(validate_reply(&posted, &IoRequestSlot { data: 0x100, ..done }), Err(ReplyError::DataTooWide));
         assert_eq!(
             validate_reply(&posted, &IoRequestSlot { status: status::FAILED, data: 0x100, ..done }),
-            Ok(Completion::Failed)
+            Ok(Reply::Completed(Completion::Failed))
         );
+    }
+
+    #[test]
+    fn a_deferred_reply_must_leave_the_request_unchanged() {
+        let posted = post(&read_port(0xf8, 4), 9).unwrap();
+        let deferred = IoRequestSlot { status: status::DEFERRED, ..posted };
+        assert_eq!(validate_reply(&posted, &deferred), Ok(Reply::Deferred));
+        // Data is not looked at: nothing is completed yet.
+        assert_eq!(validate_reply(&posted, &IoRequestSlot { data: u64::MAX, ..deferred }), Ok(Reply::Deferred));
+        assert_eq!(
+            validate_reply(&posted, &IoRequestSlot { address: 0xf9, ..deferred }),
+            Err(ReplyError::RequestChanged)
+        );
+        assert_eq!(
+            validate_reply(&posted, &IoRequestSlot { reserved: 2, ..deferred }),
+            Err(ReplyError::ReservedNotZero)
+        );
+        assert_eq!(validate_reply(&posted, &IoRequestSlot { status: 5, ..deferred }), Err(ReplyError::BadStatus(5)));
+    }
+
+    mod deferred_completion {
+        use super::super::deferred::{validate_completion, AlreadyWaiting, CompletionError, DeferredWait};
+        use super::*;
+
+        fn waiting_read(size: u8, sequence: u64) -> (IoRequestSlot, DeferredWait) {
+            let posted = post(&read_port(0xf8, size), sequence).unwrap();
+            let mut wait = DeferredWait::default();
+            wait.begin(posted, 1000).unwrap();
+            (posted, wait)
+        }
+
+        #[test]
+        fn a_read_completes_once_with_its_data() {
+            let (_, mut wait) = waiting_read(4, 7);
+            assert_eq!(wait.take_completion(), None, "nothing before the completion");
+            assert_eq!(wait.complete(7, status::DONE, 0xde1a_0001), Ok(()));
+            assert_eq!(wait.take_completion(), Some(Completion::Read(0xde1a_0001)));
+            assert_eq!(wait, DeferredWait::Idle);
+            assert_eq!(wait.take_completion(), None);
+            assert_eq!(wait.complete(7, status::DONE, 1), Err(CompletionError::NotWaiting), "completed only once");
+        }
+
+        #[test]
+        fn writes_and_failures_ignore_the_data() {
+            let posted = post(&Request { write: true, data: 5, ..read_port(0xf8, 1) }, 3).unwrap();
+            assert_eq!(validate_completion(&posted, 3, status::DONE, u64::MAX), Ok(Completion::Written));
+            assert_eq!(validate_completion(&posted, 3, status::FAILED, u64::MAX), Ok(Completion::Failed));
+            let (read, _) = waiting_read(1, 4);
+            assert_eq!(validate_completion(&read, 4, status::FAILED, u64::MAX), Ok(Completion::Failed));
+        }
+
+        #[test]
+        fn bad_completions_change_nothing() {
+            let (_, mut wait) = waiting_read(2, 11);
+            let before = wait;
+            assert_eq!(
+                wait.complete(12, status::DONE, 1),
+                Err(CompletionError::WrongSequence { expected: 11, got: 12 })
+            );
+            for bad in [status::FREE, status::PENDING, status::DEFERRED, 5, 0xff] {
+                assert_eq!(wait.complete(11, bad, 1), Err(CompletionError::BadStatus(bad)));
+            }
+            assert_eq!(wait.complete(11, status::DONE, 0x1_0000), Err(CompletionError::DataTooWide));
+            assert_eq!(wait, before);
+            assert_eq!(wait.complete(11, status::DONE, 0xffff), Ok(()));
+            let mut idle = DeferredWait::Idle;
+            assert_eq!(idle.complete(0, status::DONE, 0), Err(CompletionError::NotWaiting));
+            assert_eq!(idle, DeferredWait::Idle);
+        }
+
+        #[test]
+        fn one_wait_at_a_time_and_abandoning_refuses_later_completions() {
+            let (posted, mut wait) = waiting_read(4, 1);
+            assert_eq!(wait.begin(posted, 5), Err(AlreadyWaiting));
+            assert!(!wait.is_overdue(999));
+            assert!(wait.is_overdue(1000));
+            assert_eq!(wait.abandon(), Some(posted));
+            assert!(!wait.is_overdue(u64::MAX), "an abandoned wait has no deadline");
+            assert_eq!(wait.complete(1, status::DONE, 0), Err(CompletionError::NotWaiting));
+            // A completion that came but was not taken is dropped too.
+            wait.begin(posted, 5).unwrap();
+            wait.complete(1, status::DONE, 0).unwrap();
+            assert_eq!(wait.begin(posted, 5), Err(AlreadyWaiting));
+            assert_eq!(wait.abandon(), None);
+            assert_eq!(wait, DeferredWait::Idle);
+        }
+
+        proptest! {
+            /// Whatever the service partition passes to SERVICE_COMPLETE, a completion is
+            /// either refused without a change or fits the deferred request.
+            #[test]
+            fn any_completion_is_safe(size_pick in 0usize..4, write: bool, sequence: u64, st: u8, data: u64) {
+                let size = [1u8, 2, 4, 8][size_pick];
+                let request = Request { kind: kind::MMIO, address: 0x1000, size, write, data: 0, vm: 1, vcpu: 2 };
+                let posted = post(&request, 42).unwrap();
+                let mut wait = DeferredWait::Idle;
+                wait.begin(posted, 10).unwrap();
+                let before = wait;
+                match wait.complete(sequence, st, data) {
+                    Ok(()) => {
+                        prop_assert!(sequence == 42 && (st == status::DONE || st == status::FAILED));
+                        match wait.take_completion() {
+                            Some(Completion::Read(v)) => prop_assert!(!write && v == data && v & !size_mask(size) == 0),
+                            Some(Completion::Written) => prop_assert!(write && st == status::DONE),
+                            Some(Completion::Failed) => prop_assert_eq!(st, status::FAILED),
+                            None => prop_assert!(false, "accepted without a completion"),
+                        }
+                    }
+                    Err(_) => prop_assert_eq!(wait, before),
+                }
+            }
+        }
     }
 
     #[test]
@@ -210,9 +470,10 @@ mod tests {
             raw.copy_from_slice(&bytes);
             let reply = IoRequestSlot::from_bytes(&raw);
             match validate_reply(&posted, &reply) {
-                Ok(Completion::Read(v)) => prop_assert!(!write && v & !size_mask(size) == 0),
-                Ok(Completion::Written) => prop_assert!(write),
-                Ok(Completion::Failed) | Err(_) => {}
+                Ok(Reply::Completed(Completion::Read(v))) => prop_assert!(!write && v & !size_mask(size) == 0),
+                Ok(Reply::Completed(Completion::Written)) => prop_assert!(write),
+                Ok(Reply::Deferred) => prop_assert_eq!(reply.status, status::DEFERRED),
+                Ok(Reply::Completed(Completion::Failed)) | Err(_) => {}
             }
         }
 
@@ -227,7 +488,7 @@ mod tests {
                 ..posted
             };
             let expected = if fail { Completion::Failed } else { Completion::Read(value & size_mask(size)) };
-            prop_assert_eq!(validate_reply(&posted, &reply), Ok(expected));
+            prop_assert_eq!(validate_reply(&posted, &reply), Ok(Reply::Completed(expected)));
         }
     }
 }

@@ -10,6 +10,10 @@
 //!   registers reached by MMIO (`hv_abi::platform::devices::MMIO_TEST_BASE`), which the
 //!   svc-mmio scenario uses to check every MMIO instruction form the hypervisor decodes
 //!   and forwards.
+//! - [`DelayTest`], this platform's own `delay-test` port
+//!   (`hv_abi::platform::devices::DELAY_TEST_PORT`): a read is answered only after a
+//!   delay the guest wrote first, through the deferred completion of the I/O request
+//!   protocol (`hv_abi::io_request`, the svc-deferred scenario).
 
 use crate::uart16550::OutputRing;
 use crate::{open_bus, read_bytewise, write_bytewise, Nanos, Platform, PlatformRequest, PortIo};
@@ -254,6 +258,126 @@ impl MmioScratch {
     }
 }
 
+/// The `delay-test` device: reads that complete only after a delay of device time.
+///
+/// - A write of 1, 2 or 4 bytes sets the delay, in milliseconds, to the value written
+///   (its low `size` bytes); [`DELAY_TEST_NEVER`] (all-ones, written with 4 bytes) means
+///   that reads never complete. The power-on delay is 0.
+/// - A read is not answered at once: its owner [`DelayTest::start_read`]s it with a tag
+///   of its own (the service partition's: the request slot and sequence number) and
+///   answers the request "deferred". The read is due the delay after it started;
+///   [`DelayTest::next_event`] says when, and [`DelayTest::take_completed`] hands the
+///   tag and the value out once `now` reaches it. The value is
+///   [`DELAY_TEST_VALUE_BASE`] plus the number of reads completed before (wrapping),
+///   cut to the access size.
+/// - One read is in progress at a time (one per device; the guests that use it have
+///   one vCPU): a read started while another waits is refused ([`DelayBusy`]), and its
+///   owner fails it (the guest reads all-ones).
+/// - [`DelayTest::cancel`] forgets the read in progress (its guest is gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelayTest<T> {
+    delay_ms: u32,
+    in_progress: Option<DelayedRead<T>>,
+    completed: u32,
+}
+
+/// A read in progress: the owner's tag, when it is due ([`Nanos::MAX`]: never) and
+/// the access size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DelayedRead<T> {
+    tag: T,
+    due: Nanos,
+    size: u8,
+}
+
+/// A read started while another was in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DelayBusy;
+
+pub use hv_abi::platform::devices::{DELAY_TEST_NEVER, DELAY_TEST_PORT, DELAY_TEST_VALUE_BASE};
+
+/// Nanoseconds per millisecond.
+const NANOS_PER_MS: Nanos = 1_000_000;
+
+impl<T: Copy> Default for DelayTest<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Copy> DelayTest<T> {
+    /// Delay 0, no read in progress, none completed.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { delay_ms: 0, in_progress: None, completed: 0 }
+    }
+
+    /// The delay in milliseconds ([`DELAY_TEST_NEVER`]: reads never complete).
+    #[must_use]
+    pub const fn delay_ms(&self) -> u32 {
+        self.delay_ms
+    }
+
+    /// Reads completed so far (wrapping).
+    #[must_use]
+    pub const fn completed(&self) -> u32 {
+        self.completed
+    }
+
+    /// A write of the low `size` bytes (1, 2 or 4) of `value`: the new delay. Other
+    /// sizes are ignored. A read in progress keeps the delay it started with.
+    pub fn write(&mut self, size: u8, value: u32) {
+        let mask = match size {
+            1 => 0xFF,
+            2 => 0xFFFF,
+            4 => u32::MAX,
+            _ => return,
+        };
+        self.delay_ms = value & mask;
+    }
+
+    /// Starts a read of `size` bytes at `now`, to be completed with `tag`. Refused
+    /// while another read is in progress, and for sizes other than 1, 2 and 4.
+    pub fn start_read(&mut self, tag: T, size: u8, now: Nanos) -> Result<(), DelayBusy> {
+        if self.in_progress.is_some() || !matches!(size, 1 | 2 | 4) {
+            return Err(DelayBusy);
+        }
+        let due = if self.delay_ms == DELAY_TEST_NEVER {
+            Nanos::MAX
+        } else {
+            now.saturating_add(Nanos::from(self.delay_ms) * NANOS_PER_MS)
+        };
+        self.in_progress = Some(DelayedRead { tag, due, size });
+        Ok(())
+    }
+
+    /// When the read in progress is due, if one is and it ever will be.
+    #[must_use]
+    pub fn next_event(&self) -> Option<Nanos> {
+        self.in_progress.map(|read| read.due).filter(|&due| due != Nanos::MAX)
+    }
+
+    /// The read in progress, completed, once `now` reached its due time: its tag and
+    /// value (fitting its size). The device is then free for the next read.
+    pub fn take_completed(&mut self, now: Nanos) -> Option<(T, u32)> {
+        let read = self.in_progress.filter(|read| read.due != Nanos::MAX && now >= read.due)?;
+        self.in_progress = None;
+        let value = DELAY_TEST_VALUE_BASE.wrapping_add(self.completed);
+        self.completed = self.completed.wrapping_add(1);
+        let mask = match read.size {
+            1 => 0xFF,
+            2 => 0xFFFF,
+            _ => u32::MAX,
+        };
+        Some((read.tag, value & mask))
+    }
+
+    /// Forgets the read in progress; returns its tag.
+    pub fn cancel(&mut self) -> Option<T> {
+        self.in_progress.take().map(|read| read.tag)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -454,5 +578,75 @@ mod tests {
         }
         assert_eq!(dev.read(0, 8), 0);
         assert_eq!(dev.writes(), 6);
+    }
+
+    const MS: Nanos = 1_000_000;
+
+    #[test]
+    fn delay_test_reads_complete_after_the_delay_written() {
+        let mut dev = DelayTest::<u32>::new();
+        assert_eq!((dev.delay_ms(), dev.completed(), dev.next_event()), (0, 0, None));
+        dev.write(4, 25);
+        assert_eq!(dev.delay_ms(), 25);
+        assert_eq!(dev.start_read(7, 4, 100 * MS), Ok(()));
+        assert_eq!(dev.next_event(), Some(125 * MS));
+        assert_eq!(dev.take_completed(125 * MS - 1), None, "not before the delay");
+        assert_eq!(dev.take_completed(125 * MS), Some((7, DELAY_TEST_VALUE_BASE)));
+        assert_eq!(dev.take_completed(200 * MS), None, "completed once");
+        assert_eq!(dev.next_event(), None);
+        // The next read counts on, and a late poll still completes it.
+        dev.start_read(8, 4, 300 * MS).unwrap();
+        assert_eq!(dev.take_completed(900 * MS), Some((8, DELAY_TEST_VALUE_BASE + 1)));
+        assert_eq!(dev.completed(), 2);
+    }
+
+    #[test]
+    fn delay_test_zero_delay_narrow_reads_and_sizes() {
+        let mut dev = DelayTest::<u8>::default();
+        dev.start_read(1, 2, 5).unwrap();
+        assert_eq!(dev.next_event(), Some(5), "delay 0 is due at once");
+        assert_eq!(dev.take_completed(5), Some((1, DELAY_TEST_VALUE_BASE & 0xFFFF)));
+        dev.start_read(2, 1, 5).unwrap();
+        assert_eq!(dev.take_completed(5), Some((2, (DELAY_TEST_VALUE_BASE + 1) & 0xFF)));
+        for size in [0, 3, 8, 255] {
+            assert_eq!(dev.start_read(3, size, 0), Err(DelayBusy));
+        }
+        // Writes take the low `size` bytes; other sizes are ignored.
+        dev.write(1, 0x1234);
+        assert_eq!(dev.delay_ms(), 0x34);
+        dev.write(2, 0xFFFF_0102);
+        assert_eq!(dev.delay_ms(), 0x0102);
+        dev.write(8, 9);
+        assert_eq!(dev.delay_ms(), 0x0102);
+    }
+
+    #[test]
+    fn delay_test_one_read_at_a_time_and_never() {
+        let mut dev = DelayTest::<u64>::new();
+        dev.write(4, DELAY_TEST_NEVER);
+        dev.start_read(10, 4, 0).unwrap();
+        assert_eq!(dev.start_read(11, 4, 0), Err(DelayBusy));
+        assert_eq!(dev.next_event(), None, "never due");
+        assert_eq!(dev.take_completed(Nanos::MAX), None);
+        // A shorter delay written meanwhile does not change the read in progress.
+        dev.write(4, 1);
+        assert_eq!(dev.take_completed(Nanos::MAX), None);
+        assert_eq!(dev.cancel(), Some(10));
+        assert_eq!(dev.cancel(), None);
+        dev.write(4, 0);
+        dev.start_read(12, 4, Nanos::MAX - 1).unwrap();
+        assert_eq!(dev.next_event(), Some(Nanos::MAX - 1));
+        assert_eq!(dev.take_completed(Nanos::MAX - 1), Some((12, DELAY_TEST_VALUE_BASE)));
+        assert_eq!(dev.completed(), 1);
+    }
+
+    #[test]
+    fn delay_test_huge_delays_saturate() {
+        let mut dev = DelayTest::<u8>::new();
+        dev.write(4, DELAY_TEST_NEVER - 1);
+        dev.start_read(1, 4, Nanos::MAX - 10).unwrap();
+        // Saturated at Nanos::MAX, which means "never".
+        assert_eq!(dev.next_event(), None);
+        assert_eq!(dev.take_completed(Nanos::MAX), None);
     }
 }

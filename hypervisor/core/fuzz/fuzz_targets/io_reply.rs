@@ -1,26 +1,60 @@
-//! The service partition writes the reply half of an I/O request slot: whatever bytes it
-//! leaves there, validation must not panic and may only accept a result that fits the
-//! posted request.
+//! The service partition writes the reply half of an I/O request slot, and later the
+//! arguments of `SERVICE_COMPLETE` for a request it deferred: whatever bytes it leaves
+//! there and whatever it passes, validation must not panic and may only accept a
+//! result that fits the posted request; a refused completion changes nothing.
+//!
+//! Input: a head byte (access size, direction, kind), the slot's 64 bytes, then the
+//! completion's sequence (8 bytes), status (1) and data (8), each zero-filled when the
+//! input ends early.
 #![no_main]
 
-use hv_abi::io_request::{kind, IoRequestSlot, SLOT_BYTES};
-use hv_core::io_request::{post, size_mask, validate_reply, Completion, Request};
+use hv_abi::io_request::{kind, status, IoRequestSlot, SLOT_BYTES};
+use hv_core::io_request::deferred::DeferredWait;
+use hv_core::io_request::{post, size_mask, validate_reply, Completion, Reply, Request};
 use libfuzzer_sys::fuzz_target;
+
+/// `N` bytes from `bytes` at `at`, zero-filled past the end.
+fn take<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    for (dst, src) in out.iter_mut().zip(bytes.iter().skip(at)) {
+        *dst = *src;
+    }
+    out
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((head, rest)) = data.split_first() else { return };
-    let mut raw = [0u8; SLOT_BYTES];
-    for (dst, src) in raw.iter_mut().zip(rest) {
-        *dst = *src;
-    }
+    let raw: [u8; SLOT_BYTES] = take(rest, 0);
     let size = [1u8, 2, 4, 8][usize::from(head & 3)];
     let write = head & 4 != 0;
     let request_kind = if head & 8 != 0 { kind::MMIO } else { kind::PCI_CONFIG };
     let request = Request { kind: request_kind, address: 0xfee0_0000, size, write, data: u64::MAX, vm: 1, vcpu: 0 };
     let Ok(posted) = post(&request, u64::from(*head)) else { return };
-    match validate_reply(&posted, &IoRequestSlot::from_bytes(&raw)) {
-        Ok(Completion::Read(v)) => assert!(!write && v & !size_mask(size) == 0),
-        Ok(Completion::Written) => assert!(write),
-        Ok(Completion::Failed) | Err(_) => {}
+    let reply = IoRequestSlot::from_bytes(&raw);
+    match validate_reply(&posted, &reply) {
+        Ok(Reply::Completed(Completion::Read(v))) => assert!(!write && v & !size_mask(size) == 0),
+        Ok(Reply::Completed(Completion::Written)) => assert!(write),
+        Ok(Reply::Deferred) => assert_eq!(reply.status, status::DEFERRED),
+        Ok(Reply::Completed(Completion::Failed)) | Err(_) => {}
+    }
+
+    // A later SERVICE_COMPLETE of the same request, had it been deferred.
+    let sequence = u64::from_le_bytes(take(rest, SLOT_BYTES));
+    let completion_status = take::<1>(rest, SLOT_BYTES + 8)[0];
+    let value = u64::from_le_bytes(take(rest, SLOT_BYTES + 9));
+    let mut wait = DeferredWait::Idle;
+    assert!(wait.begin(posted, 1).is_ok());
+    let before = wait;
+    match wait.complete(sequence, completion_status, value) {
+        Ok(()) => {
+            assert_eq!(sequence, posted.sequence);
+            match wait.take_completion() {
+                Some(Completion::Read(v)) => assert!(!write && v & !size_mask(size) == 0),
+                Some(Completion::Written) => assert!(write),
+                Some(Completion::Failed) => assert_eq!(completion_status, status::FAILED),
+                None => panic!("an accepted completion left nothing to take"),
+            }
+        }
+        Err(_) => assert_eq!(wait, before),
     }
 });
