@@ -352,6 +352,7 @@ fn handle_other_hypercall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Out
         hypercall::GUEST_POWER => crate::service::hypercall_guest_power(vcpu, a, b, regs.rdx),
         hypercall::GUEST_CONSOLE_WRITE => crate::service::hypercall_guest_console_write(vcpu, a, b, regs.rdx),
         hypercall::SERVICE_CONSOLE_READ => crate::console::input::hypercall_read(vcpu, a, b, regs.rdx),
+        hypercall::SERVICE_COMPLETE => crate::service::hypercall_service_complete(vcpu, a, b, regs.rdx, regs.rsi),
         hypercall::SYSTEM_INFO => crate::control::system_info(vcpu, a),
         hypercall::VM_CREATE => crate::control::vm_create(vcpu, a, b),
         hypercall::VM_MAP_RAM => crate::control::vm_map_ram(vcpu, a, b, regs.rdx),

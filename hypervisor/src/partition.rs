@@ -20,6 +20,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, 
 
 use hv_core::addr::{GuestPhysAddr, HostPhysAddr};
 use hv_core::ept::{EptPermissions, LargePages, MemoryType, TableMemory};
+use hv_core::io_request::deferred::DeferredWait;
 use hv_core::vioapic::VIoApic;
 use hv_core::vlapic::{LapicConfig, VirtualLapic};
 use spin::Mutex;
@@ -148,7 +149,13 @@ pub struct Vcpu {
     /// The VMCS was launched (the next entry is a VMRESUME).
     pub launched: AtomicBool,
     /// Sequence number of the last I/O request posted for this vCPU.
+    /// It starts at the VM's generation << 32, so that the sequence numbers of a VM
+    /// that reuses a destroyed one's slot differ from the old VM's (a late
+    /// `SERVICE_COMPLETE` meant for the old VM cannot match).
     pub io_sequence: AtomicU64,
+    /// The request the service partition deferred (`hv_core::io_request::deferred`):
+    /// waited on by the vCPU's own CPU, completed by any service vCPU.
+    pub deferred: Mutex<DeferredWait>,
     /// Service vCPUs: the TSC at which to wake it from `SERVICE_REPLY_WAIT` (0: none).
     pub wake_at: AtomicU64,
     /// The vCPU's registers when it left its loop (for [`get_registers`]).
@@ -468,7 +475,8 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         ept_flush_pending: AtomicBool::new(false),
         vmcs: AtomicU64::new(0),
         launched: AtomicBool::new(false),
-        io_sequence: AtomicU64::new(0),
+        io_sequence: AtomicU64::new(u64::from(vm.generation) << 32),
+        deferred: Mutex::new(DeferredWait::Idle),
         wake_at: AtomicU64::new(0),
         final_registers: Mutex::new(None),
     }));
@@ -673,6 +681,21 @@ pub fn guest_vm_by_id(id: hv_abi::service::VmId) -> Option<&'static Vm> {
     let vm = unsafe { ptr.as_ref() }?;
     let matches = (vm.generation & 0xffff) as u16 == id.generation_low() && !vm.is_service.load(Ordering::Acquire);
     matches.then_some(vm)
+}
+
+/// The guest vCPU whose request slot is `slot` (`hv_abi::service::slot_index`), if that
+/// VM and vCPU exist and the VM is not the service partition.
+#[must_use]
+pub fn guest_vcpu_for_slot(slot: u64) -> Option<&'static Vcpu> {
+    let per_vm = u64::from(hv_abi::service::MAX_VCPUS_PER_VM);
+    if slot >= u64::from(hv_abi::service::SLOTS) {
+        return None;
+    }
+    let ptr = VMS.get(usize::try_from(slot / per_vm).ok()?)?.load(Ordering::Acquire);
+    // SAFETY: non-null entries point at leaked `Vm`s that live forever.
+    let vm = unsafe { ptr.as_ref() }.filter(|vm| !vm.is_service.load(Ordering::Acquire))?;
+    let id = u32::try_from(slot % per_vm).ok()?;
+    vm.vcpus().find(|v| v.id == id)
 }
 
 /// The VM behind `handle`, if the handle is valid.

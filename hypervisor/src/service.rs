@@ -14,13 +14,24 @@
 //! longer than [`REQUEST_DEADLINE_US`] on one request fails the waiting guest, which is
 //! stopped with a line naming the access; the service partition is stopped in the
 //! second case too. Guests without forwarded devices never depend on it.
+//!
+//! **Deferred completion.** The service partition may reply `DEFERRED` (a request that
+//! starts work it finishes later). The guest's instruction then stays where it is and
+//! its CPU waits on the host side ([`wait_for_deferred`]): the service vCPU is back in
+//! its wait, the CPU sleeps in `hlt` and runs the service's device timers when they are
+//! due, until the service partition completes the request with `SERVICE_COMPLETE`
+//! ([`hypercall_service_complete`], from any CPU: it kicks the waiting one), the guest
+//! stops or gets an INIT (the request is dropped), or [`DEFERRED_DEADLINE_US`] passes
+//! (the guest is stopped with a line naming the access; the service partition and the
+//! other guests go on). Other CPUs are never held up: nothing is locked while waiting.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use hv_abi::io_request::{IoRequestSlot, SLOT_BYTES};
 use hv_abi::service::{self, VmId, NO_REPLY};
 use hv_abi::{hypercall, Error as HcError};
-use hv_core::io_request::{self, Completion, Request};
+use hv_core::io_request::deferred::DeferredWait;
+use hv_core::io_request::{self, Completion, Reply, Request};
 use hv_core::vmx_caps::VmxCapabilities;
 use x86::vmx::vmcs::ro;
 
@@ -33,6 +44,12 @@ use crate::vmx::vmcs;
 /// The longest the service partition may work on one request, in microseconds of
 /// TSC time. Generous: under Bochs the TSC counts emulated instructions.
 pub const REQUEST_DEADLINE_US: u64 = 2_000_000;
+/// The longest a deferred request may wait for its `SERVICE_COMPLETE`, in
+/// microseconds of TSC time, counted from the `DEFERRED` reply (longer than
+/// [`REQUEST_DEADLINE_US`]: the service partition does background work meanwhile).
+pub const DEFERRED_DEADLINE_US: u64 = 5_000_000;
+/// [`ForwardError::MissedDeferredDeadline`]'s description names the deadline.
+const _: () = assert!(DEFERRED_DEADLINE_US == 5_000_000);
 /// The longest a service vCPU may take from its start to its first wait.
 const BRING_UP_DEADLINE_US: u64 = 20_000_000;
 /// Basic exit reason of VMCALL (SDM Vol. 3 appendix C).
@@ -53,6 +70,14 @@ pub enum ForwardError {
     MissedDeadline,
     /// The VMCS switch failed (a hypervisor bug); the access fails.
     SwitchFailed,
+    /// A deferred request was not completed within [`DEFERRED_DEADLINE_US`].
+    MissedDeferredDeadline,
+    /// The guest was stopped (or reset) while it waited on a deferred request, which is
+    /// dropped.
+    GuestStopped,
+    /// An INIT reached the guest vCPU while it waited on a deferred request, which is
+    /// dropped; the instruction is not completed (the INIT resets the vCPU).
+    Interrupted,
 }
 
 impl ForwardError {
@@ -64,6 +89,11 @@ impl ForwardError {
             Self::ServiceStopped => "the service partition has stopped",
             Self::MissedDeadline => "the service partition missed the request deadline",
             Self::SwitchFailed => "switching to the service partition failed",
+            Self::MissedDeferredDeadline => {
+                "the service partition did not complete the deferred request within 5000 ms"
+            }
+            Self::GuestStopped => "the guest stopped while it waited",
+            Self::Interrupted => "an INIT reached the vCPU while it waited",
         }
     }
 }
@@ -80,8 +110,10 @@ pub struct Access {
 
 /// Performs `access` of guest vCPU `vcpu` through the service partition. No service
 /// partition on this CPU: `Failed` (reads see all-ones, writes are dropped, as on an
-/// open bus). A failed service partition stops the guest with a line naming the access
-/// (`Err` carries the outcome).
+/// open bus). A failed service partition, or a deferred request not completed in time,
+/// stops the guest with a line naming the access (`Err` carries the outcome). A guest
+/// stopped while it waited on a deferred request gives `Err(Stop)`; an INIT meanwhile
+/// `Err(Continue)`: the instruction is left as it is (not completed, RIP not advanced).
 pub fn access(vcpu: &'static Vcpu, access: &Access) -> Result<Completion, Outcome> {
     let request = Request {
         kind: access.kind,
@@ -95,6 +127,8 @@ pub fn access(vcpu: &'static Vcpu, access: &Access) -> Result<Completion, Outcom
     match forward(vcpu, &request) {
         Ok(completion) => Ok(completion),
         Err(ForwardError::NoService) => Ok(Completion::Failed),
+        Err(ForwardError::GuestStopped) => Err(Outcome::Stop),
+        Err(ForwardError::Interrupted) => Err(Outcome::Continue),
         Err(e) => {
             let what = if access.kind == hv_abi::io_request::kind::PORT { "port" } else { "MMIO" };
             log::error!(
@@ -308,12 +342,15 @@ pub fn forward(guest: &'static Vcpu, request: &Request) -> Result<Completion, Fo
     }
     let result = serve(svc, index, slot, &posted);
     switch_back(guest)?;
-    result
+    match result? {
+        Reply::Completed(completion) => Ok(completion),
+        Reply::Deferred => wait_for_deferred(guest, svc, &posted),
+    }
 }
 
 /// Runs the service vCPU (current VMCS) until it answers slot `index`.
 #[inline(always)]
-fn serve(svc: &'static Vcpu, index: u32, slot: u64, posted: &IoRequestSlot) -> Result<Completion, ForwardError> {
+fn serve(svc: &'static Vcpu, index: u32, slot: u64, posted: &IoRequestSlot) -> Result<Reply, ForwardError> {
     let deadline = crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US);
     set_service_rax(svc, u64::from(index));
     loop {
@@ -324,15 +361,131 @@ fn serve(svc: &'static Vcpu, index: u32, slot: u64, posted: &IoRequestSlot) -> R
         };
         if reply == u64::from(index) {
             let answer = read_slot(slot);
-            return Ok(
-                io_request::validate_reply(posted, &answer).unwrap_or_else(|why| refused_reply(svc, posted, why))
-            );
+            return Ok(io_request::validate_reply(posted, &answer)
+                .unwrap_or_else(|why| Reply::Completed(refused_reply(svc, posted, why))));
         }
         // A wait without a reply (or for another slot) while this request is pending:
         // hand the pending request out again, or refuse the bad slot index.
         let result = if reply == NO_REPLY { u64::from(index) } else { HcError::BadArgument.to_rax() };
         set_service_rax(svc, result);
     }
+}
+
+/// The service partition deferred `posted`, the request of guest vCPU `guest` (whose
+/// VMCS is current, and current again on return): the CPU waits on the host side until
+/// the completion comes (`SERVICE_COMPLETE`, from any CPU; it kicks this one) and
+/// returns it. Meanwhile it sleeps in `hlt`, woken by kicks and by the host timer at the
+/// service vCPU's wake-up deadline (its device timers run then, which may complete the
+/// request from this CPU) or at the deferred deadline, and carries out INVEPT requests.
+/// The wait ends without a completion, the request dropped, when the guest is stopped
+/// or gets an INIT, the service partition stops, or [`DEFERRED_DEADLINE_US`] passes.
+#[cold]
+#[inline(never)]
+fn wait_for_deferred(
+    guest: &'static Vcpu,
+    svc: &'static Vcpu,
+    posted: &IoRequestSlot,
+) -> Result<Completion, ForwardError> {
+    let deadline = crate::arch::tsc::deadline_us(DEFERRED_DEADLINE_US);
+    if guest.deferred.lock().begin(*posted, deadline).is_err() {
+        // One request per vCPU at a time: a wait left over is a hypervisor bug.
+        log::error!("partition {}: vcpu {}: a deferred request was already waiting", guest.vm.name, guest.id);
+        guest.deferred.lock().abandon();
+        return Err(ForwardError::SwitchFailed);
+    }
+    log::debug!("partition {}: vcpu {}: {} deferred", guest.vm.name, guest.id, describe_access(posted));
+    let result = loop {
+        if let Some(completion) = guest.deferred.lock().take_completion() {
+            break Ok(completion);
+        }
+        if guest.vm.stop_requested() || crate::virq::flush_ept_if_requested(guest) == Outcome::Stop {
+            break Err(ForwardError::GuestStopped);
+        }
+        if guest.init_pending.load(Ordering::Acquire) {
+            break Err(ForwardError::Interrupted);
+        }
+        if svc.vm.stop_requested() {
+            break Err(ForwardError::ServiceStopped);
+        }
+        if guest.deferred.lock().is_overdue(crate::arch::tsc::now()) {
+            break Err(ForwardError::MissedDeferredDeadline);
+        }
+        // The service partition's device timers, which may complete the request here.
+        run_timers_if_due(guest);
+        if matches!(*guest.deferred.lock(), DeferredWait::Completed(_)) {
+            continue;
+        }
+        let wake = wake_deadline(guest.cpu).map_or(deadline, |t| t.min(deadline));
+        crate::virq::sleep_until(Some(wake));
+    };
+    if let Err(e) = result {
+        guest.deferred.lock().abandon();
+        if matches!(e, ForwardError::GuestStopped | ForwardError::Interrupted) {
+            log::info!(
+                "partition {}: vcpu {}: {} dropped: {}",
+                guest.vm.name,
+                guest.id,
+                describe_access(posted),
+                e.describe()
+            );
+        }
+    }
+    result
+}
+
+/// "deferred port 0xf8 read"-style words for log lines about request `posted`.
+fn describe_access(posted: &IoRequestSlot) -> DeferredAccess {
+    DeferredAccess(*posted)
+}
+
+/// See [`describe_access`].
+struct DeferredAccess(IoRequestSlot);
+
+impl core::fmt::Display for DeferredAccess {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let what = if self.0.kind == hv_abi::io_request::kind::PORT { "port" } else { "MMIO" };
+        let direction = if self.0.direction == hv_abi::io_request::direction::WRITE { "write" } else { "read" };
+        write!(f, "deferred {what} {:#x} {direction}", self.0.address)
+    }
+}
+
+/// `SERVICE_COMPLETE(slot, sequence, data, status)`: completes the deferred request of
+/// the guest vCPU that owns request slot `slot`, after checking everything (the slot
+/// names a guest vCPU that waits on a deferred request with this sequence number,
+/// `status` is DONE or FAILED, a read's data fits its size); then kicks that vCPU's CPU,
+/// which completes the instruction. A refusal changes nothing and is logged.
+pub fn hypercall_service_complete(
+    caller: &'static Vcpu,
+    slot: u64,
+    sequence: u64,
+    data: u64,
+    status: u64,
+) -> Result<u64, HcError> {
+    if !caller.vm.is_service.load(Ordering::Acquire) {
+        return Err(HcError::NotPermitted);
+    }
+    let Some(guest) = partition::guest_vcpu_for_slot(slot) else {
+        return Err(refused_completion(caller, slot, sequence, "no guest vcpu has that slot"));
+    };
+    // A status that does not fit a byte is no status: the check below refuses it.
+    let status = u8::try_from(status).unwrap_or(u8::MAX);
+    let accepted = guest.deferred.lock().complete(sequence, status, data);
+    if let Err(why) = accepted {
+        return Err(refused_completion(caller, slot, sequence, why.describe()));
+    }
+    crate::virq::kick(guest);
+    Ok(0)
+}
+
+/// A refused `SERVICE_COMPLETE`: logged; nothing changed.
+#[cold]
+#[inline(never)]
+fn refused_completion(svc: &'static Vcpu, slot: u64, sequence: u64, why: &str) -> HcError {
+    log::warn!(
+        "partition {}: SERVICE_COMPLETE of slot {slot} (sequence {sequence:#x}) refused: {why}; nothing changed",
+        svc.vm.name
+    );
+    HcError::BadArgument
 }
 
 /// The service partition missed the deadline on request `posted`: logged, and stopped.

@@ -87,13 +87,8 @@ fn evaluate(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         if vcpu.vm.stop_requested() {
             return Outcome::Stop;
         }
-        if vcpu.ept_flush_pending.load(Ordering::Acquire) {
-            if crate::vmx::invept::invalidate(vcpu.vm.eptp.load(Ordering::Acquire)).is_err() {
-                log::error!("partition {}: vcpu {}: INVEPT failed; stopping the partition", vcpu.vm.name, vcpu.id);
-                vcpu.vm.stop(u64::MAX);
-                return Outcome::Stop;
-            }
-            vcpu.ept_flush_pending.store(false, Ordering::Release);
+        if flush_ept_if_requested(vcpu) == Outcome::Stop {
+            return Outcome::Stop;
         }
         match vcpu.mp_state() {
             MpState::Runnable => break,
@@ -143,6 +138,21 @@ fn evaluate(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         || vcpu.nmi_pending.load(Ordering::Acquire)
     {
         vcpu.request_attention(attention::REARM);
+    }
+    Outcome::Continue
+}
+
+/// Executes the INVEPT that `partition::protect_range` asked this vCPU's CPU for, if it
+/// did (also while the vCPU waits on a deferred request, so that the caller is not held
+/// up). `Stop` when INVEPT failed (the partition is stopped).
+pub fn flush_ept_if_requested(vcpu: &'static Vcpu) -> Outcome {
+    if vcpu.ept_flush_pending.load(Ordering::Acquire) {
+        if crate::vmx::invept::invalidate(vcpu.vm.eptp.load(Ordering::Acquire)).is_err() {
+            log::error!("partition {}: vcpu {}: INVEPT failed; stopping the partition", vcpu.vm.name, vcpu.id);
+            vcpu.vm.stop(u64::MAX);
+            return Outcome::Stop;
+        }
+        vcpu.ept_flush_pending.store(false, Ordering::Release);
     }
     Outcome::Continue
 }
@@ -321,6 +331,13 @@ fn sleep_until_kicked(vcpu: &'static Vcpu) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    sleep_until(deadline);
+}
+
+/// Sleeps in `hlt` until a kick or the host timer, armed at TSC `deadline` (if any).
+/// Called with interrupts off, after the caller's last look at what it waits for: a
+/// kick sent after that look stays pending and ends the `hlt` at once.
+pub fn sleep_until(deadline: Option<u64>) {
     lapic::arm_timer(deadline);
     x86_64::instructions::interrupts::enable_and_hlt();
     x86_64::instructions::interrupts::disable();

@@ -445,7 +445,11 @@ pub mod platform {
 /// [`crate::hypercall::SERVICE_COMPLETE`]`(slot, sequence, data, status)`: the
 /// hypervisor checks it against the request it posted (`hv_core::io_request::deferred`)
 /// and only then completes the guest's instruction and wakes its vCPU. The slot keeps
-/// the request until then (the hypervisor posts nothing else to it). A deferred request
+/// the request until then (the hypervisor posts nothing else to it). A completion may
+/// not overtake its `DEFERRED` reply: the hypervisor waits on the request only once it
+/// took that reply, which it has when the service vCPU that replied returns from its
+/// next `SERVICE_REPLY_WAIT` (with any result; asking for a wake-up deadline already
+/// past makes that immediate); a completion before then is refused. A deferred request
 /// not completed within the hypervisor's deferred deadline (5 s of TSC time) stops the
 /// waiting guest with a line naming the access; a guest that stops or is reset while it
 /// waits drops the request, and a later completion of it is refused.

@@ -265,9 +265,12 @@ impl MmioScratch {
 ///   that reads never complete. The power-on delay is 0.
 /// - A read is not answered at once: its owner [`DelayTest::start_read`]s it with a tag
 ///   of its own (the service partition's: the request slot and sequence number) and
-///   answers the request "deferred". The read is due the delay after it started;
-///   [`DelayTest::next_event`] says when, and [`DelayTest::take_completed`] hands the
-///   tag and the value out once `now` reaches it. The value is
+///   answers the request "deferred". The read is due the delay after it started, but
+///   completes only once the owner [`DelayTest::confirm`]s that the deferral was taken
+///   (the hypervisor refuses a completion that overtakes the "deferred" answer);
+///   [`DelayTest::next_event`] says when a confirmed read is due, and
+///   [`DelayTest::take_completed`] hands the tag and the value out once `now` reaches
+///   it. The value is
 ///   [`DELAY_TEST_VALUE_BASE`] plus the number of reads completed before (wrapping),
 ///   cut to the access size.
 /// - One read is in progress at a time (one per device; the guests that use it have
@@ -281,13 +284,14 @@ pub struct DelayTest<T> {
     completed: u32,
 }
 
-/// A read in progress: the owner's tag, when it is due ([`Nanos::MAX`]: never) and
-/// the access size.
+/// A read in progress: the owner's tag, when it is due ([`Nanos::MAX`]: never), the
+/// access size, and whether the owner confirmed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct DelayedRead<T> {
     tag: T,
     due: Nanos,
     size: u8,
+    confirmed: bool,
 }
 
 /// A read started while another was in progress.
@@ -299,13 +303,13 @@ pub use hv_abi::platform::devices::{DELAY_TEST_NEVER, DELAY_TEST_PORT, DELAY_TES
 /// Nanoseconds per millisecond.
 const NANOS_PER_MS: Nanos = 1_000_000;
 
-impl<T: Copy> Default for DelayTest<T> {
+impl<T: Copy + PartialEq> Default for DelayTest<T> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: Copy> DelayTest<T> {
+impl<T: Copy + PartialEq> DelayTest<T> {
     /// Delay 0, no read in progress, none completed.
     #[must_use]
     pub const fn new() -> Self {
@@ -347,20 +351,34 @@ impl<T: Copy> DelayTest<T> {
         } else {
             now.saturating_add(Nanos::from(self.delay_ms) * NANOS_PER_MS)
         };
-        self.in_progress = Some(DelayedRead { tag, due, size });
+        self.in_progress = Some(DelayedRead { tag, due, size, confirmed: false });
         Ok(())
     }
 
-    /// When the read in progress is due, if one is and it ever will be.
-    #[must_use]
-    pub fn next_event(&self) -> Option<Nanos> {
-        self.in_progress.map(|read| read.due).filter(|&due| due != Nanos::MAX)
+    /// The owner's "deferred" answer to the read tagged `tag` was taken: the read may
+    /// complete from now on. False (nothing changed) when no read with that tag is in
+    /// progress.
+    pub fn confirm(&mut self, tag: T) -> bool {
+        match &mut self.in_progress {
+            Some(read) if read.tag == tag => {
+                read.confirmed = true;
+                true
+            }
+            _ => false,
+        }
     }
 
-    /// The read in progress, completed, once `now` reached its due time: its tag and
-    /// value (fitting its size). The device is then free for the next read.
+    /// When the read in progress is due, if it is confirmed and ever will be.
+    #[must_use]
+    pub fn next_event(&self) -> Option<Nanos> {
+        self.in_progress.filter(|read| read.confirmed).map(|read| read.due).filter(|&due| due != Nanos::MAX)
+    }
+
+    /// The read in progress, completed, once it is confirmed and `now` reached its due
+    /// time: its tag and value (fitting its size). The device is then free for the next
+    /// read.
     pub fn take_completed(&mut self, now: Nanos) -> Option<(T, u32)> {
-        let read = self.in_progress.filter(|read| read.due != Nanos::MAX && now >= read.due)?;
+        let read = self.in_progress.filter(|read| read.confirmed && read.due != Nanos::MAX && now >= read.due)?;
         self.in_progress = None;
         let value = DELAY_TEST_VALUE_BASE.wrapping_add(self.completed);
         self.completed = self.completed.wrapping_add(1);
@@ -589,6 +607,10 @@ mod tests {
         dev.write(4, 25);
         assert_eq!(dev.delay_ms(), 25);
         assert_eq!(dev.start_read(7, 4, 100 * MS), Ok(()));
+        assert_eq!(dev.next_event(), None, "not before the owner confirms");
+        assert_eq!(dev.take_completed(200 * MS), None);
+        assert!(!dev.confirm(8), "another tag");
+        assert!(dev.confirm(7));
         assert_eq!(dev.next_event(), Some(125 * MS));
         assert_eq!(dev.take_completed(125 * MS - 1), None, "not before the delay");
         assert_eq!(dev.take_completed(125 * MS), Some((7, DELAY_TEST_VALUE_BASE)));
@@ -596,6 +618,8 @@ mod tests {
         assert_eq!(dev.next_event(), None);
         // The next read counts on, and a late poll still completes it.
         dev.start_read(8, 4, 300 * MS).unwrap();
+        assert!(dev.confirm(8));
+        assert!(!dev.confirm(7), "the old read is over");
         assert_eq!(dev.take_completed(900 * MS), Some((8, DELAY_TEST_VALUE_BASE + 1)));
         assert_eq!(dev.completed(), 2);
     }
@@ -604,9 +628,11 @@ mod tests {
     fn delay_test_zero_delay_narrow_reads_and_sizes() {
         let mut dev = DelayTest::<u8>::default();
         dev.start_read(1, 2, 5).unwrap();
+        dev.confirm(1);
         assert_eq!(dev.next_event(), Some(5), "delay 0 is due at once");
         assert_eq!(dev.take_completed(5), Some((1, DELAY_TEST_VALUE_BASE & 0xFFFF)));
         dev.start_read(2, 1, 5).unwrap();
+        dev.confirm(2);
         assert_eq!(dev.take_completed(5), Some((2, (DELAY_TEST_VALUE_BASE + 1) & 0xFF)));
         for size in [0, 3, 8, 255] {
             assert_eq!(dev.start_read(3, size, 0), Err(DelayBusy));
@@ -625,6 +651,7 @@ mod tests {
         let mut dev = DelayTest::<u64>::new();
         dev.write(4, DELAY_TEST_NEVER);
         dev.start_read(10, 4, 0).unwrap();
+        assert!(dev.confirm(10));
         assert_eq!(dev.start_read(11, 4, 0), Err(DelayBusy));
         assert_eq!(dev.next_event(), None, "never due");
         assert_eq!(dev.take_completed(Nanos::MAX), None);
@@ -635,6 +662,7 @@ mod tests {
         assert_eq!(dev.cancel(), None);
         dev.write(4, 0);
         dev.start_read(12, 4, Nanos::MAX - 1).unwrap();
+        dev.confirm(12);
         assert_eq!(dev.next_event(), Some(Nanos::MAX - 1));
         assert_eq!(dev.take_completed(Nanos::MAX - 1), Some((12, DELAY_TEST_VALUE_BASE)));
         assert_eq!(dev.completed(), 1);
@@ -645,6 +673,7 @@ mod tests {
         let mut dev = DelayTest::<u8>::new();
         dev.write(4, DELAY_TEST_NEVER - 1);
         dev.start_read(1, 4, Nanos::MAX - 10).unwrap();
+        dev.confirm(1);
         // Saturated at Nanos::MAX, which means "never".
         assert_eq!(dev.next_event(), None);
         assert_eq!(dev.take_completed(Nanos::MAX), None);
