@@ -41,6 +41,14 @@
 //! when `SERVICE_REPLY_WAIT` returns `TIMER_EXPIRED`, every board is brought to now
 //! ([`vms::tick_all`]), which raises the interrupts that came due.
 //!
+//! Deferred completion (`hv_abi::io_request`, "Deferred completion"): a read of the
+//! `delay-test` port ([`vms::delay_test_access`]) is answered `DEFERRED` (step 8 writes
+//! only the status). The next `SERVICE_REPLY_WAIT` of the vCPU that answered asks to be
+//! woken at once; when it returns, the hypervisor has taken the answer, so the read is
+//! confirmed ([`vms::confirm_deferred`]) and may complete. A timer tick that finds it
+//! due completes it with `SERVICE_COMPLETE(slot, sequence, value, DONE)`, from whichever
+//! vCPU ticks.
+//!
 //! Console input ([`console`]): after every request and every timer tick the service
 //! partition asks the hypervisor for the bytes typed on the physical console (at most
 //! every 10 ms, `SERVICE_CONSOLE_READ`; in between, a TSC comparison) and feeds them
@@ -60,6 +68,7 @@ mod vms;
 use guest_rt::{println, raw_hypercall};
 use hv_abi::hypercall as hc;
 use hv_abi::io_request::{direction, kind, status, IoRequestSlot};
+use hv_abi::platform::devices::DELAY_TEST_PORT;
 use hv_abi::service::{VmId, NO_REPLY, SLOTS, TIMER_EXPIRED};
 use hv_abi::Error;
 use hv_devices::Nanos;
@@ -81,6 +90,9 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
     // conversion divides).
     let mut wake_for: Option<Nanos> = None;
     let mut wake = 0;
+    // The request this vCPU just answered DEFERRED, until the hypervisor has taken the
+    // answer (its next wait returns).
+    let mut deferred: Option<(VmId, vms::DeferTag)> = None;
     loop {
         let next = match (vms::next_wake(), console::next_wake()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -90,8 +102,14 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
             wake_for = next;
             wake = next.map_or(0, clock::to_tsc);
         }
-        let r = raw_hypercall(hc::SERVICE_REPLY_WAIT, reply, wake, 0, 0);
+        // After a DEFERRED answer, come back at once to confirm it (see the module
+        // documentation).
+        let wake_at = if deferred.is_some() { WAKE_AT_ONCE } else { wake };
+        let r = raw_hypercall(hc::SERVICE_REPLY_WAIT, reply, wake_at, 0, 0);
         reply = NO_REPLY;
+        if let Some((id, tag)) = deferred.take() {
+            vms::confirm_deferred(id, tag);
+        }
         if r == TIMER_EXPIRED {
             vms::tick_all();
             console::poll();
@@ -106,12 +124,19 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
         }
         let Some(index) = u32::try_from(r).ok().filter(|&i| i < SLOTS) else { continue };
         let request = slots::read(index);
-        let (status, data) = serve(&request);
+        let tag = vms::DeferTag { slot: index, sequence: request.sequence };
+        let (status, data) = serve(&request, tag);
+        if status == status::DEFERRED {
+            deferred = Some((VmId(request.vm), tag));
+        }
         slots::reply(index, data, status);
         reply = r;
         console::poll();
     }
 }
+
+/// A `SERVICE_REPLY_WAIT` wake-up deadline that has always passed (TSC 1; 0 means none).
+const WAKE_AT_ONCE: u64 = 1;
 
 /// The `svc-fault-test` port (`hv_abi::platform::devices`), which only test configs
 /// forward.
@@ -141,11 +166,11 @@ fn fault_test(value: u8) {
     }
 }
 
-/// Performs the access `request` describes; returns the status to reply and, for a
-/// read, the data.
-fn serve(request: &IoRequestSlot) -> (u8, Option<u64>) {
+/// Performs the access `request` describes (`tag` names it for a deferred completion);
+/// returns the status to reply and, for a read, the data.
+fn serve(request: &IoRequestSlot, tag: vms::DeferTag) -> (u8, Option<u64>) {
     match request.kind {
-        kind::PORT => serve_port(request),
+        kind::PORT => serve_port(request, tag),
         kind::MMIO => serve_mmio(request),
         _ => FAILED,
     }
@@ -160,7 +185,7 @@ fn done(read: bool, value: u64) -> (u8, Option<u64>) {
 }
 
 /// A port request (`kind::PORT`).
-fn serve_port(request: &IoRequestSlot) -> (u8, Option<u64>) {
+fn serve_port(request: &IoRequestSlot, tag: vms::DeferTag) -> (u8, Option<u64>) {
     if !matches!(request.size, 1 | 2 | 4) {
         return FAILED;
     }
@@ -176,6 +201,13 @@ fn serve_port(request: &IoRequestSlot) -> (u8, Option<u64>) {
             fault_test(value as u8);
         }
         return FAILED;
+    }
+    if port == DELAY_TEST_PORT {
+        return match vms::delay_test_access(VmId(request.vm), tag, request.size, write) {
+            Some(vms::DelayAccess::Written) => done(false, 0),
+            Some(vms::DelayAccess::Deferred) => (status::DEFERRED, None),
+            Some(vms::DelayAccess::Busy) | None => FAILED,
+        };
     }
     match vms::port_access(VmId(request.vm), port, request.size, write) {
         Some(value) => done(write.is_none(), u64::from(value)),

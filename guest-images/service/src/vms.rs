@@ -1,7 +1,8 @@
 //! The guest VMs the service partition emulates devices for: a static table of
 //! `hv_abi::service::MAX_VMS` entries indexed by `VmId::index()`, each holding that
-//! VM's [`PcBoard`], the interrupt-line levels last sent, its console line buffer and
-//! the console input waiting for its UART (see [`crate::console`]).
+//! VM's [`PcBoard`], the interrupt-line levels last sent, its console line buffer, the
+//! console input waiting for its UART (see [`crate::console`]) and its `delay-test`
+//! device ([`DelayTest`], whose reads complete later: [`delay_test_access`]).
 //!
 //! **Locking.** The service partition has one vCPU per physical CPU that runs guest
 //! vCPUs, so several service vCPUs may serve requests at once: of different VMs, or of
@@ -21,11 +22,13 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use guest_rt::raw_hypercall;
 use hv_abi::hypercall as hc;
+use hv_abi::io_request::status;
 use hv_abi::platform::IOAPIC_PINS;
 use hv_abi::service::{power, VmId, MAX_VMS};
 use hv_abi::CONSOLE_WRITE_MAX;
 use hv_core::console_input::InputQueue;
 use hv_devices::board::{BoardConfig, PcBoard};
+use hv_devices::test_devices::DelayTest;
 use hv_devices::{Nanos, Platform, PlatformRequest};
 
 /// The RTC's wall-clock time at a board's creation: 2026-01-01T00:00:00Z (Unix seconds).
@@ -54,6 +57,27 @@ struct Vm {
     line_last: Nanos,
     /// Console input the UART's receiver has not taken yet.
     input: InputQueue,
+    /// The `delay-test` device (not part of the board: its reads are deferred).
+    delay: DelayTest<DeferTag>,
+}
+
+/// Names a deferred request for its `SERVICE_COMPLETE`: its request slot and sequence
+/// number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeferTag {
+    pub slot: u32,
+    pub sequence: u64,
+}
+
+/// What a `delay-test` access did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DelayAccess {
+    /// A write set the delay.
+    Written,
+    /// A read started: answer `DEFERRED`.
+    Deferred,
+    /// A read while another is in progress (or of a bad size): answer `FAILED`.
+    Busy,
 }
 
 impl Vm {
@@ -70,6 +94,22 @@ impl Vm {
             line_len: 0,
             line_last: now,
             input: InputQueue::new(),
+            delay: DelayTest::new(),
+        }
+    }
+
+    /// Completes the `delay-test` read in progress if it is confirmed and due, with
+    /// `SERVICE_COMPLETE`. A refusal (the guest stopped meanwhile) is the hypervisor's
+    /// to log; the read is over either way.
+    fn complete_delayed_read(&mut self) {
+        if let Some((tag, value)) = self.delay.take_completed(self.last_now) {
+            raw_hypercall(
+                hc::SERVICE_COMPLETE,
+                u64::from(tag.slot),
+                tag.sequence,
+                u64::from(value),
+                u64::from(status::DONE),
+            );
         }
     }
 
@@ -290,6 +330,9 @@ fn settle(vm: &mut Vm, request: Option<PlatformRequest>) {
     if let Some(next) = vm.board.next_event() {
         lower_next_wake(next);
     }
+    if let Some(due) = vm.delay.next_event() {
+        lower_next_wake(due);
+    }
 }
 
 /// Lowers [`next_wake`] to `t` (a read, and an atomic update only when it is lower).
@@ -326,6 +369,38 @@ pub fn mmio_access(id: VmId, gpa: u64, size: u8, write: Option<u64>) -> Option<u
     .flatten()
 }
 
+/// A `delay-test` access of guest VM `id` (`tag` names the request): a write sets the
+/// delay, a read starts (to be answered `DEFERRED`; it completes once confirmed and
+/// due, from [`tick_all`]). `None` when the table does not cover the VM.
+pub fn delay_test_access(id: VmId, tag: DeferTag, size: u8, write: Option<u32>) -> Option<DelayAccess> {
+    with_vm(id, |vm| {
+        let now = crate::clock::now().max(vm.last_now);
+        vm.last_now = now;
+        match write {
+            Some(value) => {
+                vm.delay.write(size, value);
+                DelayAccess::Written
+            }
+            None => match vm.delay.start_read(tag, size, now) {
+                Ok(()) => DelayAccess::Deferred,
+                Err(_) => DelayAccess::Busy,
+            },
+        }
+    })
+}
+
+/// The hypervisor took the `DEFERRED` answer to request `tag` of guest VM `id`: its
+/// `delay-test` read may complete from now on ([`next_wake`] is lowered to its due time).
+pub fn confirm_deferred(id: VmId, tag: DeferTag) {
+    with_vm(id, |vm| {
+        if vm.delay.confirm(tag) {
+            if let Some(due) = vm.delay.next_event() {
+                lower_next_wake(due);
+            }
+        }
+    });
+}
+
 /// The earliest time any board asked to be ticked at (a lower bound: a board whose
 /// timer moved later only causes an early wake-up, after which [`tick_all`] recomputes
 /// it). `u64::MAX`: none.
@@ -349,6 +424,7 @@ pub fn tick_all() {
         let mut wire = Wire { id: vm.id, lines: &mut vm.lines, power: None };
         vm.board.tick(now, &mut wire);
         let request = wire.power;
+        vm.complete_delayed_read();
         settle(vm, request);
     }
 }
