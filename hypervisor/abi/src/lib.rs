@@ -57,6 +57,9 @@ pub mod hypercall {
     /// (`hv_core::io_request::validate_reply`); a reply that fails validation, or a
     /// slot index that has no request pending on this CPU, is refused with
     /// `BadArgument` and the request stays pending (the vCPU keeps the turn).
+    /// A reply with status [`super::io_request::status::DEFERRED`] leaves the guest
+    /// waiting on its instruction until [`SERVICE_COMPLETE`] (see
+    /// [`super::io_request`], "Deferred completion").
     pub const SERVICE_REPLY_WAIT: u64 = 8;
     /// Sets the level of IRQ line RCX (0..[`super::platform::IOAPIC_PINS`]) of guest VM
     /// RBX (a [`super::service::VmId`]) to RDX (0 low, 1 high). Returns 0.
