@@ -332,7 +332,12 @@ fn service_scenarios() -> Vec<Scenario> {
             "tests/configs/svc-deferred-stop.toml",
             1,
             &[
-                "[stopper] deferred-stop: vcpu 1 waits on its deferred read; resetting the guest",
+                "[stopper] deferred-stop: vcpu 1 waits on its deferred read; sending it INIT",
+                "partition stopper: vcpu 1: deferred port 0xf8 read dropped: an INIT reached the vCPU while it waited",
+                "partition svc: SERVICE_COMPLETE of slot 65 (sequence 0x",
+                "refused: that vcpu waits on no deferred request; nothing changed",
+                "[stopper] deferred-stop: the dropped read did not return",
+                "[stopper] deferred-stop: vcpu 1 waits on its second deferred read; resetting the guest",
                 "partition stopper: reset through its platform; guests are not rebooted in this version, so it stops",
                 "partition stopper: vcpu 1: deferred port 0xf8 read dropped: the guest stopped while it waited",
                 "partition stopper: stopped itself (code 0)",

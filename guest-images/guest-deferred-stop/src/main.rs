@@ -1,71 +1,103 @@
-//! `guest-deferred-stop` (2 vCPUs): is reset while one of its vCPUs waits on a deferred
-//! request, which the hypervisor must then drop (`hv_abi::io_request`, "Deferred
-//! completion").
+//! `guest-deferred-stop` (2 vCPUs): vCPU 1 waits on deferred requests
+//! (`hv_abi::io_request`, "Deferred completion") while vCPU 0 first sends it an INIT,
+//! then resets the guest; each time the hypervisor must drop the request.
 //!
-//! vCPU 0 sets the `delay-test` delay to [`DELAY_MS`] and starts vCPU 1, which reads the
-//! port (the service partition answers `DEFERRED`). Once vCPU 1 is about to read, vCPU
-//! 0 waits [`RESET_AFTER_MS`] (well before the read is due), checks that the read has
-//! not returned, and resets the guest through port 0xCF9: the hypervisor stops the
-//! guest, and vCPU 1's CPU, which waits on the deferred read, must leave the wait and
-//! drop the request. If vCPU 1's read ever returns, or the reset does not stop the
-//! guest, it prints `FAIL` and stops with code 1.
+//! 1. vCPU 0 sets the `delay-test` delay to [`FIRST_DELAY_MS`] and starts vCPU 1, which
+//!    reads the port (the service partition answers `DEFERRED`).
+//! 2. [`ACT_AFTER_MS`] later (before the read is due) vCPU 0 sends vCPU 1 an INIT: the
+//!    hypervisor drops the request and vCPU 1 waits for a start-up IPI; the read never
+//!    returns. vCPU 0 waits past the read's due time (the service partition's completion
+//!    then finds no request waiting and is refused) and checks that it did not return.
+//! 3. vCPU 0 sets the delay to `DELAY_TEST_NEVER` and starts vCPU 1 again (INIT, SIPI,
+//!    SIPI), which reads again; [`ACT_AFTER_MS`] later vCPU 0 resets the guest through
+//!    port 0xCF9: the hypervisor stops the guest, and vCPU 1's CPU leaves its wait and
+//!    drops the request.
 //!
-//! Expected console line: `deferred-stop: vcpu 1 waits on its deferred read; resetting
-//! the guest`.
+//! If a read of vCPU 1 ever returns, or a step fails, the guest prints `FAIL` and stops
+//! with code 1.
+//!
+//! Expected console lines: `deferred-stop: vcpu 1 waits on its deferred read; sending it
+//! INIT`, `deferred-stop: the dropped read did not return`, `deferred-stop: vcpu 1 waits
+//! on its second deferred read; resetting the guest`.
 #![no_std]
 #![no_main]
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use guest_rt::hv_abi::platform::devices::DELAY_TEST_PORT;
+use guest_rt::hv_abi::platform::devices::{DELAY_TEST_NEVER, DELAY_TEST_PORT};
 use guest_rt::interrupts::{delay_us, us_to_tsc, wait_for};
+use guest_rt::lapic::{self, icr};
 use guest_rt::port::{inl, outb, outl};
 use guest_rt::{println, smp, stop};
 
-/// The delay of vCPU 1's read, in milliseconds (longer than the reset comes after).
-const DELAY_MS: u32 = 2000;
-/// How long after vCPU 1 starts its read vCPU 0 resets the guest.
-const RESET_AFTER_MS: u64 = 50;
+/// The delay of vCPU 1's first read, in milliseconds.
+const FIRST_DELAY_MS: u32 = 300;
+/// How long after vCPU 1 starts a read vCPU 0 acts (well before the read is due).
+const ACT_AFTER_MS: u64 = 50;
+/// How long vCPU 0 waits after the INIT: past the first read's due time, so that the
+/// service partition has tried to complete it (and its device is free again).
+const AFTER_INIT_MS: u64 = 2 * FIRST_DELAY_MS as u64;
 /// The PIIX reset control register and the value that resets the system.
 const RESET_CONTROL_PORT: u16 = 0xcf9;
 const RESET_VALUE: u8 = 6;
 
-/// vCPU 1 is about to read the delay-test port.
-static READING: AtomicBool = AtomicBool::new(false);
-/// vCPU 1's read returned.
+/// Reads vCPU 1 has started.
+static READS_STARTED: AtomicU32 = AtomicU32::new(0);
+/// A read of vCPU 1 returned.
 static RETURNED: AtomicBool = AtomicBool::new(false);
 
-/// vCPU 1: reads the delay-test port, which is still deferred when the reset comes.
+/// vCPU 1: reads the delay-test port; the read is dropped before it completes.
 extern "C" fn ap_entry(_apic_id: u32) -> ! {
-    READING.store(true, Ordering::SeqCst);
+    READS_STARTED.fetch_add(1, Ordering::SeqCst);
     let value = inl(DELAY_TEST_PORT);
     RETURNED.store(true, Ordering::SeqCst);
-    println!("FAIL guest-deferred-stop: vcpu 1's read returned {value:#x} although the guest was reset");
+    println!("FAIL guest-deferred-stop: vcpu 1's read returned {value:#x} although it was dropped");
     stop(1)
+}
+
+/// Fails the guest with `why`.
+fn fail(why: &str) -> ! {
+    println!("FAIL guest-deferred-stop: {why}");
+    stop(1)
+}
+
+/// Waits until vCPU 1 started its `n`-th read, then [`ACT_AFTER_MS`], and checks that no
+/// read returned.
+fn wait_for_read(n: u32) {
+    if !wait_for(|| READS_STARTED.load(Ordering::SeqCst) >= n, us_to_tsc(1_000_000)) {
+        fail("vcpu 1 did not start its read");
+    }
+    delay_us(ACT_AFTER_MS * 1000);
+    if RETURNED.load(Ordering::SeqCst) {
+        fail("vcpu 1's read returned before its delay");
+    }
 }
 
 /// Entry point (see `hv_abi::start`).
 #[no_mangle]
 #[link_section = ".text._start"]
 pub extern "C" fn _start(_vcpu: u64, _ram_bytes: u64) -> ! {
-    outl(DELAY_TEST_PORT, DELAY_MS);
+    outl(DELAY_TEST_PORT, FIRST_DELAY_MS);
     if smp::start_aps(1, ap_entry) != 1 {
-        println!("FAIL guest-deferred-stop: vcpu 1 did not come online");
-        stop(1);
+        fail("vcpu 1 did not come online");
     }
-    if !wait_for(|| READING.load(Ordering::SeqCst), us_to_tsc(1_000_000)) {
-        println!("FAIL guest-deferred-stop: vcpu 1 did not start its read");
-        stop(1);
-    }
-    delay_us(RESET_AFTER_MS * 1000);
+    wait_for_read(1);
+    println!("deferred-stop: vcpu 1 waits on its deferred read; sending it INIT");
+    lapic::send_ipi(1, icr::INIT | icr::ASSERT);
+    delay_us(AFTER_INIT_MS * 1000);
     if RETURNED.load(Ordering::SeqCst) {
-        println!("FAIL guest-deferred-stop: vcpu 1's read returned before its delay");
-        stop(1);
+        fail("the read dropped by the INIT returned");
     }
-    println!("deferred-stop: vcpu 1 waits on its deferred read; resetting the guest");
+    println!("deferred-stop: the dropped read did not return");
+
+    outl(DELAY_TEST_PORT, DELAY_TEST_NEVER);
+    if smp::start_aps(1, ap_entry) != 2 {
+        fail("vcpu 1 did not come online again");
+    }
+    wait_for_read(2);
+    println!("deferred-stop: vcpu 1 waits on its second deferred read; resetting the guest");
     outb(RESET_CONTROL_PORT, RESET_VALUE);
     // The reset stops this vCPU on its way back into the guest; nothing below runs.
     delay_us(1_000_000);
-    println!("FAIL guest-deferred-stop: still running after the reset");
-    stop(1)
+    fail("still running after the reset")
 }
