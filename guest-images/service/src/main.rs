@@ -90,9 +90,11 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
     // conversion divides).
     let mut wake_for: Option<Nanos> = None;
     let mut wake = 0;
-    // The request this vCPU just answered DEFERRED, until the hypervisor has taken the
-    // answer (its next wait returns).
-    let mut deferred: Option<(VmId, vms::DeferTag)> = None;
+    // The request this vCPU just answered DEFERRED (its slot, [`NOT_DEFERRED`]: none),
+    // until the hypervisor has taken the answer (its next wait returns). Only the slot
+    // is looked at on every request; its VM and sequence number are kept beside it.
+    let mut deferred_slot = NOT_DEFERRED;
+    let mut deferred_request = (VmId(0), 0);
     loop {
         let next = match (vms::next_wake(), console::next_wake()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -104,11 +106,13 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
         }
         // After a DEFERRED answer, come back at once to confirm it (see the module
         // documentation).
-        let wake_at = if deferred.is_some() { WAKE_AT_ONCE } else { wake };
+        let wake_at = if deferred_slot != NOT_DEFERRED { WAKE_AT_ONCE } else { wake };
         let r = raw_hypercall(hc::SERVICE_REPLY_WAIT, reply, wake_at, 0, 0);
         reply = NO_REPLY;
-        if let Some((id, tag)) = deferred.take() {
-            vms::confirm_deferred(id, tag);
+        if deferred_slot != NOT_DEFERRED {
+            let (id, sequence) = deferred_request;
+            vms::confirm_deferred(id, vms::DeferTag { slot: deferred_slot, sequence });
+            deferred_slot = NOT_DEFERRED;
         }
         if r == TIMER_EXPIRED {
             vms::tick_all();
@@ -124,16 +128,19 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
         }
         let Some(index) = u32::try_from(r).ok().filter(|&i| i < SLOTS) else { continue };
         let request = slots::read(index);
-        let tag = vms::DeferTag { slot: index, sequence: request.sequence };
-        let (status, data) = serve(&request, tag);
+        let (status, data) = serve(&request, index);
         if status == status::DEFERRED {
-            deferred = Some((VmId(request.vm), tag));
+            deferred_slot = index;
+            deferred_request = (VmId(request.vm), request.sequence);
         }
         slots::reply(index, data, status);
         reply = r;
         console::poll();
     }
 }
+
+/// No request was just answered DEFERRED (not a slot index: slots are below `SLOTS`).
+const NOT_DEFERRED: u32 = u32::MAX;
 
 /// A `SERVICE_REPLY_WAIT` wake-up deadline that has always passed (TSC 1; 0 means none).
 const WAKE_AT_ONCE: u64 = 1;
@@ -166,11 +173,11 @@ fn fault_test(value: u8) {
     }
 }
 
-/// Performs the access `request` describes (`tag` names it for a deferred completion);
-/// returns the status to reply and, for a read, the data.
-fn serve(request: &IoRequestSlot, tag: vms::DeferTag) -> (u8, Option<u64>) {
+/// Performs the access `request` describes, posted in slot `index`; returns the status
+/// to reply and, for a read, the data.
+fn serve(request: &IoRequestSlot, index: u32) -> (u8, Option<u64>) {
     match request.kind {
-        kind::PORT => serve_port(request, tag),
+        kind::PORT => serve_port(request, index),
         kind::MMIO => serve_mmio(request),
         _ => FAILED,
     }
@@ -185,7 +192,7 @@ fn done(read: bool, value: u64) -> (u8, Option<u64>) {
 }
 
 /// A port request (`kind::PORT`).
-fn serve_port(request: &IoRequestSlot, tag: vms::DeferTag) -> (u8, Option<u64>) {
+fn serve_port(request: &IoRequestSlot, index: u32) -> (u8, Option<u64>) {
     if !matches!(request.size, 1 | 2 | 4) {
         return FAILED;
     }
@@ -203,15 +210,25 @@ fn serve_port(request: &IoRequestSlot, tag: vms::DeferTag) -> (u8, Option<u64>) 
         return FAILED;
     }
     if port == DELAY_TEST_PORT {
-        return match vms::delay_test_access(VmId(request.vm), tag, request.size, write) {
-            Some(vms::DelayAccess::Written) => done(false, 0),
-            Some(vms::DelayAccess::Deferred) => (status::DEFERRED, None),
-            Some(vms::DelayAccess::Busy) | None => FAILED,
-        };
+        return serve_delay_test(request, index, write);
     }
     match vms::port_access(VmId(request.vm), port, request.size, write) {
         Some(value) => done(write.is_none(), u64::from(value)),
         None => FAILED,
+    }
+}
+
+/// A `delay-test` port request (posted in slot `index`): a write sets the delay, a read
+/// is answered `DEFERRED` (completed later, see the module documentation). Out of line:
+/// the other ports' requests do not pay for it.
+#[cold]
+#[inline(never)]
+fn serve_delay_test(request: &IoRequestSlot, index: u32, write: Option<u32>) -> (u8, Option<u64>) {
+    let tag = vms::DeferTag { slot: index, sequence: request.sequence };
+    match vms::delay_test_access(VmId(request.vm), tag, request.size, write) {
+        Some(vms::DelayAccess::Written) => done(false, 0),
+        Some(vms::DelayAccess::Deferred) => (status::DEFERRED, None),
+        Some(vms::DelayAccess::Busy) | None => FAILED,
     }
 }
 

@@ -22,6 +22,8 @@ fn slot_address(index: u32) -> u64 {
 }
 
 /// Reads slot `index` (`index < SLOTS`; larger indexes read the last slot).
+// Inlined into the request loop, which reads a slot for every forwarded access.
+#[inline(always)]
 pub fn read(index: u32) -> IoRequestSlot {
     let words = slot_address(index) as *const u64;
     let mut bytes = [0u8; SLOT_BYTES];

@@ -99,8 +99,11 @@ impl Vm {
     }
 
     /// Completes the `delay-test` read in progress if it is confirmed and due, with
-    /// `SERVICE_COMPLETE`. A refusal (the guest stopped meanwhile) is the hypervisor's
-    /// to log; the read is over either way.
+    /// `SERVICE_COMPLETE` (a refusal, when the guest stopped meanwhile, is the
+    /// hypervisor's to log; the read is over either way); else lowers [`next_wake`] to
+    /// its due time. Only here and in [`confirm_deferred`]: accesses, which every
+    /// forwarded request makes, need not look at the device (a read becomes due only
+    /// after its confirmation).
     fn complete_delayed_read(&mut self) {
         if let Some((tag, value)) = self.delay.take_completed(self.last_now) {
             raw_hypercall(
@@ -110,6 +113,9 @@ impl Vm {
                 u64::from(value),
                 u64::from(status::DONE),
             );
+        }
+        if let Some(due) = self.delay.next_event() {
+            lower_next_wake(due);
         }
     }
 
@@ -250,6 +256,9 @@ static TABLE: [Entry; MAX_VMS as usize] = [const { Entry::new() }; MAX_VMS as us
 /// `tick`, and handed to `f` with the time and the wiring; then the console output is
 /// drained, a power request is performed and [`next_wake`] is updated ([`settle`]).
 /// `None` when the table does not cover the VM.
+// Inlined into the request loop: every forwarded access runs it (`opt-level = "s"`
+// would call it, which costs the round trip dozens of instructions).
+#[inline(always)]
 fn access<R>(id: VmId, f: impl FnOnce(&mut PcBoard, Nanos, &mut Wire<'_>) -> R) -> Option<R> {
     with_vm(id, |vm| {
         let now = crate::clock::now().max(vm.last_now);
@@ -271,6 +280,9 @@ fn access<R>(id: VmId, f: impl FnOnce(&mut PcBoard, Nanos, &mut Wire<'_>) -> R) 
 /// Runs `f` on the table entry of guest VM `id` under its lock: the entry is created on
 /// the VM's first request (or console input), or replaced when the id's generation
 /// changed (the old VM was destroyed). `None` when the table does not cover the VM.
+// Inlined into the request loop: every forwarded access runs it (`opt-level = "s"`
+// would call it, which costs the round trip dozens of instructions).
+#[inline(always)]
 fn with_vm<R>(id: VmId, f: impl FnOnce(&mut Vm) -> R) -> Option<R> {
     let entry = TABLE.get(usize::from(id.index()))?;
     let mut guard = entry.lock();
@@ -330,9 +342,6 @@ fn settle(vm: &mut Vm, request: Option<PlatformRequest>) {
     if let Some(next) = vm.board.next_event() {
         lower_next_wake(next);
     }
-    if let Some(due) = vm.delay.next_event() {
-        lower_next_wake(due);
-    }
 }
 
 /// Lowers [`next_wake`] to `t` (a read, and an atomic update only when it is lower).
@@ -346,6 +355,9 @@ fn lower_next_wake(t: Nanos) {
 /// Performs a port access of guest VM `id`: a read (`write` = `None`) returns the value
 /// (fitting `size`), a write returns 0. Undecoded ports are an open bus (the board reads
 /// all-ones). `None` when the table does not cover the VM.
+// Inlined into the request loop: every forwarded access runs it (`opt-level = "s"`
+// would call it, which costs the round trip dozens of instructions).
+#[inline(always)]
 pub fn port_access(id: VmId, port: u16, size: u8, write: Option<u32>) -> Option<u32> {
     access(id, |board, now, wire| match write {
         None => board.read(port, size, now, wire),
@@ -361,6 +373,9 @@ pub fn port_access(id: VmId, port: u16, size: u8, write: Option<u32>) -> Option<
 /// the table does not cover the VM, or when no device of the board decodes `gpa` or
 /// `size` is not 1, 2, 4 or 8 (the board's `mmio_read` / `mmio_write`); the board is
 /// still brought to now in that case.
+// Inlined into the request loop: every forwarded access runs it (`opt-level = "s"`
+// would call it, which costs the round trip dozens of instructions).
+#[inline(always)]
 pub fn mmio_access(id: VmId, gpa: u64, size: u8, write: Option<u64>) -> Option<u64> {
     access(id, |board, now, wire| match write {
         None => board.mmio_read(gpa, size, now, wire),
@@ -372,6 +387,7 @@ pub fn mmio_access(id: VmId, gpa: u64, size: u8, write: Option<u64>) -> Option<u
 /// A `delay-test` access of guest VM `id` (`tag` names the request): a write sets the
 /// delay, a read starts (to be answered `DEFERRED`; it completes once confirmed and
 /// due, from [`tick_all`]). `None` when the table does not cover the VM.
+#[inline(never)]
 pub fn delay_test_access(id: VmId, tag: DeferTag, size: u8, write: Option<u32>) -> Option<DelayAccess> {
     with_vm(id, |vm| {
         let now = crate::clock::now().max(vm.last_now);
@@ -391,6 +407,8 @@ pub fn delay_test_access(id: VmId, tag: DeferTag, size: u8, write: Option<u32>) 
 
 /// The hypervisor took the `DEFERRED` answer to request `tag` of guest VM `id`: its
 /// `delay-test` read may complete from now on ([`next_wake`] is lowered to its due time).
+#[cold]
+#[inline(never)]
 pub fn confirm_deferred(id: VmId, tag: DeferTag) {
     with_vm(id, |vm| {
         if vm.delay.confirm(tag) {
@@ -424,7 +442,7 @@ pub fn tick_all() {
         let mut wire = Wire { id: vm.id, lines: &mut vm.lines, power: None };
         vm.board.tick(now, &mut wire);
         let request = wire.power;
-        vm.complete_delayed_read();
         settle(vm, request);
+        vm.complete_delayed_read();
     }
 }
