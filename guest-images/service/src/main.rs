@@ -36,6 +36,14 @@
 //!    back with volatile writes, no other field touched ([`slots::reply`]), and the next
 //!    `SERVICE_REPLY_WAIT` replies with the slot index.
 //!
+//! The 8259 pair's INTR output: after every access, timer tick and console input the
+//! board's `PicPair::output` is compared with the level last sent, and a change goes to
+//! the hypervisor with `GUEST_PIC_INTR` (`vms::settle`). The hypervisor wires it to the
+//! boot vCPU's LINT0; when that vCPU takes the interrupt, an interrupt-acknowledge
+//! request (`kind::INTERRUPT_ACK`, one byte, read) arrives like a port read, and the
+//! reply's data is the vector `PicPair::acknowledge` gives (`FAILED` when it gives
+//! none: the PIC is uninitialized or not in 8086 mode).
+//!
 //! Device timers (PIT, RTC, ACPI PM timer, UART): every wait asks to be woken at the
 //! earliest `next_event` of all boards ([`vms::next_wake`], passed as a TSC deadline);
 //! when `SERVICE_REPLY_WAIT` returns `TIMER_EXPIRED`, every board is brought to now
@@ -147,7 +155,20 @@ fn serve(request: &IoRequestSlot) -> (u8, Option<u64>) {
     match request.kind {
         kind::PORT => serve_port(request),
         kind::MMIO => serve_mmio(request),
+        kind::INTERRUPT_ACK => serve_interrupt_ack(request),
         _ => FAILED,
+    }
+}
+
+/// An interrupt acknowledge (`kind::INTERRUPT_ACK`, a one-byte read): the INTA cycle of
+/// the VM's 8259 pair; the vector is the data.
+fn serve_interrupt_ack(request: &IoRequestSlot) -> (u8, Option<u64>) {
+    if request.size != 1 || request.direction != direction::READ {
+        return FAILED;
+    }
+    match vms::interrupt_acknowledge(VmId(request.vm)) {
+        Some(vector) => done(true, u64::from(vector)),
+        None => FAILED,
     }
 }
 
