@@ -16,16 +16,20 @@
 //!    handler sends no LAPIC EOI).
 //! 4. IRQ 0 masked in the IMR: nothing arrives though IRR bit 0 is set; unmasked again,
 //!    the latched request arrives.
-//! 5. A slave IRQ through the cascade: the RTC's periodic interrupt (IRQ 8, 128 Hz)
+//! 5. The LAPIC software-disabled (SVR bit 8 clear, which masks LINT0): IRQ 0 still
+//!    arrives at 0x20, as the hypervisor passes the PIC's INTR through a disabled LAPIC
+//!    (its reset state stands in for the firmware's virtual-wire set-up). Then the
+//!    LAPIC is enabled again and LINT0 set to ExtINT.
+//! 6. A slave IRQ through the cascade: the RTC's periodic interrupt (IRQ 8, 128 Hz)
 //!    with master IR2 and slave IR0 unmasked arrives at vector 0x28; the handler reads
 //!    RTC register C and EOIs the slave, then the master.
-//! 6. Spurious IRQ 15: the slave re-initialized level-triggered (ICW1 LTIM); with
+//! 7. Spurious IRQ 15: the slave re-initialized level-triggered (ICW1 LTIM); with
 //!    IF = 0 the RTC raises IRQ 8 (the master latches the cascade edge), then register
 //!    C is read so that the slave's request goes away before the INTA cycle. On STI
 //!    the interrupt arrives at the slave's IR7 vector 0x2F, with the master's IR2 in
 //!    service and nothing in the slave's ISR (8259A datasheet, "Interrupt Sequence"
 //!    and "Edge and Level Triggered Modes"); the handler EOIs the master only.
-//! 7. Everything masked and stopped again.
+//! 8. Everything masked and stopped again.
 //!
 //! Expected console lines (prefix = the partition's name in the config), among the
 //! other `PASS guest-extint: ...` check lines:
@@ -34,6 +38,7 @@
 //! [extint] PASS guest-extint: LINT0 ExtINT: IRQ 0 arrives at vector 0x20 with PIC EOIs
 //! [extint] PASS guest-extint: ExtINT vectors are not in the LAPIC's ISR
 //! [extint] PASS guest-extint: IRQ 0 masked in the IMR does not arrive
+//! [extint] PASS guest-extint: LAPIC software-disabled (LINT0 0x10700): IRQ 0 still arrives at vector 0x20
 //! [extint] PASS guest-extint: slave IRQ 8 (RTC) arrives at vector 0x28 through the cascade
 //! [extint] PASS guest-extint: spurious IRQ 15 arrives at 0x2f with master IR2 in service
 //! [extint] PASS guest-extint
@@ -258,14 +263,34 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
     outb(MASTER_DATA, IMR_IRQ0);
     run_open(1_000);
     let unmasked = count(VECTOR_IRQ0) - after;
-    ok &= check_fmt(
-        NAME,
-        format_args!("unmasked, the latched IRQ 0 arrives ({unmasked} taken)"),
-        unmasked == 1,
-    );
+    ok &= check_fmt(NAME, format_args!("unmasked, the latched IRQ 0 arrives ({unmasked} taken)"), unmasked == 1);
     outb(MASTER_DATA, IMR_NONE);
 
-    // 5. A slave IRQ through the cascade: the RTC's periodic interrupt.
+    // 5. A software-disabled LAPIC (SVR bit 8 clear; it masks LINT0) passes the PIC's
+    //    INTR through, as the hypervisor documents (the reset state stands in for the
+    //    firmware's virtual wire).
+    lapic::write(lapic::reg::SVR, u32::from(interrupts::SPURIOUS_VECTOR));
+    let lint0 = lapic::read(lapic::reg::LVT_LINT0);
+    let before = count(VECTOR_IRQ0);
+    outb(PIT_CONTROL, PIT_MODE2);
+    outb(PIT_COUNTER0, low);
+    outb(PIT_COUNTER0, high);
+    outb(MASTER_DATA, IMR_IRQ0);
+    run_open(SHORT_US);
+    outb(MASTER_DATA, IMR_NONE);
+    outb(PIT_CONTROL, PIT_MODE0);
+    let taken = count(VECTOR_IRQ0) - before;
+    ok &= check_fmt(
+        NAME,
+        format_args!(
+            "LAPIC software-disabled (LINT0 {lint0:#x}): IRQ 0 still arrives at vector 0x20 ({taken} in 30 ms)"
+        ),
+        lint0 & LVT_MASKED != 0 && taken >= 1,
+    );
+    lapic::enable();
+    lapic::write(lapic::reg::LVT_LINT0, LINT0_EXTINT);
+
+    // 6. A slave IRQ through the cascade: the RTC's periodic interrupt.
     rtc_write(RTC_REG_A, RTC_A_128HZ);
     let b = rtc_read(RTC_REG_B);
     rtc_write(RTC_REG_B, b | RTC_B_PIE);
@@ -288,7 +313,7 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
         s == (0, 0),
     );
 
-    // 6. Spurious IRQ 15: the slave's level request goes away before the INTA cycle.
+    // 7. Spurious IRQ 15: the slave's level request goes away before the INTA cycle.
     init_pics(ICW1_LEVEL);
     outb(SLAVE_DATA, IMR_SLAVE_IRQ8);
     outb(MASTER_DATA, IMR_CASCADE);
@@ -315,7 +340,7 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
             && count(VECTOR_IRQ8) == irq8_before,
     );
 
-    // 7. Quiet again.
+    // 8. Quiet again.
     outb(MASTER_DATA, IMR_NONE);
     outb(SLAVE_DATA, IMR_NONE);
     lapic::write(lapic::reg::LVT_LINT0, LVT_MASKED | LINT0_EXTINT);

@@ -17,7 +17,8 @@
 //! 3. Only port I/O of 1, 2 or 4 bytes to a port (`address` <= 0xFFFF) and MMIO of 1,
 //!    2, 4 or 8 bytes (`address` = the guest-physical address), read or write, by a VM
 //!    whose index the table covers, is performed; anything else is answered `FAILED`
-//!    (the hypervisor then completes it as an open bus), and so is MMIO at an address
+//!    (the hypervisor then completes it as an open bus; an interrupt acknowledge is
+//!    the one other kind served, see below), and so is MMIO at an address
 //!    that no device of the board decodes (`PcBoard::mmio_read` / `mmio_write`). A port
 //!    no device decodes is an open bus on the board itself: `DONE`, reading all-ones.
 //! 4. The VM's board is looked up (and created on its first request, or replaced when

@@ -148,7 +148,9 @@ pub enum InterruptAckError {
 /// [`validate_reply`] has already refused data wider than the one-byte access.
 pub fn interrupt_ack_vector(reply: Result<Completion, ReplyError>) -> Result<u8, InterruptAckError> {
     match reply {
-        Ok(Completion::Read(value)) => u8::try_from(value).map_err(|_| InterruptAckError::Refused(ReplyError::DataTooWide)),
+        Ok(Completion::Read(value)) => {
+            u8::try_from(value).map_err(|_| InterruptAckError::Refused(ReplyError::DataTooWide))
+        }
         Ok(Completion::Failed) => Err(InterruptAckError::NoVector),
         Ok(Completion::Written) => Err(InterruptAckError::NotARead),
         Err(why) => Err(InterruptAckError::Refused(why)),
