@@ -395,6 +395,7 @@ fn service_scenarios() -> Vec<Scenario> {
                 "[extint] PASS guest-extint: unmasked, the latched IRQ 0 arrives (1 taken)",
                 "[extint] PASS guest-extint: LAPIC software-disabled (LINT0 0x10700): IRQ 0 still arrives at vector 0x20",
                 "[extint] PASS guest-extint: slave IRQ 8 (RTC) arrives at vector 0x28 through the cascade",
+                "[extint] PASS guest-extint: x2APIC mode (LINT0 0x700): IRQ 0 arrives at vector 0x20",
                 "[extint] PASS guest-extint: spurious IRQ 15 arrives at 0x2f with master IR2 in service (1 taken",
                 "[extint] PASS guest-extint: no other PIC vector arrived",
                 "[extint] PASS guest-extint",

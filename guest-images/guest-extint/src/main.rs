@@ -23,13 +23,15 @@
 //! 6. A slave IRQ through the cascade: the RTC's periodic interrupt (IRQ 8, 128 Hz)
 //!    with master IR2 and slave IR0 unmasked arrives at vector 0x28; the handler reads
 //!    RTC register C and EOIs the slave, then the master.
-//! 7. Spurious IRQ 15: the slave re-initialized level-triggered (ICW1 LTIM); with
+//! 7. The LAPIC switched to x2APIC mode (APIC virtualization where the CPU has it):
+//!    IRQ 0 still arrives at 0x20 through LINT0 ExtINT, not in the LAPIC's ISR.
+//! 8. Spurious IRQ 15: the slave re-initialized level-triggered (ICW1 LTIM); with
 //!    IF = 0 the RTC raises IRQ 8 (the master latches the cascade edge), then register
 //!    C is read so that the slave's request goes away before the INTA cycle. On STI
 //!    the interrupt arrives at the slave's IR7 vector 0x2F, with the master's IR2 in
 //!    service and nothing in the slave's ISR (8259A datasheet, "Interrupt Sequence"
 //!    and "Edge and Level Triggered Modes"); the handler EOIs the master only.
-//! 8. Everything masked and stopped again.
+//! 9. Everything masked and stopped again.
 //!
 //! Expected console lines (prefix = the partition's name in the config), among the
 //! other `PASS guest-extint: ...` check lines:
@@ -40,6 +42,7 @@
 //! [extint] PASS guest-extint: IRQ 0 masked in the IMR does not arrive
 //! [extint] PASS guest-extint: LAPIC software-disabled (LINT0 0x10700): IRQ 0 still arrives at vector 0x20
 //! [extint] PASS guest-extint: slave IRQ 8 (RTC) arrives at vector 0x28 through the cascade
+//! [extint] PASS guest-extint: x2APIC mode (LINT0 0x700): IRQ 0 arrives at vector 0x20
 //! [extint] PASS guest-extint: spurious IRQ 15 arrives at 0x2f with master IR2 in service
 //! [extint] PASS guest-extint
 //! ```
@@ -313,7 +316,26 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
         s == (0, 0),
     );
 
-    // 7. Spurious IRQ 15: the slave's level request goes away before the INTA cycle.
+    // 7. x2APIC mode (with APIC virtualization where the CPU has it, which delivers the
+    //    LAPIC's own vectors itself): ExtINT is still injected by the hypervisor.
+    lapic::enter_x2apic();
+    let lint0 = lapic::read(lapic::reg::LVT_LINT0);
+    let before = count(VECTOR_IRQ0);
+    outb(PIT_CONTROL, PIT_MODE2);
+    outb(PIT_COUNTER0, low);
+    outb(PIT_COUNTER0, high);
+    outb(MASTER_DATA, IMR_IRQ0);
+    run_open(SHORT_US);
+    outb(MASTER_DATA, IMR_NONE);
+    outb(PIT_CONTROL, PIT_MODE0);
+    let taken = count(VECTOR_IRQ0) - before;
+    ok &= check_fmt(
+        NAME,
+        format_args!("x2APIC mode (LINT0 {lint0:#x}): IRQ 0 arrives at vector 0x20 ({taken} in 30 ms)"),
+        lint0 == LINT0_EXTINT && taken >= 1 && !LAPIC_ISR_SEEN.load(Ordering::SeqCst),
+    );
+
+    // 8. Spurious IRQ 15: the slave's level request goes away before the INTA cycle.
     init_pics(ICW1_LEVEL);
     outb(SLAVE_DATA, IMR_SLAVE_IRQ8);
     outb(MASTER_DATA, IMR_CASCADE);
@@ -340,7 +362,7 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
             && count(VECTOR_IRQ8) == irq8_before,
     );
 
-    // 8. Quiet again.
+    // 9. Quiet again.
     outb(MASTER_DATA, IMR_NONE);
     outb(SLAVE_DATA, IMR_NONE);
     lapic::write(lapic::reg::LVT_LINT0, LVT_MASKED | LINT0_EXTINT);
