@@ -350,6 +350,7 @@ fn handle_other_hypercall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Out
         hypercall::SERVICE_REPLY_WAIT => Err(HcError::NotPermitted),
         hypercall::GUEST_IRQ_LINE => crate::service::hypercall_guest_irq_line(vcpu, a, b, regs.rdx),
         hypercall::GUEST_POWER => crate::service::hypercall_guest_power(vcpu, a, b, regs.rdx),
+        hypercall::GUEST_PIC_INTR => crate::service::hypercall_guest_pic_intr(vcpu, a, b),
         hypercall::GUEST_CONSOLE_WRITE => crate::service::hypercall_guest_console_write(vcpu, a, b, regs.rdx),
         hypercall::SERVICE_CONSOLE_READ => crate::console::input::hypercall_read(vcpu, a, b, regs.rdx),
         hypercall::SERVICE_COMPLETE => crate::service::hypercall_service_complete(vcpu, a, b, regs.rdx, regs.rsi),

@@ -223,6 +223,8 @@ pub mod attention {
     /// The last entry armed an event window or the guest timer, or left an NMI
     /// pending: the next entry looks again (set by the vCPU's own CPU).
     pub const REARM: u32 = 1 << 7;
+    /// The 8259's INTR output, wired to the boot vCPU's LINT0, changed level.
+    pub const PIC_INTR: u32 = 1 << 8;
     /// A new vCPU: its first entry evaluates everything.
     pub const ALL: u32 = u32::MAX;
 }
@@ -288,6 +290,9 @@ pub struct Vm {
     pub created_tsc: u64,
     /// The partition's virtual IOAPIC.
     pub ioapic: Mutex<VIoApic>,
+    /// The INTR output of the VM's 8259 pair (emulated by the service partition, which
+    /// reports its level with `GUEST_PIC_INTR`), wired to the boot vCPU's LINT0.
+    pub pic_intr: AtomicBool,
 }
 
 /// A handle to a VM.
@@ -371,6 +376,7 @@ pub fn create_vm(name: &'static str) -> Result<VmHandle, ControlError> {
         console_filter: AtomicU8::new(0),
         created_tsc: crate::arch::tsc::now(),
         ioapic: Mutex::new(VIoApic::default()),
+        pic_intr: AtomicBool::new(false),
     }));
     VMS[index]
         .compare_exchange(core::ptr::null_mut(), vm, Ordering::AcqRel, Ordering::Acquire)
@@ -638,6 +644,12 @@ impl Vm {
             v.request_attention(attention::STOP);
             crate::virq::kick(v);
         }
+    }
+
+    /// The VM's boot vCPU (vCPU 0), once created.
+    #[must_use]
+    pub fn boot_vcpu(&self) -> Option<&'static Vcpu> {
+        self.vcpus().next().filter(|v| v.id == 0)
     }
 
     /// The VM's vCPUs.

@@ -322,8 +322,60 @@ fn entry_failed(svc: &'static Vcpu) -> ForwardError {
 
 /// Forwards `request` of guest vCPU `guest` (whose VMCS is current) to the service
 /// vCPU of this CPU and waits for its validated reply; the guest's VMCS is current
-/// again on return.
+/// again on return. A reply that fails validation is logged and fails the access; a
+/// `DEFERRED` one waits for the request's completion ([`wait_for_deferred`]).
 pub fn forward(guest: &'static Vcpu, request: &Request) -> Result<Completion, ForwardError> {
+    let reply = forward_with(guest, request, |svc, posted, reply| {
+        reply.unwrap_or_else(|why| Reply::Completed(refused_reply(svc, posted, why)))
+    })?;
+    match reply {
+        Reply::Completed(completion) => Ok(completion),
+        Reply::Deferred => wait_for_deferred(guest, request),
+    }
+}
+
+/// An interrupt-acknowledge (INTA) cycle of `guest`'s 8259 pair: forwarded to the
+/// service vCPU of this CPU like a port access (`hv_abi::io_request::kind::INTERRUPT_ACK`),
+/// whose validated reply is the vector to inject. `None` (with a warning line) when the
+/// service partition gives none: a refused reply, a `FAILED` answer (its PIC has no
+/// vector to give), or a service partition that stopped or missed the deadline. Called
+/// with `guest`'s VMCS current (current again on return) and no LAPIC lock held: the
+/// service partition's hypercalls may deliver into this vCPU.
+pub fn interrupt_acknowledge(guest: &'static Vcpu) -> Option<u8> {
+    let request = io_request::interrupt_ack(vm_id(guest.vm).0, guest.id);
+    match forward_with(guest, &request, |_, _, reply| io_request::interrupt_ack_vector(reply)) {
+        Ok(Ok(vector)) => Some(vector),
+        Ok(Err(why)) => {
+            interrupt_ack_failed(guest, format_args!("{why:?}"));
+            None
+        }
+        Err(e) => {
+            interrupt_ack_failed(guest, format_args!("{}", e.describe()));
+            None
+        }
+    }
+}
+
+/// [`interrupt_acknowledge`] got no vector: logged.
+#[cold]
+#[inline(never)]
+fn interrupt_ack_failed(guest: &'static Vcpu, why: core::fmt::Arguments<'_>) {
+    log::warn!(
+        "partition {}: vcpu {}: interrupt acknowledge of its 8259 PIC gave no vector ({why}); no interrupt delivered",
+        guest.vm.name,
+        guest.id
+    );
+}
+
+/// Posts `request` to `guest`'s slot, runs the service vCPU of this CPU until it
+/// answers, and hands the validated reply to `finish` (with the service vCPU and the
+/// posted slot, for its log lines); `guest`'s VMCS is current again on return.
+#[inline(always)]
+fn forward_with<T>(
+    guest: &'static Vcpu,
+    request: &Request,
+    finish: impl FnOnce(&'static Vcpu, &IoRequestSlot, Result<Reply, io_request::ReplyError>) -> T,
+) -> Result<T, ForwardError> {
     let svc = partition::service_vcpu_for_cpu(guest.cpu).ok_or(ForwardError::NoService)?;
     let slots = SLOTS.load(Ordering::Acquire);
     let index = service::slot_index(guest.vm.index, guest.id).ok_or(ForwardError::NoService)?;
@@ -340,17 +392,20 @@ pub fn forward(guest: &'static Vcpu, request: &Request) -> Result<Completion, Fo
     if vmcs::load(svc.vmcs.load(Ordering::Acquire)).is_err() {
         return Err(ForwardError::SwitchFailed);
     }
-    let result = serve(svc, index, slot, &posted);
+    let result = serve(svc, index, slot, &posted).map(|reply| finish(svc, &posted, reply));
     switch_back(guest)?;
-    match result? {
-        Reply::Completed(completion) => Ok(completion),
-        Reply::Deferred => wait_for_deferred(guest, svc, &posted),
-    }
+    result
 }
 
-/// Runs the service vCPU (current VMCS) until it answers slot `index`.
+/// Runs the service vCPU (current VMCS) until it answers slot `index`; returns its
+/// reply, validated.
 #[inline(always)]
-fn serve(svc: &'static Vcpu, index: u32, slot: u64, posted: &IoRequestSlot) -> Result<Reply, ForwardError> {
+fn serve(
+    svc: &'static Vcpu,
+    index: u32,
+    slot: u64,
+    posted: &IoRequestSlot,
+) -> Result<Result<Reply, io_request::ReplyError>, ForwardError> {
     let deadline = crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US);
     set_service_rax(svc, u64::from(index));
     loop {
@@ -360,9 +415,7 @@ fn serve(svc: &'static Vcpu, index: u32, slot: u64, posted: &IoRequestSlot) -> R
             Err(e) => return Err(e),
         };
         if reply == u64::from(index) {
-            let answer = read_slot(slot);
-            return Ok(io_request::validate_reply(posted, &answer)
-                .unwrap_or_else(|why| Reply::Completed(refused_reply(svc, posted, why))));
+            return Ok(io_request::validate_reply(posted, &read_slot(slot)));
         }
         // A wait without a reply (or for another slot) while this request is pending:
         // hand the pending request out again, or refuse the bad slot index.
@@ -371,8 +424,8 @@ fn serve(svc: &'static Vcpu, index: u32, slot: u64, posted: &IoRequestSlot) -> R
     }
 }
 
-/// The service partition deferred `posted`, the request of guest vCPU `guest` (whose
-/// VMCS is current, and current again on return): the CPU waits on the host side until
+/// The service partition deferred `request`, which guest vCPU `guest` (whose VMCS is
+/// current, and current again on return) posted last: the CPU waits on the host side until
 /// the completion comes (`SERVICE_COMPLETE`, from any CPU; it kicks this one) and
 /// returns it. Meanwhile it sleeps in `hlt`, woken by kicks and by the host timer at the
 /// service vCPU's wake-up deadline (its device timers run then, which may complete the
@@ -381,11 +434,13 @@ fn serve(svc: &'static Vcpu, index: u32, slot: u64, posted: &IoRequestSlot) -> R
 /// or gets an INIT, the service partition stops, or [`DEFERRED_DEADLINE_US`] passes.
 #[cold]
 #[inline(never)]
-fn wait_for_deferred(
-    guest: &'static Vcpu,
-    svc: &'static Vcpu,
-    posted: &IoRequestSlot,
-) -> Result<Completion, ForwardError> {
+fn wait_for_deferred(guest: &'static Vcpu, request: &Request) -> Result<Completion, ForwardError> {
+    // The slot as it was posted (only this CPU numbers the vCPU's requests), rebuilt
+    // here so that the synchronous path keeps no copy of it.
+    let sequence = guest.io_sequence.load(Ordering::Relaxed);
+    let Ok(posted) = io_request::post(request, sequence) else { return Err(ForwardError::SwitchFailed) };
+    let posted = &posted;
+    let svc = partition::service_vcpu_for_cpu(guest.cpu).ok_or(ForwardError::ServiceStopped)?;
     let deadline = crate::arch::tsc::deadline_us(DEFERRED_DEADLINE_US);
     if guest.deferred.lock().begin(*posted, deadline).is_err() {
         // One request per vCPU at a time: a wait left over is a hypervisor bug.
@@ -496,7 +551,7 @@ fn missed_request_deadline(svc: &'static Vcpu, posted: &IoRequestSlot) -> Forwar
         "partition {}: missed the {} ms deadline on a request ({} {:#x}); stopping it",
         svc.vm.name,
         REQUEST_DEADLINE_US / 1000,
-        if posted.kind == hv_abi::io_request::kind::PORT { "port" } else { "MMIO" },
+        kind_name(posted.kind),
         posted.address
     );
     svc.vm.stop(u64::MAX);
@@ -509,11 +564,23 @@ fn missed_request_deadline(svc: &'static Vcpu, posted: &IoRequestSlot) -> Forwar
 #[inline(never)]
 fn refused_reply(svc: &'static Vcpu, posted: &IoRequestSlot, why: io_request::ReplyError) -> Completion {
     log::warn!(
-        "partition {}: refused reply for access {:#x} ({why:?}); the access fails as on an open bus",
+        "partition {}: refused reply for {} access {:#x} ({why:?}); the access fails as on an open bus",
         svc.vm.name,
+        kind_name(posted.kind),
         posted.address
     );
     Completion::Failed
+}
+
+/// A request kind's name for log lines.
+fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        hv_abi::io_request::kind::PORT => "port",
+        hv_abi::io_request::kind::MMIO => "MMIO",
+        hv_abi::io_request::kind::PCI_CONFIG => "PCI configuration",
+        hv_abi::io_request::kind::INTERRUPT_ACK => "interrupt acknowledge",
+        _ => "unknown",
+    }
 }
 
 fn write_slot(slot: u64, value: &IoRequestSlot) {
@@ -553,6 +620,19 @@ pub fn hypercall_guest_irq_line(caller: &'static Vcpu, id: u64, line: u64, level
         _ => return Err(HcError::BadArgument),
     };
     crate::virq::set_irq_line(vm, line, high).map_err(|_| HcError::BadArgument)?;
+    Ok(0)
+}
+
+/// `GUEST_PIC_INTR(vm, level)`: the level of the VM's 8259 INTR output, which drives
+/// its boot vCPU's LINT0 (`virq::set_pic_intr`).
+pub fn hypercall_guest_pic_intr(caller: &'static Vcpu, id: u64, level: u64) -> Result<u64, HcError> {
+    let vm = target_guest(caller, id)?;
+    let high = match level {
+        0 => false,
+        1 => true,
+        _ => return Err(HcError::BadArgument),
+    };
+    crate::virq::set_pic_intr(vm, high);
     Ok(0)
 }
 

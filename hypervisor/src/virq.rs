@@ -6,6 +6,13 @@
 //!   with the host timer armed at the guest's next timer deadline), processes expired
 //!   guest timers, injects the highest deliverable interrupt or asks for an interrupt
 //!   window, and arms the VMX-preemption timer for the guest's next deadline.
+//! - The 8259's INTR (emulated by the service partition, level reported with
+//!   `GUEST_PIC_INTR`: [`set_pic_intr`]) drives the boot vCPU's LINT0. While it is high
+//!   and the LAPIC passes it (`VirtualLapic::passes_pic_intr`: LINT0 unmasked ExtINT,
+//!   or the LAPIC disabled), it is a pending maskable interrupt ahead of the LAPIC's
+//!   vectors; when the vCPU can take it, an interrupt-acknowledge cycle through the
+//!   service partition on the same CPU (`service::interrupt_acknowledge`) gives the
+//!   vector, which is injected without touching the LAPIC's IRR/ISR.
 //! - Register accesses (x2APIC MSRs, IA32_APIC_BASE, IA32_TSC_DEADLINE, xAPIC MMIO)
 //!   go to the model; the effects that leave a LAPIC (IPIs, EOI broadcasts) are routed
 //!   by [`apply_effect`].
@@ -21,7 +28,7 @@
 use core::sync::atomic::Ordering;
 
 use hv_core::apicv;
-use hv_core::event_injection::{plan_entry, preemption_timer_value, Event, GuestEventState};
+use hv_core::event_injection::{plan_entry, preemption_timer_value, Event, GuestEventState, Pending};
 use hv_core::vioapic::{self, Interrupt};
 use hv_core::vlapic::{ApicEffect, ApicMode, IpiDeliveryMode, IpiDestination, TriggerMode};
 use x86::vmx::vmcs::{control, guest};
@@ -128,14 +135,16 @@ fn evaluate(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let quiet = !eventful
         && !dirty
         && !vcpu.nmi_pending.load(Ordering::Acquire)
+        && !pic_intr_high(vcpu)
         && vcpu.entry_controls_set.load(Ordering::Relaxed) == ENTRY_BACKSTOP_ONLY;
-    if !quiet {
-        inject_and_arm(vcpu);
-    }
+    let extint_waits = !quiet && inject_and_arm(vcpu);
     // What the next entry must look at again even if no one changes anything: an
-    // armed window or guest timer, an NMI still waiting for its window.
+    // armed window or guest timer, an NMI still waiting for its window, the 8259's
+    // INTR still high on a LINT0 that passes it (after an INTA the PIC may still
+    // request: a higher-priority IRQ, or the next one).
     if vcpu.entry_controls_set.load(Ordering::Relaxed) != ENTRY_BACKSTOP_ONLY
         || vcpu.nmi_pending.load(Ordering::Acquire)
+        || extint_waits
     {
         vcpu.request_attention(attention::REARM);
     }
@@ -166,6 +175,9 @@ fn wakes_from_halt(vcpu: &'static Vcpu) -> bool {
     let interrupts_enabled = vmcs::read(guest::RFLAGS) & RFLAGS_IF != 0;
     let mut lapic = vcpu.lapic();
     lapic.on_timer(tsc::now());
+    if interrupts_enabled && pic_intr_high(vcpu) && lapic.passes_pic_intr() {
+        return true;
+    }
     if !vcpu.apicv_active.load(Ordering::Relaxed) {
         return interrupts_enabled && lapic.highest_pending().is_some();
     }
@@ -371,12 +383,37 @@ fn start_at_sipi(vcpu: &'static Vcpu, regs: &mut GuestRegisters, vector: u8) -> 
     Ok(())
 }
 
+/// Whether `vcpu` is its VM's boot vCPU and the VM's 8259 INTR (wired to its LINT0) is
+/// high.
+#[inline(always)]
+fn pic_intr_high(vcpu: &Vcpu) -> bool {
+    vcpu.id == 0 && vcpu.vm.pic_intr.load(Ordering::Acquire)
+}
+
+/// The service partition reports the level of `vm`'s 8259 INTR output
+/// (`GUEST_PIC_INTR`). A change makes the boot vCPU evaluate it before its next entry;
+/// a rise also kicks it (out of guest mode or its HLT sleep) when it runs on another CPU.
+pub fn set_pic_intr(vm: &'static Vm, high: bool) {
+    if vm.pic_intr.swap(high, Ordering::AcqRel) == high {
+        return;
+    }
+    if let Some(boot) = vm.boot_vcpu() {
+        boot.request_attention(attention::PIC_INTR);
+        if high {
+            kick(boot);
+        }
+    }
+}
+
 /// Injects what can be injected now, asks for a window for the rest and arms the timer
-/// for the guest's next deadline.
-fn inject_and_arm(vcpu: &'static Vcpu) {
+/// for the guest's next deadline. Returns whether the 8259's INTR is high on a LINT0
+/// that passes it (the next entry must look at it again).
+fn inject_and_arm(vcpu: &'static Vcpu) -> bool {
     let now = tsc::now();
     let nmi = vcpu.nmi_pending.load(Ordering::Acquire);
     let mut window = crate::vcpu::Windows::default();
+    let mut acknowledge_pic = false;
+    let extint;
     let deadline = {
         let mut lapic = vcpu.lapic_state.lock();
         lapic.on_timer(now);
@@ -384,13 +421,18 @@ fn inject_and_arm(vcpu: &'static Vcpu) {
         // Under APIC virtualization the CPU delivers maskable interrupts itself.
         let apicv_deadline = apicv.then(|| sync_apicv(vcpu, &mut lapic));
         let interrupt = if apicv { None } else { lapic.highest_pending() };
-        if interrupt.is_some() || nmi {
+        // LINT0 in virtual-wire mode: ExtINT bypasses the LAPIC's IRR and priority, so
+        // it is offered under APIC virtualization too (event injection goes before
+        // virtual-interrupt delivery, SDM 27.6 and 30.2.1).
+        extint = pic_intr_high(vcpu) && lapic.passes_pic_intr();
+        if interrupt.is_some() || nmi || extint {
             let state = GuestEventState {
                 interrupts_enabled: vmcs::read(guest::RFLAGS) & RFLAGS_IF != 0,
                 interruptibility: vmcs::read(guest::INTERRUPTIBILITY_STATE) as u32,
                 event_queued: vmcs::read(control::VMENTRY_INTERRUPTION_INFO_FIELD) as u32 & ENTRY_VALID != 0,
             };
-            let plan = plan_entry(state, nmi, interrupt, crate::vcpu::nmi_window_supported());
+            let pending = Pending { nmi, extint, interrupt };
+            let plan = plan_entry(state, pending, crate::vcpu::nmi_window_supported());
             match plan.inject {
                 Some(Event::External(vector)) => {
                     lapic.acknowledge(vector);
@@ -406,6 +448,8 @@ fn inject_and_arm(vcpu: &'static Vcpu) {
                         u64::from(ENTRY_VALID | TYPE_NMI | NMI_VECTOR),
                     );
                 }
+                // The INTA cycle runs the service partition: not under the LAPIC lock.
+                Some(Event::ExtInt) => acknowledge_pic = true,
                 None => {}
             }
             window = crate::vcpu::Windows { interrupt: plan.interrupt_window, nmi: plan.nmi_window };
@@ -415,6 +459,9 @@ fn inject_and_arm(vcpu: &'static Vcpu) {
             None => lapic.next_deadline(),
         }
     };
+    if acknowledge_pic {
+        inject_extint(vcpu);
+    }
     let mut wanted = 0;
     if window.interrupt || window.nmi {
         wanted |= ENTRY_WINDOWS;
@@ -450,6 +497,27 @@ fn inject_and_arm(vcpu: &'static Vcpu) {
         }
     }
     vcpu.entry_controls_set.store(wanted, Ordering::Relaxed);
+    extint
+}
+
+/// The boot vCPU takes the 8259's INTR now (the plan allowed a maskable interrupt):
+/// an INTA cycle through the service partition gives the vector, injected as an
+/// external interrupt that the LAPIC does not track (no IRR/ISR bit, no LAPIC EOI; the
+/// guest ends it at the 8259). The service partition reports the PIC's new INTR level
+/// during the cycle. Without a vector (the service partition's reply failed validation
+/// or it has none, logged by `interrupt_acknowledge`), nothing is injected and the line
+/// counts as low until the service partition reports it again, so that a misbehaving
+/// service partition cannot make every entry try again.
+fn inject_extint(vcpu: &'static Vcpu) {
+    match crate::service::interrupt_acknowledge(vcpu) {
+        Some(vector) => {
+            let _ = vmcs::write(
+                control::VMENTRY_INTERRUPTION_INFO_FIELD,
+                u64::from(ENTRY_VALID | TYPE_EXTERNAL | u32::from(vector)),
+            );
+        }
+        None => vcpu.vm.pic_intr.store(false, Ordering::Release),
+    }
 }
 
 /// The longest a running vCPU goes without an exit (see `inject_and_arm`).
@@ -555,7 +623,9 @@ fn deliver_ioapic_message(vm: &'static Vm, interrupt: Interrupt) {
         vioapic::DeliveryMode::Nmi => IpiDeliveryMode::Nmi,
         vioapic::DeliveryMode::Init => IpiDeliveryMode::Init,
         vioapic::DeliveryMode::Smi => IpiDeliveryMode::Smi,
-        // ExtINT needs a virtual PIC, which comes with the platform devices.
+        // The 8259 reaches the boot vCPU through LINT0 ([`set_pic_intr`]); I/O APIC
+        // input 0, where a PC wires it for ExtINT redirection, is not connected to it
+        // (the MADT routes ISA IRQ 0 to GSI 2), so an ExtINT redirection sends nothing.
         vioapic::DeliveryMode::ExtInt => return,
     };
     deliver(vm, None, mode, interrupt.vector, dest, interrupt.level_triggered);

@@ -419,6 +419,27 @@ fn service_scenarios() -> Vec<Scenario> {
             &["[pic] PASS guest-pic", "partition pic: stopped itself (code 0)"],
         ),
         service_scenario(
+            "svc-extint",
+            2,
+            "tests/configs/svc-extint.toml",
+            1,
+            &[
+                "[extint] PASS guest-extint: LINT0 masked: the PIC's INTR does not reach the vCPU",
+                "[extint] PASS guest-extint: LINT0 ExtINT: IRQ 0 arrives at vector 0x20 with PIC EOIs",
+                "[extint] PASS guest-extint: every IRQ 0 was ended at the master",
+                "[extint] PASS guest-extint: ExtINT vectors are not in the LAPIC's ISR",
+                "[extint] PASS guest-extint: IRQ 0 masked in the IMR does not arrive",
+                "[extint] PASS guest-extint: unmasked, the latched IRQ 0 arrives (1 taken)",
+                "[extint] PASS guest-extint: LAPIC software-disabled (LINT0 0x10700): IRQ 0 still arrives at vector 0x20",
+                "[extint] PASS guest-extint: slave IRQ 8 (RTC) arrives at vector 0x28 through the cascade",
+                "[extint] PASS guest-extint: x2APIC mode (LINT0 0x700): IRQ 0 arrives at vector 0x20",
+                "[extint] PASS guest-extint: spurious IRQ 15 arrives at 0x2f with master IR2 in service (1 taken",
+                "[extint] PASS guest-extint: no other PIC vector arrived",
+                "[extint] PASS guest-extint",
+                "partition extint: stopped itself (code 0)",
+            ],
+        ),
+        service_scenario(
             "svc-mmio",
             2,
             "tests/configs/svc-mmio.toml",
@@ -444,7 +465,40 @@ fn service_scenarios() -> Vec<Scenario> {
             ],
         ),
         svc_console_input(),
+        svc_cpus("svc-1cpu", 1, "tests/configs/svc-1cpu.toml", &[("uart", UART_LINES)]),
+        svc_cpus(
+            "svc-4cpu",
+            4,
+            "tests/configs/svc-4cpu.toml",
+            &[("uart", UART_LINES), ("pit", PIT_LINES), ("rtc", RTC_LINES), ("mmio", MMIO_LINES)],
+        ),
     ]
+}
+
+/// What the 16550 guest prints when its polled and interrupt-driven output work.
+const UART_LINES: &[&str] =
+    &["[uart] uart: hello through the 16550", "[uart] uart: interrupt-driven line", "[uart] PASS guest-uart"];
+/// What the PIT guest prints when the latch, IRQ 0 and channel 2 work.
+const PIT_LINES: &[&str] =
+    &["[pit] pit: latched count ", " interrupts in 200 ms", "[pit] pit: channel 2 OUT rose ", "[pit] PASS guest-pit"];
+/// What the RTC guest prints when the clock and its periodic interrupt work.
+const RTC_LINES: &[&str] = &["[rtc] rtc: 2026-01-01 00:00:", " periodic interrupts in 200 ms", "[rtc] PASS guest-rtc"];
+/// What the MMIO guest prints when every decoded instruction form works.
+const MMIO_LINES: &[&str] = &["[mmio] mmio: ", " instruction forms checked", "[mmio] PASS guest-mmio"];
+
+/// A service scenario on `cpus` CPUs whose guests (partition name, the lines it must
+/// print) each pass and stop themselves: the same device guests as the two-CPU
+/// scenarios, on one CPU (guest and service vCPU share it) or on four.
+fn svc_cpus(name: &'static str, cpus: u32, config: &'static str, guests: &[(&str, &[&str])]) -> Scenario {
+    let mut expected: Vec<String> = Vec::new();
+    for (partition, lines) in guests {
+        expected.extend(lines.iter().map(|l| l.to_string()));
+        expected.push(format!("partition {partition}: stopped itself (code 0)"));
+    }
+    let borrowed: Vec<&str> = expected.iter().map(String::as_str).collect();
+    let mut s = service_scenario(name, cpus, config, guests.len() as u32, &borrowed);
+    s.timeout = Duration::from_secs(120 + 90 * u64::from(cpus));
+    s
 }
 
 /// `svc-bad-image`: two bad images are refused with a line naming the problem, the
@@ -535,7 +589,23 @@ pub fn catalogue() -> Vec<Scenario> {
         .collect();
     all.extend(variants);
     all.extend(without_apicv);
-    all.extend(service_scenarios());
+    let service = service_scenarios();
+    // Every service scenario runs again on the two other models: forwarding, the device
+    // models' interrupts and the guest builder on fewer VMX features (`-skylake`) and on
+    // the software interrupt path without APICv (`-ivybridge`).
+    let service_on_other_models: Vec<Scenario> = service
+        .iter()
+        .flat_map(|s| {
+            let mut expected = s.expected.clone();
+            expected.insert(0, NO_APICV_LINE.to_string());
+            [
+                Scenario { name: variant_name(s.name, "skylake"), cpu_model: Some(SKYLAKE), ..s.clone() },
+                Scenario { name: variant_name(s.name, "ivybridge"), cpu_model: Some(IVYBRIDGE), expected, ..s.clone() },
+            ]
+        })
+        .collect();
+    all.extend(service);
+    all.extend(service_on_other_models);
     all.extend(linux_scenarios());
     all
 }
@@ -846,6 +916,41 @@ mod tests {
     }
 
     #[test]
+    fn every_service_scenario_also_runs_on_two_other_models() {
+        let all = catalogue();
+        let primary: Vec<&Scenario> = all
+            .iter()
+            .filter(|s| s.name.starts_with("svc-") && !s.name.ends_with("-skylake") && !s.name.ends_with("-ivybridge"))
+            .collect();
+        assert!(primary.iter().any(|s| s.name == "svc-bad-image") && primary.iter().any(|s| s.name == "svc-4cpu"));
+        for s in primary {
+            assert_eq!(s.cpu_model, Some(ICELAKE), "{}", s.name);
+            let skylake = all.iter().find(|v| v.name == format!("{}-skylake", s.name)).expect(s.name);
+            assert_eq!((skylake.cpu_model, &skylake.expected, skylake.cpus), (Some(SKYLAKE), &s.expected, s.cpus));
+            let ivybridge = all.iter().find(|v| v.name == format!("{}-ivybridge", s.name)).expect(s.name);
+            assert_eq!(ivybridge.cpu_model, Some(IVYBRIDGE));
+            assert_eq!(ivybridge.expected[0], NO_APICV_LINE);
+            assert_eq!(&ivybridge.expected[1..], &s.expected[..]);
+            assert_eq!(ivybridge.input, s.input);
+        }
+    }
+
+    #[test]
+    fn service_scenarios_run_on_one_two_and_four_cpus() {
+        let all = catalogue();
+        let cpus = |name: &str| all.iter().find(|s| s.name == name).expect(name).cpus;
+        assert_eq!((cpus("svc-1cpu"), cpus("svc-uart"), cpus("svc-4cpu")), (1, 2, 4));
+        let four = all.iter().find(|s| s.name == "svc-4cpu").unwrap();
+        for v in 0..4 {
+            assert!(four.expected.contains(&format!("[svc] service: vcpu {v} ready")));
+        }
+        assert!(four.expected.contains(&"[svc] service: 4 of 4 guest partitions started".to_string()));
+        for guest in ["uart", "pit", "rtc", "mmio"] {
+            assert!(four.expected.contains(&format!("partition {guest}: stopped itself (code 0)")), "{guest}");
+        }
+    }
+
+    #[test]
     fn only_console_input_scenarios_type_input() {
         let all = catalogue();
         let with: Vec<&str> = all.iter().filter(|s| !s.input.is_empty()).map(|s| s.name).collect();
@@ -863,7 +968,19 @@ mod tests {
     fn filters_match_substrings() {
         assert_eq!(select(&[]).len(), catalogue().len());
         let names: Vec<&str> = select(&["boot".to_string()]).iter().map(|s| s.name).collect();
-        assert_eq!(names, ["boot-4cpu", "boot-2cpu", "boot-1cpu", "boot-skylake", "svc-multiboot", "linux-boot"]);
+        assert_eq!(
+            names,
+            [
+                "boot-4cpu",
+                "boot-2cpu",
+                "boot-1cpu",
+                "boot-skylake",
+                "svc-multiboot",
+                "svc-multiboot-skylake",
+                "svc-multiboot-ivybridge",
+                "linux-boot"
+            ]
+        );
         let names: Vec<&str> = select(&["vmx".to_string(), "layout".to_string()]).iter().map(|s| s.name).collect();
         assert_eq!(names, ["image-layout", "no-vmx"]);
         let names: Vec<&str> = select(&["fault".to_string()]).iter().map(|s| s.name).collect();

@@ -3,9 +3,11 @@
 //! the service partition's `hv_devices` PIC model, with the PIT (0x40-0x43) as the
 //! interrupt source. Run with the `pic` and `pit` devices (or `pc`).
 //!
-//! The PIC's INT output is not delivered to the vCPU (there is no ExtINT path yet), so
-//! this guest takes no interrupts: it checks the registers and uses the poll command,
-//! with interrupts off and I/O APIC pin 2 (where the PIT's IRQ 0 also goes) masked.
+//! The PIC's INT output reaches the vCPU only through LINT0 in virtual-wire mode
+//! (`guest-extint`); this guest software-enables its LAPIC and leaves LINT0 masked (its
+//! reset value), so it takes no interrupts: it checks the registers and uses the poll
+//! command, with interrupts off and I/O APIC pin 2 (where the PIT's IRQ 0 also goes)
+//! masked.
 //!
 //! 1. ICW1-ICW4 on both chips: master vector base 0x20, slave 0x28, slave on master IR2
 //!    (master ICW3 0x04, slave ID 2), 8086 mode; after ICW1 the masks read 0 and

@@ -17,7 +17,8 @@
 //! 3. Only port I/O of 1, 2 or 4 bytes to a port (`address` <= 0xFFFF) and MMIO of 1,
 //!    2, 4 or 8 bytes (`address` = the guest-physical address), read or write, by a VM
 //!    whose index the table covers, is performed; anything else is answered `FAILED`
-//!    (the hypervisor then completes it as an open bus), and so is MMIO at an address
+//!    (the hypervisor then completes it as an open bus; an interrupt acknowledge is
+//!    the one other kind served, see below), and so is MMIO at an address
 //!    that no device of the board decodes (`PcBoard::mmio_read` / `mmio_write`). A port
 //!    no device decodes is an open bus on the board itself: `DONE`, reading all-ones.
 //! 4. The VM's board is looked up (and created on its first request, or replaced when
@@ -35,6 +36,14 @@
 //! 8. `data` (reads, zero-extended to the access size) and `status` (`DONE`) are written
 //!    back with volatile writes, no other field touched ([`slots::reply`]), and the next
 //!    `SERVICE_REPLY_WAIT` replies with the slot index.
+//!
+//! The 8259 pair's INTR output: after every access, timer tick and console input the
+//! board's `PicPair::output` is compared with the level last sent, and a change goes to
+//! the hypervisor with `GUEST_PIC_INTR` (`vms::settle`). The hypervisor wires it to the
+//! boot vCPU's LINT0; when that vCPU takes the interrupt, an interrupt-acknowledge
+//! request (`kind::INTERRUPT_ACK`, one byte, read) arrives like a port read, and the
+//! reply's data is the vector `PicPair::acknowledge` gives (`FAILED` when it gives
+//! none: the PIC is uninitialized or not in 8086 mode).
 //!
 //! Device timers (PIT, RTC, ACPI PM timer, UART): every wait asks to be woken at the
 //! earliest `next_event` of all boards ([`vms::next_wake`], passed as a TSC deadline);
@@ -179,7 +188,20 @@ fn serve(request: &IoRequestSlot, index: u32) -> (u8, Option<u64>) {
     match request.kind {
         kind::PORT => serve_port(request, index),
         kind::MMIO => serve_mmio(request),
+        kind::INTERRUPT_ACK => serve_interrupt_ack(request),
         _ => FAILED,
+    }
+}
+
+/// An interrupt acknowledge (`kind::INTERRUPT_ACK`, a one-byte read): the INTA cycle of
+/// the VM's 8259 pair; the vector is the data.
+fn serve_interrupt_ack(request: &IoRequestSlot) -> (u8, Option<u64>) {
+    if request.size != 1 || request.direction != direction::READ {
+        return FAILED;
+    }
+    match vms::interrupt_acknowledge(VmId(request.vm)) {
+        Some(vector) => done(true, u64::from(vector)),
+        None => FAILED,
     }
 }
 

@@ -47,6 +47,8 @@ struct Vm {
     board: PcBoard,
     /// Levels last sent with `GUEST_IRQ_LINE` (bit n = GSI n high).
     lines: u32,
+    /// The 8259 pair's INTR level last sent with `GUEST_PIC_INTR`.
+    pic_intr: bool,
     /// The latest time the board was given (time never goes back for it).
     last_now: Nanos,
     /// The guest's console line being assembled.
@@ -89,6 +91,7 @@ impl Vm {
             id,
             board: PcBoard::new(config, now),
             lines: 0,
+            pic_intr: false,
             last_now: now,
             line: [0; LINE_MAX],
             line_len: 0,
@@ -319,10 +322,13 @@ pub fn queue_input(id: VmId, bytes: &[u8]) -> usize {
     .unwrap_or(0)
 }
 
-/// What follows every access and every timer tick of a VM: its console output is
-/// drained (all of it when a power request ends the guest), the power request (if
-/// any) is performed, and the board's next event lowers [`next_wake`].
+/// What follows every access, interrupt acknowledge and timer tick of a VM: the 8259
+/// pair's INTR level goes to the hypervisor if it changed ([`sync_pic_intr`]), its
+/// console output is drained (all of it when a power request ends the guest), the
+/// power request (if any) is performed, and the board's next event lowers
+/// [`next_wake`].
 fn settle(vm: &mut Vm, request: Option<PlatformRequest>) {
+    sync_pic_intr(vm);
     // Most accesses write nothing to the console: no output, no partial line waiting.
     if vm.board.console_output_len() > 0 || request.is_some() {
         vm.drain_console(request.is_some());
@@ -342,6 +348,29 @@ fn settle(vm: &mut Vm, request: Option<PlatformRequest>) {
     if let Some(next) = vm.board.next_event() {
         lower_next_wake(next);
     }
+}
+
+/// Sends the 8259 pair's INTR output level with `GUEST_PIC_INTR` when it differs from
+/// the level last sent. Any port write to the PIC (masks, EOIs, initialization), any
+/// IRQ line a device moved (an access, a timer tick, console input) and an interrupt
+/// acknowledge can change it, and every one of them ends in [`settle`].
+fn sync_pic_intr(vm: &mut Vm) {
+    let high = vm.board.pic().output();
+    if high != vm.pic_intr {
+        vm.pic_intr = high;
+        // A refusal (the VM is gone) only loses the level.
+        raw_hypercall(hc::GUEST_PIC_INTR, u64::from(vm.id.0), u64::from(high), 0, 0);
+    }
+}
+
+/// An interrupt-acknowledge cycle of guest VM `id`'s 8259 pair
+/// (`hv_abi::io_request::kind::INTERRUPT_ACK`): the board is brought to now (a request
+/// that came due takes part), then `PicPair::acknowledge` gives the vector (IRR to ISR,
+/// the cascade, the spurious IR7 vector when nothing requests any more). `None` when
+/// the table does not cover the VM or the PIC has no vector (uninitialized, MCS-80
+/// mode). The new INTR level goes out before the reply ([`settle`]).
+pub fn interrupt_acknowledge(id: VmId) -> Option<u8> {
+    access(id, |board, _now, _wire| board.pic_mut().acknowledge()).flatten()
 }
 
 /// Lowers [`next_wake`] to `t` (a read, and an atomic update only when it is lower).

@@ -117,6 +117,18 @@ pub mod hypercall {
     /// is neither a VmId nor `ANY_TARGET`.
     pub const SERVICE_CONSOLE_READ: u64 = 20;
 
+    /// Service partition only: the INTR output of guest VM RBX's 8259 pair (the master's
+    /// INT pin, `hv_devices::pic8259::PicPair::output`) is now RCX (0 low, 1 high). The
+    /// service partition makes this call whenever the level changes (after a port
+    /// access, a timer tick or an interrupt acknowledge). The hypervisor wires the line
+    /// to the LINT0 input of the VM's boot vCPU (vCPU 0): while it is high and that
+    /// vCPU's LAPIC passes it on (LINT0 unmasked with delivery mode ExtINT, or the LAPIC
+    /// software- or hardware-disabled), the vCPU gets the interrupt as soon as it can
+    /// take it, its vector coming from an interrupt-acknowledge request
+    /// ([`super::io_request::kind::INTERRUPT_ACK`]). Returns 0; `BadArgument` for a
+    /// level other than 0 or 1 or an unknown VM.
+    pub const GUEST_PIC_INTR: u64 = 21;
+
     /// Service partition only: completes a request it answered
     /// [`super::io_request::status::DEFERRED`] (see [`super::io_request`], "Deferred
     /// completion"). RBX = the slot index, RCX = the request's `sequence` (as posted in
@@ -436,7 +448,9 @@ pub mod platform {
 /// service partition; the service partition performs the access, writes `data` (for a
 /// read) and `status` (`Done` or `Failed`) and replies. The hypervisor accepts the reply
 /// only if every field it posted is unchanged and the data fits the access size
-/// (`hv_core::io_request::validate_reply`).
+/// (`hv_core::io_request::validate_reply`). An interrupt acknowledge of the guest's 8259
+/// pair ([`io_request::kind::INTERRUPT_ACK`]) travels the same way, as a one-byte read
+/// whose data is the vector.
 ///
 /// # Deferred completion
 /// A request that starts work the service partition finishes later (a device that
@@ -457,8 +471,9 @@ pub mod platform {
 /// waiting guest with a line naming the access; a guest that stops or is reset while it
 /// waits drops the request, and a later completion of it is refused.
 pub mod io_request {
-    /// Version of this layout; bumped on any change.
-    pub const VERSION: u32 = 1;
+    /// Version of this layout; bumped on any change. 2: [`kind::INTERRUPT_ACK`]; 3:
+    /// [`status::DEFERRED`] (and `SERVICE_COMPLETE`).
+    pub const VERSION: u32 = 3;
     /// Bytes per slot in the shared page (the struct plus padding to a cache line).
     pub const SLOT_BYTES: usize = 64;
 
@@ -471,6 +486,14 @@ pub mod io_request {
         /// PCI configuration space: `address` is bus << 16 | device << 11 | function << 8 |
         /// register.
         pub const PCI_CONFIG: u8 = 3;
+        /// An interrupt-acknowledge (INTA) cycle of the guest's 8259 pair, posted for the
+        /// boot vCPU when it takes the PIC's INTR (see
+        /// [`crate::hypercall::GUEST_PIC_INTR`]): `address` 0, `size` 1, direction
+        /// `READ`. The service partition acknowledges the PIC's highest request (IRR to
+        /// ISR, the cascade, the spurious IR7 vector when nothing requests) and replies
+        /// `DONE` with the vector in `data`, or `FAILED` when the PIC gives no vector
+        /// (uninitialized, MCS-80 mode): then no interrupt is delivered.
+        pub const INTERRUPT_ACK: u8 = 4;
     }
 
     /// Access direction, from the guest's point of view.

@@ -1,7 +1,8 @@
 //! What to deliver into a guest on the next VM entry, and when to come back for the rest.
 //!
 //! The hypervisor keeps a vCPU's pending interrupts in its virtual LAPIC (and a pending
-//! NMI beside it). Before each VM entry [`plan_entry`] decides, from the guest's
+//! NMI beside it); the boot vCPU may also have the 8259's INTR on its LINT0 pin (ExtINT,
+//! see `VirtualLapic::passes_pic_intr`). Before each VM entry [`plan_entry`] decides, from the guest's
 //! interruptibility, whether one of them can be injected now (SDM Vol. 3C 27.6, "Event
 //! injection") or whether the guest must first reach an instruction boundary where it
 //! can take it: then interrupt-window exiting (SDM 26.7.5) or NMI-window exiting (SDM
@@ -40,6 +41,21 @@ pub enum Event {
     Nmi,
     /// A maskable external interrupt with this vector (16..=255).
     External(u8),
+    /// The 8259's INTR through LINT0 (ExtINT): the caller runs an interrupt-acknowledge
+    /// cycle of the PIC and injects the vector it answers as a maskable external
+    /// interrupt, which the LAPIC does not track (no IRR/ISR bit, no LAPIC EOI).
+    ExtInt,
+}
+
+/// What is waiting for the vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pending {
+    /// A virtual NMI.
+    pub nmi: bool,
+    /// The 8259's INTR is high and the LAPIC passes it on (LINT0 in virtual-wire mode).
+    pub extint: bool,
+    /// The highest deliverable LAPIC vector (already filtered by the PPR).
+    pub interrupt: Option<u8>,
 }
 
 /// The decision for one VM entry.
@@ -52,21 +68,18 @@ pub struct EntryPlan {
     pub nmi_window: bool,
 }
 
-/// Decides what to inject. `nmi_pending` is a pending virtual NMI, `interrupt` the
-/// highest deliverable LAPIC vector (already filtered by the PPR), and
-/// `nmi_window_supported` whether the CPU has NMI-window exiting (without it an
-/// interrupt window is the fallback: it opens no earlier than an NMI could be taken).
+/// Decides what to inject from what is `pending`; `nmi_window_supported` says whether
+/// the CPU has NMI-window exiting (without it an interrupt window is the fallback: it
+/// opens no earlier than an NMI could be taken).
 ///
 /// Rules (SDM 27.3.1.5 and 6.7.1): an NMI needs no blocking by STI, MOV SS or NMI; a
-/// maskable interrupt needs RFLAGS.IF = 1 and no blocking by STI or MOV SS. NMIs go
-/// before maskable interrupts.
+/// maskable interrupt (ExtINT or a LAPIC vector) needs RFLAGS.IF = 1 and no blocking by
+/// STI or MOV SS. NMIs go before maskable interrupts; ExtINT goes before the LAPIC's
+/// vectors (it bypasses the LAPIC's priority logic, as KVM and QEMU deliver it too).
+/// Whatever maskable interrupt is left waiting asks for an interrupt window.
 #[must_use]
-pub fn plan_entry(
-    state: GuestEventState,
-    nmi_pending: bool,
-    interrupt: Option<u8>,
-    nmi_window_supported: bool,
-) -> EntryPlan {
+pub fn plan_entry(state: GuestEventState, pending: Pending, nmi_window_supported: bool) -> EntryPlan {
+    let Pending { nmi: nmi_pending, extint, interrupt } = pending;
     use interruptibility::{BLOCKING_BY_MOV_SS, BLOCKING_BY_NMI, BLOCKING_BY_STI};
     let shadow = state.interruptibility & (BLOCKING_BY_STI | BLOCKING_BY_MOV_SS) != 0;
     let nmi_blocked = state.event_queued || shadow || state.interruptibility & BLOCKING_BY_NMI != 0;
@@ -83,9 +96,10 @@ pub fn plan_entry(
             plan.inject = Some(Event::Nmi);
         }
     }
-    if let Some(vector) = interrupt {
+    let maskable = [extint.then_some(Event::ExtInt), interrupt.map(Event::External)];
+    for event in maskable.into_iter().flatten() {
         if plan.inject.is_none() && !interrupt_blocked {
-            plan.inject = Some(Event::External(vector));
+            plan.inject = Some(event);
         } else {
             plan.interrupt_window = true;
         }
@@ -118,16 +132,58 @@ mod tests {
 
     const OPEN: GuestEventState =
         GuestEventState { interrupts_enabled: true, interruptibility: 0, event_queued: false };
+    const NMI: Pending = Pending { nmi: true, extint: false, interrupt: None };
+    const EXTINT: Pending = Pending { nmi: false, extint: true, interrupt: None };
+
+    fn lapic(vector: u8) -> Pending {
+        Pending { interrupt: Some(vector), ..Pending::default() }
+    }
+
+    #[test]
+    fn extint_goes_before_lapic_vectors_and_after_nmis() {
+        assert_eq!(plan_entry(OPEN, EXTINT, true), EntryPlan { inject: Some(Event::ExtInt), ..Default::default() });
+        // A LAPIC vector waits for a window behind the ExtINT.
+        let both = Pending { extint: true, ..lapic(0xf0) };
+        assert_eq!(
+            plan_entry(OPEN, both, true),
+            EntryPlan { inject: Some(Event::ExtInt), interrupt_window: true, nmi_window: false }
+        );
+        // An NMI goes first; the ExtINT waits for the window.
+        let all = Pending { nmi: true, ..both };
+        assert_eq!(
+            plan_entry(OPEN, all, true),
+            EntryPlan { inject: Some(Event::Nmi), interrupt_window: true, nmi_window: false }
+        );
+    }
+
+    #[test]
+    fn extint_is_masked_by_if_and_the_interrupt_shadow() {
+        for state in [
+            GuestEventState { interrupts_enabled: false, ..OPEN },
+            GuestEventState { interruptibility: BLOCKING_BY_STI, ..OPEN },
+            GuestEventState { interruptibility: BLOCKING_BY_MOV_SS, ..OPEN },
+            GuestEventState { event_queued: true, ..OPEN },
+        ] {
+            assert_eq!(
+                plan_entry(state, EXTINT, true),
+                EntryPlan { inject: None, interrupt_window: true, nmi_window: false },
+                "{state:?}"
+            );
+        }
+        // Blocking by NMI does not block it.
+        let state = GuestEventState { interruptibility: BLOCKING_BY_NMI, ..OPEN };
+        assert_eq!(plan_entry(state, EXTINT, true).inject, Some(Event::ExtInt));
+    }
 
     #[test]
     fn an_open_guest_takes_the_interrupt() {
-        let plan = plan_entry(OPEN, false, Some(0x40), true);
+        let plan = plan_entry(OPEN, lapic(0x40), true);
         assert_eq!(plan, EntryPlan { inject: Some(Event::External(0x40)), ..Default::default() });
     }
 
     #[test]
     fn nothing_pending_means_nothing_to_do() {
-        assert_eq!(plan_entry(OPEN, false, None, true), EntryPlan::default());
+        assert_eq!(plan_entry(OPEN, Pending::default(), true), EntryPlan::default());
     }
 
     #[test]
@@ -138,7 +194,7 @@ mod tests {
             GuestEventState { interruptibility: BLOCKING_BY_MOV_SS, ..OPEN },
             GuestEventState { event_queued: true, ..OPEN },
         ] {
-            let plan = plan_entry(state, false, Some(0x40), true);
+            let plan = plan_entry(state, lapic(0x40), true);
             assert_eq!(plan, EntryPlan { inject: None, interrupt_window: true, nmi_window: false }, "{state:?}");
         }
     }
@@ -146,24 +202,24 @@ mod tests {
     #[test]
     fn nmi_blocking_does_not_block_maskable_interrupts() {
         let state = GuestEventState { interruptibility: BLOCKING_BY_NMI, ..OPEN };
-        assert_eq!(plan_entry(state, false, Some(0x40), true).inject, Some(Event::External(0x40)));
+        assert_eq!(plan_entry(state, lapic(0x40), true).inject, Some(Event::External(0x40)));
     }
 
     #[test]
     fn nmi_goes_first_and_ignores_if() {
         let state = GuestEventState { interrupts_enabled: false, ..OPEN };
-        let plan = plan_entry(state, true, Some(0x40), true);
+        let plan = plan_entry(state, Pending { nmi: true, ..lapic(0x40) }, true);
         assert_eq!(plan, EntryPlan { inject: Some(Event::Nmi), interrupt_window: true, nmi_window: false });
     }
 
     #[test]
     fn blocked_nmi_waits_for_its_window() {
         let state = GuestEventState { interruptibility: BLOCKING_BY_NMI, ..OPEN };
-        assert_eq!(plan_entry(state, true, None, true), EntryPlan { nmi_window: true, ..Default::default() });
+        assert_eq!(plan_entry(state, NMI, true), EntryPlan { nmi_window: true, ..Default::default() });
         // Without NMI-window exiting the interrupt window stands in.
-        assert_eq!(plan_entry(state, true, None, false), EntryPlan { interrupt_window: true, ..Default::default() });
+        assert_eq!(plan_entry(state, NMI, false), EntryPlan { interrupt_window: true, ..Default::default() });
         // A maskable interrupt can still go in while the NMI waits.
-        assert_eq!(plan_entry(state, true, Some(0x30), true).inject, Some(Event::External(0x30)));
+        assert_eq!(plan_entry(state, Pending { nmi: true, ..lapic(0x30) }, true).inject, Some(Event::External(0x30)));
     }
 
     #[test]
@@ -193,11 +249,11 @@ mod tests {
 
         /// An injected maskable interrupt always meets the SDM's entry conditions.
         #[test]
-        fn injections_are_legal(enabled: bool, bits in 0u32..16, queued: bool, nmi: bool, vector in proptest::option::of(16u8..=255)) {
+        fn injections_are_legal(enabled: bool, bits in 0u32..16, queued: bool, nmi: bool, extint: bool, vector in proptest::option::of(16u8..=255)) {
             let state = GuestEventState { interrupts_enabled: enabled, interruptibility: bits, event_queued: queued };
-            let plan = plan_entry(state, nmi, vector, true);
+            let plan = plan_entry(state, Pending { nmi, extint, interrupt: vector }, true);
             match plan.inject {
-                Some(Event::External(_)) => {
+                Some(Event::External(_) | Event::ExtInt) => {
                     prop_assert!(enabled && !queued && bits & (BLOCKING_BY_STI | BLOCKING_BY_MOV_SS) == 0);
                 }
                 Some(Event::Nmi) => prop_assert!(!queued && bits & (BLOCKING_BY_STI | BLOCKING_BY_MOV_SS | BLOCKING_BY_NMI) == 0),
@@ -210,6 +266,13 @@ mod tests {
             }
             if vector.is_some() && !matches!(plan.inject, Some(Event::External(_))) {
                 prop_assert!(plan.interrupt_window);
+            }
+            if extint && plan.inject != Some(Event::ExtInt) {
+                prop_assert!(plan.interrupt_window);
+            }
+            // ExtINT goes before the LAPIC's vector.
+            if extint && matches!(plan.inject, Some(Event::External(_))) {
+                prop_assert!(false, "a LAPIC vector went before the ExtINT");
             }
         }
     }

@@ -34,6 +34,8 @@ pub struct Request {
 pub enum PostError {
     BadKind,
     BadSize,
+    /// An interrupt acknowledge is a one-byte read at address 0.
+    BadInterruptAck,
 }
 
 /// The outcome of an accepted reply.
@@ -78,8 +80,11 @@ pub use crate::mmio_decode::size_mask;
 
 /// The slot that posts `request` as number `sequence`.
 pub fn post(request: &Request, sequence: u64) -> Result<IoRequestSlot, PostError> {
-    if !matches!(request.kind, kind::PORT | kind::MMIO | kind::PCI_CONFIG) {
+    if !matches!(request.kind, kind::PORT | kind::MMIO | kind::PCI_CONFIG | kind::INTERRUPT_ACK) {
         return Err(PostError::BadKind);
+    }
+    if request.kind == kind::INTERRUPT_ACK && (request.write || request.size != 1 || request.address != 0) {
+        return Err(PostError::BadInterruptAck);
     }
     if !matches!(request.size, 1 | 2 | 4 | 8) || (request.kind == kind::PORT && request.size == 8) {
         return Err(PostError::BadSize);
@@ -264,6 +269,46 @@ pub mod deferred {
     }
 }
 
+/// The interrupt-acknowledge request of `vcpu` of guest VM `vm`
+/// (`hv_abi::io_request::kind::INTERRUPT_ACK`): a one-byte read at address 0.
+#[must_use]
+pub const fn interrupt_ack(vm: u32, vcpu: u32) -> Request {
+    Request { kind: kind::INTERRUPT_ACK, address: 0, size: 1, write: false, data: 0, vm, vcpu }
+}
+
+/// Why an interrupt acknowledge delivers no interrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptAckError {
+    /// The service partition's reply failed validation.
+    Refused(ReplyError),
+    /// The service partition answered `FAILED`: its PIC gave no vector (uninitialized,
+    /// or not in 8086 mode).
+    NoVector,
+    /// Not the completion of a read (cannot come from [`validate_reply`] for a posted
+    /// interrupt acknowledge; checked anyway).
+    NotARead,
+    /// The service partition answered `DEFERRED`: an interrupt acknowledge must be
+    /// answered at once (the vector is injected on the entry being prepared).
+    Deferred,
+}
+
+/// The vector of a validated interrupt-acknowledge reply: the 8259's answer, any byte.
+/// Every vector is accepted, as the CPU takes whatever the 8259 puts on the bus: a
+/// real-mode guest's PIC uses 0x08-0x0F and 0x70-0x77 (the BIOS layout), a protected-mode
+/// guest remaps it; VM entry accepts any vector for an external interrupt (SDM 26.2.1.3).
+/// [`validate_reply`] has already refused data wider than the one-byte access.
+pub fn interrupt_ack_vector(reply: Result<Reply, ReplyError>) -> Result<u8, InterruptAckError> {
+    match reply {
+        Ok(Reply::Completed(Completion::Read(value))) => {
+            u8::try_from(value).map_err(|_| InterruptAckError::Refused(ReplyError::DataTooWide))
+        }
+        Ok(Reply::Completed(Completion::Failed)) => Err(InterruptAckError::NoVector),
+        Ok(Reply::Completed(Completion::Written)) => Err(InterruptAckError::NotARead),
+        Ok(Reply::Deferred) => Err(InterruptAckError::Deferred),
+        Err(why) => Err(InterruptAckError::Refused(why)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +335,47 @@ mod tests {
         assert_eq!(posted.data, 0xbeef);
         let reply = IoRequestSlot { status: status::DONE, data: 0x1234, ..posted };
         assert_eq!(validate_reply(&posted, &reply), Ok(Reply::Completed(Completion::Written)));
+    }
+
+    #[test]
+    fn an_interrupt_acknowledge_round_trip() {
+        let posted = post(&interrupt_ack(2, 0), 9).unwrap();
+        assert_eq!(
+            (posted.kind, posted.size, posted.direction, posted.address, posted.status),
+            (kind::INTERRUPT_ACK, 1, direction::READ, 0, status::PENDING)
+        );
+        let answer = |slot: IoRequestSlot| interrupt_ack_vector(validate_reply(&posted, &slot));
+        assert_eq!(answer(IoRequestSlot { data: 0x20, status: status::DONE, ..posted }), Ok(0x20));
+        assert_eq!(answer(IoRequestSlot { data: 0xff, status: status::DONE, ..posted }), Ok(0xff));
+        assert_eq!(answer(IoRequestSlot { data: 0x08, status: status::DONE, ..posted }), Ok(0x08));
+        assert_eq!(answer(IoRequestSlot { status: status::FAILED, ..posted }), Err(InterruptAckError::NoVector));
+        assert_eq!(
+            answer(IoRequestSlot { data: 0x120, status: status::DONE, ..posted }),
+            Err(InterruptAckError::Refused(ReplyError::DataTooWide))
+        );
+        assert_eq!(answer(posted), Err(InterruptAckError::Refused(ReplyError::NotAnswered)));
+        assert_eq!(
+            answer(IoRequestSlot { kind: kind::PORT, data: 0x20, status: status::DONE, ..posted }),
+            Err(InterruptAckError::Refused(ReplyError::RequestChanged))
+        );
+        assert_eq!(
+            answer(IoRequestSlot { size: 4, data: 0x20, status: status::DONE, ..posted }),
+            Err(InterruptAckError::Refused(ReplyError::RequestChanged))
+        );
+        assert_eq!(interrupt_ack_vector(Ok(Reply::Completed(Completion::Written))), Err(InterruptAckError::NotARead));
+        assert_eq!(answer(IoRequestSlot { status: status::DEFERRED, ..posted }), Err(InterruptAckError::Deferred));
+        assert_eq!(
+            interrupt_ack_vector(Ok(Reply::Completed(Completion::Read(0x100)))),
+            Err(InterruptAckError::Refused(ReplyError::DataTooWide))
+        );
+        // Only the one form posts.
+        for bad in [
+            Request { write: true, ..interrupt_ack(0, 0) },
+            Request { size: 2, ..interrupt_ack(0, 0) },
+            Request { address: 0x20, ..interrupt_ack(0, 0) },
+        ] {
+            assert_eq!(post(&bad, 1), Err(PostError::BadInterruptAck), "{bad:?}");
+        }
     }
 
     #[test]
@@ -459,6 +545,20 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever the service partition writes into an interrupt acknowledge's slot,
+        /// the outcome is a byte vector or a refusal.
+        #[test]
+        fn any_interrupt_ack_reply_is_safe(bytes in proptest::collection::vec(any::<u8>(), SLOT_BYTES)) {
+            let posted = post(&interrupt_ack(1, 0), 3).unwrap();
+            let mut raw = [0u8; SLOT_BYTES];
+            raw.copy_from_slice(&bytes);
+            let reply = IoRequestSlot::from_bytes(&raw);
+            if let Ok(vector) = interrupt_ack_vector(validate_reply(&posted, &reply)) {
+                prop_assert_eq!(u64::from(vector), reply.data);
+                prop_assert_eq!(reply.status, status::DONE);
+            }
+        }
+
         /// Whatever the service partition writes into the slot, the outcome is either a
         /// refusal or one that fits the posted request.
         #[test]

@@ -89,6 +89,11 @@ pub mod esr {
 pub const LVT_MASKED: u32 = 1 << 16;
 /// SVR bit 8: APIC software enable (SDM 11.9, figure 11-23).
 pub const SVR_APIC_ENABLED: u32 = 1 << 8;
+/// LVT delivery mode, bits 10:8 (SDM 11.5.1, figure 11-8).
+pub const LVT_DELIVERY_MODE: u32 = 0b111 << 8;
+/// LVT delivery mode ExtINT (111b): the processor answers the interrupt with an INTA
+/// cycle to the external controller (the 8259), which supplies the vector (SDM 11.5.1).
+pub const LVT_DELIVERY_EXTINT: u32 = 0b111 << 8;
 
 /// Writable bits of the LVT entries (SDM 11.5.1, figure 11-8); delivery status (bit 12) and
 /// remote IRR (bit 14) are read-only and always read 0 here.
@@ -575,6 +580,31 @@ impl VirtualLapic {
     #[must_use]
     pub fn is_enabled(&self) -> bool {
         self.mode != ApicMode::Disabled && self.software_enabled()
+    }
+
+    /// Whether the INTR output of an 8259 wired to this LAPIC's LINT0 pin reaches the
+    /// processor (the PC's virtual-wire wiring, MP specification 1.4 section 3.6.2.2):
+    /// - the LAPIC is hardware-disabled (IA32_APIC_BASE.EN = 0): the processor is then
+    ///   "functionally equivalent to an IA-32 processor without an on-chip APIC"
+    ///   (SDM 11.4.3), so the pin is its INTR input;
+    /// - the LAPIC is software-disabled (SVR bit 8 clear, its state from power-up and
+    ///   INIT): passed through. A PC's firmware puts the boot processor in virtual-wire
+    ///   mode before it boots anything, and guests here start without firmware, so the
+    ///   reset state stands in for it (KVM gets the same effect from an ExtINT LVT LINT0
+    ///   reset value on the boot vCPU). An operating system that sets the LAPIC up
+    ///   programs LINT0 itself;
+    /// - the LAPIC is enabled: LVT LINT0 must be unmasked with delivery mode ExtINT
+    ///   (SDM 11.5.1). Fixed, NMI or other modes on LINT0 are not wired to the 8259.
+    ///
+    /// ExtINT is not subject to the task priority and is not recorded in IRR or ISR: the
+    /// vector comes from the 8259's INTA cycle and the guest ends it at the 8259.
+    #[must_use]
+    pub fn passes_pic_intr(&self) -> bool {
+        if !self.is_enabled() {
+            return true;
+        }
+        let lint0 = self.lvt[Lvt::Lint0 as usize];
+        lint0 & LVT_MASKED == 0 && lint0 & LVT_DELIVERY_MODE == LVT_DELIVERY_EXTINT
     }
 
     /// Spurious-interrupt vector, SVR bits 7:0 (SDM 11.9).
@@ -1230,6 +1260,44 @@ mod tests {
         let mut l = enabled(id);
         l.set_apic_base(DEFAULT_APIC_BASE | APIC_BASE_EN | APIC_BASE_EXTD).unwrap();
         l
+    }
+
+    #[test]
+    fn the_pic_reaches_the_processor_through_lint0_in_virtual_wire_mode() {
+        // Power-up: software-disabled, LINT0 masked; the 8259's INTR passes (the reset
+        // state stands in for the firmware's virtual-wire set-up).
+        let mut l = lapic(0);
+        assert!(!l.is_enabled() && l.lvt(Lvt::Lint0) & LVT_MASKED != 0);
+        assert!(l.passes_pic_intr());
+        // Software-enabled: LINT0 decides. Masked (reset value) blocks.
+        l.write(reg::SVR, 0x1FF, 0).unwrap();
+        assert!(!l.passes_pic_intr());
+        // Unmasked ExtINT (Linux's and SeaBIOS's virtual wire: 0x700) passes, also level
+        // and active-low (bits 15 and 13 do not matter here).
+        for value in [0x700, 0x8700, 0xA700] {
+            l.write(reg::LVT_LINT0, value, 0).unwrap();
+            assert!(l.passes_pic_intr(), "{value:#x}");
+        }
+        // Masked ExtINT (Linux's "ExtINT masked on CPU0" with the I/O APIC), fixed, NMI
+        // and the reserved modes do not.
+        for value in [0x1_0700, 0x0030, 0x0400, 0x0100, 0x0300, 0x0600] {
+            l.write(reg::LVT_LINT0, value, 0).unwrap();
+            assert!(!l.passes_pic_intr(), "{value:#x}");
+        }
+        // Software disable masks LINT0 (SDM 11.4.7.2), and the pin passes through again.
+        l.write(reg::LVT_LINT0, 0x700, 0).unwrap();
+        l.write(reg::SVR, 0xFF, 0).unwrap();
+        assert_ne!(l.lvt(Lvt::Lint0) & LVT_MASKED, 0);
+        assert!(l.passes_pic_intr());
+        // Hardware-disabled: the pin is the processor's INTR (SDM 11.4.3).
+        let mut l = enabled(0);
+        l.set_apic_base(DEFAULT_APIC_BASE).unwrap();
+        assert!(l.passes_pic_intr());
+        // x2APIC mode follows the same LINT0 rule.
+        let mut l = x2(0);
+        assert!(!l.passes_pic_intr());
+        l.write_msr(msr(reg::LVT_LINT0), 0x700, 0).unwrap();
+        assert!(l.passes_pic_intr());
     }
 
     #[test]

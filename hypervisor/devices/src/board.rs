@@ -43,10 +43,12 @@
 //! its [`PicPair`] (so a guest that programs the 8259s sees the requests in IRR) and
 //! passes it on to the platform around the board as an I/O APIC input, GSI
 //! [`isa_irq_to_gsi`] (IRQ 0 → GSI 2, the MADT's interrupt source override, as on
-//! QEMU's PIIX machines; every other IRQ n → GSI n). The pair's INT output goes
-//! nowhere yet: there is no ExtINT delivery (a later virtual-PIC path would use
-//! [`PcBoard::pic_mut`]). Power and reset requests ([`PlatformRequest`]) pass through
-//! unchanged.
+//! QEMU's PIIX machines; every other IRQ n → GSI n). The pair's INT output
+//! ([`PcBoard::pic`], `PicPair::output`) is the owner's to watch: the service partition
+//! reports it to the hypervisor, which wires it to the boot vCPU's LINT0 (ExtINT), and
+//! answers the hypervisor's interrupt-acknowledge requests with
+//! [`PcBoard::pic_mut`]`.acknowledge()`. Power and reset requests ([`PlatformRequest`])
+//! pass through unchanged.
 //!
 //! **Time.** As everywhere in the crate, `now` is [`Nanos`] since the board was
 //! created; time never goes back for a device. Every access lets its own device catch
@@ -671,6 +673,50 @@ mod tests {
             assert_eq!(kind.abi_device(), Some(device));
             assert_eq!(kind.isa_irq(), device.isa_irq, "{}", device.name);
         }
+    }
+
+    /// The virtual-wire path the service partition drives: the PIC's INTR output
+    /// follows the PIT through timer ticks and the guest's port writes (IMR, EOI), and
+    /// an INTA cycle (`pic_mut().acknowledge()`) gives the Linux vectors.
+    #[test]
+    fn the_pic_output_follows_ticks_port_writes_and_inta() {
+        let mut r = Rig::new();
+        for (cmd, data, base, icw3) in [(0x20, 0x21, 0x20, 0x04), (0xA0, 0xA1, 0x28, 0x02)] {
+            r.out(cmd, 1, 0x11);
+            r.out(data, 1, base);
+            r.out(data, 1, icw3);
+            r.out(data, 1, 0x01);
+        }
+        r.out(0x21, 1, 0xFF);
+        // PIT counter 0, mode 2, divisor 1193 (about 1 ms).
+        r.out(0x43, 1, 0x34);
+        r.out(0x40, 1, 1193 & 0xFF);
+        r.out(0x40, 1, 1193 >> 8);
+        r.board.tick(5_000_000, &mut r.platform);
+        assert!(!r.board.pic().output(), "IRQ 0 masked: INTR low");
+        r.out_at(0x21, 1, 0xFE, 5_000_000);
+        assert!(r.board.pic().output(), "unmasking the latched IRQ 0 raises INTR");
+        assert_eq!(r.board.pic_mut().acknowledge(), Some(0x20));
+        assert!(!r.board.pic().output(), "IRQ 0 in service: INTR low");
+        r.board.tick(7_000_000, &mut r.platform);
+        assert!(!r.board.pic().output(), "a new IRQ 0 waits for the EOI");
+        r.out_at(0x20, 1, 0x20, 7_000_000);
+        assert!(r.board.pic().output(), "after the EOI the pending IRQ 0 raises INTR");
+        assert_eq!(r.board.pic_mut().acknowledge(), Some(0x20));
+        r.out_at(0x20, 1, 0x20, 7_000_000);
+        assert!(!r.board.pic().output());
+        // Nothing requesting: the INTA gives the master's IR7 vector (spurious IRQ 7).
+        assert_eq!(r.board.pic_mut().acknowledge(), Some(0x27));
+        // The RTC's periodic IRQ 8 through the cascade.
+        r.out(0x21, 1, 0xFB);
+        r.out(0xA1, 1, 0xFE);
+        r.out(0x70, 1, 0x0A);
+        r.out(0x71, 1, 0x26);
+        r.out(0x70, 1, 0x0B);
+        r.out(0x71, 1, 0x42);
+        r.board.tick(9_000_000, &mut r.platform);
+        assert!(r.board.pic().output(), "RTC IRQ 8 through IR2 raises INTR");
+        assert_eq!(r.board.pic_mut().acknowledge(), Some(0x28));
     }
 
     #[test]
