@@ -150,14 +150,24 @@ impl Platform for Wire<'_> {
     }
 }
 
-/// Performs a power request for guest VM `id`.
-fn power(id: VmId, request: PlatformRequest) {
-    let (action, code) = match request {
-        PlatformRequest::PowerOff => (power::OFF, 0),
-        PlatformRequest::Reset => (power::RESET, 0),
-        PlatformRequest::Exit(code) => (power::OFF, u64::from(code)),
-    };
-    raw_hypercall(hc::GUEST_POWER, u64::from(id.0), action, code, 0);
+/// Performs a power-off request for guest VM `id` (a reset is a reboot: see
+/// [`settle`]).
+fn power_off(id: VmId, code: u64) {
+    raw_hypercall(hc::GUEST_POWER, u64::from(id.0), power::OFF, code, 0);
+}
+
+/// A reset that [`settle`] left for the caller: performed with
+/// `crate::builder::reboot` once the VM's lock is released.
+#[must_use]
+struct PendingReset(Option<VmId>);
+
+impl PendingReset {
+    /// Reboots the guest, if it asked for a reset. Call without holding any VM's lock.
+    fn perform(self) {
+        if let Some(id) = self.0 {
+            crate::builder::reboot(id);
+        }
+    }
 }
 
 /// One table entry: a spin lock and the VM it guards.
@@ -208,10 +218,11 @@ static TABLE: [Entry; MAX_VMS as usize] = [const { Entry::new() }; MAX_VMS as us
 /// for the locking): under the VM's lock, the board is looked up (created on the VM's
 /// first request, replaced when the id's generation changed), brought to now with
 /// `tick`, and handed to `f` with the time and the wiring; then the console output is
-/// drained, a power request is performed and [`next_wake`] is updated ([`settle`]).
+/// drained, a power-off request is performed and [`next_wake`] is updated
+/// ([`settle`]); a reset request reboots the guest after the lock is released.
 /// `None` when the table does not cover the VM.
 fn access<R>(id: VmId, f: impl FnOnce(&mut PcBoard, Nanos, &mut Wire<'_>) -> R) -> Option<R> {
-    with_vm(id, |vm| {
+    let (result, reset) = with_vm(id, |vm| {
         let now = crate::clock::now().max(vm.last_now);
         vm.last_now = now;
         let mut wire = Wire { id, lines: &mut vm.lines, power: None };
@@ -223,9 +234,11 @@ fn access<R>(id: VmId, f: impl FnOnce(&mut PcBoard, Nanos, &mut Wire<'_>) -> R) 
             vm.board.tick(now, &mut wire);
         }
         let request = wire.power;
-        settle(vm, request);
-        result
-    })
+        let reset = settle(vm, request);
+        (result, reset)
+    })?;
+    reset.perform();
+    Some(result)
 }
 
 /// Runs `f` on the table entry of guest VM `id` under its lock: the entry is created on
@@ -252,25 +265,52 @@ pub fn input_room(id: VmId) -> usize {
 /// queue's room are dropped (the caller asks for no more than [`input_room`], except
 /// when the queue is full: see `crate::console`). Returns how many were queued.
 pub fn queue_input(id: VmId, bytes: &[u8]) -> usize {
-    with_vm(id, |vm| {
+    let Some((queued, reset)) = with_vm(id, |vm| {
         let queued = vm.input.extend(bytes);
+        let mut reset = PendingReset(None);
         if Vm::feed_input(&mut vm.board, &mut vm.input) {
             let now = crate::clock::now().max(vm.last_now);
             vm.last_now = now;
             let mut wire = Wire { id: vm.id, lines: &mut vm.lines, power: None };
             vm.board.tick(now, &mut wire);
             let request = wire.power;
-            settle(vm, request);
+            reset = settle(vm, request);
         }
-        queued
-    })
-    .unwrap_or(0)
+        (queued, reset)
+    }) else {
+        return 0;
+    };
+    reset.perform();
+    queued
+}
+
+/// After `VM_RESET` held guest VM `id`'s vCPUs: its board goes through a system reset
+/// (`PcBoard::reset`: every device back to power-on, the RTC/CMOS clock and NVRAM
+/// kept), after its console output is sent; every interrupt line still high is
+/// lowered, so the levels the hypervisor's I/O APIC holds and [`Vm::lines`] agree
+/// (the I/O APIC itself was reset by `VM_RESET`; lowering a low pin changes nothing).
+/// Console input waiting for the UART stays queued: it was typed for the guest.
+pub fn reset_board(id: VmId) {
+    with_vm(id, |vm| {
+        let now = crate::clock::now().max(vm.last_now);
+        vm.last_now = now;
+        vm.drain_console(true);
+        let mut wire = Wire { id, lines: &mut vm.lines, power: None };
+        vm.board.reset(now, &mut wire);
+        for gsi in 0..IOAPIC_PINS {
+            if *wire.lines & (1 << gsi) != 0 {
+                wire.set_irq(gsi as u8, false);
+            }
+        }
+    });
 }
 
 /// What follows every access and every timer tick of a VM: its console output is
-/// drained (all of it when a power request ends the guest), the power request (if
-/// any) is performed, and the board's next event lowers [`next_wake`].
-fn settle(vm: &mut Vm, request: Option<PlatformRequest>) {
+/// drained (all of it when a power request ends or resets the guest), a power-off
+/// request is performed, and the board's next event lowers [`next_wake`]. A reset
+/// request is returned: the caller reboots the guest once it has released the VM's
+/// lock ([`PendingReset::perform`]).
+fn settle(vm: &mut Vm, request: Option<PlatformRequest>) -> PendingReset {
     // Most accesses write nothing to the console: no output, no partial line waiting.
     if vm.board.console_output_len() > 0 || request.is_some() {
         vm.drain_console(request.is_some());
@@ -284,12 +324,16 @@ fn settle(vm: &mut Vm, request: Option<PlatformRequest>) {
             lower_next_wake(due);
         }
     }
-    if let Some(request) = request {
-        power(vm.id, request);
-    }
     if let Some(next) = vm.board.next_event() {
         lower_next_wake(next);
     }
+    match request {
+        Some(PlatformRequest::PowerOff) => power_off(vm.id, 0),
+        Some(PlatformRequest::Exit(code)) => power_off(vm.id, u64::from(code)),
+        Some(PlatformRequest::Reset) => return PendingReset(Some(vm.id)),
+        None => {}
+    }
+    PendingReset(None)
 }
 
 /// Lowers [`next_wake`] to `t` (a read, and an atomic update only when it is lower).
@@ -341,14 +385,17 @@ pub fn next_wake() -> Option<Nanos> {
 pub fn tick_all() {
     NEXT_WAKE.store(u64::MAX, Ordering::Release);
     for entry in &TABLE {
-        let mut guard = entry.lock();
-        let Some(vm) = guard.vm().as_mut() else { continue };
-        let now = crate::clock::now().max(vm.last_now);
-        vm.last_now = now;
-        Vm::feed_input(&mut vm.board, &mut vm.input);
-        let mut wire = Wire { id: vm.id, lines: &mut vm.lines, power: None };
-        vm.board.tick(now, &mut wire);
-        let request = wire.power;
-        settle(vm, request);
+        let reset = {
+            let mut guard = entry.lock();
+            let Some(vm) = guard.vm().as_mut() else { continue };
+            let now = crate::clock::now().max(vm.last_now);
+            vm.last_now = now;
+            Vm::feed_input(&mut vm.board, &mut vm.input);
+            let mut wire = Wire { id: vm.id, lines: &mut vm.lines, power: None };
+            vm.board.tick(now, &mut wire);
+            let request = wire.power;
+            settle(vm, request)
+        };
+        reset.perform();
     }
 }
