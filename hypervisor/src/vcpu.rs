@@ -585,9 +585,26 @@ pub fn restart(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Result<(), VmI
         // guest sees.
         unsafe { x86_64::registers::model_specific::Msr::new(address).write(0) };
     }
+    reset_xcr0();
     vcpu.lapic_dirty.store(true, Ordering::Release);
     vcpu.request_attention(crate::partition::attention::ALL);
     Ok(())
+}
+
+/// CR4.OSXSAVE (SDM Vol. 3A 2.5).
+const CR4_OSXSAVE: u64 = 1 << 18;
+
+/// XCR0 back to its value after RESET, x87 only (SDM Vol. 3A 9.1.1, table 9-1): a
+/// guest's XSETBV stays loaded on its CPU (`dispatch::handle_xsetbv`), and the rebooted
+/// guest must not find its previous boot's XCR0.
+fn reset_xcr0() {
+    if x86_64::registers::control::Cr4::read_raw() & CR4_OSXSAVE == 0 {
+        return;
+    }
+    // SAFETY: CR4.OSXSAVE is set in the host (checked), so XSETBV is allowed in VMX root
+    // operation; XCR0 = 1 (x87 only) is valid on every CPU with XSAVE (SDM Vol. 1
+    // 13.3), and the hypervisor itself never uses extended state.
+    unsafe { core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") 1u32, in("edx") 0u32, options(nostack)) };
 }
 
 /// The passthrough MSRs that no VMCS area switches (`hv_core::virt_msr`) and that a

@@ -36,12 +36,17 @@
 //!   port 0x64, the 8042's pulse-reset command);
 //! - boot 3 (0xB2): the same checks, then it powers off through PM1a control as above.
 //!
-//! Any other byte fails.
+//! Any other byte fails. With a second vCPU, every one of these boots first checks that
+//! the AP is not running (it waits for INIT and start-up IPIs again after a reset: its
+//! spin counter, a variable of the image, stays 0), then starts it with INIT, SIPI,
+//! SIPI and waits until it spins with interrupts off, so that each reset has to stop a
+//! vCPU that runs guest code on another CPU.
 //!
 //! Expected console lines (prefix = the partition's name in the config, e.g. `[acpi]`),
 //! with the platform of `hv_tables::PlatformDesc::pc_defaults`:
 //! ```text
 //! [acpi] acpi: boot N (CMOS 0x48 = 0x..)                 (not with 16 MiB)
+//! [acpi] acpi: boot N: the AP is running                 (with a second vCPU)
 //! [acpi] acpi: RSDP at 0x..., XSDT with 2 tables
 //! [acpi] acpi: MADT: N CPUs, IOAPIC at 0xfec00000
 //! [acpi] acpi: FADT: PM1a_CNT 0x604, PM_TMR 0x608, reset 0xcf9=6
@@ -147,6 +152,12 @@ const KBD_PULSE_RESET: u8 = 0xFE;
 const RAM_MARK: u64 = 0x5245_424F_4F54_4D4B;
 /// A variable of the image (`.bss`, 0 as loaded).
 static IMAGE_MARK: AtomicU64 = AtomicU64::new(0);
+/// How often the AP went round its loop (`.bss`, 0 as loaded).
+static AP_SPINS: AtomicU64 = AtomicU64::new(0);
+/// How long the AP must stay still at the start of a boot, and how long it may take to
+/// start spinning once started.
+const AP_STILL_US: u64 = 2_000;
+const AP_START_US: u64 = 200_000;
 
 /// The RAM size with which the guest powers off (any other size resets).
 const POWER_OFF_RAM: u64 = 16 << 20;
@@ -434,6 +445,39 @@ fn start_of_boot(c: &mut Checks, ram_bytes: u64) -> u8 {
     boot
 }
 
+/// The AP's code: count, with interrupts off (as `start_aps` enters it), forever.
+extern "C" fn ap_spin(_apic_id: u32) -> ! {
+    loop {
+        AP_SPINS.fetch_add(1, Ordering::Relaxed);
+        core::hint::spin_loop();
+    }
+}
+
+/// With a second vCPU: checks that it does not run yet (after a reset it waits for a
+/// start-up IPI again), then starts it and waits until it runs guest code.
+fn start_ap(c: &mut Checks, boot: u8) {
+    if guest_rt::smp::vcpu_count() < 2 {
+        return;
+    }
+    delay_us(AP_STILL_US);
+    let spins = AP_SPINS.load(Ordering::Relaxed);
+    c.check(spins == 0, format_args!("boot {boot}: the AP ran {spins} loops before its start-up IPI"));
+    guest_rt::exceptions::install();
+    guest_rt::lapic::sync_mode();
+    guest_rt::lapic::enable();
+    let online = guest_rt::smp::start_aps(1, ap_spin);
+    let spinning = guest_rt::interrupts::wait_for(
+        || AP_SPINS.load(Ordering::Relaxed) > 0,
+        guest_rt::interrupts::us_to_tsc(AP_START_US),
+    );
+    if c.check(
+        online == 1 && spinning,
+        format_args!("boot {boot}: the AP came online ({online}) and runs ({spinning})"),
+    ) {
+        println!("acpi: boot {boot}: the AP is running");
+    }
+}
+
 /// Leaves what the next boot must not find, and the boot count it must find.
 fn before_reset(boot: u8, ram_bytes: u64) {
     IMAGE_MARK.store(RAM_MARK, Ordering::Relaxed);
@@ -450,6 +494,9 @@ pub extern "C" fn _start(_vcpu: u64, ram_bytes: u64) -> ! {
     let ram = Ram { bytes: ram_bytes };
     let mut c = Checks { ok: true };
     let boot = if ram_bytes == POWER_OFF_RAM { None } else { Some(start_of_boot(&mut c, ram_bytes)) };
+    if let Some(boot) = boot {
+        start_ap(&mut c, boot);
+    }
 
     // RSDP.
     let (rsdp_addr, rsdp) = find_rsdp(ram).unwrap_or_else(|| {
