@@ -418,7 +418,7 @@ pub fn hypercall_guest_power(caller: &'static Vcpu, id: u64, action: u64, code: 
         }
         service::power::RESET => {
             // The service partition reboots a guest with `VM_RESET`; this is the way out
-            // when it does not (a guest it cannot rebuild).
+            // when it does not (`on_reset = "stop"`, or a guest it did not build).
             log::info!("partition {}: reset through its platform; not rebooted, so it stops", vm.name);
             vm.stop(0);
         }

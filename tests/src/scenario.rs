@@ -353,6 +353,20 @@ fn service_scenarios() -> Vec<Scenario> {
             ],
         ),
         service_scenario(
+            "svc-reset-stop",
+            2,
+            "tests/configs/svc-reset-stop.toml",
+            1,
+            &[
+                "[once] acpi: boot 1 (CMOS 0x48 = 0x00)",
+                "[once] PASS guest-acpi",
+                "[once] acpi: boot 1: resetting through the FADT reset register (0xcf9 = 6)",
+                "[svc] service: partition once: on_reset = stop, so it is not rebooted",
+                "partition once: reset through its platform; not rebooted, so it stops",
+                "partition once: stopped itself (code 0)",
+            ],
+        ),
+        service_scenario(
             "svc-multiboot",
             2,
             "tests/configs/svc-multiboot.toml",

@@ -89,7 +89,7 @@ use hv_abi::hypercall as hc;
 use hv_abi::service::control::{info, VcpuStartState, START_STATE_BYTES};
 use hv_abi::service::{power, VmId, MAX_VMS, PAYLOAD_GPA, PAYLOAD_MAX_BYTES, POOL_GPA, POOL_MAX_BYTES};
 use hv_abi::start;
-use hv_core::boot_conf::{self, PartitionKind, PartitionSpec, ProblemKind, StartMode, MAX_VCPUS};
+use hv_core::boot_conf::{self, OnReset, PartitionKind, PartitionSpec, ProblemKind, StartMode, MAX_VCPUS};
 use hv_loader::linux::LinuxParams;
 use hv_loader::multiboot::MultibootParams;
 use hv_loader::{E820Entry, EntryState, GuestMemory, ImageKind, LoadError, Loaded};
@@ -394,16 +394,22 @@ impl Drop for BuilderLock {
 ///    others wait for SIPI (`VCPU_SET_STATE`), and `VCPU_START` releases them all.
 ///
 /// It prints `service: partition NAME: reboot N: KIND image loaded again, entry 0x..`.
-/// A guest the builder did not build (or whose rebuild fails) is stopped instead:
-/// `GUEST_POWER(RESET)` before step 1, `VM_STOP(vm, u64::MAX)` after it, with a line
-/// naming why. A `VM_RESET` that is refused (the guest is stopping, or another of its
-/// vCPUs is resetting it right now) leaves it alone.
+/// A guest whose line says `on_reset=stop`, or that the builder did not build, is
+/// stopped instead with `GUEST_POWER(RESET)` (the first with a line saying so); one
+/// whose rebuild fails after step 1 with `VM_STOP(vm, u64::MAX)` and a line naming why.
+/// A `VM_RESET` that is refused (the guest is stopping, or another of its vCPUs is
+/// resetting it right now) leaves it alone.
 pub fn reboot(id: VmId) {
     let Some(built) = BUILT.get(id) else {
         raw_hypercall(hc::GUEST_POWER, u64::from(id.0), power::RESET, 0, 0);
         return;
     };
     let name = built.spec.name;
+    if built.spec.on_reset == OnReset::Stop {
+        println!("service: partition {name}: on_reset = stop, so it is not rebooted");
+        raw_hypercall(hc::GUEST_POWER, u64::from(id.0), power::RESET, 0, 0);
+        return;
+    }
     let reboot = match call("VM_RESET", hc::VM_RESET, u64::from(id.0), 0, 0) {
         Ok(n) => n,
         Err(why) => {
