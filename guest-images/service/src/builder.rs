@@ -273,7 +273,7 @@ impl Builder {
         }
         let ids = ids.get(..g.cpus.len()).unwrap_or(&[]);
         for (i, &id) in ids.iter().enumerate() {
-            set_state(vm, id, &if i == 0 { state } else { plan::ap_start_state() })?;
+            set_state(vm, id, &plan::vcpu_start_state(i as u64, state))?;
         }
         BUILT.record(built);
         for &id in ids {
@@ -456,7 +456,7 @@ fn rebuild(b: &Built) -> Result<(VcpuStartState, Kind), Failure> {
     let vm = u64::from(b.vm.0);
     let vcpus = guest.cpus.len() as u64;
     for id in 0..vcpus {
-        set_state(vm, id, &if id == 0 { state } else { plan::ap_start_state() })?;
+        set_state(vm, id, &plan::vcpu_start_state(id, state))?;
     }
     for id in 0..vcpus {
         call("VCPU_START", hc::VCPU_START, vm, id, 0)?;
