@@ -1,6 +1,7 @@
 //! The control interface by hypercall, for the service partition only
-//! (`hv_abi::hypercall::SYSTEM_INFO` .. `VM_STOP`, and `VM_RESET`): the same calls as `partition.rs`'s
-//! control interface, reached the way a user-space VMM reaches KVM's ioctls.
+//! (`hv_abi::hypercall::SYSTEM_INFO` .. `VM_STOP`, and `VM_RESET`): the same calls as
+//! `partition.rs`'s control interface, reached the way a user-space VMM reaches KVM's
+//! ioctls.
 //!
 //! Validate, then commit: each call decodes and checks every argument (the caller, VM
 //! ids, pool ranges, CPU numbers, the start state read from the service partition's

@@ -4,6 +4,9 @@
 //! - the system: [`create_vm`];
 //! - a VM handle: [`map_ram`], [`write_guest`], [`create_vcpu`], [`stop_vm`];
 //! - a VM handle: [`set_irq_line`] (the VM's virtual IOAPIC input pins);
+//! - a VM handle: [`reset_vm`] (a platform reset: every vCPU held out of guest mode
+//!   and back in its power-on interrupt state, until [`start_vcpu`] restarts it from
+//!   its start state);
 //! - a vCPU handle: [`set_boot_state`], [`set_mp_state`], [`start_vcpu`], [`exit_stats`].
 //!
 //! Handles carry a generation number and are checked on every call: a stale handle
@@ -225,11 +228,12 @@ pub mod attention {
     pub const EPT_FLUSH: u32 = 1 << 5;
     /// The partition is stopping.
     pub const STOP: u32 = 1 << 6;
-    /// The partition is being reset: hold the vCPU, then restart it.
-    pub const RESET: u32 = 1 << 8;
     /// The last entry armed an event window or the guest timer, or left an NMI
     /// pending: the next entry looks again (set by the vCPU's own CPU).
     pub const REARM: u32 = 1 << 7;
+    /// The partition is being reset ([`super::reset_vm`]): hold the vCPU, then restart
+    /// it from its start state.
+    pub const RESET: u32 = 1 << 8;
     /// A new vCPU: its first entry evaluates everything.
     pub const ALL: u32 = u32::MAX;
 }
@@ -625,16 +629,17 @@ const RESET_PARK_TIMEOUT_US: u64 = 1_000_000;
 /// and SIPI dropped, runnable) and so is the VM's I/O APIC.
 ///
 /// The wait is bounded: a vCPU that does not leave guest mode within
-/// [`RESET_PARK_TIMEOUT_US`] stops the VM (with a line), and so does a VM stopped
-/// meanwhile; both return `BadState`.
+/// [`RESET_PARK_TIMEOUT_US`] stops the VM (with a line) and the call returns
+/// `BadState`; so does it when the VM is stopped meanwhile.
 pub fn reset_vm(handle: VmHandle, caller_cpu: u32) -> Result<u32, ControlError> {
     let vm = vm(handle)?;
     let _one_reset = vm.reset_lock.try_lock().ok_or(ControlError::BadState)?;
-    let unstartable = vm.vcpus().any(|v| !v.started.load(Ordering::Acquire) || v.reset_held.load(Ordering::Acquire));
+    let vcpu_not_running_or_held =
+        vm.vcpus().any(|v| !v.started.load(Ordering::Acquire) || v.reset_held.load(Ordering::Acquire));
     if vm.stop_requested()
         || vm.ram_bytes.load(Ordering::Acquire) == 0
         || vm.vcpu_count.load(Ordering::Acquire) == 0
-        || unstartable
+        || vcpu_not_running_or_held
     {
         return Err(ControlError::BadState);
     }
