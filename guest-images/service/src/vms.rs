@@ -8,7 +8,11 @@
 //! different vCPUs of the same VM. Each table entry has its own spin lock (an
 //! `AtomicBool`); a request holds its VM's lock from the board look-up to the last
 //! hypercall it makes, so the board, the line levels and the console buffer of one VM
-//! change one request at a time, while different VMs proceed in parallel.
+//! change one request at a time, while different VMs proceed in parallel. A reset is
+//! the exception: the guest's reboot (`crate::builder::reboot`) runs after the lock is
+//! released, because `VM_RESET` waits for the guest's other vCPUs, which may need the
+//! lock to finish an access first; the board reset then takes the lock again
+//! ([`reset_board`]).
 //!
 //! **Board configuration.** This version of the protocol tells the service partition
 //! nothing about a VM but its id, so every board is built with 1 vCPU and 0 bytes of
