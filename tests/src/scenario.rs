@@ -612,6 +612,18 @@ fn linux_scenarios() -> Vec<Scenario> {
         ),
         linux_console_input(),
         linux_scenario(
+            "linux-reboot",
+            "tests/configs/linux-reboot.toml",
+            1,
+            1500,
+            &[
+                "[linux] linux-init: reboot test: boot 1, rebooting",
+                "partition linux: reset through its platform; rebooting (reboot 1)",
+                "[svc] service: partition linux: reboot 1: bzImage image loaded again, entry 0x",
+                "[linux] linux-init: reboot test: boot 2",
+            ],
+        ),
+        linux_scenario(
             "linux-with-guest",
             "tests/configs/linux-with-guest.toml",
             2,
@@ -855,7 +867,10 @@ mod tests {
     fn filters_match_substrings() {
         assert_eq!(select(&[]).len(), catalogue().len());
         let names: Vec<&str> = select(&["boot".to_string()]).iter().map(|s| s.name).collect();
-        assert_eq!(names, ["boot-4cpu", "boot-2cpu", "boot-1cpu", "boot-skylake", "svc-multiboot", "linux-boot"]);
+        assert_eq!(
+            names,
+            ["boot-4cpu", "boot-2cpu", "boot-1cpu", "boot-skylake", "svc-multiboot", "linux-boot", "linux-reboot"]
+        );
         let names: Vec<&str> = select(&["vmx".to_string(), "layout".to_string()]).iter().map(|s| s.name).collect();
         assert_eq!(names, ["image-layout", "no-vmx"]);
         let names: Vec<&str> = select(&["fault".to_string()]).iter().map(|s| s.name).collect();
