@@ -81,7 +81,10 @@ pub struct Access {
 /// Performs `access` of guest vCPU `vcpu` through the service partition. No service
 /// partition on this CPU: `Failed` (reads see all-ones, writes are dropped, as on an
 /// open bus). A failed service partition stops the guest with a line naming the access
-/// (`Err` carries the outcome).
+/// (`Err` carries the outcome). An access during which the guest was reset (the reset
+/// write itself, or one that waited while another vCPU reset the partition) is not
+/// completed: `Err(Continue)`, and the vCPU's next entry restarts it
+/// (`partition::reset_vm`), so nothing of it reaches the rebuilt guest.
 pub fn access(vcpu: &'static Vcpu, access: &Access) -> Result<Completion, Outcome> {
     let request = Request {
         kind: access.kind,
@@ -92,7 +95,9 @@ pub fn access(vcpu: &'static Vcpu, access: &Access) -> Result<Completion, Outcom
         vm: vm_id(vcpu.vm).0,
         vcpu: vcpu.id,
     };
+    let epoch = vcpu.reset_epoch.load(Ordering::Acquire);
     match forward(vcpu, &request) {
+        Ok(_) if vcpu.reset_epoch.load(Ordering::Acquire) != epoch => Err(Outcome::Continue),
         Ok(completion) => Ok(completion),
         Err(ForwardError::NoService) => Ok(Completion::Failed),
         Err(e) => {
@@ -485,10 +490,9 @@ pub fn hypercall_guest_power(caller: &'static Vcpu, id: u64, action: u64, code: 
             vm.stop(code);
         }
         service::power::RESET => {
-            log::info!(
-                "partition {}: reset through its platform; guests are not rebooted in this version, so it stops",
-                vm.name
-            );
+            // The service partition reboots a guest with `VM_RESET`; this is the way out
+            // when it does not (`on_reset = "stop"`, or a guest it did not build).
+            log::info!("partition {}: reset through its platform; not rebooted, so it stops", vm.name);
             vm.stop(0);
         }
         _ => return Err(HcError::BadArgument),
