@@ -32,6 +32,10 @@
 //!                         # like `image`
 //! cmdline = "console=ttyS0"  # optional (Linux bzImage guests): the kernel command line,
 //!                         # printable ASCII, at most 2047 bytes (default "console=ttyS0")
+//! on_reset = "reboot"     # optional (guests): what a platform reset (0xCF9, the keyboard
+//!                         # controller, the FADT reset register) does: "reboot" (default;
+//!                         # the service partition rebuilds and restarts the guest) or
+//!                         # "stop" (the guest is stopped)
 //! ```
 //!
 //! [`load`] parses a file and validates it into a [`Config`]; every problem is reported
@@ -135,6 +139,17 @@ pub enum StartMode {
     Protected,
 }
 
+/// What a guest's platform reset does to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnReset {
+    /// The service partition rebuilds and restarts the guest, as a PC reboots.
+    #[default]
+    Reboot,
+    /// The guest is stopped.
+    Stop,
+}
+
 /// The kind of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -212,6 +227,8 @@ struct RawPartition {
     initrd: Option<String>,
     #[serde(default)]
     cmdline: Option<String>,
+    #[serde(default)]
+    on_reset: Option<OnReset>,
 }
 
 /// The whole file exactly as written (before validation).
@@ -248,6 +265,8 @@ pub struct Partition {
     pub initrd: Option<PathBuf>,
     /// The kernel command line, if given (Linux guests).
     pub cmdline: Option<String>,
+    /// What a platform reset does (guests; the service partition keeps the default).
+    pub on_reset: OnReset,
 }
 
 impl Partition {
@@ -306,6 +325,7 @@ struct CanonicalPartition<'a> {
     initrd: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cmdline: Option<&'a str>,
+    on_reset: OnReset,
 }
 
 /// Serialisable form of the payload's `config.toml`.
@@ -335,6 +355,7 @@ impl Config {
                     start: p.start,
                     initrd: p.initrd.as_ref().map(|_| p.payload_initrd_path()),
                     cmdline: p.cmdline.as_deref(),
+                    on_reset: p.on_reset,
                 })
                 .collect(),
         };
@@ -408,7 +429,8 @@ impl fmt::Display for ConfigError {
                 write!(
                     f,
                     "fix: correct the field or value shown (fields: [hypervisor] log_level, \
-                     when_idle, selftest, apicv; [[partition]] name, kind, memory_mib, vcpus, cpus, image, start)"
+                     when_idle, selftest, apicv; [[partition]] name, kind, memory_mib, vcpus, cpus, image, start, \
+                     devices, initrd, cmdline, on_reset)"
                 )
             }
             ConfigError::Invalid { file, field, problem, fix } => {
@@ -600,6 +622,14 @@ fn validate(raw: RawConfig, path: &Path, built: BuiltMaterial<'_>) -> Result<Con
             ));
         }
 
+        if p.on_reset.is_some() && p.kind == PartitionKind::Service {
+            return Err(invalid(
+                field("on_reset"),
+                "the service partition has no platform of its own to reset".to_string(),
+                "remove `on_reset` from the service partition".to_string(),
+            ));
+        }
+
         let devices = p.devices.unwrap_or_default();
         let mut set = hv_abi::platform::devices::DeviceSet::default();
         for (k, d) in devices.iter().enumerate() {
@@ -630,6 +660,7 @@ fn validate(raw: RawConfig, path: &Path, built: BuiltMaterial<'_>) -> Result<Con
             start: p.start,
             initrd,
             cmdline: p.cmdline,
+            on_reset: p.on_reset.unwrap_or_default(),
         });
     }
 
@@ -943,6 +974,22 @@ mod tests {
         let svc = "[[partition]]\nname = \"svc\"\nkind = \"service\"\nmemory_mib = 16\nvcpus = 1\n\
                    image = \"guest.bin\"\ncmdline = \"x\"\n";
         assert!(f.parse(svc).unwrap_err().to_string().contains("remove `initrd` and `cmdline`"));
+    }
+
+    #[test]
+    fn on_reset_defaults_to_reboot_and_is_for_guests() {
+        let f = Fixture::new();
+        let c = f.parse(&partition("g", "")).unwrap();
+        assert_eq!(c.partitions[0].on_reset, OnReset::Reboot);
+        let c = f.parse(&partition("g", "on_reset = \"stop\"")).unwrap();
+        assert_eq!(c.partitions[0].on_reset, OnReset::Stop);
+        assert!(c.to_canonical_toml().contains("on_reset = \"stop\""));
+        let bad = f.parse(&partition("g", "on_reset = \"halt\"")).unwrap_err().to_string();
+        assert!(bad.contains("on_reset"), "{bad}");
+        let svc = "[[partition]]\nname = \"svc\"\nkind = \"service\"\nmemory_mib = 16\nvcpus = 1\n\
+                   image = \"guest.bin\"\non_reset = \"reboot\"\n";
+        let err = f.parse(svc).unwrap_err();
+        assert_eq!(err.field(), Some("partition[0].on_reset"));
     }
 
     #[test]

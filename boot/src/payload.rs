@@ -13,7 +13,7 @@
 //! Entries are written in that order with mode 0644, owner 0 and mtime 0, so the same
 //! config always produces the same bytes.
 
-use crate::config::{Config, Partition, PartitionKind, StartMode};
+use crate::config::{Config, OnReset, Partition, PartitionKind, StartMode};
 use crate::flat::{self, FlatImage};
 use std::io;
 use std::path::Path;
@@ -77,7 +77,8 @@ pub fn build(config: &Config) -> io::Result<Vec<u8>> {
 }
 
 /// One partition as the hypervisor reads it from `hypervisor.conf`:
-/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B+...],image=images/N[,load=0x..,entry=0x..][,devices=..][,initrd=images/N.initrd][,cmdline=images/N.cmdline]`.
+/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B+...],image=images/N[,load=0x..,entry=0x..][,devices=..][,initrd=images/N.initrd][,cmdline=images/N.cmdline][,start=..][,on_reset=stop]`
+/// (`on_reset` only when it is not the default, reboot).
 /// `load` and `entry` are present for flattened ELF images (partitions the hypervisor
 /// can start itself).
 #[must_use]
@@ -108,6 +109,9 @@ pub fn partition_line(p: &Partition, flat: Option<&FlatImage>) -> String {
         StartMode::Long => {}
         StartMode::Real => line.push_str(",start=real"),
         StartMode::Protected => line.push_str(",start=protected"),
+    }
+    if p.on_reset == OnReset::Stop {
+        line.push_str(",on_reset=stop");
     }
     line.push('\n');
     line
@@ -184,6 +188,7 @@ mod tests {
             devices: vec![],
             initrd: None,
             cmdline: None,
+            on_reset: OnReset::Reboot,
         };
         let flat = FlatImage { load: 0x20_0000, entry: 0x20_0040, bytes: vec![] };
         assert_eq!(
@@ -192,6 +197,8 @@ mod tests {
         );
         let with_devices = Partition { devices: vec!["com1".into(), "pci".into()], ..p };
         assert!(partition_line(&with_devices, None).ends_with(",image=images/two,devices=com1+pci\n"));
+        let stops = Partition { on_reset: OnReset::Stop, ..with_devices };
+        assert!(partition_line(&stops, None).ends_with(",devices=com1+pci,on_reset=stop\n"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The control interface by hypercall, for the service partition only
-//! (`hv_abi::hypercall::SYSTEM_INFO` .. `VM_STOP`): the same calls as `partition.rs`'s
-//! control interface, reached the way a user-space VMM reaches KVM's ioctls.
+//! (`hv_abi::hypercall::SYSTEM_INFO` .. `VM_STOP`, and `VM_RESET`): the same calls as
+//! `partition.rs`'s control interface, reached the way a user-space VMM reaches KVM's
+//! ioctls.
 //!
 //! Validate, then commit: each call decodes and checks every argument (the caller, VM
 //! ids, pool ranges, CPU numbers, the start state read from the service partition's
@@ -218,4 +219,15 @@ pub fn vm_stop(caller: &'static Vcpu, id: u64, code: u64) -> Result<u64, HcError
     let vm = guest(id)?;
     partition::stop_vm(vm, code).map_err(control_error)?;
     Ok(0)
+}
+
+/// `VM_RESET(vm)`: the guest's platform was reset and the service partition reboots it
+/// (`partition::reset_vm`, which checks the VM's state before it changes anything);
+/// returns the reboot's number. The caller runs on its own CPU, where a vCPU of the
+/// guest may be inside the very access that reset it.
+pub fn vm_reset(caller: &'static Vcpu, id: u64) -> Result<u64, HcError> {
+    check_caller(caller)?;
+    let vm = guest(id)?;
+    let reboot = partition::reset_vm(vm, caller.cpu).map_err(control_error)?;
+    Ok(u64::from(reboot))
 }

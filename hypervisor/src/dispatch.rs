@@ -362,6 +362,7 @@ fn handle_other_hypercall(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Out
         hypercall::VCPU_SET_STATE => crate::control::vcpu_set_state(vcpu, a, b, regs.rdx),
         hypercall::VCPU_START => crate::control::vcpu_start(vcpu, a, b),
         hypercall::VM_STOP => crate::control::vm_stop(vcpu, a, b),
+        hypercall::VM_RESET => crate::control::vm_reset(vcpu, a),
         _ => Err(HcError::UnknownHypercall),
     };
     complete_hypercall(regs, result)

@@ -4,6 +4,9 @@
 //! - the system: [`create_vm`];
 //! - a VM handle: [`map_ram`], [`write_guest`], [`create_vcpu`], [`stop_vm`];
 //! - a VM handle: [`set_irq_line`] (the VM's virtual IOAPIC input pins);
+//! - a VM handle: [`reset_vm`] (a platform reset: every vCPU held out of guest mode
+//!   and back in its power-on interrupt state, until [`start_vcpu`] restarts it from
+//!   its start state);
 //! - a vCPU handle: [`set_boot_state`], [`set_mp_state`], [`start_vcpu`], [`exit_stats`].
 //!
 //! Handles carry a generation number and are checked on every call: a stale handle
@@ -160,6 +163,18 @@ pub struct Vcpu {
     pub wake_at: AtomicU64,
     /// The vCPU's registers when it left its loop (for [`get_registers`]).
     pub final_registers: Mutex<Option<RegisterState>>,
+    /// Held by [`reset_vm`]: the vCPU's CPU keeps it out of guest mode until
+    /// [`start_vcpu`] releases it.
+    pub reset_held: AtomicBool,
+    /// Set by the vCPU's own CPU once it is held and out of guest mode (what
+    /// [`reset_vm`] waits for); cleared by [`reset_vm`] when it holds the vCPU.
+    pub reset_parked: AtomicBool,
+    /// The next entry first loads the start state ([`BootState`] and the MP state) anew,
+    /// as after [`reset_vm`].
+    pub restart_pending: AtomicBool,
+    /// How many times [`reset_vm`] held the vCPU: a forwarded access that sees it change
+    /// while in flight belongs to the guest before the reset and is dropped.
+    pub reset_epoch: AtomicU32,
 }
 
 /// A vCPU's registers as the control interface reports them (KVM's `kvm_regs` plus the
@@ -225,6 +240,9 @@ pub mod attention {
     pub const REARM: u32 = 1 << 7;
     /// The 8259's INTR output, wired to the boot vCPU's LINT0, changed level.
     pub const PIC_INTR: u32 = 1 << 8;
+    /// The partition is being reset ([`super::reset_vm`]): hold the vCPU, then restart
+    /// it from its start state.
+    pub const RESET: u32 = 1 << 9;
     /// A new vCPU: its first entry evaluates everything.
     pub const ALL: u32 = u32::MAX;
 }
@@ -293,6 +311,10 @@ pub struct Vm {
     /// The INTR output of the VM's 8259 pair (emulated by the service partition, which
     /// reports its level with `GUEST_PIC_INTR`), wired to the boot vCPU's LINT0.
     pub pic_intr: AtomicBool,
+    /// Reboots so far ([`reset_vm`]).
+    pub reboots: AtomicU32,
+    /// Held by [`reset_vm`] from its checks to its return: one reset at a time.
+    pub reset_lock: Mutex<()>,
 }
 
 /// A handle to a VM.
@@ -377,6 +399,8 @@ pub fn create_vm(name: &'static str) -> Result<VmHandle, ControlError> {
         created_tsc: crate::arch::tsc::now(),
         ioapic: Mutex::new(VIoApic::default()),
         pic_intr: AtomicBool::new(false),
+        reboots: AtomicU32::new(0),
+        reset_lock: Mutex::new(()),
     }));
     VMS[index]
         .compare_exchange(core::ptr::null_mut(), vm, Ordering::AcqRel, Ordering::Acquire)
@@ -464,12 +488,7 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         vpid: (NEXT_VPID.fetch_add(1, Ordering::AcqRel) & 0xffff) as u16,
         started: AtomicBool::new(false),
         lapic_dirty: AtomicBool::new(true),
-        lapic_state: Mutex::new(VirtualLapic::new(LapicConfig {
-            apic_id: id,
-            is_bsp: id == 0,
-            tsc_hz: crate::arch::tsc::hz(),
-            phys_addr_bits: crate::arch::cpuid::phys_addr_bits(),
-        })),
+        lapic_state: Mutex::new(VirtualLapic::new(lapic_config(id))),
         nmi_pending: AtomicBool::new(false),
         init_pending: AtomicBool::new(false),
         sipi_vector: AtomicU32::new(NO_SIPI),
@@ -485,6 +504,10 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         deferred: Mutex::new(DeferredWait::Idle),
         wake_at: AtomicU64::new(0),
         final_registers: Mutex::new(None),
+        reset_held: AtomicBool::new(false),
+        reset_parked: AtomicBool::new(false),
+        restart_pending: AtomicBool::new(false),
+        reset_epoch: AtomicU32::new(0),
     }));
     cpu_slot
         .compare_exchange(core::ptr::null_mut(), vcpu, Ordering::AcqRel, Ordering::Acquire)
@@ -494,17 +517,29 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
     Ok(VcpuHandle { vm: handle, vcpu: id as u16 })
 }
 
+/// The power-on configuration of vCPU `id`'s virtual LAPIC (APIC ID = vCPU id; vCPU 0
+/// is the bootstrap processor).
+fn lapic_config(id: u32) -> LapicConfig {
+    LapicConfig {
+        apic_id: id,
+        is_bsp: id == 0,
+        tsc_hz: crate::arch::tsc::hz(),
+        phys_addr_bits: crate::arch::cpuid::phys_addr_bits(),
+    }
+}
+
 /// vCPU level: sets the registers the vCPU starts with.
 pub fn set_boot_state(handle: VcpuHandle, state: BootState) -> Result<(), ControlError> {
     *vcpu(handle)?.boot.lock() = state;
     Ok(())
 }
 
-/// vCPU level: sets the vCPU's run state before it starts: `WaitForSipi` makes it an
-/// application processor that waits for INIT and a start-up IPI from another vCPU.
+/// vCPU level: sets the vCPU's run state before it starts (or while [`reset_vm`] holds
+/// it): `WaitForSipi` makes it an application processor that waits for INIT and a
+/// start-up IPI from another vCPU.
 pub fn set_mp_state(handle: VcpuHandle, state: MpState) -> Result<(), ControlError> {
     let v = vcpu(handle)?;
-    if v.started.load(Ordering::Acquire) {
+    if v.started.load(Ordering::Acquire) && !v.reset_held.load(Ordering::Acquire) {
         return Err(ControlError::BadState);
     }
     v.set_mp_state(state);
@@ -541,8 +576,12 @@ fn flush_ept(vm: &'static Vm) {
         v.request_attention(attention::EPT_FLUSH);
         crate::virq::kick(v);
     }
+    // A held vCPU (a reset in progress) runs no guest code and flushes before it does.
     for v in vm.vcpus().filter(|v| v.cpu != here && v.started.load(Ordering::Acquire)) {
-        while v.ept_flush_pending.load(Ordering::Acquire) && !vm.stop_requested() {
+        while v.ept_flush_pending.load(Ordering::Acquire)
+            && !vm.stop_requested()
+            && !v.reset_held.load(Ordering::Acquire)
+        {
             core::hint::spin_loop();
         }
     }
@@ -565,11 +604,18 @@ pub fn set_irq_line(handle: VmHandle, pin: u32, high: bool) -> Result<(), Contro
     crate::virq::set_irq_line(vm, pin, high).map_err(|_| ControlError::BadRange)
 }
 
-/// vCPU level: marks the vCPU runnable and wakes its physical CPU, which enters it.
+/// vCPU level: marks the vCPU runnable and wakes its physical CPU, which enters it; or
+/// releases a vCPU that [`reset_vm`] holds, which restarts from its start state.
 pub fn start_vcpu(handle: VcpuHandle) -> Result<(), ControlError> {
     let v = vcpu(handle)?;
     if v.vm.ram_bytes.load(Ordering::Acquire) == 0 {
         return Err(ControlError::BadState);
+    }
+    if v.reset_held.swap(false, Ordering::AcqRel) {
+        // It never stopped counting as running.
+        v.request_attention(attention::RESET);
+        crate::virq::kick(v);
+        return Ok(());
     }
     if v.started.swap(true, Ordering::AcqRel) {
         return Err(ControlError::BadState);
@@ -577,6 +623,82 @@ pub fn start_vcpu(handle: VcpuHandle) -> Result<(), ControlError> {
     v.vm.running.fetch_add(1, Ordering::AcqRel);
     crate::virq::kick(v);
     Ok(())
+}
+
+/// How long [`reset_vm`] waits for a vCPU on another CPU to leave guest mode.
+const RESET_PARK_TIMEOUT_US: u64 = 1_000_000;
+
+/// VM level: the VM's platform was reset, and the caller (the service partition, on
+/// physical CPU `caller_cpu`) reboots it; returns the number of this reboot.
+///
+/// Checks first (nothing changes when one fails): the VM is not stopping, has RAM and
+/// vCPUs, all of them started, none held already, and no other reset runs. Then every
+/// vCPU is *held* (it does not enter the guest until [`start_vcpu`] releases it, and
+/// then starts from its [`BootState`] and MP state) and kicked; the call waits until
+/// every vCPU on another CPU has left guest mode (`reset_parked`, set by its CPU in
+/// `virq::prepare_entry`). A vCPU on `caller_cpu` needs no wait: the caller runs there
+/// only while that vCPU is in the hypervisor, inside a forwarded access (the reset
+/// write itself) or a device-timer run, and it checks the hold before it enters again.
+/// Then the vCPUs' interrupt state is put back to power-on (LAPIC, pending NMI, INIT
+/// and SIPI dropped, runnable) and so is the VM's I/O APIC.
+///
+/// The wait is bounded: a vCPU that does not leave guest mode within
+/// [`RESET_PARK_TIMEOUT_US`] stops the VM (with a line) and the call returns
+/// `BadState`; so does it when the VM is stopped meanwhile.
+pub fn reset_vm(handle: VmHandle, caller_cpu: u32) -> Result<u32, ControlError> {
+    let vm = vm(handle)?;
+    let _one_reset = vm.reset_lock.try_lock().ok_or(ControlError::BadState)?;
+    let vcpu_not_running_or_held =
+        vm.vcpus().any(|v| !v.started.load(Ordering::Acquire) || v.reset_held.load(Ordering::Acquire));
+    if vm.stop_requested()
+        || vm.ram_bytes.load(Ordering::Acquire) == 0
+        || vm.vcpu_count.load(Ordering::Acquire) == 0
+        || vcpu_not_running_or_held
+    {
+        return Err(ControlError::BadState);
+    }
+    let reboot = vm.reboots.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+    log::info!("partition {}: reset through its platform; rebooting (reboot {reboot})", vm.name);
+    for v in vm.vcpus() {
+        v.reset_parked.store(false, Ordering::Release);
+        v.restart_pending.store(true, Ordering::Release);
+        v.reset_epoch.fetch_add(1, Ordering::AcqRel);
+        v.reset_held.store(true, Ordering::Release);
+        v.request_attention(attention::RESET);
+        crate::virq::kick(v);
+    }
+    let deadline = crate::arch::tsc::deadline_us(RESET_PARK_TIMEOUT_US);
+    for v in vm.vcpus().filter(|v| v.cpu != caller_cpu) {
+        while !v.reset_parked.load(Ordering::Acquire) {
+            if vm.stop_requested() {
+                return Err(ControlError::BadState);
+            }
+            if crate::arch::tsc::now() > deadline {
+                log::error!(
+                    "partition {}: vcpu {} did not leave guest mode for the reset within {} ms; stopping the partition",
+                    vm.name,
+                    v.id,
+                    RESET_PARK_TIMEOUT_US / 1000
+                );
+                vm.stop(u64::MAX);
+                return Err(ControlError::BadState);
+            }
+            core::hint::spin_loop();
+        }
+    }
+    // No vCPU of the VM runs guest code or sends interrupts now.
+    *vm.ioapic.lock() = VIoApic::default();
+    // The 8259 pair is reset with the board; its INTR is low until the service
+    // partition reports it again.
+    vm.pic_intr.store(false, Ordering::Release);
+    for v in vm.vcpus() {
+        *v.lapic() = VirtualLapic::new(lapic_config(v.id));
+        v.nmi_pending.store(false, Ordering::Release);
+        v.init_pending.store(false, Ordering::Release);
+        v.sipi_vector.store(NO_SIPI, Ordering::Release);
+        v.set_mp_state(MpState::Runnable);
+    }
+    Ok(reboot)
 }
 
 /// vCPU level: the vCPU's exit count for basic exit reason `reason`.

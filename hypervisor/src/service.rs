@@ -78,6 +78,10 @@ pub enum ForwardError {
     /// An INIT reached the guest vCPU while it waited on a deferred request, which is
     /// dropped; the instruction is not completed (the INIT resets the vCPU).
     Interrupted,
+    /// The guest was reset (`partition::reset_vm`, a reboot) while it waited on a
+    /// deferred request, which is dropped; the instruction is not completed (the vCPU
+    /// restarts from its start state).
+    ResetWhileWaiting,
 }
 
 impl ForwardError {
@@ -94,6 +98,7 @@ impl ForwardError {
             }
             Self::GuestStopped => "the guest stopped while it waited",
             Self::Interrupted => "an INIT reached the vCPU while it waited",
+            Self::ResetWhileWaiting => "the guest was reset while it waited",
         }
     }
 }
@@ -112,8 +117,12 @@ pub struct Access {
 /// partition on this CPU: `Failed` (reads see all-ones, writes are dropped, as on an
 /// open bus). A failed service partition, or a deferred request not completed in time,
 /// stops the guest with a line naming the access (`Err` carries the outcome). A guest
-/// stopped while it waited on a deferred request gives `Err(Stop)`; an INIT meanwhile
-/// `Err(Continue)`: the instruction is left as it is (not completed, RIP not advanced).
+/// stopped while it waited on a deferred request gives `Err(Stop)`. An access during
+/// which the guest was reset (the reset write itself, one that waited while another
+/// vCPU reset the partition, or a deferred one the reset dropped) or, while deferred,
+/// got an INIT is not completed: `Err(Continue)` (RIP not advanced), and the vCPU's next
+/// entry restarts it (`partition::reset_vm`) or applies the INIT, so nothing of it
+/// reaches the rebuilt guest.
 pub fn access(vcpu: &'static Vcpu, access: &Access) -> Result<Completion, Outcome> {
     let request = Request {
         kind: access.kind,
@@ -124,11 +133,13 @@ pub fn access(vcpu: &'static Vcpu, access: &Access) -> Result<Completion, Outcom
         vm: vm_id(vcpu.vm).0,
         vcpu: vcpu.id,
     };
+    let epoch = vcpu.reset_epoch.load(Ordering::Acquire);
     match forward(vcpu, &request) {
+        Ok(_) if vcpu.reset_epoch.load(Ordering::Acquire) != epoch => Err(Outcome::Continue),
         Ok(completion) => Ok(completion),
         Err(ForwardError::NoService) => Ok(Completion::Failed),
         Err(ForwardError::GuestStopped) => Err(Outcome::Stop),
-        Err(ForwardError::Interrupted) => Err(Outcome::Continue),
+        Err(ForwardError::Interrupted | ForwardError::ResetWhileWaiting) => Err(Outcome::Continue),
         Err(e) => {
             let what = if access.kind == hv_abi::io_request::kind::PORT { "port" } else { "MMIO" };
             log::error!(
@@ -459,6 +470,11 @@ fn wait_for_deferred(guest: &'static Vcpu, request: &Request) -> Result<Completi
         if guest.init_pending.load(Ordering::Acquire) {
             break Err(ForwardError::Interrupted);
         }
+        // A reset waits until every vCPU of the guest has left guest mode (parked in
+        // `virq`): this one must stop waiting for it.
+        if crate::virq::reset_begun(guest) {
+            break Err(ForwardError::ResetWhileWaiting);
+        }
         if svc.vm.stop_requested() {
             break Err(ForwardError::ServiceStopped);
         }
@@ -475,7 +491,7 @@ fn wait_for_deferred(guest: &'static Vcpu, request: &Request) -> Result<Completi
     };
     if let Err(e) = result {
         guest.deferred.lock().abandon();
-        if matches!(e, ForwardError::GuestStopped | ForwardError::Interrupted) {
+        if matches!(e, ForwardError::GuestStopped | ForwardError::Interrupted | ForwardError::ResetWhileWaiting) {
             log::info!(
                 "partition {}: vcpu {}: {} dropped: {}",
                 guest.vm.name,
@@ -645,10 +661,9 @@ pub fn hypercall_guest_power(caller: &'static Vcpu, id: u64, action: u64, code: 
             vm.stop(code);
         }
         service::power::RESET => {
-            log::info!(
-                "partition {}: reset through its platform; guests are not rebooted in this version, so it stops",
-                vm.name
-            );
+            // The service partition reboots a guest with `VM_RESET`; this is the way out
+            // when it does not (`on_reset = "stop"`, or a guest it did not build).
+            log::info!("partition {}: reset through its platform; not rebooted, so it stops", vm.name);
             vm.stop(0);
         }
         _ => return Err(HcError::BadArgument),

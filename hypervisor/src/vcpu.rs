@@ -522,7 +522,6 @@ pub fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstru
     w(control::PRIMARY_PROCBASED_EXEC_CONTROLS, u64::from(controls.proc))?;
     w(control::SECONDARY_PROCBASED_EXEC_CONTROLS, u64::from(controls.proc2))?;
     w(control::VMEXIT_CONTROLS, u64::from(controls.exit))?;
-    w(control::VMENTRY_CONTROLS, u64::from(controls.entry | vmx_controls::entry::IA32E_MODE_GUEST))?;
     w(control::EXCEPTION_BITMAP, 0)?;
     w(control::PAGE_FAULT_ERR_CODE_MASK, 0)?;
     w(control::PAGE_FAULT_ERR_CODE_MATCH, 0)?;
@@ -538,17 +537,105 @@ pub fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstru
     if controls.proc2 & vmx_controls::proc2::ENABLE_VPID != 0 {
         w(control::VPID, u64::from(vcpu.vpid))?;
     }
-    let guest_cr0_fixed0 = fixed.guest_cr0_fixed0();
-    let cr0_mask = (guest_cr0_fixed0 | !cr0_fixed1) & 0xffff_ffff;
+    let cr0_mask = (fixed.guest_cr0_fixed0() | !cr0_fixed1) & 0xffff_ffff;
     let cr4_mask = (cr4_fixed0 | !cr4_fixed1) & 0xffff_ffff;
+    w(control::CR0_GUEST_HOST_MASK, cr0_mask)?;
+    w(control::CR4_GUEST_HOST_MASK, cr4_mask)?;
+    w(guest::LINK_PTR_FULL, u64::MAX)?;
+    write_start_state(&boot, controls, fixed)?;
+
+    // SAFETY: only this CPU touches the vCPU's registers; nothing runs the vCPU yet.
+    let regs = unsafe { &mut *vcpu.regs.get() };
+    load_start_registers(regs, &boot);
+    Ok(())
+}
+
+/// The general-purpose registers of the start state `boot` (the rest are 0).
+fn load_start_registers(regs: &mut GuestRegisters, boot: &crate::partition::BootState) {
+    regs.rdi = boot.rdi;
+    regs.rsi = boot.rsi;
+    regs.rax = boot.rax;
+    regs.rbx = boot.rbx;
+}
+
+/// After a reset of its partition (`partition::reset_vm`), on the vCPU's own CPU with
+/// its VMCS current: the guest state is the start state again (`Vcpu::boot`, as
+/// `VCPU_SET_STATE` left it), the other registers are 0, no event is being injected,
+/// APIC virtualization is off (the LAPIC is back in xAPIC mode), and the translations
+/// this CPU cached for the VM are dropped (INVEPT single-context also drops the
+/// combined linear mappings of every VPID, SDM Vol. 3C 29.4.3.1): the guest's page
+/// tables were rewritten.
+pub fn restart(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Result<(), VmInstructionError> {
+    let fail = VmInstructionError(None);
+    let controls = CONTROLS.get().ok_or(fail)?;
+    let fixed = FIXED.get().ok_or(fail)?;
+    if vcpu.apicv_active.swap(false, Ordering::Relaxed) {
+        set_apicv(false, 0)?;
+    }
+    let boot = *vcpu.boot.lock();
+    write_start_state(&boot, controls, fixed)?;
+    vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0)?;
+    *regs = GuestRegisters::default();
+    load_start_registers(regs, &boot);
+    crate::vmx::invept::invalidate(vcpu.vm.eptp.load(Ordering::Acquire)).map_err(|()| fail)?;
+    for address in RESET_ZEROED_PASSTHROUGH_MSRS {
+        // SAFETY: these architectural MSRs exist on every CPU with long mode (SDM Vol. 4
+        // table 2-2); the guest reads and writes them directly (`hv_core::virt_msr`) and
+        // the hypervisor does not use them, so zeroing them only changes what this CPU's
+        // guest sees.
+        unsafe { x86_64::registers::model_specific::Msr::new(address).write(0) };
+    }
+    reset_xcr0();
+    vcpu.lapic_dirty.store(true, Ordering::Release);
+    vcpu.request_attention(crate::partition::attention::ALL);
+    Ok(())
+}
+
+/// CR4.OSXSAVE (SDM Vol. 3A 2.5).
+const CR4_OSXSAVE: u64 = 1 << 18;
+
+/// XCR0 back to its value after RESET, x87 only (SDM Vol. 3A 9.1.1, table 9-1): a
+/// guest's XSETBV stays loaded on its CPU (`dispatch::handle_xsetbv`), and the rebooted
+/// guest must not find its previous boot's XCR0.
+fn reset_xcr0() {
+    if x86_64::registers::control::Cr4::read_raw() & CR4_OSXSAVE == 0 {
+        return;
+    }
+    // SAFETY: CR4.OSXSAVE is set in the host (checked), so XSETBV is allowed in VMX root
+    // operation; XCR0 = 1 (x87 only) is valid on every CPU with XSAVE (SDM Vol. 1
+    // 13.3), and the hypervisor itself never uses extended state.
+    unsafe { core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") 1u32, in("edx") 0u32, options(nostack)) };
+}
+
+/// The passthrough MSRs that no VMCS area switches (`hv_core::virt_msr`) and that a
+/// restarted guest must not inherit from its previous boot: KERNEL_GS_BASE, STAR,
+/// LSTAR, CSTAR, FMASK. They are set to 0, so that nothing of the previous boot
+/// survives (the SDM, Vol. 3A 9.1.1, leaves their values after RESET undefined).
+const RESET_ZEROED_PASSTHROUGH_MSRS: [u32; 5] = [
+    hv_core::virt_msr::msr::IA32_KERNEL_GS_BASE,
+    hv_core::virt_msr::msr::IA32_STAR,
+    hv_core::virt_msr::msr::IA32_LSTAR,
+    hv_core::virt_msr::msr::IA32_CSTAR,
+    hv_core::virt_msr::msr::IA32_FMASK,
+];
+
+/// Writes the guest state of start state `boot` into the current VMCS (SDM 25.4): the
+/// 64-bit start state of `hv_abi::start`, or real mode / 32-bit protected mode when
+/// `boot` asks for it; the IA-32e-mode-guest entry control and the CR0/CR4 read
+/// shadows to match; no pending events, active.
+fn write_start_state(
+    boot: &crate::partition::BootState,
+    controls: &Controls,
+    fixed: &FixedBits,
+) -> Result<(), VmInstructionError> {
+    let w = vmcs::write;
+    let FixedBits { cr0_fixed1, cr4_fixed0, cr4_fixed1, .. } = *fixed;
+    let guest_cr0_fixed0 = fixed.guest_cr0_fixed0();
     let cr0 = apply_fixed_bits(GUEST_CR0, guest_cr0_fixed0, cr0_fixed1);
     let cr4 = apply_fixed_bits(GUEST_CR4 | CR4_VMXE, cr4_fixed0, cr4_fixed1);
-    w(control::CR0_GUEST_HOST_MASK, cr0_mask)?;
+    w(control::VMENTRY_CONTROLS, u64::from(controls.entry | vmx_controls::entry::IA32E_MODE_GUEST))?;
     w(control::CR0_READ_SHADOW, GUEST_CR0)?;
-    w(control::CR4_GUEST_HOST_MASK, cr4_mask)?;
     w(control::CR4_READ_SHADOW, GUEST_CR4)?;
-
-    // Guest state (SDM 25.4): the 64-bit start state of `hv_abi::start`.
     w(guest::CR0, cr0)?;
     w(guest::CR3, boot.cr3)?;
     w(guest::CR4, cr4)?;
@@ -579,22 +666,14 @@ pub fn setup(vcpu: &'static Vcpu, caps: &VmxCapabilities) -> Result<(), VmInstru
     w(guest::IA32_SYSENTER_CS, 0)?;
     w(guest::IA32_SYSENTER_ESP, 0)?;
     w(guest::IA32_SYSENTER_EIP, 0)?;
-    w(guest::LINK_PTR_FULL, u64::MAX)?;
     w(guest::ACTIVITY_STATE, 0)?;
     w(guest::INTERRUPTIBILITY_STATE, 0)?;
     w(guest::PENDING_DBG_EXCEPTIONS, 0)?;
 
     if boot.real_mode {
-        write_real_mode_state(&boot, controls, guest_cr0_fixed0, cr0_fixed1, cr4)?;
+        write_real_mode_state(boot, controls, guest_cr0_fixed0, cr0_fixed1, cr4)?;
     } else if boot.protected_mode {
         write_protected_mode_state(controls, guest_cr0_fixed0, cr0_fixed1, cr4)?;
     }
-
-    // SAFETY: only this CPU touches the vCPU's registers; nothing runs the vCPU yet.
-    let regs = unsafe { &mut *vcpu.regs.get() };
-    regs.rdi = boot.rdi;
-    regs.rsi = boot.rsi;
-    regs.rax = boot.rax;
-    regs.rbx = boot.rbx;
     Ok(())
 }

@@ -94,6 +94,19 @@ fn evaluate(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         if vcpu.vm.stop_requested() {
             return Outcome::Stop;
         }
+        if vcpu.reset_held.load(Ordering::Acquire) {
+            // A reset of the partition (`partition::reset_vm`): out of guest mode until
+            // the service partition has rebuilt it and starts the vCPU again.
+            sleep_while_held(vcpu);
+            continue;
+        }
+        if vcpu.restart_pending.swap(false, Ordering::AcqRel) {
+            if let Err(outcome) = restart(vcpu, regs) {
+                return outcome;
+            }
+            eventful = true;
+            continue;
+        }
         if flush_ept_if_requested(vcpu) == Outcome::Stop {
             return Outcome::Stop;
         }
@@ -114,6 +127,9 @@ fn evaluate(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
                 // The service partition's device timers may raise the interrupt that
                 // ends the halt.
                 crate::service::run_timers_if_due(vcpu);
+                if reset_begun(vcpu) {
+                    continue;
+                }
                 if wakes_from_halt(vcpu) {
                     vcpu.set_mp_state(MpState::Runnable);
                     continue;
@@ -164,6 +180,42 @@ pub fn flush_ept_if_requested(vcpu: &'static Vcpu) -> Outcome {
         vcpu.ept_flush_pending.store(false, Ordering::Release);
     }
     Outcome::Continue
+}
+
+/// Whether a reset of the partition began (a device timer run on this CPU may have
+/// started one): the vCPU's state is about to be replaced.
+pub fn reset_begun(vcpu: &Vcpu) -> bool {
+    vcpu.reset_held.load(Ordering::Acquire) || vcpu.restart_pending.load(Ordering::Acquire)
+}
+
+/// A vCPU held by a reset (`partition::reset_vm`): tells the resetting CPU that it is
+/// out of guest mode, runs the service partition's device timers of this CPU when due
+/// (the rebuild of the partition may take a while, and other guests' devices keep
+/// time) and sleeps until a kick (`start_vcpu` releases it with one) or the service
+/// partition's next timer. Called with interrupts off, like [`sleep_until_kicked`];
+/// the guest's own timers are not armed: its LAPIC is being reset.
+fn sleep_while_held(vcpu: &'static Vcpu) {
+    vcpu.reset_parked.store(true, Ordering::Release);
+    crate::service::run_timers_if_due(vcpu);
+    if !vcpu.reset_held.load(Ordering::Acquire) || vcpu.vm.stop_requested() {
+        return;
+    }
+    lapic::arm_timer(crate::service::wake_deadline(vcpu.cpu));
+    x86_64::instructions::interrupts::enable_and_hlt();
+    x86_64::instructions::interrupts::disable();
+    lapic::arm_timer(None);
+}
+
+/// After a reset: the vCPU starts again from the state the service partition gave it
+/// (`VCPU_SET_STATE`), its MP state included (an AP waits for SIPI again).
+fn restart(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Result<(), Outcome> {
+    if crate::vcpu::restart(vcpu, regs).is_err() {
+        log::error!("partition {}: vcpu {}: its start state could not be loaded again", vcpu.vm.name, vcpu.id);
+        vcpu.vm.stop(u64::MAX);
+        return Err(Outcome::Stop);
+    }
+    log::debug!("partition {}: vcpu {} restarted after a reset", vcpu.vm.name, vcpu.id);
+    Ok(())
 }
 
 /// Whether a halted vCPU resumes: an NMI or INIT, or an interrupt it can take now

@@ -338,7 +338,9 @@ fn service_scenarios() -> Vec<Scenario> {
                 "refused: that vcpu waits on no deferred request; nothing changed",
                 "[stopper] deferred-stop: the dropped read did not return",
                 "[stopper] deferred-stop: vcpu 1 waits on its second deferred read; resetting the guest",
-                "partition stopper: reset through its platform; guests are not rebooted in this version, so it stops",
+                "partition stopper: reset through its platform; rebooting (reboot 1)",
+                "partition stopper: vcpu 1: deferred port 0xf8 read dropped: the guest was reset while it waited",
+                "[stopper] deferred-stop: boot 2: vcpu 1 waits on its deferred read; stopping the guest",
                 "partition stopper: vcpu 1: deferred port 0xf8 read dropped: the guest stopped while it waited",
                 "partition stopper: stopped itself (code 0)",
             ],
@@ -362,16 +364,45 @@ fn service_scenarios() -> Vec<Scenario> {
         ),
         service_scenario(
             "svc-reset-shutdown",
-            2,
+            3,
             "tests/configs/svc-reset-shutdown.toml",
             2,
             &[
                 "[off] PASS guest-acpi",
                 "partition off: powered off through its platform (code 0)",
                 "partition off: stopped itself (code 0)",
+                "[svc] service: partition reset: vcpu 1 on cpu 2, waiting for INIT and start-up IPIs",
+                "[reset] acpi: boot 1 (CMOS 0x48 = 0x00)",
+                "[reset] acpi: boot 1: the AP is running",
+                "[reset] acpi: MADT: 2 CPUs, IOAPIC at 0xfec00000",
                 "[reset] PASS guest-acpi",
-                "partition reset: reset through its platform; guests are not rebooted in this version, so it stops",
+                "[reset] acpi: boot 1: resetting through the FADT reset register (0xcf9 = 6)",
+                "partition reset: reset through its platform; rebooting (reboot 1)",
+                "[svc] service: partition reset: reboot 1: flat image loaded again, entry 0x",
+                "[reset] acpi: boot 2 (CMOS 0x48 = 0xb1)",
+                "[reset] acpi: boot 2: the AP is running",
+                "[reset] acpi: boot 2: resetting through the keyboard controller (0x64 = 0xfe)",
+                "partition reset: reset through its platform; rebooting (reboot 2)",
+                "[svc] service: partition reset: reboot 2: flat image loaded again, entry 0x",
+                "[reset] acpi: boot 3 (CMOS 0x48 = 0xb2)",
+                "[reset] acpi: boot 3: the AP is running",
+                "[reset] acpi: boot 3: powering off through PM1a_CNT (S5)",
+                "partition reset: powered off through its platform (code 0)",
                 "partition reset: stopped itself (code 0)",
+            ],
+        ),
+        service_scenario(
+            "svc-reset-stop",
+            2,
+            "tests/configs/svc-reset-stop.toml",
+            1,
+            &[
+                "[once] acpi: boot 1 (CMOS 0x48 = 0x00)",
+                "[once] PASS guest-acpi",
+                "[once] acpi: boot 1: resetting through the FADT reset register (0xcf9 = 6)",
+                "[svc] service: partition once: on_reset = stop, so it is not rebooted",
+                "partition once: reset through its platform; not rebooted, so it stops",
+                "partition once: stopped itself (code 0)",
             ],
         ),
         service_scenario(
@@ -690,6 +721,18 @@ fn linux_scenarios() -> Vec<Scenario> {
         ),
         linux_console_input(),
         linux_scenario(
+            "linux-reboot",
+            "tests/configs/linux-reboot.toml",
+            1,
+            1500,
+            &[
+                "[linux] linux-init: reboot test: boot 1, rebooting",
+                "partition linux: reset through its platform; rebooting (reboot 1)",
+                "[svc] service: partition linux: reboot 1: bzImage image loaded again, entry 0x",
+                "[linux] linux-init: reboot test: boot 2",
+            ],
+        ),
+        linux_scenario(
             "linux-with-guest",
             "tests/configs/linux-with-guest.toml",
             2,
@@ -978,7 +1021,8 @@ mod tests {
                 "svc-multiboot",
                 "svc-multiboot-skylake",
                 "svc-multiboot-ivybridge",
-                "linux-boot"
+                "linux-boot",
+                "linux-reboot"
             ]
         );
         let names: Vec<&str> = select(&["vmx".to_string(), "layout".to_string()]).iter().map(|s| s.name).collect();

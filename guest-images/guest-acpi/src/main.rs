@@ -21,29 +21,50 @@
 //!    element a `ByteConst` (0x0A nn) or `Zero`/`One` (0x00/0x01).
 //!
 //! Then, with 16 MiB of RAM (RSI at entry), it powers off: PM1a control (16-bit, read,
-//! `SLP_TYP` replaced, `SLP_EN` set) = `SLP_TYPa << 10 | 1 << 13`; with any other RAM
-//! size it resets through the FADT's reset register (8-bit OUT of `RESET_VALUE`).
+//! `SLP_TYP` replaced, `SLP_EN` set) = `SLP_TYPa << 10 | 1 << 13`.
+//!
+//! With any other RAM size it proves that a reset reboots it, counting its boots in
+//! CMOS NVRAM byte 0x48 (RTC ports 0x70/0x71; NVRAM survives a reset, as on a PC):
+//!
+//! - boot 1 (the byte is 0): writes 0xB1 there, a pattern into its RAM (a static
+//!   variable of the image and the last page of RAM) and 0x5A into the UART's scratch
+//!   register, then resets through the FADT's reset register (8-bit OUT of
+//!   `RESET_VALUE`);
+//! - boot 2 (0xB1): checks that the RAM pattern is gone (RAM zeroed, image loaded
+//!   again) and the scratch register reads 0 (devices reset), writes 0xB2, the pattern
+//!   and the scratch value again, and resets through the keyboard controller (0xFE to
+//!   port 0x64, the 8042's pulse-reset command);
+//! - boot 3 (0xB2): the same checks, then it powers off through PM1a control as above.
+//!
+//! Any other byte fails. With a second vCPU, every one of these boots first checks that
+//! the AP is not running (it waits for INIT and start-up IPIs again after a reset: its
+//! spin counter, a variable of the image, stays 0), then starts it with INIT, SIPI,
+//! SIPI and waits until it spins with interrupts off, so that each reset has to stop a
+//! vCPU that runs guest code on another CPU.
 //!
 //! Expected console lines (prefix = the partition's name in the config, e.g. `[acpi]`),
 //! with the platform of `hv_tables::PlatformDesc::pc_defaults`:
 //! ```text
+//! [acpi] acpi: boot N (CMOS 0x48 = 0x..)                 (not with 16 MiB)
+//! [acpi] acpi: boot N: the AP is running                 (with a second vCPU)
 //! [acpi] acpi: RSDP at 0x..., XSDT with 2 tables
 //! [acpi] acpi: MADT: N CPUs, IOAPIC at 0xfec00000
 //! [acpi] acpi: FADT: PM1a_CNT 0x604, PM_TMR 0x608, reset 0xcf9=6
 //! [acpi] acpi: \_S5 SLP_TYP 5
 //! [acpi] PASS guest-acpi
+//! [acpi] acpi: boot N: resetting through ... / powering off through PM1a_CNT (S5)
 //! ```
 //! after which the hypervisor logs `partition NAME: powered off through its platform
-//! (code 0)` (16 MiB) or `partition NAME: reset through its platform; guests are not
-//! rebooted in this version, so it stops` (other sizes). A failed check prints `FAIL
-//! guest-acpi: <check>`, then `FAIL guest-acpi`, and stops with code 1 without a power
-//! action; if the power action's OUT returns: `FAIL guest-acpi: still running after
-//! ...`, stop code 1.
+//! (code 0)` or `partition NAME: reset through its platform; rebooting (reboot N)`. A
+//! failed check prints `FAIL guest-acpi: <check>`, then `FAIL guest-acpi`, and stops
+//! with code 1 without a power action; if the power action's OUT returns: `FAIL
+//! guest-acpi: still running after ...`, stop code 1.
 #![no_std]
 #![no_main]
 
 use core::fmt;
-use guest_rt::port::{inl, inw, outb, outw};
+use core::sync::atomic::{AtomicU64, Ordering};
+use guest_rt::port::{inb, inl, inw, outb, outw};
 
 use guest_rt::hv_abi::platform::{IOAPIC_BASE, LAPIC_BASE};
 use guest_rt::interrupts::delay_us;
@@ -110,6 +131,33 @@ const AML_PACKAGE_OP: u8 = 0x12;
 const AML_ZERO_OP: u8 = 0x00;
 const AML_ONE_OP: u8 = 0x01;
 const AML_BYTE_PREFIX: u8 = 0x0A;
+
+/// The RTC/CMOS index and data ports, and the NVRAM byte that counts boots (user RAM,
+/// MC146818A "Address Map": 0x0E-0x7F; 0x48 is used by nothing else here).
+const CMOS_INDEX: u16 = 0x70;
+const CMOS_DATA: u16 = 0x71;
+const BOOT_COUNT_INDEX: u8 = 0x48;
+/// The boot-count byte after boot 1 and boot 2 (0 before boot 1: fresh NVRAM).
+const AFTER_BOOT_1: u8 = 0xB1;
+const AFTER_BOOT_2: u8 = 0xB2;
+/// The 16550's scratch register (COM1 base + 7): 0 after power-on and reset.
+const UART_SCRATCH: u16 = 0x3FF;
+const SCRATCH_MARK: u8 = 0x5A;
+/// The 8042's command port and its pulse-output-port command that pulses the reset
+/// line (bit 0 low: 0xFE; IBM PC/AT Technical Reference, keyboard controller commands).
+const KBD_COMMAND: u16 = 0x64;
+const KBD_PULSE_RESET: u8 = 0xFE;
+/// What boot 1 and 2 leave in RAM: a reboot must not find it (RAM zeroed, image loaded
+/// again).
+const RAM_MARK: u64 = 0x5245_424F_4F54_4D4B;
+/// A variable of the image (`.bss`, 0 as loaded).
+static IMAGE_MARK: AtomicU64 = AtomicU64::new(0);
+/// How often the AP went round its loop (`.bss`, 0 as loaded).
+static AP_SPINS: AtomicU64 = AtomicU64::new(0);
+/// How long the AP must stay still at the start of a boot, and how long it may take to
+/// start spinning once started.
+const AP_STILL_US: u64 = 2_000;
+const AP_START_US: u64 = 200_000;
 
 /// The RAM size with which the guest powers off (any other size resets).
 const POWER_OFF_RAM: u64 = 16 << 20;
@@ -356,12 +404,99 @@ fn port(value: u64, what: &str) -> u16 {
     u16::try_from(value).unwrap_or_else(|_| fatal(format_args!("{what} {value:#x} is not an I/O port")))
 }
 
+fn cmos_read(index: u8) -> u8 {
+    outb(CMOS_INDEX, index);
+    inb(CMOS_DATA)
+}
+
+fn cmos_write(index: u8, value: u8) {
+    outb(CMOS_INDEX, index);
+    outb(CMOS_DATA, value);
+}
+
+/// The last 8-byte word of RAM's last page (free: the image sits at 2 MiB, its stack
+/// below it).
+fn last_page_word(ram_bytes: u64) -> *mut u64 {
+    (ram_bytes - 4096) as *mut u64
+}
+
+/// Which boot this is (1, 2 or 3) by the CMOS boot count; from the second boot on,
+/// checks that nothing of the last boot survived but NVRAM.
+fn start_of_boot(c: &mut Checks, ram_bytes: u64) -> u8 {
+    let count = cmos_read(BOOT_COUNT_INDEX);
+    let boot = match count {
+        0 => 1,
+        AFTER_BOOT_1 => 2,
+        AFTER_BOOT_2 => 3,
+        other => fatal(format_args!("CMOS byte {BOOT_COUNT_INDEX:#x} holds {other:#x}, not a boot count")),
+    };
+    println!("acpi: boot {boot} (CMOS {BOOT_COUNT_INDEX:#x} = {count:#04x})");
+    let image = IMAGE_MARK.load(Ordering::Relaxed);
+    // SAFETY: the last page of RAM is identity-mapped by the start page tables, 8-byte
+    // aligned, and used by nothing else (see `last_page_word`); only this vCPU runs.
+    let last = unsafe { last_page_word(ram_bytes).read_volatile() };
+    let scratch = inb(UART_SCRATCH);
+    c.check(
+        image == 0,
+        format_args!("boot {boot}: the image's variable reads {image:#x}, not 0 (image not loaded again)"),
+    );
+    c.check(last == 0, format_args!("boot {boot}: RAM's last page reads {last:#x}, not 0 (RAM not zeroed)"));
+    c.check(scratch == 0, format_args!("boot {boot}: the UART scratch register reads {scratch:#x}, not 0 (not reset)"));
+    boot
+}
+
+/// The AP's code: count, with interrupts off (as `start_aps` enters it), forever.
+extern "C" fn ap_spin(_apic_id: u32) -> ! {
+    loop {
+        AP_SPINS.fetch_add(1, Ordering::Relaxed);
+        core::hint::spin_loop();
+    }
+}
+
+/// With a second vCPU: checks that it does not run yet (after a reset it waits for a
+/// start-up IPI again), then starts it and waits until it runs guest code.
+fn start_ap(c: &mut Checks, boot: u8) {
+    if guest_rt::smp::vcpu_count() < 2 {
+        return;
+    }
+    delay_us(AP_STILL_US);
+    let spins = AP_SPINS.load(Ordering::Relaxed);
+    c.check(spins == 0, format_args!("boot {boot}: the AP ran {spins} loops before its start-up IPI"));
+    guest_rt::exceptions::install();
+    guest_rt::lapic::sync_mode();
+    guest_rt::lapic::enable();
+    let online = guest_rt::smp::start_aps(1, ap_spin);
+    let spinning = guest_rt::interrupts::wait_for(
+        || AP_SPINS.load(Ordering::Relaxed) > 0,
+        guest_rt::interrupts::us_to_tsc(AP_START_US),
+    );
+    if c.check(
+        online == 1 && spinning,
+        format_args!("boot {boot}: the AP came online ({online}) and runs ({spinning})"),
+    ) {
+        println!("acpi: boot {boot}: the AP is running");
+    }
+}
+
+/// Leaves what the next boot must not find, and the boot count it must find.
+fn before_reset(boot: u8, ram_bytes: u64) {
+    IMAGE_MARK.store(RAM_MARK, Ordering::Relaxed);
+    // SAFETY: as in `start_of_boot`.
+    unsafe { last_page_word(ram_bytes).write_volatile(RAM_MARK) };
+    outb(UART_SCRATCH, SCRATCH_MARK);
+    cmos_write(BOOT_COUNT_INDEX, if boot == 1 { AFTER_BOOT_1 } else { AFTER_BOOT_2 });
+}
+
 /// Entry point (see `hv_abi::start`): RDI = vCPU id, RSI = RAM size in bytes.
 #[no_mangle]
 #[link_section = ".text._start"]
 pub extern "C" fn _start(_vcpu: u64, ram_bytes: u64) -> ! {
     let ram = Ram { bytes: ram_bytes };
     let mut c = Checks { ok: true };
+    let boot = if ram_bytes == POWER_OFF_RAM { None } else { Some(start_of_boot(&mut c, ram_bytes)) };
+    if let Some(boot) = boot {
+        start_ap(&mut c, boot);
+    }
 
     // RSDP.
     let (rsdp_addr, rsdp) = find_rsdp(ram).unwrap_or_else(|| {
@@ -460,15 +595,29 @@ pub extern "C" fn _start(_vcpu: u64, ram_bytes: u64) -> ! {
     }
     println!("PASS {NAME}");
 
-    if ram_bytes == POWER_OFF_RAM {
-        let pm1a_cnt = port(u64::from(f.pm1a_cnt), "PM1a_CNT_BLK");
-        let value = (inw(pm1a_cnt) & !(SLP_TYP_MASK | SLP_EN)) | u16::from(slp_typ) << SLP_TYP_SHIFT | SLP_EN;
-        outw(pm1a_cnt, value);
-        println!("FAIL {NAME}: still running after writing {value:#06x} (SLP_TYP {slp_typ}, SLP_EN) to PM1a_CNT");
-    } else {
-        let reset = port(f.reset_port, "RESET_REG");
-        outb(reset, f.reset_value);
-        println!("FAIL {NAME}: still running after writing RESET_VALUE {} to {reset:#x}", f.reset_value);
+    match boot {
+        Some(boot @ 1) => {
+            let reset = port(f.reset_port, "RESET_REG");
+            println!("acpi: boot {boot}: resetting through the FADT reset register ({reset:#x} = {})", f.reset_value);
+            before_reset(boot, ram_bytes);
+            outb(reset, f.reset_value);
+            println!("FAIL {NAME}: still running after writing RESET_VALUE {} to {reset:#x}", f.reset_value);
+        }
+        Some(boot @ 2) => {
+            println!("acpi: boot {boot}: resetting through the keyboard controller ({KBD_COMMAND:#x} = {KBD_PULSE_RESET:#x})");
+            before_reset(boot, ram_bytes);
+            outb(KBD_COMMAND, KBD_PULSE_RESET);
+            println!("FAIL {NAME}: still running after the keyboard controller's reset command");
+        }
+        _ => {
+            if let Some(boot) = boot {
+                println!("acpi: boot {boot}: powering off through PM1a_CNT (S5)");
+            }
+            let pm1a_cnt = port(u64::from(f.pm1a_cnt), "PM1a_CNT_BLK");
+            let value = (inw(pm1a_cnt) & !(SLP_TYP_MASK | SLP_EN)) | u16::from(slp_typ) << SLP_TYP_SHIFT | SLP_EN;
+            outw(pm1a_cnt, value);
+            println!("FAIL {NAME}: still running after writing {value:#06x} (SLP_TYP {slp_typ}, SLP_EN) to PM1a_CNT");
+        }
     }
     stop(1)
 }

@@ -1,7 +1,10 @@
 //! `guest-deferred-stop` (2 vCPUs): vCPU 1 waits on deferred requests
-//! (`hv_abi::io_request`, "Deferred completion") while vCPU 0 first sends it an INIT,
-//! then resets the guest; each time the hypervisor must drop the request.
+//! (`hv_abi::io_request`, "Deferred completion") while vCPU 0 sends it an INIT, resets
+//! (reboots) the guest, and after the reboot stops it; each time the hypervisor must
+//! drop the request. CMOS NVRAM byte [`BOOT_MARK_INDEX`] (RTC ports 0x70/0x71; NVRAM
+//! survives a reset) tells the boots apart.
 //!
+//! First boot:
 //! 1. vCPU 0 sets the `delay-test` delay to [`FIRST_DELAY_MS`] and starts vCPU 1, which
 //!    reads the port (the service partition answers `DEFERRED`).
 //! 2. [`ACT_AFTER_MS`] later (before the read is due) vCPU 0 sends vCPU 1 an INIT: the
@@ -9,16 +12,21 @@
 //!    returns. vCPU 0 waits past the read's due time (the service partition's completion
 //!    then finds no request waiting and is refused) and checks that it did not return.
 //! 3. vCPU 0 sets the delay to `DELAY_TEST_NEVER` and starts vCPU 1 again (INIT, SIPI,
-//!    SIPI), which reads again; [`ACT_AFTER_MS`] later vCPU 0 resets the guest through
-//!    port 0xCF9: the hypervisor stops the guest, and vCPU 1's CPU leaves its wait and
-//!    drops the request.
+//!    SIPI), which reads again; [`ACT_AFTER_MS`] later vCPU 0 marks NVRAM and resets the
+//!    guest through port 0xCF9: vCPU 1's CPU must leave its wait (dropping the request)
+//!    for the reset to go on, and the guest boots again.
+//!
+//! Second boot: vCPU 0 sets the delay to `DELAY_TEST_NEVER` (the reset set the device
+//! back), starts vCPU 1, which reads, and [`ACT_AFTER_MS`] later stops the guest with
+//! `PARTITION_STOP`: vCPU 1's CPU leaves its wait and drops the request.
 //!
 //! If a read of vCPU 1 ever returns, or a step fails, the guest prints `FAIL` and stops
 //! with code 1.
 //!
 //! Expected console lines: `deferred-stop: vcpu 1 waits on its deferred read; sending it
 //! INIT`, `deferred-stop: the dropped read did not return`, `deferred-stop: vcpu 1 waits
-//! on its second deferred read; resetting the guest`.
+//! on its second deferred read; resetting the guest`, `deferred-stop: boot 2: vcpu 1
+//! waits on its deferred read; stopping the guest`.
 #![no_std]
 #![no_main]
 
@@ -27,7 +35,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use guest_rt::hv_abi::platform::devices::{DELAY_TEST_NEVER, DELAY_TEST_PORT};
 use guest_rt::interrupts::{delay_us, us_to_tsc, wait_for};
 use guest_rt::lapic::{self, icr};
-use guest_rt::port::{inl, outb, outl};
+use guest_rt::port::{inb, inl, outb, outl};
 use guest_rt::{println, smp, stop};
 
 /// The delay of vCPU 1's first read, in milliseconds.
@@ -40,6 +48,13 @@ const AFTER_INIT_MS: u64 = 2 * FIRST_DELAY_MS as u64;
 /// The PIIX reset control register and the value that resets the system.
 const RESET_CONTROL_PORT: u16 = 0xcf9;
 const RESET_VALUE: u8 = 6;
+
+/// The RTC/CMOS index and data ports, and the NVRAM byte that marks the second boot
+/// (user RAM, MC146818A "Address Map": 0x0E-0x7F; 0x49 is used by nothing else here).
+const CMOS_INDEX: u16 = 0x70;
+const CMOS_DATA: u16 = 0x71;
+const BOOT_MARK_INDEX: u8 = 0x49;
+const REBOOTED: u8 = 0xd2;
 
 /// Reads vCPU 1 has started.
 static READS_STARTED: AtomicU32 = AtomicU32::new(0);
@@ -73,10 +88,35 @@ fn wait_for_read(n: u32) {
     }
 }
 
+fn cmos_read(index: u8) -> u8 {
+    outb(CMOS_INDEX, index);
+    inb(CMOS_DATA)
+}
+
+fn cmos_write(index: u8, value: u8) {
+    outb(CMOS_INDEX, index);
+    outb(CMOS_DATA, value);
+}
+
+/// The second boot: vCPU 1 waits on a read that never completes while the guest stops.
+fn second_boot() -> ! {
+    cmos_write(BOOT_MARK_INDEX, 0);
+    outl(DELAY_TEST_PORT, DELAY_TEST_NEVER);
+    if smp::start_aps(1, ap_entry) != 1 {
+        fail("vcpu 1 did not come online after the reboot");
+    }
+    wait_for_read(1);
+    println!("deferred-stop: boot 2: vcpu 1 waits on its deferred read; stopping the guest");
+    stop(0)
+}
+
 /// Entry point (see `hv_abi::start`).
 #[no_mangle]
 #[link_section = ".text._start"]
 pub extern "C" fn _start(_vcpu: u64, _ram_bytes: u64) -> ! {
+    if cmos_read(BOOT_MARK_INDEX) == REBOOTED {
+        second_boot();
+    }
     outl(DELAY_TEST_PORT, FIRST_DELAY_MS);
     if smp::start_aps(1, ap_entry) != 1 {
         fail("vcpu 1 did not come online");
@@ -96,8 +136,9 @@ pub extern "C" fn _start(_vcpu: u64, _ram_bytes: u64) -> ! {
     }
     wait_for_read(2);
     println!("deferred-stop: vcpu 1 waits on its second deferred read; resetting the guest");
+    cmos_write(BOOT_MARK_INDEX, REBOOTED);
     outb(RESET_CONTROL_PORT, RESET_VALUE);
-    // The reset stops this vCPU on its way back into the guest; nothing below runs.
+    // The reset restarts this vCPU on its way back into the guest; nothing below runs.
     delay_us(1_000_000);
     fail("still running after the reset")
 }

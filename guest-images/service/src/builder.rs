@@ -81,20 +81,21 @@ mod plan;
 mod ustar;
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use guest_rt::{println, raw_hypercall};
 use hv_abi::hypercall as hc;
 use hv_abi::service::control::{info, VcpuStartState, START_STATE_BYTES};
-use hv_abi::service::{VmId, PAYLOAD_GPA, PAYLOAD_MAX_BYTES, POOL_GPA, POOL_MAX_BYTES};
+use hv_abi::service::{power, VmId, MAX_VMS, PAYLOAD_GPA, PAYLOAD_MAX_BYTES, POOL_GPA, POOL_MAX_BYTES};
 use hv_abi::start;
-use hv_core::boot_conf::{self, PartitionKind, PartitionSpec, ProblemKind, StartMode, MAX_VCPUS};
+use hv_core::boot_conf::{self, OnReset, PartitionKind, PartitionSpec, ProblemKind, StartMode, MAX_VCPUS};
 use hv_loader::linux::LinuxParams;
 use hv_loader::multiboot::MultibootParams;
 use hv_loader::{E820Entry, EntryState, GuestMemory, ImageKind, LoadError, Loaded};
 use hv_tables::{PlatformDesc, TableError};
 
-use plan::{CpuSet, Failure, Kind, Pool, TABLES_BYTES, TABLES_GPA};
+use plan::{CpuSet, Cpus, Failure, Kind, Pool, TABLES_BYTES, TABLES_GPA};
 
 /// The payload file the partitions are listed in.
 const SETTINGS_ENTRY: &str = "hypervisor.conf";
@@ -122,6 +123,7 @@ pub fn build_all() {
                         return;
                     }
                     guests += 1;
+                    let _building = BuilderLock::take();
                     match builder.build(&spec) {
                         Ok(()) => started += 1,
                         Err(why) => println!("service: partition {} not started: {why}", spec.name),
@@ -181,7 +183,7 @@ impl Builder {
     }
 
     /// Validates, creates, builds and starts one guest partition.
-    fn build(&mut self, spec: &PartitionSpec<'_>) -> Result<(), Failure> {
+    fn build(&mut self, spec: &PartitionSpec<'static>) -> Result<(), Failure> {
         // Validate everything first: nothing is created for a partition that fails here.
         let image = ustar::find(self.payload, spec.image).ok_or(Failure::ImageMissing)?;
         let extras = BootExtras {
@@ -223,7 +225,8 @@ impl Builder {
         let vm = create_vm(spec.name)?;
         let guest =
             Guest { vm, spec, image, extras, ram, offset, cpus: cpus.as_slice(), e820: e820.as_slice(), desc, tables };
-        match self.commit(&guest) {
+        let built = Built { vm, spec: *spec, image, extras, ram, offset, pool_bytes: self.pool.bytes, cpus, tables };
+        match self.commit(&guest, &built) {
             Ok((state, kind)) => {
                 println!(
                     "service: partition {}: {} image, {} MiB, vcpu 0 on cpu {}, entry {:#x}",
@@ -250,8 +253,9 @@ impl Builder {
     }
 
     /// Everything after `VM_CREATE`: RAM, devices, memory contents, vCPUs. Returns the
-    /// boot vCPU's start state and the image kind.
-    fn commit(&mut self, g: &Guest<'_, '_>) -> Result<(VcpuStartState, Kind), Failure> {
+    /// boot vCPU's start state and the image kind. What a reboot needs to build the
+    /// guest again (`built`) is kept before its vCPUs start.
+    fn commit(&mut self, g: &Guest<'_, '_>, built: &Built) -> Result<(VcpuStartState, Kind), Failure> {
         let vm = u64::from(g.vm.0);
         call("VM_MAP_RAM", hc::VM_MAP_RAM, vm, g.offset, g.ram)?;
         // The range is the VM's now, whatever happens next.
@@ -269,8 +273,9 @@ impl Builder {
         }
         let ids = ids.get(..g.cpus.len()).unwrap_or(&[]);
         for (i, &id) in ids.iter().enumerate() {
-            set_state(vm, id, &if i == 0 { state } else { plan::ap_start_state() })?;
+            set_state(vm, id, &plan::vcpu_start_state(i as u64, state))?;
         }
+        BUILT.record(built);
         for &id in ids {
             call("VCPU_START", hc::VCPU_START, vm, id, 0)?;
         }
@@ -291,6 +296,172 @@ struct Guest<'s, 'c> {
     desc: PlatformDesc,
     /// Whether the platform tables go in (the image leaves their region free).
     tables: bool,
+}
+
+/// What the builder keeps of a guest it built, to build it again when it reboots.
+#[derive(Clone, Copy)]
+struct Built {
+    vm: VmId,
+    spec: PartitionSpec<'static>,
+    image: &'static [u8],
+    extras: BootExtras,
+    ram: u64,
+    offset: u64,
+    pool_bytes: u64,
+    cpus: Cpus,
+    tables: bool,
+}
+
+/// One [`Built`] per VM-table index, each written once (before the VM's vCPUs start,
+/// so before any reset of it can ask for it) and read-only afterwards.
+struct BuiltTable([BuiltSlot; MAX_VMS as usize]);
+
+struct BuiltSlot {
+    /// Set (Release) once `built` is written; never cleared.
+    ready: AtomicBool,
+    built: UnsafeCell<Option<Built>>,
+}
+
+// SAFETY: a slot's `built` is written once, by `record` before it sets `ready`
+// (Release), and only read after `ready` was seen set (Acquire); the builder lock
+// keeps two writers apart, and `record` never writes a slot that is ready.
+unsafe impl Sync for BuiltTable {}
+
+static BUILT: BuiltTable =
+    BuiltTable([const { BuiltSlot { ready: AtomicBool::new(false), built: UnsafeCell::new(None) } }; MAX_VMS as usize]);
+
+impl BuiltTable {
+    /// Keeps `built` for its VM (called with the builder lock held). A slot already
+    /// written stays as it is (a VM index is used once in this version).
+    fn record(&self, built: &Built) {
+        let Some(slot) = self.0.get(usize::from(built.vm.index())) else { return };
+        if slot.ready.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: the slot is not ready, so no reader looks at it (see the `Sync`
+        // impl), and the builder lock, which the caller holds, keeps other writers out.
+        unsafe { *slot.built.get() = Some(*built) };
+        slot.ready.store(true, Ordering::Release);
+    }
+
+    /// What was kept for VM `id` (its generation must match).
+    fn get(&self, id: VmId) -> Option<Built> {
+        let slot = self.0.get(usize::from(id.index()))?;
+        if !slot.ready.load(Ordering::Acquire) {
+            return None;
+        }
+        // SAFETY: the slot is ready: written once and never again (see the `Sync` impl).
+        let built = unsafe { *slot.built.get() };
+        built.filter(|b| b.vm == id)
+    }
+}
+
+/// The builder's own lock: the guest builds of [`build_all`] and the rebuilds of
+/// [`reboot`] (on any service vCPU) share the hypercall argument buffers ([`NAME`],
+/// [`START_STATE`]) and the [`BUILT`] table, so one runs at a time.
+struct BuilderLock;
+
+static BUILDER_LOCKED: AtomicBool = AtomicBool::new(false);
+
+impl BuilderLock {
+    fn take() -> Self {
+        while BUILDER_LOCKED.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            core::hint::spin_loop();
+        }
+        Self
+    }
+}
+
+impl Drop for BuilderLock {
+    fn drop(&mut self) {
+        BUILDER_LOCKED.store(false, Ordering::Release);
+    }
+}
+
+/// Guest VM `id`'s platform was reset (0xCF9, the keyboard controller, the FADT reset
+/// register): it reboots, as a PC does. Called by the access that made the reset
+/// request, outside every board lock (other service vCPUs may have to finish accesses
+/// of the same guest before its vCPUs can stop):
+///
+/// 1. `VM_RESET(vm)`: the hypervisor holds every vCPU of the guest out of guest mode
+///    (kicking those on other CPUs and waiting for them), puts their LAPICs and the
+///    I/O APIC back to power-on, and logs `partition NAME: reset through its platform;
+///    rebooting (reboot N)`;
+/// 2. the guest's board goes through a system reset (`crate::vms::reset_board`: every
+///    device to power-on, except the RTC/CMOS clock and NVRAM, which survive);
+/// 3. its RAM is written as at the first boot ([`write_memory`]: zeroed, platform
+///    tables, image, boot structures), vCPU 0 gets its start state again and the
+///    others wait for SIPI (`VCPU_SET_STATE`), and `VCPU_START` releases them all.
+///
+/// It prints `service: partition NAME: reboot N: KIND image loaded again, entry 0x..`.
+/// A guest whose line says `on_reset=stop`, or that the builder did not build, is
+/// stopped instead with `GUEST_POWER(RESET)` (the first with a line saying so); one
+/// whose rebuild fails after step 1 with `VM_STOP(vm, u64::MAX)` and a line naming why.
+/// A `VM_RESET` that is refused (the guest is stopping, or another of its vCPUs is
+/// resetting it right now) leaves it alone.
+pub fn reboot(id: VmId) {
+    let Some(built) = BUILT.get(id) else {
+        raw_hypercall(hc::GUEST_POWER, u64::from(id.0), power::RESET, 0, 0);
+        return;
+    };
+    let name = built.spec.name;
+    if built.spec.on_reset == OnReset::Stop {
+        println!("service: partition {name}: on_reset = stop, so it is not rebooted");
+        raw_hypercall(hc::GUEST_POWER, u64::from(id.0), power::RESET, 0, 0);
+        return;
+    }
+    let reboot = match call("VM_RESET", hc::VM_RESET, u64::from(id.0), 0, 0) {
+        Ok(n) => n,
+        Err(why) => {
+            println!("service: partition {name}: reset not performed: {why}");
+            return;
+        }
+    };
+    crate::vms::reset_board(id);
+    let _building = BuilderLock::take();
+    match rebuild(&built) {
+        Ok((state, kind)) => println!(
+            "service: partition {name}: reboot {reboot}: {} image loaded again, entry {:#x}",
+            kind.name(),
+            state.rip
+        ),
+        Err(why) => {
+            println!("service: partition {name} not rebooted: {why}");
+            raw_hypercall(hc::VM_STOP, u64::from(id.0), u64::MAX, 0, 0);
+        }
+    }
+}
+
+/// Step 3 of [`reboot`]: the guest's memory as at its first boot, its vCPUs' start
+/// states, and `VCPU_START` for each (they are held by `VM_RESET` until then).
+fn rebuild(b: &Built) -> Result<(VcpuStartState, Kind), Failure> {
+    let e820 = plan::e820(b.ram);
+    let guest = Guest {
+        vm: b.vm,
+        spec: &b.spec,
+        image: b.image,
+        extras: b.extras,
+        ram: b.ram,
+        offset: b.offset,
+        cpus: b.cpus.as_slice(),
+        e820: e820.as_slice(),
+        desc: PlatformDesc::pc_defaults(b.spec.vcpus),
+        tables: b.tables,
+    };
+    let (state, kind) = {
+        let mut mem = PoolMemory::new(b.offset, b.ram, b.pool_bytes)
+            .ok_or(Failure::Layout("the guest's RAM is outside the pool window"))?;
+        write_memory(&mut mem, &guest)?
+    };
+    let vm = u64::from(b.vm.0);
+    let vcpus = guest.cpus.len() as u64;
+    for id in 0..vcpus {
+        set_state(vm, id, &plan::vcpu_start_state(id, state))?;
+    }
+    for id in 0..vcpus {
+        call("VCPU_START", hc::VCPU_START, vm, id, 0)?;
+    }
+    Ok((state, kind))
 }
 
 /// Writes the guest's RAM: zeroes, platform tables, image, boot structures. Returns the
@@ -409,8 +580,9 @@ impl PoolMemory {
         // SAFETY: `gpa..gpa + len` is inside this guest's RAM (checked above), which is
         // inside the pool window (`new`), mapped read/write at POOL_GPA and
         // identity-mapped by the start page tables. The range belongs to this guest
-        // alone (the pool gives each range out once), its vCPUs do not run yet and no
-        // other service vCPU touches the pool, and the slice borrows `self` mutably, so
+        // alone (the pool gives each range out once), its vCPUs do not run (not started
+        // yet, or held by `VM_RESET` for a reboot), no other service vCPU touches the
+        // pool while the builder lock is held, and the slice borrows `self` mutably, so
         // no other reference to these bytes exists while it lives.
         Ok(unsafe { core::slice::from_raw_parts_mut(ptr, len) })
     }

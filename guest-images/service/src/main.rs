@@ -30,9 +30,12 @@
 //!    with `GUEST_IRQ_LINE` as they change.
 //! 6. The board's console output is drained; complete lines (and a partial line of 256
 //!    bytes) go out with `GUEST_CONSOLE_WRITE` as the guest's output.
-//! 7. A power request the access made (PM1 S5, 0xCF9 or keyboard-controller reset,
-//!    isa-debug-exit) is performed with `GUEST_POWER`, after the guest's partial
-//!    console line is flushed.
+//! 7. A power request the access made is performed after the guest's partial console
+//!    line is flushed: a power-off (PM1 S5, isa-debug-exit) with `GUEST_POWER`; a
+//!    reset (0xCF9, the keyboard controller's pulse-reset command) reboots the guest
+//!    once the VM's lock is released ([`builder::reboot`]: `VM_RESET`, the board reset,
+//!    the guest's RAM and vCPUs built again), still within this request: the
+//!    hypervisor drops the reset access's completion and restarts the guest's vCPUs.
 //! 8. `data` (reads, zero-extended to the access size) and `status` (`DONE`) are written
 //!    back with volatile writes, no other field touched ([`slots::reply`]), and the next
 //!    `SERVICE_REPLY_WAIT` replies with the slot index.

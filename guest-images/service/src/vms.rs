@@ -9,7 +9,11 @@
 //! different vCPUs of the same VM. Each table entry has its own spin lock (an
 //! `AtomicBool`); a request holds its VM's lock from the board look-up to the last
 //! hypercall it makes, so the board, the line levels and the console buffer of one VM
-//! change one request at a time, while different VMs proceed in parallel.
+//! change one request at a time, while different VMs proceed in parallel. A reset is
+//! the exception: the guest's reboot (`crate::builder::reboot`) runs after the lock is
+//! released, because `VM_RESET` waits for the guest's other vCPUs, which may need the
+//! lock to finish an access first; the board reset then takes the lock again
+//! ([`reset_board`]).
 //!
 //! **Board configuration.** This version of the protocol tells the service partition
 //! nothing about a VM but its id, so every board is built with 1 vCPU and 0 bytes of
@@ -199,14 +203,24 @@ impl Platform for Wire<'_> {
     }
 }
 
-/// Performs a power request for guest VM `id`.
-fn power(id: VmId, request: PlatformRequest) {
-    let (action, code) = match request {
-        PlatformRequest::PowerOff => (power::OFF, 0),
-        PlatformRequest::Reset => (power::RESET, 0),
-        PlatformRequest::Exit(code) => (power::OFF, u64::from(code)),
-    };
-    raw_hypercall(hc::GUEST_POWER, u64::from(id.0), action, code, 0);
+/// Performs a power-off request for guest VM `id` (a reset is a reboot: see
+/// [`settle`]).
+fn power_off(id: VmId, code: u64) {
+    raw_hypercall(hc::GUEST_POWER, u64::from(id.0), power::OFF, code, 0);
+}
+
+/// A reset that [`settle`] left for the caller: performed with
+/// `crate::builder::reboot` once the VM's lock is released.
+#[must_use]
+struct PendingReset(Option<VmId>);
+
+impl PendingReset {
+    /// Reboots the guest, if it asked for a reset. Call without holding any VM's lock.
+    fn perform(self) {
+        if let Some(id) = self.0 {
+            crate::builder::reboot(id);
+        }
+    }
 }
 
 /// One table entry: a spin lock and the VM it guards.
@@ -257,13 +271,14 @@ static TABLE: [Entry; MAX_VMS as usize] = [const { Entry::new() }; MAX_VMS as us
 /// for the locking): under the VM's lock, the board is looked up (created on the VM's
 /// first request, replaced when the id's generation changed), brought to now with
 /// `tick`, and handed to `f` with the time and the wiring; then the console output is
-/// drained, a power request is performed and [`next_wake`] is updated ([`settle`]).
+/// drained, a power-off request is performed and [`next_wake`] is updated
+/// ([`settle`]); a reset request reboots the guest after the lock is released.
 /// `None` when the table does not cover the VM.
 // Inlined into the request loop: every forwarded access runs it (`opt-level = "s"`
 // would call it, which costs the round trip dozens of instructions).
 #[inline(always)]
 fn access<R>(id: VmId, f: impl FnOnce(&mut PcBoard, Nanos, &mut Wire<'_>) -> R) -> Option<R> {
-    with_vm(id, |vm| {
+    let (result, reset) = with_vm(id, |vm| {
         let now = crate::clock::now().max(vm.last_now);
         vm.last_now = now;
         let mut wire = Wire { id, lines: &mut vm.lines, power: None };
@@ -275,9 +290,11 @@ fn access<R>(id: VmId, f: impl FnOnce(&mut PcBoard, Nanos, &mut Wire<'_>) -> R) 
             vm.board.tick(now, &mut wire);
         }
         let request = wire.power;
-        settle(vm, request);
-        result
-    })
+        let reset = settle(vm, request);
+        (result, reset)
+    })?;
+    reset.perform();
+    Some(result)
 }
 
 /// Runs `f` on the table entry of guest VM `id` under its lock: the entry is created on
@@ -307,27 +324,58 @@ pub fn input_room(id: VmId) -> usize {
 /// queue's room are dropped (the caller asks for no more than [`input_room`], except
 /// when the queue is full: see `crate::console`). Returns how many were queued.
 pub fn queue_input(id: VmId, bytes: &[u8]) -> usize {
-    with_vm(id, |vm| {
+    let Some((queued, reset)) = with_vm(id, |vm| {
         let queued = vm.input.extend(bytes);
+        let mut reset = PendingReset(None);
         if Vm::feed_input(&mut vm.board, &mut vm.input) {
             let now = crate::clock::now().max(vm.last_now);
             vm.last_now = now;
             let mut wire = Wire { id: vm.id, lines: &mut vm.lines, power: None };
             vm.board.tick(now, &mut wire);
             let request = wire.power;
-            settle(vm, request);
+            reset = settle(vm, request);
         }
-        queued
-    })
-    .unwrap_or(0)
+        (queued, reset)
+    }) else {
+        return 0;
+    };
+    reset.perform();
+    queued
+}
+
+/// After `VM_RESET` held guest VM `id`'s vCPUs: its board goes through a system reset
+/// (`PcBoard::reset`: every device back to power-on, the RTC/CMOS clock and NVRAM
+/// kept), after its console output is sent; every interrupt line still high is
+/// lowered, so the levels the hypervisor's I/O APIC holds and [`Vm::lines`] agree
+/// (the I/O APIC itself was reset by `VM_RESET`; lowering a low pin changes nothing).
+/// Console input waiting for the UART stays queued: it was typed for the guest. The
+/// `delay-test` device is reset too (its read in progress, if any, is forgotten).
+pub fn reset_board(id: VmId) {
+    with_vm(id, |vm| {
+        let now = crate::clock::now().max(vm.last_now);
+        vm.last_now = now;
+        vm.drain_console(true);
+        let mut wire = Wire { id, lines: &mut vm.lines, power: None };
+        vm.board.reset(now, &mut wire);
+        for gsi in 0..IOAPIC_PINS {
+            if *wire.lines & (1 << gsi) != 0 {
+                wire.set_irq(gsi as u8, false);
+            }
+        }
+        // The reset 8259 pair's INTR is low; the hypervisor's VM_RESET lowered its copy.
+        vm.pic_intr = false;
+        // A delay-test read in progress was dropped by the hypervisor with the reset.
+        vm.delay = DelayTest::new();
+    });
 }
 
 /// What follows every access, interrupt acknowledge and timer tick of a VM: the 8259
 /// pair's INTR level goes to the hypervisor if it changed ([`sync_pic_intr`]), its
-/// console output is drained (all of it when a power request ends the guest), the
-/// power request (if any) is performed, and the board's next event lowers
-/// [`next_wake`].
-fn settle(vm: &mut Vm, request: Option<PlatformRequest>) {
+/// console output is drained (all of it when a power request ends or resets the
+/// guest), a power-off request is performed, and the board's next event lowers
+/// [`next_wake`]. A reset request is returned: the caller reboots the guest once it has
+/// released the VM's lock ([`PendingReset::perform`]).
+fn settle(vm: &mut Vm, request: Option<PlatformRequest>) -> PendingReset {
     sync_pic_intr(vm);
     // Most accesses write nothing to the console: no output, no partial line waiting.
     if vm.board.console_output_len() > 0 || request.is_some() {
@@ -342,12 +390,16 @@ fn settle(vm: &mut Vm, request: Option<PlatformRequest>) {
             lower_next_wake(due);
         }
     }
-    if let Some(request) = request {
-        power(vm.id, request);
-    }
     if let Some(next) = vm.board.next_event() {
         lower_next_wake(next);
     }
+    match request {
+        Some(PlatformRequest::PowerOff) => power_off(vm.id, 0),
+        Some(PlatformRequest::Exit(code)) => power_off(vm.id, u64::from(code)),
+        Some(PlatformRequest::Reset) => return PendingReset(Some(vm.id)),
+        None => {}
+    }
+    PendingReset(None)
 }
 
 /// Sends the 8259 pair's INTR output level with `GUEST_PIC_INTR` when it differs from
@@ -463,15 +515,19 @@ pub fn next_wake() -> Option<Nanos> {
 pub fn tick_all() {
     NEXT_WAKE.store(u64::MAX, Ordering::Release);
     for entry in &TABLE {
-        let mut guard = entry.lock();
-        let Some(vm) = guard.vm().as_mut() else { continue };
-        let now = crate::clock::now().max(vm.last_now);
-        vm.last_now = now;
-        Vm::feed_input(&mut vm.board, &mut vm.input);
-        let mut wire = Wire { id: vm.id, lines: &mut vm.lines, power: None };
-        vm.board.tick(now, &mut wire);
-        let request = wire.power;
-        settle(vm, request);
-        vm.complete_delayed_read();
+        let reset = {
+            let mut guard = entry.lock();
+            let Some(vm) = guard.vm().as_mut() else { continue };
+            let now = crate::clock::now().max(vm.last_now);
+            vm.last_now = now;
+            Vm::feed_input(&mut vm.board, &mut vm.input);
+            let mut wire = Wire { id: vm.id, lines: &mut vm.lines, power: None };
+            vm.board.tick(now, &mut wire);
+            let request = wire.power;
+            let reset = settle(vm, request);
+            vm.complete_delayed_read();
+            reset
+        };
+        reset.perform();
     }
 }

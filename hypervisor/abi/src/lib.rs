@@ -66,7 +66,8 @@ pub mod hypercall {
     pub const GUEST_IRQ_LINE: u64 = 9;
     /// A power action for guest VM RBX: RCX = [`super::service::power::OFF`] (RDX = exit
     /// code) or [`super::service::power::RESET`]. The guest is stopped with a line naming
-    /// the action (this version has no guest reboot). Returns 0.
+    /// the action. Returns 0. (A guest that the service partition reboots after a reset
+    /// goes through [`VM_RESET`] instead.)
     pub const GUEST_POWER: u64 = 10;
     /// Writes RDX bytes (at most [`super::CONSOLE_WRITE_MAX`]) at the service partition's
     /// guest-physical address RCX to the console as output of guest VM RBX, prefixed with
@@ -101,6 +102,23 @@ pub mod hypercall {
     pub const VCPU_START: u64 = 18;
     /// VM RBX: stops every vCPU, logging exit code RCX. Returns 0.
     pub const VM_STOP: u64 = 19;
+
+    /// VM RBX: its platform was reset (0xCF9, the keyboard controller, the FADT reset
+    /// register) and the caller reboots it. Every vCPU of the VM leaves guest mode
+    /// (those on other CPUs are kicked, and the call returns only once each of them has
+    /// stopped running guest code) and is *held*: it does not enter the guest again
+    /// until [`VCPU_START`] names it. Each vCPU is back in its power-on state (LAPIC,
+    /// pending NMI/INIT/SIPI dropped, runnable), the VM's I/O APIC too; on its next
+    /// entry it starts from the state [`VCPU_SET_STATE`] gives it (as before its first
+    /// start; `WAIT_FOR_SIPI` makes it an AP again). RAM, the EPT and the devices set
+    /// are kept: the caller rewrites the RAM while the vCPUs are held. A forwarded
+    /// access that a vCPU had in flight is dropped, not completed. Returns the number
+    /// of this reboot (1 for the first); `BadArgument`, with nothing changed, for a bad
+    /// VmId or a VM that is stopping, has no RAM, has a vCPU that was never started,
+    /// or is held already (a reset in progress). A vCPU on another CPU that does not
+    /// leave guest mode within a second stops the VM (with a line) and the call
+    /// returns `BadArgument`.
+    pub const VM_RESET: u64 = 22;
 
     /// Service partition only: takes console input for a guest (see
     /// [`super::service::console`]). RBX = service address of a buffer, RCX = its length

@@ -122,8 +122,19 @@ pub enum StartMode {
     Protected,
 }
 
+/// What a guest's platform reset (0xCF9, the keyboard controller, the FADT reset
+/// register) does to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnReset {
+    /// The service partition rebuilds and restarts it, as a PC reboots.
+    #[default]
+    Reboot,
+    /// It is stopped.
+    Stop,
+}
+
 /// One `partition=` line, validated:
-/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B],image=P[,load=0x..,entry=0x..][,devices=D+E][,initrd=P][,cmdline=P]`.
+/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B],image=P[,load=0x..,entry=0x..][,devices=D+E][,initrd=P][,cmdline=P][,on_reset=reboot|stop]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionSpec<'a> {
     pub name: &'a str,
@@ -144,6 +155,8 @@ pub struct PartitionSpec<'a> {
     pub initrd: Option<&'a str>,
     /// Path inside the payload of the kernel command line (a text file), if any.
     pub cmdline: Option<&'a str>,
+    /// What a platform reset of the guest does (default: reboot).
+    pub on_reset: OnReset,
 }
 
 impl PartitionSpec<'_> {
@@ -188,6 +201,7 @@ pub fn parse_partition(value: &str) -> Result<PartitionSpec<'_>, &'static str> {
         devices: hv_abi::platform::devices::DeviceSet(0),
         initrd: None,
         cmdline: None,
+        on_reset: OnReset::Reboot,
     };
     let (mut kind, mut load, mut entry) = (None, None, None);
     for field in value.split(',') {
@@ -243,6 +257,13 @@ pub fn parse_partition(value: &str) -> Result<PartitionSpec<'_>, &'static str> {
             }
             "initrd" if !val.is_empty() => spec.initrd = Some(val),
             "cmdline" if !val.is_empty() => spec.cmdline = Some(val),
+            "on_reset" => {
+                spec.on_reset = match val {
+                    "reboot" => OnReset::Reboot,
+                    "stop" => OnReset::Stop,
+                    _ => return Err("on_reset must be reboot or stop"),
+                }
+            }
             "load" => load = Some(parse_number(val).ok_or("load must be a number")?),
             "entry" => entry = Some(parse_number(val).ok_or("entry must be a number")?),
             _ => return Err("unknown field"),
@@ -417,6 +438,7 @@ mod tests {
         assert_eq!(parts[0].memory_bytes(), 16 << 20);
         assert_eq!((parts[1].kind, parts[1].flat, parts[1].pinned_cpus()), (PartitionKind::Service, None, &[][..]));
         assert!(parts[0].devices.is_empty());
+        assert_eq!((parts[0].on_reset, parts[1].on_reset), (OnReset::Reboot, OnReset::Reboot));
         let with = parse_partition("name=g,kind=guest,memory_mib=16,vcpus=1,image=x,devices=com1+pci").unwrap();
         assert!(with.devices.claims_port(0x3f8) && with.devices.claims_port(0xcfc) && !with.devices.claims_port(0x40));
         assert!(parse_partition("name=g,kind=guest,memory_mib=16,vcpus=1,image=x,devices=floppy").is_err());
@@ -429,6 +451,20 @@ mod tests {
         let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
         assert_eq!(lines, [3, 4, 5, 6, 7]);
         assert!(problems.iter().all(|p| matches!(p.kind, ProblemKind::BadPartition(_))));
+    }
+
+    #[test]
+    fn on_reset_is_reboot_unless_stop() {
+        let line = "name=g,kind=guest,memory_mib=16,vcpus=1,image=x";
+        assert_eq!(parse_partition(line).unwrap().on_reset, OnReset::Reboot);
+        let stop = alloc::format!("{line},on_reset=stop");
+        assert_eq!(parse_partition(&stop).unwrap().on_reset, OnReset::Stop);
+        let reboot = alloc::format!("{line},on_reset=stop,on_reset=reboot");
+        assert_eq!(parse_partition(&reboot).unwrap().on_reset, OnReset::Reboot);
+        for bad in ["halt", "", "Stop"] {
+            let text = alloc::format!("{line},on_reset={bad}");
+            assert_eq!(parse_partition(&text), Err("on_reset must be reboot or stop"), "{bad:?}");
+        }
     }
 
     #[test]

@@ -410,13 +410,18 @@ impl PcBoard {
     /// CPUs.
     #[must_use]
     pub fn new(cfg: BoardConfig, now: Nanos) -> Self {
+        Self::with_rtc(cfg, RtcCmos::new(cfg.epoch_seconds, now), now)
+    }
+
+    /// The board in its power-on state at time `now`, around an existing RTC.
+    fn with_rtc(cfg: BoardConfig, rtc: RtcCmos, now: Nanos) -> Self {
         let cpus = u16::try_from(cfg.vcpus).unwrap_or(u16::MAX);
         let mut board = Self {
             config: cfg,
             uart: Uart16550::new(COM1_BASE, COM1_IRQ),
             pit: Pit8254::new(),
             pic: PicPair::new(),
-            rtc: RtcCmos::new(cfg.epoch_seconds, now),
+            rtc,
             acpi: AcpiPm::new(ACPI_PM_PORTS, S5_SLP_TYP, now),
             pci: PciHost::new(),
             kbd: KbdResetPort::new(),
@@ -430,6 +435,24 @@ impl PcBoard {
         };
         board.refresh_all();
         board
+    }
+
+    /// A system reset at `now` (the guest wrote the reset control register 0xCF9 or the
+    /// 8042's pulse-reset command, and its owner reboots it): every device is back in
+    /// the power-on state [`PcBoard::new`] gives it, its time base continuing at `now`
+    /// (the PM timer counts from 0 again), except the RTC/CMOS: on a PC it is
+    /// battery-backed, so its clock, calendar, alarm and NVRAM survive and it only sees
+    /// its RESET input ([`RtcCmos::reset_pin`], which lowers IRQ 8 through `platform`).
+    /// Console output not yet taken is dropped with the UART and the debug console:
+    /// the owner drains it first.
+    ///
+    /// The replaced devices report nothing: their fresh successors hold every
+    /// interrupt line low, and the owner, which saw the old levels, must lower every
+    /// line it still sees high.
+    pub fn reset(&mut self, now: Nanos, platform: &mut dyn Platform) {
+        let mut rtc = self.rtc.clone();
+        rtc.reset_pin(now, &mut Wires { pic: &mut self.pic, outer: platform });
+        *self = Self::with_rtc(self.config, rtc, now);
     }
 
     /// The configuration the board was built with.
@@ -717,6 +740,86 @@ mod tests {
         r.board.tick(9_000_000, &mut r.platform);
         assert!(r.board.pic().output(), "RTC IRQ 8 through IR2 raises INTR");
         assert_eq!(r.board.pic_mut().acknowledge(), Some(0x28));
+    }
+
+    /// Ports whose reads have no side effects and show the devices' configurable state:
+    /// UART IER/LCR/MCR/scratch, PIC masks, ELCRs, the PCI config address, PM1
+    /// status/enable and control, the 8042 status. (fw_cfg's data port is left out:
+    /// reading it advances it.)
+    const STATE_PORTS: [(u16, u8); 11] = [
+        (0x3F9, 1),
+        (0x3FB, 1),
+        (0x3FC, 1),
+        (0x3FF, 1),
+        (0x21, 1),
+        (0xA1, 1),
+        (0x4D0, 2),
+        (0xCF8, 4),
+        (0x600, 4),
+        (0x604, 2),
+        (0x64, 1),
+    ];
+
+    #[test]
+    fn reset_is_power_on_except_the_rtc() {
+        let mut r = Rig::new();
+        // Change every device's state away from power-on.
+        r.out(0x3FB, 1, 0x1B); // UART: 8E1 line control
+        r.out(0x3F9, 1, 0x0F); // UART: all interrupts enabled
+        r.out(0x3FC, 1, 0x0B); // UART: DTR, RTS, OUT2
+        r.out(0x3FF, 1, 0x5A); // UART: scratch
+        for (port, value) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xFA)] {
+            r.out(port, 1, value); // master PIC: ICW1-4, then OCW1
+        }
+        r.out(0x4D0, 2, 0x0E20); // ELCR
+        r.out(0x43, 1, 0x34); // PIT channel 0, mode 2
+        r.out(0x40, 1, 0x9C);
+        r.out(0x40, 1, 0x2E);
+        r.out(0x61, 1, 0x03); // speaker gate
+        r.out(CONFIG_ADDRESS_PORT, 4, CONFIG_ENABLE | 0x08);
+        r.out(0x602, 2, 0x0121); // PM1 enables
+        r.out(0x604, 2, 0x0001); // SCI_EN
+        r.out(0x70, 1, 0x48);
+        r.out(0x71, 1, 0xA1); // NVRAM marker
+        r.out(0x70, 1, 0x0B);
+        r.out(0x71, 1, 0x42 | 0x06); // RTC: PIE, binary 24-hour
+        let before_date = rtc_date(&mut r, 3 * SECOND);
+        let tick = 3 * SECOND;
+        r.board.tick(tick, &mut r.platform);
+        assert_ne!(r.platform.lines & (1 << 8), 0, "the RTC's periodic interrupt is up");
+        assert!(r.board.next_event().is_some());
+
+        r.board.reset(tick, &mut r.platform);
+        assert_eq!(r.platform.lines & (1 << 8), 0, "the RTC's reset lowers IRQ 8");
+        let mut fresh = Rig { board: PcBoard::new(config(), tick), platform: RecordingPlatform::default() };
+        for (port, size) in STATE_PORTS {
+            assert_eq!(r.inp_at(port, size, tick), fresh.inp_at(port, size, tick), "port {port:#x}");
+        }
+        // The PIT's channel 0 is unprogrammed again: no timer runs, and the PM timer
+        // counts from the reset.
+        assert_eq!(r.inp_at(0x61, 1, tick) & 0x03, 0);
+        assert_eq!(r.inp_at(0x608, 4, tick), 0);
+        // The RTC keeps its NVRAM, its clock and its data mode; its PIE is cleared.
+        r.out_at(0x70, 1, 0x48, tick);
+        assert_eq!(r.inp_at(0x71, 1, tick), 0xA1);
+        r.out_at(0x70, 1, 0x0B, tick);
+        assert_eq!(r.inp_at(0x71, 1, tick), 0x06);
+        assert_eq!(rtc_date(&mut r, tick), before_date);
+        assert_eq!(r.board.next_event(), None, "nothing is armed after a reset");
+        // The console of the board keeps working, and fw_cfg still reports the config.
+        assert_eq!(r.board.config(), config());
+        r.out_at(0x3F8, 1, u32::from(b'k'), tick);
+        let mut out = [0u8; 4];
+        assert_eq!(r.board.take_console_output(&mut out), 1);
+        assert_eq!(out[0], b'k');
+    }
+
+    /// The RTC's date and time bytes (seconds are left out: time passes) at `now`.
+    fn rtc_date(r: &mut Rig, now: Nanos) -> [u32; 5] {
+        [0x02, 0x04, 0x07, 0x08, 0x09].map(|index| {
+            r.out_at(0x70, 1, index, now);
+            r.inp_at(0x71, 1, now)
+        })
     }
 
     #[test]

@@ -343,6 +343,20 @@ impl RtcCmos {
         }
     }
 
+    /// The chip's RESET input, which a PC's system reset drives (datasheet, "Pin
+    /// Description", RESET; QEMU's PC models it the same way): `PIE`, `AIE`, `UIE` and
+    /// `SQWE` of register B are cleared, and so are the flags of register C (`IRQF`
+    /// with them), so IRQ 8 goes low. The clock, the calendar, the alarm, register A,
+    /// the data modes of B and the user RAM are untouched: they are battery-backed and
+    /// survive a reset. Events up to `now` are accounted for first, so a flag that came
+    /// due before the reset does not reappear after it.
+    pub fn reset_pin(&mut self, now: Nanos, platform: &mut dyn Platform) {
+        self.advance(now, platform);
+        self.reg_b &= !(B_PIE | B_AIE | B_UIE | B_SQWE);
+        self.flags = 0;
+        self.update_irq(platform);
+    }
+
     /// Whether the guest last wrote the index port with bit 7 (NMI disable) set.
     #[must_use]
     pub fn nmi_disabled(&self) -> bool {
@@ -1089,6 +1103,31 @@ mod tests {
             rtc.cmos[5] = alarm[2];
             assert_eq!(rtc.alarm_delta(wall), delta, "{alarm:x?} at {wall}");
         }
+    }
+
+    #[test]
+    fn reset_pin_keeps_time_and_ram_and_clears_interrupts() {
+        let (mut rtc, mut p) = rtc();
+        write(&mut rtc, &mut p, 0x40, 0xA5, T0);
+        write(&mut rtc, &mut p, REG_B, B_24H | B_DM | B_PIE | B_UIE | B_SQWE, T0);
+        // Let a periodic tick and an update come due: IRQ 8 rises.
+        rtc.tick(T0 + 2 * S, &mut p);
+        assert_ne!(p.lines & (1 << IRQ), 0);
+        let before = time(&mut rtc, &mut p, T0 + 2 * S);
+        rtc.reset_pin(T0 + 2 * S, &mut p);
+        assert_eq!(p.lines & (1 << IRQ), 0, "IRQ 8 goes low");
+        // Register B keeps its data modes, loses its interrupt enables and SQWE.
+        assert_eq!(read(&mut rtc, &mut p, REG_B, T0 + 2 * S), B_24H | B_DM);
+        assert_eq!(read(&mut rtc, &mut p, REG_C, T0 + 2 * S), 0);
+        assert_eq!(read(&mut rtc, &mut p, REG_A, T0 + 2 * S) & !A_UIP, A_DEFAULT);
+        assert_eq!(read(&mut rtc, &mut p, 0x40, T0 + 2 * S), 0xA5, "NVRAM survives");
+        assert_eq!(time(&mut rtc, &mut p, T0 + 2 * S), before, "the clock survives");
+        // The clock keeps running, and nothing is enabled to raise IRQ 8 any more.
+        assert_eq!(rtc.next_event(), None);
+        rtc.tick(T0 + 5 * S, &mut p);
+        assert_eq!(p.lines & (1 << IRQ), 0);
+        let later = time(&mut rtc, &mut p, T0 + 5 * S);
+        assert_eq!(later[0], before[0] + 3, "seconds advanced by 3 (binary mode)");
     }
 
     #[test]

@@ -375,6 +375,18 @@ pub fn ap_start_state() -> VcpuStartState {
     VcpuStartState { mode: mode::WAIT_FOR_SIPI, ..VcpuStartState::default() }
 }
 
+/// The start state of vCPU `vcpu` of a guest whose boot vCPU starts with `boot`: `boot`
+/// for vCPU 0, [`ap_start_state`] for the others. The same at the first boot and after
+/// every reboot.
+#[must_use]
+pub fn vcpu_start_state(vcpu: u64, boot: VcpuStartState) -> VcpuStartState {
+    if vcpu == 0 {
+        boot
+    } else {
+        ap_start_state()
+    }
+}
+
 /// Guest memory that only checks ranges and keeps nothing: a loader run against it
 /// validates an image completely (loaders validate before they write and never read
 /// guest memory back), so a later run against the real memory of the same size does
@@ -586,6 +598,11 @@ mod tests {
             }
         );
         assert_eq!(ap_start_state().mode, mode::WAIT_FOR_SIPI);
+        let boot = flat_start_state(StartMode::Long, 0x20_0000, 0x20_0010, 16 << 20);
+        assert_eq!(vcpu_start_state(0, boot), boot);
+        for ap in [1, 2, 63] {
+            assert_eq!(vcpu_start_state(ap, boot), ap_start_state());
+        }
     }
 
     #[test]

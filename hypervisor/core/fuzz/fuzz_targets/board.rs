@@ -1,7 +1,7 @@
 //! The service partition's whole guest-facing surface: a `PcBoard` driven by any
 //! sequence of port and MMIO reads and writes (any port, any address near the MMIO
-//! test page, any size) and time steps must never panic, and reads stay inside the
-//! access size.
+//! test page, any size), time steps and system resets must never panic, and reads stay
+//! inside the access size.
 #![no_main]
 
 use hv_devices::board::{BoardConfig, PcBoard};
@@ -43,6 +43,8 @@ fuzz_target!(|data: &[u8]| {
             5 => {
                 let _ = board.take_console_output(&mut out);
             }
+            // A system reset (the guest rebooting), now and then.
+            6 if step[3] == 0xFF => board.reset(now, &mut platform),
             _ => {
                 if board.next_event().is_some_and(|t| t <= now) {
                     board.tick(now, &mut platform);
