@@ -91,6 +91,7 @@ pub fn system_info(caller: &'static Vcpu, item: u64) -> Result<u64, HcError> {
         info::CPUS_ONLINE => Ok(u64::from(r.cpus_online)),
         info::POOL_BYTES => Ok(r.pool_bytes),
         info::PAYLOAD_BYTES => Ok(r.payload_bytes),
+        info::WALL_CLOCK_SECONDS => crate::arch::cmos::wall_clock_seconds().ok_or(HcError::BadArgument),
         _ => Err(HcError::BadArgument),
     }
 }

@@ -189,6 +189,7 @@ extern "C" fn bsp_main() -> ! {
     // The host facts every guest CPUID and RDMSR exit applies, read before any guest runs.
     let _ = crate::arch::cpuid::init_host_facts(hz);
     log::info!("tsc: {} MHz ({source})", hz / 1_000_000);
+    crate::arch::cmos::init_wall_clock();
     let apic_mode = match lapic::init_bsp(cpu.x2apic) {
         Ok(mode) => mode,
         Err(e) => boot_failure(format_args!("cannot map the local APIC: {e:?}")),

@@ -29,6 +29,12 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
 /// VGA BIOS for Bochs (Debian package `vgabios`).
 pub const VGABIOS: &str = "/usr/share/vgabios/vgabios-stdvga.bin";
 
+/// Where Bochs' clock (the machine's CMOS RTC) starts: 2026-07-01T12:00:00Z, in Unix
+/// seconds. A fixed start makes runs repeatable; `guest-rtc` checks that its RTC shows
+/// this date, read by the hypervisor from the machine's RTC. Bochs shows it in the
+/// local time zone of its process, which [`command`] sets to UTC.
+pub const BOCHS_CLOCK_START: u64 = 1_782_907_200;
+
 /// Bochs instructions per emulated second. With `clock: sync=none` this sets how fast
 /// emulated time passes per instruction: the lower it is, the fewer instructions a
 /// firmware or kernel delay costs, but also the fewer instructions other CPUs execute
@@ -207,7 +213,7 @@ pub fn bochsrc_with(dir: &Path, model: &str, cpus: u32, ips: u64, memory_mib: u3
          boot: disk\n\
          com1: enabled=1, {com1}\n\
          port_e9_hack: enabled=1\n\
-         clock: sync=none\n\
+         clock: sync=none, time0={BOCHS_CLOCK_START}\n\
          display_library: term\n\
          log: {d}/bochs.log\n\
          panic: action=fatal\n\
@@ -226,6 +232,8 @@ pub fn command(run: &RunDir, machine: &Machine) -> Command {
             let inner = format!("bochs -q -f '{}' -rc '{}'", d.join("bochsrc").display(), d.join("bochs.rc").display());
             let mut cmd = Command::new("script");
             cmd.arg("-qec").arg(inner).arg("/dev/null");
+            // Bochs shows `time0` in its local time zone: UTC, as the guests expect.
+            cmd.env("TZ", "UTC");
             cmd
         }
         Machine::Qemu { cpus, kvm, memory_mib } => {
@@ -750,7 +758,7 @@ mod tests {
             "boot: disk",
             "com1: enabled=1, mode=file, dev=/tmp/x/serial.log",
             "port_e9_hack: enabled=1",
-            "clock: sync=none",
+            "clock: sync=none, time0=1782907200",
             "display_library: term",
             "log: /tmp/x/bochs.log",
         ] {

@@ -436,7 +436,8 @@ fn service_scenarios() -> Vec<Scenario> {
             "tests/configs/svc-rtc.toml",
             1,
             &[
-                "[rtc] rtc: 2026-01-01 00:00:",
+                "clock: host time 2026-07-01 12:0",
+                "[rtc] rtc: 2026-07-01 12:0",
                 " periodic interrupts in 200 ms",
                 "[rtc] PASS guest-rtc",
                 "partition rtc: stopped itself (code 0)",
@@ -513,7 +514,7 @@ const UART_LINES: &[&str] =
 const PIT_LINES: &[&str] =
     &["[pit] pit: latched count ", " interrupts in 200 ms", "[pit] pit: channel 2 OUT rose ", "[pit] PASS guest-pit"];
 /// What the RTC guest prints when the clock and its periodic interrupt work.
-const RTC_LINES: &[&str] = &["[rtc] rtc: 2026-01-01 00:00:", " periodic interrupts in 200 ms", "[rtc] PASS guest-rtc"];
+const RTC_LINES: &[&str] = &["[rtc] rtc: 2026-07-01 12:0", " periodic interrupts in 200 ms", "[rtc] PASS guest-rtc"];
 /// What the MMIO guest prints when every decoded instruction form works.
 const MMIO_LINES: &[&str] = &["[mmio] mmio: ", " instruction forms checked", "[mmio] PASS guest-mmio"];
 

@@ -1,4 +1,6 @@
-//! `guest-power`: reads QEMU's fw_cfg signature (selector 0x510, data 0x511) and the RTC
+//! `guest-power`: reads QEMU's fw_cfg signature, CPU count and RAM size (selector 0x510,
+//! data 0x511; the counts must match this VM's: 1 vCPU and the RAM size of its start
+//! state, which the service partition's guest builder gave its board) and the RTC
 //! seconds register (index 0x70, data 0x71), then ends itself through `isa-debug-exit`
 //! (an 8-bit write of 0x31 to port 0xF4), all emulated by the service partition. Run
 //! with the `fw-cfg`, `rtc` and `debug-exit` devices (or `pc`).
@@ -30,6 +32,17 @@ const RTC_UIP: u8 = 0x80;
 const ISA_DEBUG_EXIT: u16 = 0xF4;
 const EXIT_CODE: u8 = 0x31;
 
+/// fw_cfg item key: RAM size in bytes (64-bit little-endian).
+const FW_CFG_RAM_SIZE: u16 = 0x0003;
+/// fw_cfg item key: CPUs present (16-bit little-endian).
+const FW_CFG_NB_CPUS: u16 = 0x0005;
+
+/// The first `len` (at most 8) bytes of fw_cfg item `key`, little-endian.
+fn fw_cfg_read(key: u16, len: u32) -> u64 {
+    outw(FW_CFG_SELECTOR, key);
+    (0..len).fold(0, |value, i| value | u64::from(inb(FW_CFG_DATA)) << (8 * i))
+}
+
 fn rtc_read(index: u8) -> u8 {
     outb(RTC_INDEX, index);
     inb(RTC_DATA)
@@ -38,7 +51,7 @@ fn rtc_read(index: u8) -> u8 {
 /// Entry point (see `hv_abi::start`).
 #[no_mangle]
 #[link_section = ".text._start"]
-pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
+pub extern "C" fn _start(_vcpu: u64, ram: u64) -> ! {
     let mut ok = true;
 
     outw(FW_CFG_SELECTOR, 0x0000);
@@ -47,6 +60,14 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
         *b = inb(FW_CFG_DATA);
     }
     ok &= check_fmt(NAME, format_args!("fw_cfg signature is \"QEMU\" ({signature:02x?})"), &signature == b"QEMU");
+    let cpus = fw_cfg_read(FW_CFG_NB_CPUS, 2);
+    ok &= check_fmt(NAME, format_args!("fw_cfg reports 1 CPU ({cpus})"), cpus == 1);
+    let ram_reported = fw_cfg_read(FW_CFG_RAM_SIZE, 8);
+    ok &= check_fmt(
+        NAME,
+        format_args!("fw_cfg reports this VM's RAM ({ram_reported:#x} bytes; the start state says {ram:#x})"),
+        ram_reported == ram && ram != 0,
+    );
 
     // Read the seconds outside an update cycle (bounded wait for UIP to clear).
     let settled = (0..10_000).any(|_| rtc_read(RTC_REG_A) & RTC_UIP == 0);

@@ -7,10 +7,14 @@
 //!    and time (VRT).
 //! 2. The date and time, read as OSes do: wait until register A's update-in-progress
 //!    bit (UIP, bit 7) is clear, read every time byte, and repeat until two reads in a
-//!    row agree. Every byte is valid BCD, and the clock shows the first minute of
-//!    2026-01-01 (a Thursday: day of week 5; century byte 0x32 = 20), since the service
-//!    partition's RTC starts at 2026-01-01T00:00:00Z when the VM's first request comes.
-//!    Register B's DM bit switches the year to binary (26) and back.
+//!    row agree. Every byte is valid BCD, and the clock shows the host's time: the
+//!    scenarios start Bochs' clock (the machine's CMOS RTC, which the hypervisor reads
+//!    at boot and the service partition's RTC starts from) at 2026-07-01T12:00:00Z, so
+//!    the guest sees 2026-07-01 (a Wednesday: day of week 4; century byte 0x32 = 20)
+//!    within ten minutes after 12:00, the firmware's and the boot's emulated time
+//!    (the service partition's fallback when the hypervisor has no time is 2026-01-01,
+//!    which fails the check). Register B's DM bit switches the year to binary (26) and
+//!    back.
 //! 3. CMOS NVRAM: bytes 0x40-0x7F round-trip a pattern (also with the NMI-disable bit
 //!    set in the index).
 //! 4. Periodic interrupt: register A rate 0xA (64 Hz), register C read to clear old
@@ -22,7 +26,7 @@
 //! Expected console lines (prefix = the partition's name in the config, e.g. `[rtc]`),
 //! in this order, among the `PASS guest-rtc: ...` check lines (SS and N vary):
 //! ```text
-//! [rtc] rtc: 2026-01-01 00:00:SS
+//! [rtc] rtc: 2026-07-01 12:0M:SS
 //! [rtc] rtc: N periodic interrupts in 200 ms
 //! [rtc] PASS guest-rtc
 //! ```
@@ -159,11 +163,13 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
     ok &= check(NAME, "every time byte is valid BCD", time.is_some_and(|t| t.iter().all(|&b| is_bcd(b))));
     ok &= check_fmt(
         NAME,
-        format_args!("the date is 2026-01-01, a Thursday (day of week {weekday:#04x}, century {century:#04x})"),
-        (century, year, month, day, weekday) == (0x20, 0x26, 0x01, 0x01, 0x05),
+        format_args!(
+            "the date is the host's, 2026-07-01, a Wednesday (day of week {weekday:#04x}, century {century:#04x})"
+        ),
+        (century, year, month, day, weekday) == (0x20, 0x26, 0x07, 0x01, 0x04),
     );
-    ok &= check(NAME, "the time is in the first minute (00:00:SS, seconds < 60)", {
-        hour == 0 && minute == 0 && second < 0x60
+    ok &= check(NAME, "the time is the host's, within ten minutes after 12:00 (12:0M:SS)", {
+        hour == 0x12 && minute < 0x10 && second < 0x60
     });
     println!("{NAME}: UIP read as set {uip_seen} times while waiting");
     cmos_write(REG_B, b | B_DM_BINARY);

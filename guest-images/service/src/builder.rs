@@ -261,6 +261,7 @@ impl Builder {
         // The range is the VM's now, whatever happens next.
         self.pool.take(g.offset, g.ram);
         call("VM_SET_DEVICES", hc::VM_SET_DEVICES, vm, u64::from(g.spec.devices.0), 0)?;
+        crate::vms::create_board(g.vm, g.cpus.len() as u32, g.ram);
         let (state, kind) = {
             let mut mem = PoolMemory::new(g.offset, g.ram, self.pool.bytes)
                 .ok_or(Failure::Layout("the guest's RAM is outside the pool window"))?;

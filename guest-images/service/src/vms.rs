@@ -15,11 +15,13 @@
 //! lock to finish an access first; the board reset then takes the lock again
 //! ([`reset_board`]).
 //!
-//! **Board configuration.** This version of the protocol tells the service partition
-//! nothing about a VM but its id, so every board is built with 1 vCPU and 0 bytes of
-//! RAM (what fw_cfg reports; a later version gets both from the control interface),
-//! and the RTC starts at [`EPOCH_SECONDS`], 2026-01-01T00:00:00Z, when the VM's first
-//! request arrives (the partition has no host clock to read yet).
+//! **Board configuration.** The guest builder creates each guest's board when it builds
+//! the VM ([`create_board`]), with the VM's vCPU count and RAM size (what fw_cfg
+//! reports). The RTC starts at the machine's wall-clock time
+//! (`SYSTEM_INFO(WALL_CLOCK_SECONDS)`: the hypervisor's reading of the host's CMOS RTC),
+//! or at [`EPOCH_SECONDS`], 2026-01-01T00:00:00Z, when the hypervisor has none. A VM
+//! whose first request comes without a board (not one this partition built) gets 1 vCPU
+//! and 0 bytes of RAM.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,7 +37,8 @@ use hv_devices::board::{BoardConfig, PcBoard};
 use hv_devices::test_devices::DelayTest;
 use hv_devices::{Nanos, Platform, PlatformRequest};
 
-/// The RTC's wall-clock time at a board's creation: 2026-01-01T00:00:00Z (Unix seconds).
+/// The RTC's wall-clock time at a board's creation when the hypervisor knows no
+/// wall-clock time: 2026-01-01T00:00:00Z (Unix seconds).
 pub const EPOCH_SECONDS: u64 = 1_767_225_600;
 /// How long a partial console line waits for more bytes before it is sent as it is
 /// (20 ms, in the boards' nanoseconds).
@@ -87,10 +90,10 @@ pub enum DelayAccess {
 }
 
 impl Vm {
-    fn new(id: VmId, now: Nanos) -> Self {
-        // vcpus and RAM are not known to the service partition in this version (see the
-        // module documentation); the epoch is fixed for now.
-        let config = BoardConfig { vcpus: 1, ram_bytes: 0, epoch_seconds: EPOCH_SECONDS };
+    /// A VM with a board of `vcpus` vCPUs and `ram_bytes` of RAM whose RTC shows the
+    /// wall-clock time now ([`wall_clock_seconds`]).
+    fn new(id: VmId, now: Nanos, vcpus: u32, ram_bytes: u64) -> Self {
+        let config = BoardConfig { vcpus, ram_bytes, epoch_seconds: wall_clock_seconds() };
         Self {
             id,
             board: PcBoard::new(config, now),
@@ -308,10 +311,37 @@ fn with_vm<R>(id: VmId, f: impl FnOnce(&mut Vm) -> R) -> Option<R> {
     let mut guard = entry.lock();
     let slot = guard.vm();
     if slot.as_ref().is_none_or(|vm| vm.id != id) {
-        // First request of this VM, or of a new VM in a destroyed one's place.
-        *slot = Some(Vm::new(id, crate::clock::now()));
+        // A VM this partition did not build (its board would have been created then):
+        // a board with what the protocol says of every VM.
+        *slot = Some(Vm::new(id, crate::clock::now(), 1, 0));
     }
     slot.as_mut().map(f)
+}
+
+/// Creates guest VM `id`'s board (replacing any board of a destroyed VM in its place)
+/// for a VM of `vcpus` vCPUs and `ram_bytes` of RAM, what its fw_cfg reports. Called by
+/// the guest builder before the VM's vCPUs start, so the first request finds it.
+pub fn create_board(id: VmId, vcpus: u32, ram_bytes: u64) {
+    let Some(entry) = TABLE.get(usize::from(id.index())) else { return };
+    let mut guard = entry.lock();
+    *guard.vm() = Some(Vm::new(id, crate::clock::now(), vcpus, ram_bytes));
+}
+
+/// The machine's wall-clock time in Unix seconds, from the hypervisor
+/// (`SYSTEM_INFO(WALL_CLOCK_SECONDS)`), or [`EPOCH_SECONDS`] when it has none (said
+/// once).
+fn wall_clock_seconds() -> u64 {
+    static REPORTED: AtomicBool = AtomicBool::new(false);
+    let r = raw_hypercall(hc::SYSTEM_INFO, hv_abi::service::control::info::WALL_CLOCK_SECONDS, 0, 0, 0);
+    if hv_abi::Error::from_rax(r).is_none() {
+        return r;
+    }
+    if !REPORTED.swap(true, Ordering::Relaxed) {
+        guest_rt::println!(
+            "service: the hypervisor knows no wall-clock time; guest RTCs start at 2026-01-01 00:00:00 UTC"
+        );
+    }
+    EPOCH_SECONDS
 }
 
 /// Room in guest VM `id`'s console input queue (0 when the table does not cover it).

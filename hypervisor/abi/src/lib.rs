@@ -693,6 +693,10 @@ pub mod service {
             pub const POOL_BYTES: u64 = 1;
             /// Bytes of the boot payload at `PAYLOAD_GPA` (a ustar archive).
             pub const PAYLOAD_BYTES: u64 = 2;
+            /// The machine's wall-clock time now, in Unix seconds (UTC): the CMOS RTC
+            /// read at boot plus the TSC time since. `BadArgument` when the machine's
+            /// clock could not be read (no RTC, or one showing no valid time).
+            pub const WALL_CLOCK_SECONDS: u64 = 3;
         }
 
         /// Start modes of [`VcpuStartState::mode`].

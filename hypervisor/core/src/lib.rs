@@ -14,6 +14,7 @@ pub mod addr;
 pub mod apic;
 pub mod apicv;
 pub mod boot_conf;
+pub mod cmos_clock;
 pub mod console_input;
 pub mod console_output;
 pub mod control_regs;

@@ -1,6 +1,7 @@
 //! x86_64 architecture support: the only place (with `mm::paging`, `vmx` and the
 //! consoles) that touches hardware directly. Each file wraps one hardware concept.
 
+pub mod cmos;
 pub mod cpuid;
 pub mod gdt;
 pub mod idt;

@@ -2,7 +2,7 @@
 //!
 //! Port accesses are `unsafe` because a write can reprogram any legacy device. These
 //! wrappers are `pub(crate)` and used only by the drivers that own the port in
-//! question (serial, PIT, ACPI PM1, emulator exit devices).
+//! question (serial, PIT, ACPI PM1, CMOS RTC, emulator exit devices).
 
 use x86_64::instructions::port::Port;
 
