@@ -64,6 +64,7 @@
 
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
+use guest_rt::cmos;
 use guest_rt::port::{inb, inl, inw, outb, outw};
 
 use guest_rt::hv_abi::platform::{IOAPIC_BASE, LAPIC_BASE};
@@ -132,10 +133,8 @@ const AML_ZERO_OP: u8 = 0x00;
 const AML_ONE_OP: u8 = 0x01;
 const AML_BYTE_PREFIX: u8 = 0x0A;
 
-/// The RTC/CMOS index and data ports, and the NVRAM byte that counts boots (user RAM,
+/// The NVRAM byte that counts boots (user RAM,
 /// MC146818A "Address Map": 0x0E-0x7F; 0x48 is used by nothing else here).
-const CMOS_INDEX: u16 = 0x70;
-const CMOS_DATA: u16 = 0x71;
 const BOOT_COUNT_INDEX: u8 = 0x48;
 /// The boot-count byte after boot 1 and boot 2 (0 before boot 1: fresh NVRAM).
 const AFTER_BOOT_1: u8 = 0xB1;
@@ -404,16 +403,6 @@ fn port(value: u64, what: &str) -> u16 {
     u16::try_from(value).unwrap_or_else(|_| fatal(format_args!("{what} {value:#x} is not an I/O port")))
 }
 
-fn cmos_read(index: u8) -> u8 {
-    outb(CMOS_INDEX, index);
-    inb(CMOS_DATA)
-}
-
-fn cmos_write(index: u8, value: u8) {
-    outb(CMOS_INDEX, index);
-    outb(CMOS_DATA, value);
-}
-
 /// The last 8-byte word of RAM's last page (free: the image sits at 2 MiB, its stack
 /// below it).
 fn last_page_word(ram_bytes: u64) -> *mut u64 {
@@ -423,7 +412,7 @@ fn last_page_word(ram_bytes: u64) -> *mut u64 {
 /// Which boot this is (1, 2 or 3) by the CMOS boot count; from the second boot on,
 /// checks that nothing of the last boot survived but NVRAM.
 fn start_of_boot(c: &mut Checks, ram_bytes: u64) -> u8 {
-    let count = cmos_read(BOOT_COUNT_INDEX);
+    let count = cmos::read(BOOT_COUNT_INDEX);
     let boot = match count {
         0 => 1,
         AFTER_BOOT_1 => 2,
@@ -484,7 +473,7 @@ fn before_reset(boot: u8, ram_bytes: u64) {
     // SAFETY: as in `start_of_boot`.
     unsafe { last_page_word(ram_bytes).write_volatile(RAM_MARK) };
     outb(UART_SCRATCH, SCRATCH_MARK);
-    cmos_write(BOOT_COUNT_INDEX, if boot == 1 { AFTER_BOOT_1 } else { AFTER_BOOT_2 });
+    cmos::write(BOOT_COUNT_INDEX, if boot == 1 { AFTER_BOOT_1 } else { AFTER_BOOT_2 });
 }
 
 /// Entry point (see `hv_abi::start`): RDI = vCPU id, RSI = RAM size in bytes.

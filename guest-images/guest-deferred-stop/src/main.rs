@@ -32,10 +32,11 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use guest_rt::cmos;
 use guest_rt::hv_abi::platform::devices::{DELAY_TEST_NEVER, DELAY_TEST_PORT};
 use guest_rt::interrupts::{delay_us, us_to_tsc, wait_for};
 use guest_rt::lapic::{self, icr};
-use guest_rt::port::{inb, inl, outb, outl};
+use guest_rt::port::{inl, outb, outl};
 use guest_rt::{println, smp, stop};
 
 /// The delay of vCPU 1's first read, in milliseconds.
@@ -49,10 +50,8 @@ const AFTER_INIT_MS: u64 = 2 * FIRST_DELAY_MS as u64;
 const RESET_CONTROL_PORT: u16 = 0xcf9;
 const RESET_VALUE: u8 = 6;
 
-/// The RTC/CMOS index and data ports, and the NVRAM byte that marks the second boot
+/// The NVRAM byte that marks the second boot
 /// (user RAM, MC146818A "Address Map": 0x0E-0x7F; 0x49 is used by nothing else here).
-const CMOS_INDEX: u16 = 0x70;
-const CMOS_DATA: u16 = 0x71;
 const BOOT_MARK_INDEX: u8 = 0x49;
 const REBOOTED: u8 = 0xd2;
 
@@ -88,19 +87,9 @@ fn wait_for_read(n: u32) {
     }
 }
 
-fn cmos_read(index: u8) -> u8 {
-    outb(CMOS_INDEX, index);
-    inb(CMOS_DATA)
-}
-
-fn cmos_write(index: u8, value: u8) {
-    outb(CMOS_INDEX, index);
-    outb(CMOS_DATA, value);
-}
-
 /// The second boot: vCPU 1 waits on a read that never completes while the guest stops.
 fn second_boot() -> ! {
-    cmos_write(BOOT_MARK_INDEX, 0);
+    cmos::write(BOOT_MARK_INDEX, 0);
     outl(DELAY_TEST_PORT, DELAY_TEST_NEVER);
     if smp::start_aps(1, ap_entry) != 1 {
         fail("vcpu 1 did not come online after the reboot");
@@ -114,7 +103,7 @@ fn second_boot() -> ! {
 #[no_mangle]
 #[link_section = ".text._start"]
 pub extern "C" fn _start(_vcpu: u64, _ram_bytes: u64) -> ! {
-    if cmos_read(BOOT_MARK_INDEX) == REBOOTED {
+    if cmos::read(BOOT_MARK_INDEX) == REBOOTED {
         second_boot();
     }
     outl(DELAY_TEST_PORT, FIRST_DELAY_MS);
@@ -136,7 +125,7 @@ pub extern "C" fn _start(_vcpu: u64, _ram_bytes: u64) -> ! {
     }
     wait_for_read(2);
     println!("deferred-stop: vcpu 1 waits on its second deferred read; resetting the guest");
-    cmos_write(BOOT_MARK_INDEX, REBOOTED);
+    cmos::write(BOOT_MARK_INDEX, REBOOTED);
     outb(RESET_CONTROL_PORT, RESET_VALUE);
     // The reset restarts this vCPU on its way back into the guest; nothing below runs.
     delay_us(1_000_000);

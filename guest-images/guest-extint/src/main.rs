@@ -53,6 +53,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
+use guest_rt::cmos;
 use guest_rt::interrupts::{self, cli, count, delay_us, sti};
 use guest_rt::ioapic::{self, entry};
 use guest_rt::port::{inb, outb};
@@ -107,8 +108,6 @@ const PIT_MODE0: u8 = 0x30;
 /// About 100 Hz.
 const PIT_DIVISOR: u16 = 11932;
 
-const RTC_INDEX: u16 = 0x70;
-const RTC_DATA: u16 = 0x71;
 const RTC_REG_A: u8 = 0x0A;
 const RTC_REG_B: u8 = 0x0B;
 const RTC_REG_C: u8 = 0x0C;
@@ -143,16 +142,6 @@ fn isr(cmd: u16) -> u8 {
     value
 }
 
-fn rtc_read(reg: u8) -> u8 {
-    outb(RTC_INDEX, reg);
-    inb(RTC_DATA)
-}
-
-fn rtc_write(reg: u8, value: u8) {
-    outb(RTC_INDEX, reg);
-    outb(RTC_DATA, value);
-}
-
 /// Initializes both 8259As (`slave_icw1`: edge or level) and masks everything.
 fn init_pics(slave_icw1: u8) {
     outb(MASTER_DATA, IMR_NONE);
@@ -180,7 +169,7 @@ fn pic_interrupt(vector: u8) -> bool {
         VECTOR_IRQ0 => outb(MASTER_CMD, OCW2_EOI),
         VECTOR_IRQ8 => {
             // The RTC holds IRQ 8 until register C is read.
-            rtc_read(RTC_REG_C);
+            cmos::read(RTC_REG_C);
             outb(SLAVE_CMD, OCW2_EOI);
             outb(MASTER_CMD, OCW2_EOI);
         }
@@ -294,15 +283,15 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
     lapic::write(lapic::reg::LVT_LINT0, LINT0_EXTINT);
 
     // 6. A slave IRQ through the cascade: the RTC's periodic interrupt.
-    rtc_write(RTC_REG_A, RTC_A_128HZ);
-    let b = rtc_read(RTC_REG_B);
-    rtc_write(RTC_REG_B, b | RTC_B_PIE);
-    rtc_read(RTC_REG_C);
+    cmos::write(RTC_REG_A, RTC_A_128HZ);
+    let b = cmos::read(RTC_REG_B);
+    cmos::write(RTC_REG_B, b | RTC_B_PIE);
+    cmos::read(RTC_REG_C);
     outb(SLAVE_DATA, IMR_SLAVE_IRQ8);
     outb(MASTER_DATA, IMR_CASCADE);
     run_open(RUN_US);
-    rtc_write(RTC_REG_B, b & !RTC_B_PIE);
-    rtc_read(RTC_REG_C);
+    cmos::write(RTC_REG_B, b & !RTC_B_PIE);
+    cmos::read(RTC_REG_C);
     let taken = count(VECTOR_IRQ8);
     ok &= check_fmt(
         NAME,
@@ -339,11 +328,11 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
     init_pics(ICW1_LEVEL);
     outb(SLAVE_DATA, IMR_SLAVE_IRQ8);
     outb(MASTER_DATA, IMR_CASCADE);
-    rtc_write(RTC_REG_B, b | RTC_B_PIE);
+    cmos::write(RTC_REG_B, b | RTC_B_PIE);
     delay_us(SHORT_US);
     let requested = irr(MASTER_CMD);
-    rtc_write(RTC_REG_B, b & !RTC_B_PIE);
-    rtc_read(RTC_REG_C);
+    cmos::write(RTC_REG_B, b & !RTC_B_PIE);
+    cmos::read(RTC_REG_C);
     let irq8_before = count(VECTOR_IRQ8);
     run_open(1_000);
     let spurious = count(VECTOR_SPURIOUS_SLAVE);

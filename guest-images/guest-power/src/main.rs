@@ -18,14 +18,13 @@
 #![no_std]
 #![no_main]
 
+use guest_rt::cmos;
 use guest_rt::port::{inb, outb, outw};
 use guest_rt::{check, check_fmt, println, stop};
 
 const NAME: &str = "guest-power";
 const FW_CFG_SELECTOR: u16 = 0x510;
 const FW_CFG_DATA: u16 = 0x511;
-const RTC_INDEX: u16 = 0x70;
-const RTC_DATA: u16 = 0x71;
 const RTC_SECONDS: u8 = 0x00;
 const RTC_REG_A: u8 = 0x0A;
 const RTC_UIP: u8 = 0x80;
@@ -41,11 +40,6 @@ const FW_CFG_NB_CPUS: u16 = 0x0005;
 fn fw_cfg_read(key: u16, len: u32) -> u64 {
     outw(FW_CFG_SELECTOR, key);
     (0..len).fold(0, |value, i| value | u64::from(inb(FW_CFG_DATA)) << (8 * i))
-}
-
-fn rtc_read(index: u8) -> u8 {
-    outb(RTC_INDEX, index);
-    inb(RTC_DATA)
 }
 
 /// Entry point (see `hv_abi::start`).
@@ -70,8 +64,8 @@ pub extern "C" fn _start(_vcpu: u64, ram: u64) -> ! {
     );
 
     // Read the seconds outside an update cycle (bounded wait for UIP to clear).
-    let settled = (0..10_000).any(|_| rtc_read(RTC_REG_A) & RTC_UIP == 0);
-    let seconds = rtc_read(RTC_SECONDS);
+    let settled = (0..10_000).any(|_| cmos::read(RTC_REG_A) & RTC_UIP == 0);
+    let seconds = cmos::read(RTC_SECONDS);
     ok &= check(NAME, "RTC register A: the update-in-progress bit clears", settled);
     ok &= check_fmt(NAME, format_args!("RTC seconds are a BCD value below 0x60 ({seconds:#04x})"), {
         seconds < 0x60 && seconds & 0x0F <= 9

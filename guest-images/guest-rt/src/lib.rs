@@ -12,6 +12,7 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 pub mod bench;
+pub mod cmos;
 pub mod interrupts;
 pub mod ioapic;
 pub mod lapic;

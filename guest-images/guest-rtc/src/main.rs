@@ -35,15 +35,13 @@
 #![no_std]
 #![no_main]
 
+use guest_rt::cmos;
 use guest_rt::interrupts::{cli, count, set_hook, sti, tsc, us_to_tsc};
 use guest_rt::ioapic::{self, entry};
-use guest_rt::port::{inb, outb};
 use guest_rt::{check, check_fmt, exceptions, lapic, println, stop};
 
 const NAME: &str = "guest-rtc";
 
-const INDEX: u16 = 0x70;
-const DATA: u16 = 0x71;
 /// The NMI-disable bit of the index port.
 const NMI_DISABLE: u8 = 0x80;
 
@@ -77,20 +75,10 @@ const VECTOR: u8 = 0x58;
 const MEASURE_US: u64 = 200_000;
 const EXPECTED: core::ops::RangeInclusive<u64> = 6..=20;
 
-fn cmos_read(index: u8) -> u8 {
-    outb(INDEX, index);
-    inb(DATA)
-}
-
-fn cmos_write(index: u8, value: u8) {
-    outb(INDEX, index);
-    outb(DATA, value);
-}
-
 /// The handler of the periodic interrupt: reading register C acknowledges it (and
 /// lowers IRQ 8).
 fn on_rtc(_vector: u8) -> bool {
-    cmos_read(REG_C);
+    cmos::read(REG_C);
     true
 }
 
@@ -99,14 +87,14 @@ fn on_rtc(_vector: u8) -> bool {
 type Time = [u8; 8];
 
 fn read_time_bytes() -> Time {
-    [REG_SECONDS, REG_MINUTES, REG_HOURS, REG_DAY_OF_WEEK, REG_DAY, REG_MONTH, REG_YEAR, REG_CENTURY].map(cmos_read)
+    [REG_SECONDS, REG_MINUTES, REG_HOURS, REG_DAY_OF_WEEK, REG_DAY, REG_MONTH, REG_YEAR, REG_CENTURY].map(cmos::read)
 }
 
 /// Waits (bounded: 2 s of TSC time, an update comes every second) until UIP is clear.
 fn wait_uip_clear(seen_set: &mut u32) -> bool {
     let start = tsc();
     while tsc().wrapping_sub(start) < us_to_tsc(2_000_000) {
-        if cmos_read(REG_A) & A_UIP == 0 {
+        if cmos::read(REG_A) & A_UIP == 0 {
             return true;
         }
         *seen_set += 1;
@@ -145,11 +133,11 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
     let mut ok = true;
 
     // 1. Status registers.
-    let b = cmos_read(REG_B);
+    let b = cmos::read(REG_B);
     ok &= check_fmt(NAME, format_args!("register B: 24-hour BCD mode ({b:#04x})"), {
         b & (B_DM_BINARY | B_24H) == B_24H
     });
-    let d = cmos_read(REG_D);
+    let d = cmos::read(REG_D);
     ok &= check_fmt(NAME, format_args!("register D: valid RAM and time ({d:#04x})"), d == D_VRT);
 
     // 2. Date and time, with the update-in-progress rule.
@@ -172,10 +160,10 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
         hour == 0x12 && minute < 0x10 && second < 0x60
     });
     println!("{NAME}: UIP read as set {uip_seen} times while waiting");
-    cmos_write(REG_B, b | B_DM_BINARY);
-    let binary_year = cmos_read(REG_YEAR);
-    cmos_write(REG_B, b);
-    let bcd_year = cmos_read(REG_YEAR);
+    cmos::write(REG_B, b | B_DM_BINARY);
+    let binary_year = cmos::read(REG_YEAR);
+    cmos::write(REG_B, b);
+    let bcd_year = cmos::read(REG_YEAR);
     ok &= check_fmt(
         NAME,
         format_args!("register B.DM switches the year to binary ({binary_year}) and back to BCD ({bcd_year:#04x})"),
@@ -185,23 +173,23 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
     // 3. NVRAM round trip.
     let pattern = |i: u8| i.wrapping_mul(37) ^ 0xA5;
     for index in 0x40..0x80u8 {
-        cmos_write(index, pattern(index));
+        cmos::write(index, pattern(index));
     }
-    let bad = (0x40..0x80u8).filter(|&i| cmos_read(i) != pattern(i)).count();
+    let bad = (0x40..0x80u8).filter(|&i| cmos::read(i) != pattern(i)).count();
     ok &= check_fmt(NAME, format_args!("CMOS bytes 0x40-0x7f round-trip ({bad} differ)"), bad == 0);
     ok &= check(NAME, "the NMI-disable bit in the index selects the same byte", {
-        cmos_read(NMI_DISABLE | 0x55) == pattern(0x55)
+        cmos::read(NMI_DISABLE | 0x55) == pattern(0x55)
     });
 
     // 4. The periodic interrupt at 64 Hz through I/O APIC pin 8.
-    let a = cmos_read(REG_A);
-    cmos_write(REG_A, (a & !(A_RS | A_UIP)) | RATE_64HZ);
-    let a = cmos_read(REG_A);
+    let a = cmos::read(REG_A);
+    cmos::write(REG_A, (a & !(A_RS | A_UIP)) | RATE_64HZ);
+    let a = cmos::read(REG_A);
     ok &= check_fmt(NAME, format_args!("register A: rate select 0xa reads back ({a:#04x})"), a & A_RS == RATE_64HZ);
-    cmos_read(REG_C);
+    cmos::read(REG_C);
     set_hook(VECTOR, Some(on_rtc));
     ioapic::write_entry(PIN, entry::FIXED | entry::dest(0) | u64::from(VECTOR));
-    cmos_write(REG_B, b | B_PIE);
+    cmos::write(REG_B, b | B_PIE);
     sti();
     let before = count(VECTOR);
     let start = tsc();
@@ -210,17 +198,17 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
     }
     let n = count(VECTOR) - before;
     cli();
-    cmos_write(REG_B, b);
+    cmos::write(REG_B, b);
     ioapic::write_entry(PIN, entry::MASKED | entry::FIXED | entry::dest(0) | u64::from(VECTOR));
     println!("rtc: {n} periodic interrupts in 200 ms");
     ok &= check_fmt(NAME, format_args!("{n} periodic interrupts at 64 Hz in 200 ms (6..=20)"), EXPECTED.contains(&n));
     // With PIE clear, PF still sets (C shows it) but IRQF does not.
-    let c = cmos_read(REG_C);
+    let c = cmos::read(REG_C);
     let flag_wait = tsc();
     while tsc().wrapping_sub(flag_wait) < us_to_tsc(50_000) {
         core::hint::spin_loop();
     }
-    let c2 = cmos_read(REG_C);
+    let c2 = cmos::read(REG_C);
     ok &= check_fmt(
         NAME,
         format_args!("with PIE clear, register C shows PF without IRQF ({c:#04x} then {c2:#04x})"),
