@@ -62,6 +62,9 @@ pub enum InlineExit {
     /// A CPUID exit, counted: [`handle_cpuid_exit`] handles it (out of line, as the
     /// virtual CPUID rules need more registers than all the inline handlers together).
     Cpuid,
+    /// An IN or OUT (not INS/OUTS) of a partition with forwarded devices, counted:
+    /// [`handle_port_io`] handles it (out of line: forwarding needs many registers).
+    PortIo(IoInstruction),
     /// Not handled (nothing changed, nothing counted): [`handle_exit`] handles it.
     NotInline,
 }
@@ -105,12 +108,15 @@ pub fn try_handle_exit_inline(vcpu: &'static Vcpu, regs: &mut GuestRegisters) ->
             let Some(io) = IoInstruction::decode(vmcs::read_present(ro::EXIT_QUALIFICATION)) else {
                 return InlineExit::NotInline;
             };
-            // A partition with devices takes the general path, which forwards their ports
-            // (a port lookup here would cost every exit of this function its registers).
-            if io.string || vcpu.vm.devices.load(Ordering::Relaxed) != 0 {
+            if io.string {
                 return InlineExit::NotInline;
             }
             count();
+            // A partition with devices: its caller forwards them out of line (a port
+            // lookup here would cost every exit of this function its registers).
+            if vcpu.vm.devices.load(Ordering::Relaxed) != 0 {
+                return InlineExit::PortIo(io);
+            }
             complete_port_io(regs, io, Completion::Failed)
         }
         ExitReason::Rdmsr => {
@@ -507,14 +513,21 @@ fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outc
     if io.string {
         return handle_string_io(vcpu, regs, qualification);
     }
-    let devices = hv_abi::platform::devices::DeviceSet(vcpu.vm.devices.load(Ordering::Relaxed));
-    let completion = if !devices.is_empty() && devices.claims_port(io.port) {
-        match forward_port(vcpu, regs, qualification) {
+    handle_port_io(vcpu, regs, io)
+}
+
+/// An IN or OUT (`io`, not a string instruction): forwarded to the service partition
+/// when a device of the guest decodes the port, else unclaimed (reads all-ones, writes
+/// ignored); then the instruction is completed. The exits of partitions with devices
+/// come here straight from `vcpu::on_exit` ([`InlineExit::PortIo`]).
+#[inline(always)]
+pub fn handle_port_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInstruction) -> Outcome {
+    let completion = if vcpu.vm.forwards_port(io.port) {
+        match crate::service::forward_port(vcpu, io.port, io.size, !io.is_in, regs.rax) {
             Ok(completion) => completion,
             Err(outcome) => return outcome,
         }
     } else {
-        // An unclaimed port: reads return all-ones, writes are ignored.
         Completion::Failed
     };
     complete_port_io(regs, io, completion)
@@ -543,30 +556,15 @@ fn read_value(completion: Completion, size: u8) -> u64 {
     }
 }
 
-/// Forwards a port access of the exit in `qualification` to the service partition
-/// (same-core switch), out of line.
-#[inline(never)]
-fn forward_port(vcpu: &'static Vcpu, regs: &GuestRegisters, qualification: u64) -> Result<Completion, Outcome> {
-    let Some(io) = IoInstruction::decode(qualification) else { return Ok(Completion::Failed) };
-    port_access(vcpu, &io, regs.rax)
-}
-
-/// One port access of `io.size` bytes (`data` for a write): forwarded to the service
-/// partition when the guest has a device there, else unclaimed (`Failed`: reads
-/// all-ones, writes dropped). `Err` stops the guest when the service partition failed.
+/// One port access of `io.size` bytes (`data` for a write) of a string instruction:
+/// forwarded to the service partition when the guest has a device there, else
+/// unclaimed (`Failed`: reads all-ones, writes dropped). `Err` stops the guest when the
+/// service partition failed.
 fn port_access(vcpu: &'static Vcpu, io: &IoInstruction, data: u64) -> Result<Completion, Outcome> {
-    let devices = hv_abi::platform::devices::DeviceSet(vcpu.vm.devices.load(Ordering::Relaxed));
-    if !devices.claims_port(io.port) {
+    if !vcpu.vm.forwards_port(io.port) {
         return Ok(Completion::Failed);
     }
-    let access = crate::service::Access {
-        kind: hv_abi::io_request::kind::PORT,
-        address: u64::from(io.port),
-        size: io.size,
-        write: !io.is_in,
-        data,
-    };
-    crate::service::access(vcpu, &access)
+    crate::service::forward_port(vcpu, io.port, io.size, !io.is_in, data)
 }
 
 /// Most elements of a REP string instruction done per exit; the instruction is then

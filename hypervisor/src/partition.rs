@@ -287,6 +287,10 @@ pub struct Vm {
     /// The emulated devices whose ports are forwarded to the service partition
     /// (`hv_abi::platform::devices::DeviceSet` bits).
     pub devices: AtomicU32,
+    /// The same ports as a bitmap (bit `port % 64` of word `port / 64`), so that a port
+    /// exit finds out whether it is forwarded with one load ([`Vm::forwards_port`]).
+    /// Written by [`set_devices`] before `devices`.
+    pub forwarded_ports: [AtomicU64; 1024],
     /// Host-physical base and size of the VM's RAM (guest-physical 0 .. size).
     pub ram_base: AtomicU64,
     pub ram_bytes: AtomicU64,
@@ -384,6 +388,7 @@ pub fn create_vm(name: &'static str) -> Result<VmHandle, ControlError> {
         index: index as u16,
         is_service: AtomicBool::new(false),
         devices: AtomicU32::new(0),
+        forwarded_ports: [const { AtomicU64::new(0) }; 1024],
         ram_base: AtomicU64::new(0),
         ram_bytes: AtomicU64::new(0),
         ept: Mutex::new(None),
@@ -735,6 +740,16 @@ pub fn stop_vm(handle: VmHandle, code: u64) -> Result<(), ControlError> {
 }
 
 impl Vm {
+    /// Whether guest accesses to `port` go to the service partition (a device of
+    /// [`Vm::devices`] decodes it).
+    #[inline(always)]
+    #[must_use]
+    pub fn forwards_port(&self, port: u16) -> bool {
+        // The index is below 1024 for every u16 port.
+        let word = self.forwarded_ports[usize::from(port >> 6)].load(Ordering::Relaxed);
+        word & (1 << (port & 63)) != 0
+    }
+
     /// The host-physical address of guest range `[gpa, gpa + len)`, if it lies in RAM.
     #[must_use]
     pub fn guest_range(&self, gpa: u64, len: u64) -> Option<u64> {
@@ -859,7 +874,16 @@ pub fn make_service(handle: VmHandle) -> Result<(), ControlError> {
 
 /// VM level: forwards the ports of `devices` to the service partition.
 pub fn set_devices(handle: VmHandle, devices: hv_abi::platform::devices::DeviceSet) -> Result<(), ControlError> {
-    vm(handle)?.devices.store(devices.0, Ordering::Release);
+    let vm = vm(handle)?;
+    for word in &vm.forwarded_ports {
+        word.store(0, Ordering::Relaxed);
+    }
+    for (first, last) in devices.port_ranges() {
+        for port in first..=last {
+            vm.forwarded_ports[usize::from(port >> 6)].fetch_or(1 << (port & 63), Ordering::Relaxed);
+        }
+    }
+    vm.devices.store(devices.0, Ordering::Release);
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //! posted to the guest vCPU's request slot, the CPU switches straight to the service
 //! vCPU (VMPTRLD; no IPI, no scheduler), which returns from its wait with the slot
 //! index, emulates the access and replies with its next `SERVICE_REPLY_WAIT`; the
-//! reply is validated (`hv_core::io_request::validate_reply`) and the CPU switches back
+//! reply (the slot's status and data) is validated (`hv_core::io_request::validate_reply`) and the CPU switches back
 //! to the guest, which completes its instruction.
 //!
 //! A service partition that stops (a fault, a triple fault, a failed entry) or takes
@@ -113,6 +113,14 @@ pub struct Access {
     pub data: u64,
 }
 
+/// A port access of guest vCPU `vcpu` (`data`: a write's value) through the service
+/// partition: [`access`] of a `kind::PORT` access.
+#[inline(never)]
+pub fn forward_port(vcpu: &'static Vcpu, port: u16, size: u8, write: bool, data: u64) -> Result<Completion, Outcome> {
+    let port_access = Access { kind: hv_abi::io_request::kind::PORT, address: u64::from(port), size, write, data };
+    access(vcpu, &port_access)
+}
+
 /// Performs `access` of guest vCPU `vcpu` through the service partition. No service
 /// partition on this CPU: `Failed` (reads see all-ones, writes are dropped, as on an
 /// open bus). A failed service partition, or a deferred request not completed in time,
@@ -123,6 +131,7 @@ pub struct Access {
 /// got an INIT is not completed: `Err(Continue)` (RIP not advanced), and the vCPU's next
 /// entry restarts it (`partition::reset_vm`) or applies the INIT, so nothing of it
 /// reaches the rebuilt guest.
+#[inline(always)]
 pub fn access(vcpu: &'static Vcpu, access: &Access) -> Result<Completion, Outcome> {
     let request = Request {
         kind: access.kind,
@@ -140,20 +149,25 @@ pub fn access(vcpu: &'static Vcpu, access: &Access) -> Result<Completion, Outcom
         Err(ForwardError::NoService) => Ok(Completion::Failed),
         Err(ForwardError::GuestStopped) => Err(Outcome::Stop),
         Err(ForwardError::Interrupted | ForwardError::ResetWhileWaiting) => Err(Outcome::Continue),
-        Err(e) => {
-            let what = if access.kind == hv_abi::io_request::kind::PORT { "port" } else { "MMIO" };
-            log::error!(
-                "partition {}: vcpu {}: {what} {:#x} {} failed: {}; stopping this partition",
-                vcpu.vm.name,
-                vcpu.id,
-                access.address,
-                if access.write { "write" } else { "read" },
-                e.describe()
-            );
-            vcpu.vm.stop(u64::MAX);
-            Err(Outcome::Stop)
-        }
+        Err(e) => Err(access_failed(vcpu, access, e)),
     }
+}
+
+/// A forwarded access failed for `e`: logged, and the guest stopped.
+#[cold]
+#[inline(never)]
+fn access_failed(vcpu: &'static Vcpu, access: &Access, e: ForwardError) -> Outcome {
+    let what = if access.kind == hv_abi::io_request::kind::PORT { "port" } else { "MMIO" };
+    log::error!(
+        "partition {}: vcpu {}: {what} {:#x} {} failed: {}; stopping this partition",
+        vcpu.vm.name,
+        vcpu.id,
+        access.address,
+        if access.write { "write" } else { "read" },
+        e.describe()
+    );
+    vcpu.vm.stop(u64::MAX);
+    Outcome::Stop
 }
 
 /// Takes frames for the request-slot array and maps them into the service partition
@@ -335,6 +349,7 @@ fn entry_failed(svc: &'static Vcpu) -> ForwardError {
 /// vCPU of this CPU and waits for its validated reply; the guest's VMCS is current
 /// again on return. A reply that fails validation is logged and fails the access; a
 /// `DEFERRED` one waits for the request's completion ([`wait_for_deferred`]).
+#[inline(always)]
 pub fn forward(guest: &'static Vcpu, request: &Request) -> Result<Completion, ForwardError> {
     let reply = forward_with(guest, request, |svc, posted, reply| {
         reply.unwrap_or_else(|why| Reply::Completed(refused_reply(svc, posted, why)))
@@ -426,7 +441,8 @@ fn serve(
             Err(e) => return Err(e),
         };
         if reply == u64::from(index) {
-            return Ok(io_request::validate_reply(posted, &read_slot(slot)));
+            let (status, data) = read_answer(slot);
+            return Ok(io_request::validate_reply(posted, status, data));
         }
         // A wait without a reply (or for another slot) while this request is pending:
         // hand the pending request out again, or refuse the bad slot index.
@@ -609,12 +625,21 @@ fn write_slot(slot: u64, value: &IoRequestSlot) {
     core::sync::atomic::fence(Ordering::Release);
 }
 
-fn read_slot(slot: u64) -> IoRequestSlot {
-    let mut bytes = [0u8; SLOT_BYTES];
+/// The service partition's answer in `slot`: its `status` byte and `data` word, the
+/// only two fields the hypervisor reads back (`hv_core::io_request::validate_reply`).
+#[inline(always)]
+fn read_answer(slot: u64) -> (u8, u64) {
+    let base = frames::phys_to_virt(slot);
     core::sync::atomic::fence(Ordering::Acquire);
-    // SAFETY: as in `write_slot`; a racing write yields some bytes, which are validated.
-    unsafe { core::ptr::copy_nonoverlapping(frames::phys_to_virt(slot), bytes.as_mut_ptr(), SLOT_BYTES) };
-    IoRequestSlot::from_bytes(&bytes)
+    // SAFETY: as in `write_slot`: `slot` is one 64-byte slot of the slot array, and
+    // `status` (offset 35) and `data` (offset 16, 8-byte aligned) lie inside it; a racing
+    // write yields some value, which is validated.
+    unsafe {
+        (
+            core::ptr::read_volatile(base.add(IoRequestSlot::STATUS_OFFSET)),
+            u64::from_le(core::ptr::read_volatile(base.add(IoRequestSlot::DATA_OFFSET).cast::<u64>())),
+        )
+    }
 }
 
 /// The guest VM a service-only hypercall names, after checking the caller.

@@ -300,8 +300,26 @@ extern "C" fn on_exit(regs: *mut GuestRegisters, ctx: *const ()) -> u64 {
         InlineExit::Done(Outcome::Continue) => on_entry_attention(regs, ctx),
         InlineExit::Done(Outcome::Stop) => run::LEAVE,
         InlineExit::Cpuid => on_cpuid_exit(regs, ctx),
+        InlineExit::PortIo(io) => on_port_io_exit(regs, ctx, io),
         InlineExit::NotInline => on_exit_general(regs, ctx),
     }
+}
+
+/// [`on_exit`] for an IN or OUT of a partition with forwarded devices (counted): its
+/// own function, see `InlineExit::PortIo`. The guest's CR2 is loaded from `regs` on
+/// entry: the service partition may have run on this CPU meanwhile.
+#[inline(never)]
+fn on_port_io_exit(regs: *mut GuestRegisters, ctx: *const (), io: hv_core::exit::IoInstruction) -> u64 {
+    // SAFETY: as in `on_exit`.
+    let (vcpu, guest) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs) };
+    vcpu.launched.store(true, Ordering::Relaxed);
+    if dispatch::handle_port_io(vcpu, guest, io) == Outcome::Stop {
+        return run::LEAVE;
+    }
+    if vcpu.attention.load(Ordering::Acquire) == 0 {
+        return run::RESUME;
+    }
+    on_entry_attention(regs, ctx)
 }
 
 /// [`on_exit`] for a CPUID exit (counted): its own function, see `InlineExit::Cpuid`.

@@ -10,35 +10,47 @@ use hv_abi::io_request::{IoRequestSlot, SLOT_BYTES};
 use hv_abi::service::{SLOTS, SLOTS_GPA};
 
 /// Byte offset of `data` in a slot.
-const DATA_OFFSET: usize = 16;
+const DATA_OFFSET: usize = IoRequestSlot::DATA_OFFSET;
 /// Byte offset of `status` in a slot.
-const STATUS_OFFSET: usize = 35;
-/// 64-bit words per slot.
-const WORDS: usize = SLOT_BYTES / 8;
+const STATUS_OFFSET: usize = IoRequestSlot::STATUS_OFFSET;
 
 /// The address of slot `index` (`index < SLOTS`).
 fn slot_address(index: u32) -> u64 {
     SLOTS_GPA + u64::from(index.min(SLOTS - 1)) * SLOT_BYTES as u64
 }
 
-/// Reads slot `index` (`index < SLOTS`; larger indexes read the last slot).
+/// Reads slot `index` (`index < SLOTS`; larger indexes read the last slot): its five
+/// 64-bit words, the fields decoded from them as `IoRequestSlot::from_bytes` lays them
+/// out (little-endian; the padding after the fields is not read).
 // Inlined into the request loop, which reads a slot for every forwarded access.
 #[inline(always)]
 pub fn read(index: u32) -> IoRequestSlot {
     let words = slot_address(index) as *const u64;
-    let mut bytes = [0u8; SLOT_BYTES];
     fence(Ordering::Acquire);
-    for (i, chunk) in bytes.as_chunks_mut::<8>().0.iter_mut().enumerate().take(WORDS) {
+    let word = |i: usize| {
         // SAFETY: the slot array is mapped read/write at SLOTS_GPA (identity-mapped) and
-        // slot `index` lies inside it; the 8-byte words are aligned (slots are 64-byte
-        // aligned). The hypervisor writes the slot only while no service vCPU works on
-        // it; a racing write would only yield bytes that the hypervisor's reply
-        // validation refuses.
-        let word = unsafe { core::ptr::read_volatile(words.add(i)) };
-        *chunk = word.to_le_bytes();
+        // slot `index` lies inside it; word `i` < 5 is an aligned 8-byte word of the slot
+        // (slots are 64-byte aligned). The hypervisor writes the slot only while no
+        // service vCPU works on it; a racing write would only yield values that the
+        // hypervisor's reply validation does not depend on.
+        u64::from_le(unsafe { core::ptr::read_volatile(words.add(i)) })
+    };
+    let (ids, bytes) = (word(3), word(4));
+    IoRequestSlot {
+        sequence: word(0),
+        address: word(1),
+        data: word(2),
+        vm: ids as u32,
+        vcpu: (ids >> 32) as u32,
+        kind: bytes as u8,
+        size: (bytes >> 8) as u8,
+        direction: (bytes >> 16) as u8,
+        status: (bytes >> 24) as u8,
+        reserved: (bytes >> 32) as u32,
     }
-    IoRequestSlot::from_bytes(&bytes)
 }
+
+const _: () = assert!(SLOT_BYTES >= 40, "read takes five words");
 
 /// Answers slot `index`: writes `data` (if given) and then `status`, and nothing else,
 /// so every field the hypervisor posted stays as it was.

@@ -442,6 +442,14 @@ pub mod platform {
                 false
             }
 
+            /// Every port range (first, last) of the devices in the set.
+            pub fn port_ranges(self) -> impl Iterator<Item = (u16, u16)> {
+                ALL.iter()
+                    .enumerate()
+                    .filter(move |&(i, _)| self.0 & (1 << i) != 0)
+                    .flat_map(|(_, device)| device.ports.iter().copied())
+            }
+
             /// Whether `port` belongs to a device in the set.
             #[must_use]
             pub fn claims_port(self, port: u16) -> bool {
@@ -464,16 +472,16 @@ pub mod platform {
 /// both can reach. For an exit that the service partition emulates (port I/O, MMIO, PCI
 /// configuration), the hypervisor fills the slot, marks it `Pending` and switches to the
 /// service partition; the service partition performs the access, writes `data` (for a
-/// read) and `status` (`Done` or `Failed`) and replies. The hypervisor accepts the reply
-/// only if every field it posted is unchanged and the data fits the access size
-/// (`hv_core::io_request::validate_reply`). An interrupt acknowledge of the guest's 8259
+/// read) and `status` (`Done` or `Failed`) and replies. The hypervisor reads back only
+/// those two fields (the others are its record of the request, which it keeps a copy
+/// of) and accepts the reply only if the status is an answer and a read's data fits the
+/// access size (`hv_core::io_request::validate_reply`). An interrupt acknowledge of the guest's 8259
 /// pair ([`io_request::kind::INTERRUPT_ACK`]) travels the same way, as a one-byte read
 /// whose data is the vector.
 ///
 /// # Deferred completion
 /// A request that starts work the service partition finishes later (a device that
-/// answers after a delay) may be answered `Deferred` instead, with every posted field
-/// unchanged: the guest vCPU stays on its instruction (RIP not advanced, nothing
+/// answers after a delay) may be answered `Deferred` instead: the guest vCPU stays on its instruction (RIP not advanced, nothing
 /// written) and its physical CPU goes on (the service vCPU waits for its next request
 /// or timer; the CPU sleeps and runs the service's device timers meanwhile). The
 /// service partition completes the request later, from any of its vCPUs, with
@@ -490,8 +498,9 @@ pub mod platform {
 /// waits drops the request, and a later completion of it is refused.
 pub mod io_request {
     /// Version of this layout; bumped on any change. 2: [`kind::INTERRUPT_ACK`]; 3:
-    /// [`status::DEFERRED`] (and `SERVICE_COMPLETE`).
-    pub const VERSION: u32 = 3;
+    /// [`status::DEFERRED`] (and `SERVICE_COMPLETE`); 4: the hypervisor reads back only
+    /// `status` and `data` (a reply need not leave the other fields as posted).
+    pub const VERSION: u32 = 4;
     /// Bytes per slot in the shared page (the struct plus padding to a cache line).
     pub const SLOT_BYTES: usize = 64;
 
@@ -560,6 +569,11 @@ pub mod io_request {
     }
 
     impl IoRequestSlot {
+        /// Byte offset of [`IoRequestSlot::data`] in a slot (8-byte aligned).
+        pub const DATA_OFFSET: usize = 16;
+        /// Byte offset of [`IoRequestSlot::status`] in a slot.
+        pub const STATUS_OFFSET: usize = 35;
+
         /// The slot as the bytes of the shared page.
         #[must_use]
         pub fn to_bytes(&self) -> [u8; SLOT_BYTES] {

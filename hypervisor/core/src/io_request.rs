@@ -3,11 +3,13 @@
 //! service partition wrote is decoded and checked here before the hypervisor touches the
 //! guest's registers.
 //!
-//! A reply is accepted only if the slot still describes the request the hypervisor
-//! posted (sequence, kind, address, size, direction, VM, vCPU), its status is `Done`,
-//! `Failed` or `Deferred`, the reserved field is 0, and a read's data fits the access
-//! size. Anything else is a misbehaving service partition: the caller stops the guest's
-//! access with an open-bus result and logs it, and the hypervisor keeps running.
+//! The service partition answers a request with two fields of its slot, `status` and
+//! `data`, and the hypervisor reads back only those two: every other field is the
+//! hypervisor's record of the request, which it keeps its own copy of (`posted`), so
+//! nothing the service partition writes there has any effect. A reply is accepted only
+//! if its status is `Done`, `Failed` or `Deferred` and a read's data fits the access
+//! size. Anything else is a misbehaving service partition: the caller completes the
+//! guest's access with an open-bus result and logs it, and the hypervisor keeps running.
 //!
 //! A `Deferred` reply ([`Reply::Deferred`]) is completed later by the service
 //! partition's `SERVICE_COMPLETE` hypercall; [`deferred`] holds the waiting vCPU's side
@@ -67,11 +69,6 @@ pub enum ReplyError {
     NotAnswered,
     /// The status byte is not a known state.
     BadStatus(u8),
-    /// The slot no longer describes the posted request (sequence, kind, address, size,
-    /// direction, VM or vCPU changed).
-    RequestChanged,
-    /// Reserved bits are set.
-    ReservedNotZero,
     /// A read's data has bits above the access size.
     DataTooWide,
 }
@@ -103,31 +100,16 @@ pub fn post(request: &Request, sequence: u64) -> Result<IoRequestSlot, PostError
     })
 }
 
-/// Checks the service partition's `reply` to the slot the hypervisor `posted`.
+/// Checks the service partition's answer (`status` and `data`, the two fields it writes
+/// back) to the request the hypervisor `posted`.
 #[inline]
-pub fn validate_reply(posted: &IoRequestSlot, reply: &IoRequestSlot) -> Result<Reply, ReplyError> {
-    let unchanged = reply.sequence == posted.sequence
-        && reply.kind == posted.kind
-        && reply.address == posted.address
-        && reply.size == posted.size
-        && reply.direction == posted.direction
-        && reply.vm == posted.vm
-        && reply.vcpu == posted.vcpu;
-    match reply.status {
-        status::FREE | status::PENDING => return Err(ReplyError::NotAnswered),
-        status::DONE | status::FAILED | status::DEFERRED => {}
-        other => return Err(ReplyError::BadStatus(other)),
+pub fn validate_reply(posted: &IoRequestSlot, reply_status: u8, data: u64) -> Result<Reply, ReplyError> {
+    match reply_status {
+        status::DONE | status::FAILED => completion(posted, reply_status, data).map(Reply::Completed),
+        status::DEFERRED => Ok(Reply::Deferred),
+        status::FREE | status::PENDING => Err(ReplyError::NotAnswered),
+        other => Err(ReplyError::BadStatus(other)),
     }
-    if !unchanged {
-        return Err(ReplyError::RequestChanged);
-    }
-    if reply.reserved != 0 {
-        return Err(ReplyError::ReservedNotZero);
-    }
-    if reply.status == status::DEFERRED {
-        return Ok(Reply::Deferred);
-    }
-    completion(posted, reply.status, reply.data).map(Reply::Completed)
 }
 
 /// The completion that `status` (`DONE` or `FAILED`, checked by the caller) and `data`
@@ -315,6 +297,11 @@ mod tests {
     use hv_abi::io_request::SLOT_BYTES;
     use proptest::prelude::*;
 
+    /// The answer the service partition left in `slot` (its status and data words).
+    fn reply_in(posted: &IoRequestSlot, slot: &IoRequestSlot) -> Result<Reply, ReplyError> {
+        validate_reply(posted, slot.status, slot.data)
+    }
+
     fn read_port(port: u64, size: u8) -> Request {
         Request { kind: kind::PORT, address: port, size, write: false, data: 0, vm: 3, vcpu: 1 }
     }
@@ -324,7 +311,7 @@ mod tests {
         let posted = post(&read_port(0x3f8, 1), 7).unwrap();
         assert_eq!((posted.status, posted.direction, posted.data), (status::PENDING, direction::READ, 0));
         let reply = IoRequestSlot { data: 0x41, status: status::DONE, ..posted };
-        assert_eq!(validate_reply(&posted, &reply), Ok(Reply::Completed(Completion::Read(0x41))));
+        assert_eq!(reply_in(&posted, &reply), Ok(Reply::Completed(Completion::Read(0x41))));
     }
 
     #[test]
@@ -334,7 +321,7 @@ mod tests {
         let posted = post(&w, 1).unwrap();
         assert_eq!(posted.data, 0xbeef);
         let reply = IoRequestSlot { status: status::DONE, data: 0x1234, ..posted };
-        assert_eq!(validate_reply(&posted, &reply), Ok(Reply::Completed(Completion::Written)));
+        assert_eq!(reply_in(&posted, &reply), Ok(Reply::Completed(Completion::Written)));
     }
 
     #[test]
@@ -344,7 +331,7 @@ mod tests {
             (posted.kind, posted.size, posted.direction, posted.address, posted.status),
             (kind::INTERRUPT_ACK, 1, direction::READ, 0, status::PENDING)
         );
-        let answer = |slot: IoRequestSlot| interrupt_ack_vector(validate_reply(&posted, &slot));
+        let answer = |slot: IoRequestSlot| interrupt_ack_vector(reply_in(&posted, &slot));
         assert_eq!(answer(IoRequestSlot { data: 0x20, status: status::DONE, ..posted }), Ok(0x20));
         assert_eq!(answer(IoRequestSlot { data: 0xff, status: status::DONE, ..posted }), Ok(0xff));
         assert_eq!(answer(IoRequestSlot { data: 0x08, status: status::DONE, ..posted }), Ok(0x08));
@@ -354,14 +341,9 @@ mod tests {
             Err(InterruptAckError::Refused(ReplyError::DataTooWide))
         );
         assert_eq!(answer(posted), Err(InterruptAckError::Refused(ReplyError::NotAnswered)));
-        assert_eq!(
-            answer(IoRequestSlot { kind: kind::PORT, data: 0x20, status: status::DONE, ..posted }),
-            Err(InterruptAckError::Refused(ReplyError::RequestChanged))
-        );
-        assert_eq!(
-            answer(IoRequestSlot { size: 4, data: 0x20, status: status::DONE, ..posted }),
-            Err(InterruptAckError::Refused(ReplyError::RequestChanged))
-        );
+        // The other fields are the hypervisor's record: what the service partition
+        // writes there changes nothing (the posted copy decides).
+        assert_eq!(answer(IoRequestSlot { kind: kind::PORT, size: 4, data: 0x20, status: status::DONE, ..posted }), Ok(0x20));
         assert_eq!(interrupt_ack_vector(Ok(Reply::Completed(Completion::Written))), Err(InterruptAckError::NotARead));
         assert_eq!(answer(IoRequestSlot { status: status::DEFERRED, ..posted }), Err(InterruptAckError::Deferred));
         assert_eq!(
@@ -389,8 +371,10 @@ mod tests {
     fn misbehaving_replies_are_refused() {
         let posted = post(&read_port(0x70, 1), 5).unwrap();
         let done = IoRequestSlot { status: status::DONE, data: 1, ..posted };
-        assert_eq!(validate_reply(&posted, &posted), Err(ReplyError::NotAnswered));
-        assert_eq!(validate_reply(&posted, &IoRequestSlot { status: 9, ..done }), Err(ReplyError::BadStatus(9)));
+        assert_eq!(reply_in(&posted, &posted), Err(ReplyError::NotAnswered));
+        assert_eq!(reply_in(&posted, &IoRequestSlot { status: 9, ..done }), Err(ReplyError::BadStatus(9)));
+        // Only status and data are read back: a slot whose other fields were changed
+        // is answered by the posted copy (a one-byte read stays a one-byte read).
         for changed in [
             IoRequestSlot { sequence: 6, ..done },
             IoRequestSlot { address: 0x71, ..done },
@@ -399,33 +383,30 @@ mod tests {
             IoRequestSlot { kind: kind::MMIO, ..done },
             IoRequestSlot { vm: 4, ..done },
             IoRequestSlot { vcpu: 0, ..done },
+            IoRequestSlot { reserved: 1, ..done },
         ] {
-            assert_eq!(validate_reply(&posted, &changed), Err(ReplyError::RequestChanged), "{changed:?}");
+            assert_eq!(reply_in(&posted, &changed), Ok(Reply::Completed(Completion::Read(1))), "{changed:?}");
         }
-        assert_eq!(validate_reply(&posted, &IoRequestSlot { reserved: 1, ..done }), Err(ReplyError::ReservedNotZero));
-        assert_eq!(validate_reply(&posted, &IoRequestSlot { data: 0x100, ..done }), Err(ReplyError::DataTooWide));
         assert_eq!(
-            validate_reply(&posted, &IoRequestSlot { status: status::FAILED, data: 0x100, ..done }),
+            reply_in(&posted, &IoRequestSlot { size: 4, data: 0x100, ..done }),
+            Err(ReplyError::DataTooWide),
+            "the posted size decides"
+        );
+        assert_eq!(reply_in(&posted, &IoRequestSlot { data: 0x100, ..done }), Err(ReplyError::DataTooWide));
+        assert_eq!(
+            reply_in(&posted, &IoRequestSlot { status: status::FAILED, data: 0x100, ..done }),
             Ok(Reply::Completed(Completion::Failed))
         );
     }
 
     #[test]
-    fn a_deferred_reply_must_leave_the_request_unchanged() {
+    fn a_deferred_reply_needs_only_its_status() {
         let posted = post(&read_port(0xf8, 4), 9).unwrap();
         let deferred = IoRequestSlot { status: status::DEFERRED, ..posted };
-        assert_eq!(validate_reply(&posted, &deferred), Ok(Reply::Deferred));
+        assert_eq!(reply_in(&posted, &deferred), Ok(Reply::Deferred));
         // Data is not looked at: nothing is completed yet.
-        assert_eq!(validate_reply(&posted, &IoRequestSlot { data: u64::MAX, ..deferred }), Ok(Reply::Deferred));
-        assert_eq!(
-            validate_reply(&posted, &IoRequestSlot { address: 0xf9, ..deferred }),
-            Err(ReplyError::RequestChanged)
-        );
-        assert_eq!(
-            validate_reply(&posted, &IoRequestSlot { reserved: 2, ..deferred }),
-            Err(ReplyError::ReservedNotZero)
-        );
-        assert_eq!(validate_reply(&posted, &IoRequestSlot { status: 5, ..deferred }), Err(ReplyError::BadStatus(5)));
+        assert_eq!(reply_in(&posted, &IoRequestSlot { data: u64::MAX, ..deferred }), Ok(Reply::Deferred));
+        assert_eq!(reply_in(&posted, &IoRequestSlot { status: 5, ..deferred }), Err(ReplyError::BadStatus(5)));
     }
 
     mod deferred_completion {
@@ -553,7 +534,7 @@ mod tests {
             let mut raw = [0u8; SLOT_BYTES];
             raw.copy_from_slice(&bytes);
             let reply = IoRequestSlot::from_bytes(&raw);
-            if let Ok(vector) = interrupt_ack_vector(validate_reply(&posted, &reply)) {
+            if let Ok(vector) = interrupt_ack_vector(reply_in(&posted, &reply)) {
                 prop_assert_eq!(u64::from(vector), reply.data);
                 prop_assert_eq!(reply.status, status::DONE);
             }
@@ -569,7 +550,7 @@ mod tests {
             let mut raw = [0u8; SLOT_BYTES];
             raw.copy_from_slice(&bytes);
             let reply = IoRequestSlot::from_bytes(&raw);
-            match validate_reply(&posted, &reply) {
+            match reply_in(&posted, &reply) {
                 Ok(Reply::Completed(Completion::Read(v))) => prop_assert!(!write && v & !size_mask(size) == 0),
                 Ok(Reply::Completed(Completion::Written)) => prop_assert!(write),
                 Ok(Reply::Deferred) => prop_assert_eq!(reply.status, status::DEFERRED),
@@ -588,7 +569,7 @@ mod tests {
                 ..posted
             };
             let expected = if fail { Completion::Failed } else { Completion::Read(value & size_mask(size)) };
-            prop_assert_eq!(validate_reply(&posted, &reply), Ok(Reply::Completed(expected)));
+            prop_assert_eq!(reply_in(&posted, &reply), Ok(Reply::Completed(expected)));
         }
     }
 }

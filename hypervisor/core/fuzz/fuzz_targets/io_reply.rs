@@ -1,4 +1,5 @@
-//! The service partition writes the reply half of an I/O request slot, and later the
+//! The service partition writes the reply half of an I/O request slot (the hypervisor
+//! reads back its status and data words), and later the
 //! arguments of `SERVICE_COMPLETE` for a request it deferred: whatever bytes it leaves
 //! there and whatever it passes, validation must not panic and may only accept a
 //! result that fits the posted request; a refused completion changes nothing.
@@ -31,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let request = Request { kind: request_kind, address: 0xfee0_0000, size, write, data: u64::MAX, vm: 1, vcpu: 0 };
     let Ok(posted) = post(&request, u64::from(*head)) else { return };
     let reply = IoRequestSlot::from_bytes(&raw);
-    match validate_reply(&posted, &reply) {
+    match validate_reply(&posted, reply.status, reply.data) {
         Ok(Reply::Completed(Completion::Read(v))) => assert!(!write && v & !size_mask(size) == 0),
         Ok(Reply::Completed(Completion::Written)) => assert!(write),
         Ok(Reply::Deferred) => assert_eq!(reply.status, status::DEFERRED),
