@@ -174,6 +174,7 @@ impl OutputRing {
     }
 
     /// Appends `byte`, dropping the oldest byte if the ring is full.
+    #[inline]
     pub fn push(&mut self, byte: u8) {
         if self.len == OUTPUT_CAPACITY {
             self.head = (self.head + 1) % OUTPUT_CAPACITY;
@@ -376,65 +377,129 @@ impl Uart16550 {
         }
     }
 
-    /// A one-byte read at `port` (0xFF where the UART does not decode): the same as
-    /// [`PortIo::read`] of size 1, and the board's fast path for its hottest access
-    /// (a guest polling LSR). It reads the register directly, without the byte-lane
-    /// closure of [`read_bytewise`], and drives the interrupt line only when it may
-    /// move: when the read changed state the line depends on (`read_register` says
-    /// so), or when input pushed since the last access left it stale. Otherwise the
-    /// line already has the level `irq_wanted` gives (`line_stale` is exact outside an
-    /// access) and `update_irq` would do nothing.
+    /// A one-byte read of register `offset` (0-7 from the base port, Table II; other
+    /// offsets read 0xFF): the same as [`PortIo::read`] of size 1 at port `base +
+    /// offset`, for an owner that has already decoded the port. It reads the register
+    /// directly, without the byte-lane closure of [`read_bytewise`], and drives the
+    /// interrupt line only when it may move (see [`Uart16550::read_at_lazy`]).
     #[inline]
-    pub fn read_byte(&mut self, port: u16, now: Nanos, platform: &mut dyn Platform) -> u8 {
-        self.read_byte_with::<false>(port, now, platform)
+    pub fn read_at<P: Platform + ?Sized>(&mut self, offset: u16, now: Nanos, platform: &mut P) -> u8 {
+        let (value, drive) = self.read_at_lazy(offset, now);
+        if drive {
+            self.drive_line(platform);
+        }
+        value
     }
 
-    /// A one-byte write of `value` at `port` (ignored where the UART does not decode):
-    /// the same as [`PortIo::write`] of size 1, driving the interrupt line only when it
-    /// may move (see [`Uart16550::read_byte`]).
+    /// A one-byte write of `value` to register `offset` (0-7 from the base port, Table
+    /// II; other offsets are ignored): the same as [`PortIo::write`] of size 1 at port
+    /// `base + offset`, driving the interrupt line only when it may move (see
+    /// [`Uart16550::write_at_lazy`]).
     #[inline]
-    pub fn write_byte(&mut self, port: u16, value: u8, now: Nanos, platform: &mut dyn Platform) {
-        self.write_byte_with::<false>(port, value, now, platform);
-    }
-
-    /// [`Uart16550::read_byte`]; with `EAGER`, the line is driven after every access as
-    /// the model did before the lazy path existed (the tests' reference).
-    #[inline]
-    fn read_byte_with<const EAGER: bool>(&mut self, port: u16, now: Nanos, platform: &mut dyn Platform) -> u8 {
-        self.last_now = self.last_now.max(now);
-        match self.offset(port) {
-            Some(offset) => self.read_lane::<EAGER>(offset, platform),
-            None => 0xFF,
+    pub fn write_at<P: Platform + ?Sized>(&mut self, offset: u16, value: u8, now: Nanos, platform: &mut P) {
+        match self.write_at_lazy(offset, value, now) {
+            Some(false) => {}
+            Some(true) => self.drive_line(platform),
+            None => self.write_lane::<false, _>(offset, value, platform),
         }
     }
 
-    /// [`Uart16550::write_byte`]; `EAGER` as for [`Uart16550::read_byte_with`].
+    /// [`Uart16550::read_at`] that leaves driving the interrupt line to the caller, for
+    /// an owner whose fast path must not pay for a [`Platform`] it rarely needs (the
+    /// board's). Returns the value read and whether the caller must now call
+    /// [`Uart16550::drive_line`], before anything else reaches the UART.
+    ///
+    /// That is needed only when the line may move: when the read changed state the line
+    /// depends on (an RBR read that pops a byte, an IIR read that clears THRE, an LSR
+    /// read that clears errors, an MSR read that clears deltas), or when input pushed
+    /// since the last access left the line stale. Otherwise the line already has the
+    /// level the registers call for (`line_stale` is exact between accesses), and
+    /// driving it would change nothing. A guest polling LSR needs nothing.
+    #[must_use = "the line must be driven when asked"]
     #[inline]
-    fn write_byte_with<const EAGER: bool>(&mut self, port: u16, value: u8, now: Nanos, platform: &mut dyn Platform) {
+    pub fn read_at_lazy(&mut self, offset: u16, now: Nanos) -> (u8, bool) {
         self.last_now = self.last_now.max(now);
-        if let Some(offset) = self.offset(port) {
-            self.write_lane::<EAGER>(offset, value, platform);
+        if offset < PORT_COUNT {
+            self.read_lane_lazy(offset)
+        } else {
+            (0xFF, false)
         }
     }
 
-    /// Reads register `offset` and drives the line if the read may have moved it (or
-    /// always, with `EAGER`).
+    /// [`Uart16550::write_at`] that leaves driving the interrupt line to the caller, as
+    /// [`Uart16550::read_at_lazy`] does: `Some(drive)` once written, with `drive` true
+    /// when the caller must now call [`Uart16550::drive_line`]. `None`, with nothing
+    /// written, for the one write that needs the platform half-way: a THR write while a
+    /// THRE interrupt is pending or the line is stale, which drives the line between
+    /// clearing THRE and raising it anew (the edge an edge-triggered PIC needs for
+    /// every byte); the caller then uses [`Uart16550::write_at`].
+    #[must_use = "the write may not have been done, and the line must be driven when asked"]
     #[inline]
-    fn read_lane<const EAGER: bool>(&mut self, offset: u16, platform: &mut dyn Platform) -> u8 {
+    pub fn write_at_lazy(&mut self, offset: u16, value: u8, now: Nanos) -> Option<bool> {
+        self.last_now = self.last_now.max(now);
+        if offset >= PORT_COUNT {
+            return Some(false);
+        }
+        self.debug_check_line_stale();
+        let changed = if self.is_thr(offset) {
+            if self.thre_pending || self.line_stale {
+                return None;
+            }
+            // Clearing THRE (not pending) changes nothing: no line to drive half-way.
+            self.transmit(value)
+        } else {
+            self.write_register(offset, value)
+        };
+        Some(changed || self.line_stale)
+    }
+
+    /// Drives the interrupt line to the level the registers call for, as every access
+    /// and tick does at its end (nothing when it has that level already).
+    #[inline]
+    pub fn drive_line<P: Platform + ?Sized>(&mut self, platform: &mut P) {
+        self.update_irq(platform);
+    }
+
+    /// Reads register `offset` (0-7) and says whether the line must be driven (see
+    /// [`Uart16550::read_at_lazy`]).
+    #[inline]
+    fn read_lane_lazy(&mut self, offset: u16) -> (u8, bool) {
         self.debug_check_line_stale();
         let (value, changed) = self.read_register(offset);
-        if EAGER || changed || self.line_stale {
+        (value, changed || self.line_stale)
+    }
+
+    /// Reads register `offset` (0-7) and drives the line if the read may have moved it
+    /// (or always, with `EAGER`: the model as it was before the lazy paths, which the
+    /// tests compare them with).
+    #[inline]
+    fn read_lane<const EAGER: bool, P: Platform + ?Sized>(&mut self, offset: u16, platform: &mut P) -> u8 {
+        let (value, drive) = self.read_lane_lazy(offset);
+        if EAGER || drive {
             self.update_irq(platform);
         }
         value
     }
 
-    /// Writes register `offset` and drives the line if the write may have moved it (or
-    /// always, with `EAGER`).
+    /// Writes register `offset` (0-7) and drives the line if the write may have moved
+    /// it (or always, with `EAGER`). A THR write drives it half-way too, between
+    /// clearing THRE and raising it anew, when that can move it: when a THRE interrupt
+    /// was pending (the line drops, and rises again at the end: a new edge for every
+    /// byte), or when the line was stale.
     #[inline]
-    fn write_lane<const EAGER: bool>(&mut self, offset: u16, value: u8, platform: &mut dyn Platform) {
+    fn write_lane<const EAGER: bool, P: Platform + ?Sized>(&mut self, offset: u16, value: u8, platform: &mut P) {
         self.debug_check_line_stale();
-        let changed = self.write_register::<EAGER>(offset, value, platform);
+        let changed = if self.is_thr(offset) {
+            // Table IV: writing THR clears the THRE interrupt...
+            let was_pending = self.thre_pending;
+            self.thre_pending = false;
+            if EAGER || was_pending || self.line_stale {
+                self.update_irq(platform);
+            }
+            self.transmit(value)
+        } else {
+            self.write_register(offset, value)
+        };
         if EAGER || changed || self.line_stale {
             self.update_irq(platform);
         }
@@ -447,22 +512,25 @@ impl Uart16550 {
         debug_assert_eq!(self.line_stale, self.irq_wanted() != self.irq_level, "line_stale is exact");
     }
 
-    /// [`PortIo::read`], `EAGER` as for [`Uart16550::read_byte_with`].
+    /// [`PortIo::read`], `EAGER` as for [`Uart16550::read_lane`].
     #[inline]
-    fn read_with<const EAGER: bool>(&mut self, port: u16, size: u8, now: Nanos, platform: &mut dyn Platform) -> u32 {
-        if size == 1 {
-            return u32::from(self.read_byte_with::<EAGER>(port, now, platform));
-        }
+    pub(crate) fn read_with<const EAGER: bool>(
+        &mut self,
+        port: u16,
+        size: u8,
+        now: Nanos,
+        platform: &mut dyn Platform,
+    ) -> u32 {
         self.last_now = self.last_now.max(now);
         read_bytewise(port, size, |p| {
             let offset = self.offset(p)?;
-            Some(self.read_lane::<EAGER>(offset, platform))
+            Some(self.read_lane::<EAGER, _>(offset, platform))
         })
     }
 
-    /// [`PortIo::write`], `EAGER` as for [`Uart16550::read_byte_with`].
+    /// [`PortIo::write`], `EAGER` as for [`Uart16550::read_lane`].
     #[inline]
-    fn write_with<const EAGER: bool>(
+    pub(crate) fn write_with<const EAGER: bool>(
         &mut self,
         port: u16,
         size: u8,
@@ -470,13 +538,10 @@ impl Uart16550 {
         now: Nanos,
         platform: &mut dyn Platform,
     ) {
-        if size == 1 {
-            return self.write_byte_with::<EAGER>(port, value as u8, now, platform);
-        }
         self.last_now = self.last_now.max(now);
         write_bytewise(port, size, value, |p, byte| {
             if let Some(offset) = self.offset(p) {
-                self.write_lane::<EAGER>(offset, byte, platform);
+                self.write_lane::<EAGER, _>(offset, byte, platform);
             }
         });
     }
@@ -506,6 +571,7 @@ impl Uart16550 {
         self.line_stale = self.irq_wanted() != self.irq_level;
     }
 
+    #[inline]
     const fn rx_capacity(&self) -> usize {
         if self.fifo_enabled {
             RX_FIFO_SIZE
@@ -533,6 +599,7 @@ impl Uart16550 {
         false
     }
 
+    #[inline]
     fn rx_pop(&mut self) -> Option<u8> {
         if self.rx_len == 0 {
             return None;
@@ -550,6 +617,7 @@ impl Uart16550 {
 
     /// MSR bits 7:4: the external inputs, or in loopback the MCR outputs wired to them
     /// (8.8, bit 4: RTS -> CTS, DTR -> DSR, OUT1 -> RI, OUT2 -> DCD).
+    #[inline]
     const fn modem_inputs(&self) -> u8 {
         if self.mcr & MCR_LOOP == 0 {
             return self.external_inputs;
@@ -570,6 +638,7 @@ impl Uart16550 {
         inputs
     }
 
+    #[inline]
     const fn lsr(&self) -> u8 {
         let dr = if self.rx_len > 0 { LSR_DR } else { 0 };
         // Transmission is instantaneous: THR and the shift register are always empty.
@@ -577,6 +646,7 @@ impl Uart16550 {
     }
 
     /// The highest-priority enabled interrupt condition, as IIR bits 3:0 (8.6, Table IV).
+    #[inline]
     const fn pending_interrupt(&self) -> Option<u8> {
         if self.ier & IER_ELSI != 0 && self.lsr_errors != 0 {
             return Some(IIR_RLS);
@@ -598,6 +668,7 @@ impl Uart16550 {
         None
     }
 
+    #[inline]
     const fn iir(&self) -> u8 {
         let fifo = if self.fifo_enabled { IIR_FIFOS_ENABLED } else { 0 };
         match self.pending_interrupt() {
@@ -608,12 +679,13 @@ impl Uart16550 {
 
     /// The level the interrupt line should have: INTR gated by OUT2, whose output pin
     /// loopback forces inactive (8.8, bit 4).
+    #[inline]
     const fn irq_wanted(&self) -> bool {
         self.pending_interrupt().is_some() && self.mcr & (MCR_OUT2 | MCR_LOOP) == MCR_OUT2
     }
 
     #[inline]
-    fn update_irq(&mut self, platform: &mut dyn Platform) {
+    fn update_irq<P: Platform + ?Sized>(&mut self, platform: &mut P) {
         let level = self.irq_wanted();
         self.line_stale = false;
         if level != self.irq_level {
@@ -622,11 +694,13 @@ impl Uart16550 {
         }
     }
 
+    #[inline]
     fn dlab(&self) -> bool {
         self.lcr & LCR_DLAB != 0
     }
 
     /// The register offset of `port`, if the UART decodes it.
+    #[inline]
     fn offset(&self, port: u16) -> Option<u16> {
         port.checked_sub(self.base).filter(|offset| *offset < PORT_COUNT)
     }
@@ -678,18 +752,24 @@ impl Uart16550 {
         }
     }
 
-    /// Writes register `offset` (0-7); returns whether the write changed state the
-    /// interrupt line depends on (an input of `irq_wanted`), as `read_register` does.
-    /// The divisor latch, LCR (DLAB only selects registers) and SCR do not; LSR and
-    /// MSR ignore writes. A THR write drives the line itself ([`Self::transmit`]).
+    /// Whether register `offset` is THR (offset 0 with DLAB clear).
     #[inline]
-    fn write_register<const EAGER: bool>(&mut self, offset: u16, value: u8, platform: &mut dyn Platform) -> bool {
+    fn is_thr(&self, offset: u16) -> bool {
+        offset == REG_DATA && !self.dlab()
+    }
+
+    /// Writes register `offset` (0-7), other than THR ([`Uart16550::transmit`]);
+    /// returns whether the write changed state the interrupt line depends on (an input
+    /// of `irq_wanted`), as `read_register` does. The divisor latch, LCR (DLAB only
+    /// selects registers) and SCR do not; LSR and MSR ignore writes.
+    #[inline]
+    fn write_register(&mut self, offset: u16, value: u8) -> bool {
         match offset {
-            REG_DATA if self.dlab() => {
+            REG_DATA => {
+                // DLL: THR goes to `transmit`.
                 self.divisor = (self.divisor & 0xFF00) | u16::from(value);
                 false
             }
-            REG_DATA => self.transmit::<EAGER>(value, platform),
             REG_IER if self.dlab() => {
                 self.divisor = (self.divisor & 0x00FF) | (u16::from(value) << 8);
                 false
@@ -728,21 +808,12 @@ impl Uart16550 {
         }
     }
 
-    /// A write to THR: the byte goes out at once (module docs). Returns whether the
-    /// line may have to move once more (as `write_register`).
-    ///
-    /// The line is driven between clearing THRE and raising it anew only when that
-    /// can move it: when a THRE interrupt was pending (the edge an edge-triggered PIC
-    /// needs for every byte), or when the line was stale. Otherwise the state it
-    /// depends on is unchanged at that point, and `update_irq` would do nothing.
+    /// A write to THR, once the caller has cleared the THRE interrupt (Table IV) and
+    /// driven the line if that moved it: the byte goes out at once (module docs), and
+    /// THR is empty again. Returns whether the line may have to move once more (as
+    /// `write_register`).
     #[inline]
-    fn transmit<const EAGER: bool>(&mut self, value: u8, platform: &mut dyn Platform) -> bool {
-        // Table IV: writing THR clears the THRE interrupt...
-        let was_pending = self.thre_pending;
-        self.thre_pending = false;
-        if EAGER || was_pending || self.line_stale {
-            self.update_irq(platform);
-        }
+    fn transmit(&mut self, value: u8) -> bool {
         let looped = self.mcr & MCR_LOOP != 0;
         if looped {
             // 8.8, bit 4: the transmitter shift register feeds the receiver; the serial
@@ -751,7 +822,7 @@ impl Uart16550 {
         } else {
             self.output.push(value);
         }
-        // ...and THR is empty again, which raises it anew.
+        // THR is empty again, which raises THRE anew.
         self.thre_pending = self.ier & IER_ETBEI != 0;
         // The receiver changed in loopback (where the line is held low, but this need
         // not rely on it), and THRE is pending again if enabled.
@@ -800,6 +871,7 @@ impl PortIo for Uart16550 {
     /// A time already past (the latest time seen) while input pushed since the last
     /// access or tick has changed the interrupt line; otherwise none: the UART has no
     /// timers.
+    #[inline]
     fn next_event(&self) -> Option<Nanos> {
         self.line_stale.then_some(self.last_now)
     }
@@ -1587,7 +1659,7 @@ mod tests {
             }
         }
 
-        /// The one-byte entry points are `PortIo`'s accesses of size 1.
+        /// The one-byte entry points by register offset are `PortIo`'s accesses of size 1.
         #[test]
         fn byte_accesses_are_size_one_accesses(ops in prop::collection::vec(op_strategy(), 1..300)) {
             let mut bytes = Uart16550::new(BASE, IRQ);
@@ -1597,12 +1669,12 @@ mod tests {
                 let now = i as Nanos;
                 match op {
                     Op::Read { offset, .. } => {
-                        let a = bytes.read_byte(BASE.wrapping_add(offset), now, &mut bytes_log);
+                        let a = bytes.read_at(offset, now, &mut bytes_log);
                         let b = sized.read(BASE.wrapping_add(offset), 1, now, &mut sized_log);
                         prop_assert_eq!(u32::from(a), b, "op {}", i);
                     }
                     Op::Write { offset, value, .. } => {
-                        bytes.write_byte(BASE.wrapping_add(offset), value as u8, now, &mut bytes_log);
+                        bytes.write_at(offset, value as u8, now, &mut bytes_log);
                         sized.write(BASE.wrapping_add(offset), 1, value, now, &mut sized_log);
                     }
                     Op::Push(b) => prop_assert_eq!(bytes.push_input(b), sized.push_input(b)),
