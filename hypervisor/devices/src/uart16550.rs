@@ -429,10 +429,11 @@ impl Uart16550 {
     /// [`Uart16550::write_at`] that leaves driving the interrupt line to the caller, as
     /// [`Uart16550::read_at_lazy`] does: `Some(drive)` once written, with `drive` true
     /// when the caller must now call [`Uart16550::drive_line`]. `None`, with nothing
-    /// written, for the one write that needs the platform half-way: a THR write while a
-    /// THRE interrupt is pending or the line is stale, which drives the line between
-    /// clearing THRE and raising it anew (the edge an edge-triggered PIC needs for
-    /// every byte); the caller then uses [`Uart16550::write_at`].
+    /// written, for the THR writes it leaves to [`Uart16550::write_at`], which the
+    /// caller then uses: one while a THRE interrupt is pending or the line is stale,
+    /// which needs the platform half-way (the line is driven between clearing THRE and
+    /// raising it anew: the edge an edge-triggered PIC needs for every byte), and one
+    /// in loopback (rare, and it keeps the receiver's code off the fast path).
     #[must_use = "the write may not have been done, and the line must be driven when asked"]
     #[inline]
     pub fn write_at_lazy(&mut self, offset: u16, value: u8, now: Nanos) -> Option<bool> {
@@ -442,7 +443,7 @@ impl Uart16550 {
         }
         self.debug_check_line_stale();
         let changed = if self.is_thr(offset) {
-            if self.thre_pending || self.line_stale {
+            if self.thre_pending || self.line_stale || self.mcr & MCR_LOOP != 0 {
                 return None;
             }
             // Clearing THRE (not pending) changes nothing: no line to drive half-way.
