@@ -275,10 +275,10 @@ static TABLE: [Entry; MAX_VMS as usize] = [const { Entry::new() }; MAX_VMS as us
 /// first request, replaced when the id's generation changed), brought to now with
 /// `tick`, and handed to `f` with the time and the wiring; then the console output is
 /// drained, a power-off request is performed and [`next_wake`] is updated
-/// ([`settle`]); a reset request reboots the guest after the lock is released.
-/// `None` when the table does not cover the VM.
-// Inlined into the request loop: every forwarded access runs it (`opt-level = "s"`
-// would call it, which costs the round trip dozens of instructions).
+/// ([`settle`], skipped when the board says nothing it looks at changed); a reset
+/// request reboots the guest after the lock is released. `None` when the table does
+/// not cover the VM.
+// Inlined into the request loop: every forwarded access runs it.
 #[inline(always)]
 fn access<R>(id: VmId, f: impl FnOnce(&mut PcBoard, Nanos, &mut Wire<'_>) -> R) -> Option<R> {
     let (result, reset) = with_vm(id, |vm| {
@@ -293,7 +293,14 @@ fn access<R>(id: VmId, f: impl FnOnce(&mut PcBoard, Nanos, &mut Wire<'_>) -> R) 
             vm.board.tick(now, &mut wire);
         }
         let request = wire.power;
-        let reset = settle(vm, request);
+        // Most accesses (a status-register poll) change nothing that `settle` looks at:
+        // `take_changed` is exact when it says so, and a partial console line waits on
+        // time, not on the board.
+        let reset = if vm.board.take_changed() || request.is_some() || vm.line_len > 0 {
+            settle(vm, request)
+        } else {
+            PendingReset(None)
+        };
         (result, reset)
     })?;
     reset.perform();
@@ -399,7 +406,9 @@ pub fn reset_board(id: VmId) {
     });
 }
 
-/// What follows every access, interrupt acknowledge and timer tick of a VM: the 8259
+/// What follows every access (that `PcBoard::take_changed` says may have changed
+/// something, or that made a power request or left a partial line), interrupt
+/// acknowledge and timer tick of a VM: the 8259
 /// pair's INTR level goes to the hypervisor if it changed ([`sync_pic_intr`]), its
 /// console output is drained (all of it when a power request ends or resets the
 /// guest), a power-off request is performed, and the board's next event lowers

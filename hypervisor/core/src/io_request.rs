@@ -102,7 +102,8 @@ pub fn post(request: &Request, sequence: u64) -> Result<IoRequestSlot, PostError
 
 /// Checks the service partition's answer (`status` and `data`, the two fields it writes
 /// back) to the request the hypervisor `posted`.
-#[inline]
+// Inlined into the forwarding path, which runs it on every forwarded access.
+#[inline(always)]
 pub fn validate_reply(posted: &IoRequestSlot, reply_status: u8, data: u64) -> Result<Reply, ReplyError> {
     match reply_status {
         status::DONE | status::FAILED => completion(posted, reply_status, data).map(Reply::Completed),
@@ -114,7 +115,7 @@ pub fn validate_reply(posted: &IoRequestSlot, reply_status: u8, data: u64) -> Re
 
 /// The completion that `status` (`DONE` or `FAILED`, checked by the caller) and `data`
 /// give the request `posted`.
-#[inline]
+#[inline(always)]
 fn completion(posted: &IoRequestSlot, status: u8, data: u64) -> Result<Completion, ReplyError> {
     if status == status::FAILED {
         return Ok(Completion::Failed);
@@ -343,7 +344,10 @@ mod tests {
         assert_eq!(answer(posted), Err(InterruptAckError::Refused(ReplyError::NotAnswered)));
         // The other fields are the hypervisor's record: what the service partition
         // writes there changes nothing (the posted copy decides).
-        assert_eq!(answer(IoRequestSlot { kind: kind::PORT, size: 4, data: 0x20, status: status::DONE, ..posted }), Ok(0x20));
+        assert_eq!(
+            answer(IoRequestSlot { kind: kind::PORT, size: 4, data: 0x20, status: status::DONE, ..posted }),
+            Ok(0x20)
+        );
         assert_eq!(interrupt_ack_vector(Ok(Reply::Completed(Completion::Written))), Err(InterruptAckError::NotARead));
         assert_eq!(answer(IoRequestSlot { status: status::DEFERRED, ..posted }), Err(InterruptAckError::Deferred));
         assert_eq!(
