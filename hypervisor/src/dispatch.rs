@@ -533,6 +533,14 @@ pub fn handle_port_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInst
     complete_port_io(regs, io, completion)
 }
 
+/// Completes the IN or OUT (`size` bytes) that the service partition answered through
+/// the same-frame switch (`service::begin_port_forward`).
+#[inline(always)]
+pub fn complete_forwarded_port_io(regs: &mut GuestRegisters, size: u8, is_in: bool, completion: Completion) -> Outcome {
+    let io = IoInstruction { size, is_in, string: false, rep: false, immediate: false, port: 0 };
+    complete_port_io(regs, io, completion)
+}
+
 /// Completes a port access: an IN gets the value (all-ones when the access failed);
 /// RIP past the instruction.
 #[inline(always)]

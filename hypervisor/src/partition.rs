@@ -175,6 +175,10 @@ pub struct Vcpu {
     /// How many times [`reset_vm`] held the vCPU: a forwarded access that sees it change
     /// while in flight belongs to the guest before the reset and is dropped.
     pub reset_epoch: AtomicU32,
+    /// The port access the service partition is working on while this CPU runs the
+    /// service vCPU in this vCPU's exit frame (`service::begin_port_forward` until
+    /// `service::finish_port_forward`). Only the vCPU's own CPU touches it.
+    pub port_forward: UnsafeCell<crate::service::PortForward>,
 }
 
 /// A vCPU's registers as the control interface reports them (KVM's `kvm_regs` plus the
@@ -272,8 +276,8 @@ impl Vcpu {
     }
 }
 
-// SAFETY: `regs` is accessed only by the vCPU's own physical CPU (the one it was
-// started on); everything else is immutable, atomic or behind a mutex.
+// SAFETY: `regs` and `port_forward` are accessed only by the vCPU's own physical CPU
+// (the one it was started on); everything else is immutable, atomic or behind a mutex.
 unsafe impl Sync for Vcpu {}
 
 /// One partition.
@@ -513,6 +517,7 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         reset_parked: AtomicBool::new(false),
         restart_pending: AtomicBool::new(false),
         reset_epoch: AtomicU32::new(0),
+        port_forward: UnsafeCell::new(crate::service::PortForward::NONE),
     }));
     cpu_slot
         .compare_exchange(core::ptr::null_mut(), vcpu, Ordering::AcqRel, Ordering::Acquire)

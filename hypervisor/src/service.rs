@@ -121,6 +121,224 @@ pub fn forward_port(vcpu: &'static Vcpu, port: u16, size: u8, write: bool, data:
     access(vcpu, &port_access)
 }
 
+/// A port access in flight through the same-frame switch: posted by
+/// [`begin_port_forward`], answered in [`finish_port_forward`]. Only what the common
+/// case needs; the slow paths rebuild the posted request ([`PortForward::request`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PortForward {
+    /// Host-physical address of the guest vCPU's slot.
+    slot: u64,
+    /// The TSC by which the service partition must answer.
+    deadline: u64,
+    /// A write's data (masked to the size); 0 for a read.
+    data: u64,
+    /// The slot's index (the reply names it).
+    index: u32,
+    /// The guest's reset epoch when the access was posted.
+    epoch: u32,
+    port: u16,
+    size: u8,
+    write: bool,
+}
+
+impl PortForward {
+    /// Nothing in flight.
+    pub const NONE: Self = Self { slot: 0, deadline: 0, data: 0, index: 0, epoch: 0, port: 0, size: 1, write: false };
+
+    /// Access size in bytes (1, 2 or 4).
+    #[must_use]
+    pub fn size(&self) -> u8 {
+        self.size
+    }
+
+    /// Whether the access is an IN.
+    #[must_use]
+    pub fn is_in(&self) -> bool {
+        !self.write
+    }
+
+    /// The request as guest vCPU `guest` posted it.
+    fn request(&self, guest: &'static Vcpu) -> Request {
+        Request {
+            kind: hv_abi::io_request::kind::PORT,
+            address: u64::from(self.port),
+            size: self.size,
+            write: self.write,
+            data: self.data,
+            vm: vm_id(guest.vm).0,
+            vcpu: guest.id,
+        }
+    }
+
+    /// The slot as guest vCPU `guest` posted it (for the slow paths' log lines).
+    fn posted(&self, guest: &'static Vcpu) -> IoRequestSlot {
+        let sequence = guest.io_sequence.load(Ordering::Relaxed);
+        io_request::post(&self.request(guest), sequence).unwrap_or_default()
+    }
+}
+
+/// The fast way to forward a port access (`port`, `size`, `write`, `data`) of guest
+/// vCPU `guest`, whose exit frame is `frame`: the request is posted to the guest's slot
+/// and the CPU switches to this CPU's service vCPU in the same exit frame. Its VMCS is
+/// made current, its registers and `on_service_exit` take the frame's place, and the
+/// exit stub enters it when the guest's hook returns `run::RESUME`. Its next exit comes
+/// to `on_service_exit` with the registers of both saved, which calls
+/// [`finish_port_forward`].
+///
+/// Validate, then commit: `false`, with nothing changed, when the fast way does not
+/// apply. That is when no service vCPU on this CPU waits in `SERVICE_REPLY_WAIT`
+/// (launched, not stopping, nothing for `prepare_entry` to do) or the guest vCPU has no
+/// slot. The caller then forwards the access the general way ([`forward_port`]), which
+/// handles every case.
+#[inline(always)]
+pub fn begin_port_forward(
+    guest: &'static Vcpu,
+    access: (u16, u8, bool, u64),
+    frame: &mut run::ExitFrame,
+    on_service_exit: run::ExitHook,
+) -> bool {
+    let (port, size, write, data) = access;
+    let Some(svc) = partition::service_vcpu_for_cpu(guest.cpu) else { return false };
+    let slots = SLOTS.load(Ordering::Acquire);
+    let Some(index) = service::slot_index(guest.vm.index, guest.id) else { return false };
+    let svc_vmcs = svc.vmcs.load(Ordering::Acquire);
+    if slots == 0
+        || svc_vmcs == 0
+        || svc.vm.stop_requested()
+        || svc.attention.load(Ordering::Acquire) != 0
+        || !svc.launched.load(Ordering::Relaxed)
+    {
+        return false;
+    }
+    let request = Request {
+        kind: hv_abi::io_request::kind::PORT,
+        address: u64::from(port),
+        size,
+        write,
+        data,
+        vm: vm_id(guest.vm).0,
+        vcpu: guest.id,
+    };
+    let sequence = guest.io_sequence.load(Ordering::Relaxed) + 1;
+    let Ok(posted) = io_request::post(&request, sequence) else { return false };
+    if vmcs::load(svc_vmcs).is_err() {
+        // VMPTRLD failed and changed nothing: the guest's VMCS is still current.
+        return false;
+    }
+    // SAFETY: only this CPU touches the service vCPU's registers, and the vCPU is not
+    // running now (it waits in SERVICE_REPLY_WAIT, its exit handled).
+    let svc_regs = unsafe { &mut *svc.regs.get() };
+    // The service vCPU's exits must come to this frame: the exit stub's stack pointer,
+    // which is where the frame lies (HOST_RSP of the guest's VMCS).
+    let frame_rsp = core::ptr::from_mut::<run::ExitFrame>(frame) as u64;
+    if svc_regs.host_rsp != frame_rsp {
+        if vmcs::write(x86::vmx::vmcs::host::RSP, frame_rsp).is_err() {
+            let _ = switch_back(guest);
+            return false;
+        }
+        svc_regs.host_rsp = frame_rsp;
+    }
+    // Commit: nothing below can fail.
+    guest.io_sequence.store(sequence, Ordering::Relaxed);
+    let slot = slots + u64::from(index) * SLOT_BYTES as u64;
+    write_slot(slot, &posted);
+    svc_regs.rax = u64::from(index);
+    let in_flight = PortForward {
+        slot,
+        deadline: crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US),
+        data: posted.data,
+        index,
+        epoch: guest.reset_epoch.load(Ordering::Acquire),
+        port,
+        size,
+        write,
+    };
+    // SAFETY: only this CPU touches the guest vCPU's `port_forward`.
+    unsafe { *guest.port_forward.get() = in_flight };
+    frame.regs = svc.regs.get();
+    frame.on_exit = on_service_exit;
+    true
+}
+
+/// The service vCPU that [`begin_port_forward`] entered for guest vCPU `guest` exited
+/// (its VMCS current, its registers saved): takes its reply, or handles its exits and
+/// runs it on until it replies, misses the deadline or stops, as [`forward`] does; then
+/// makes `guest`'s VMCS current again. The result is what [`access`] gives.
+#[inline(always)]
+pub fn finish_port_forward(guest: &'static Vcpu, in_flight: &PortForward) -> Result<Completion, Outcome> {
+    let result = match partition::service_vcpu_for_cpu(guest.cpu) {
+        Some(svc) => take_reply(svc, guest, in_flight),
+        // Cannot happen (`begin_port_forward` found it, and it is never removed).
+        None => Err(ForwardError::ServiceStopped),
+    };
+    let result = match switch_back(guest).and(result) {
+        Ok(Reply::Completed(completion)) => Ok(completion),
+        Ok(Reply::Deferred) => wait_for_deferred(guest, &in_flight.request(guest)),
+        Err(e) => Err(e),
+    };
+    if let Ok(completion) = result {
+        if guest.reset_epoch.load(Ordering::Acquire) == in_flight.epoch {
+            return Ok(completion);
+        }
+    }
+    conclude(guest, &in_flight.request(guest), result, in_flight.epoch)
+}
+
+/// The service vCPU's reply to `in_flight` (posted by guest vCPU `guest`), validated,
+/// taken from the exit that just happened when that is the reply (the common case,
+/// inline), else by [`serve_after_exit`]. A reply that fails validation is logged and
+/// fails the access.
+#[inline(always)]
+fn take_reply(svc: &'static Vcpu, guest: &'static Vcpu, in_flight: &PortForward) -> Result<Reply, ForwardError> {
+    // SAFETY: only this CPU touches the service vCPU's registers; it is not running.
+    let regs = unsafe { &*svc.regs.get() };
+    let basic = vmcs::read(ro::EXIT_REASON) as u16;
+    let reply = if basic == EXIT_VMCALL
+        && regs.rax == hypercall::SERVICE_REPLY_WAIT
+        && regs.rbx == u64::from(in_flight.index)
+    {
+        svc.exits[usize::from(EXIT_VMCALL)].fetch_add(1, Ordering::Relaxed);
+        svc.wake_at.store(regs.rcx, Ordering::Release);
+        let _ = dispatch::advance_rip(vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
+        let (status, data) = read_answer(in_flight.slot);
+        io_request::validate_answer(in_flight.size, in_flight.write, status, data)
+    } else {
+        serve_after_exit(svc, guest, in_flight)?
+    };
+    Ok(reply.unwrap_or_else(|why| Reply::Completed(refused_reply(svc, &in_flight.posted(guest), why))))
+}
+
+/// [`take_reply`] when the service vCPU's exit is not the reply: the exit is handled as
+/// [`run_until_wait`] handles it, then the vCPU runs on (the nested way) until it
+/// replies to the slot, as in [`serve`].
+#[inline(never)]
+fn serve_after_exit(
+    svc: &'static Vcpu,
+    guest: &'static Vcpu,
+    in_flight: &PortForward,
+) -> Result<Result<Reply, io_request::ReplyError>, ForwardError> {
+    let index = u64::from(in_flight.index);
+    let mut reply = take_wait(svc)?;
+    loop {
+        if let Some(reply) = reply {
+            if reply == index {
+                let (status, data) = read_answer(in_flight.slot);
+                return Ok(io_request::validate_answer(in_flight.size, in_flight.write, status, data));
+            }
+            // A wait without a reply (or for another slot) while this request is
+            // pending: hand the pending request out again, or refuse the bad slot index.
+            set_service_rax(svc, if reply == NO_REPLY { index } else { HcError::BadArgument.to_rax() });
+        }
+        reply = match run_until_wait(svc, in_flight.deadline) {
+            Ok(reply) => Some(reply),
+            Err(ForwardError::MissedDeadline) => {
+                return Err(missed_request_deadline(svc, &in_flight.posted(guest)));
+            }
+            Err(e) => return Err(e),
+        };
+    }
+}
+
 /// Performs `access` of guest vCPU `vcpu` through the service partition. No service
 /// partition on this CPU: `Failed` (reads see all-ones, writes are dropped, as on an
 /// open bus). A failed service partition, or a deferred request not completed in time,
@@ -143,20 +361,32 @@ pub fn access(vcpu: &'static Vcpu, access: &Access) -> Result<Completion, Outcom
         vcpu: vcpu.id,
     };
     let epoch = vcpu.reset_epoch.load(Ordering::Acquire);
-    match forward(vcpu, &request) {
+    conclude(vcpu, &request, forward(vcpu, &request), epoch)
+}
+
+/// What the forwarding of `request` (made when the guest's reset epoch was `epoch`)
+/// means for the guest's instruction; see [`access`].
+#[inline(always)]
+fn conclude(
+    vcpu: &'static Vcpu,
+    request: &Request,
+    result: Result<Completion, ForwardError>,
+    epoch: u32,
+) -> Result<Completion, Outcome> {
+    match result {
         Ok(_) if vcpu.reset_epoch.load(Ordering::Acquire) != epoch => Err(Outcome::Continue),
         Ok(completion) => Ok(completion),
         Err(ForwardError::NoService) => Ok(Completion::Failed),
         Err(ForwardError::GuestStopped) => Err(Outcome::Stop),
         Err(ForwardError::Interrupted | ForwardError::ResetWhileWaiting) => Err(Outcome::Continue),
-        Err(e) => Err(access_failed(vcpu, access, e)),
+        Err(e) => Err(access_failed(vcpu, request, e)),
     }
 }
 
 /// A forwarded access failed for `e`: logged, and the guest stopped.
 #[cold]
 #[inline(never)]
-fn access_failed(vcpu: &'static Vcpu, access: &Access, e: ForwardError) -> Outcome {
+fn access_failed(vcpu: &'static Vcpu, access: &Request, e: ForwardError) -> Outcome {
     let what = if access.kind == hv_abi::io_request::kind::PORT { "port" } else { "MMIO" };
     log::error!(
         "partition {}: vcpu {}: {what} {:#x} {} failed: {}; stopping this partition",
@@ -307,20 +537,33 @@ fn run_until_wait(svc: &'static Vcpu, deadline: u64) -> Result<u64, ForwardError
         match run::enter(regs, svc.launched.load(Ordering::Relaxed)) {
             Entry::Exited => {
                 svc.launched.store(true, Ordering::Relaxed);
-                let basic = vmcs::read(ro::EXIT_REASON) as u16;
-                if basic == EXIT_VMCALL && regs.rax == hypercall::SERVICE_REPLY_WAIT {
-                    svc.exits[usize::from(EXIT_VMCALL)].fetch_add(1, Ordering::Relaxed);
-                    svc.wake_at.store(regs.rcx, Ordering::Release);
-                    let _ = dispatch::advance_rip(vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
-                    return Ok(regs.rbx);
-                }
-                if handle_other_exit(svc, regs) == Outcome::Stop {
-                    return Err(ForwardError::ServiceStopped);
+                if let Some(reply) = take_wait(svc)? {
+                    return Ok(reply);
                 }
             }
             Entry::FailInvalid | Entry::FailValid => return Err(entry_failed(svc)),
         }
     }
+}
+
+/// The service vCPU's exit that just happened (its VMCS current): a `SERVICE_REPLY_WAIT`
+/// is taken (counted, its wake-up deadline kept, RIP past the VMCALL) and its reply
+/// argument (RBX) returned; any other exit is handled as any partition's (`None`).
+#[inline(always)]
+fn take_wait(svc: &'static Vcpu) -> Result<Option<u64>, ForwardError> {
+    // SAFETY: only this CPU (the service vCPU's own) touches its registers.
+    let regs: &mut GuestRegisters = unsafe { &mut *svc.regs.get() };
+    let basic = vmcs::read(ro::EXIT_REASON) as u16;
+    if basic == EXIT_VMCALL && regs.rax == hypercall::SERVICE_REPLY_WAIT {
+        svc.exits[usize::from(EXIT_VMCALL)].fetch_add(1, Ordering::Relaxed);
+        svc.wake_at.store(regs.rcx, Ordering::Release);
+        let _ = dispatch::advance_rip(vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
+        return Ok(Some(regs.rbx));
+    }
+    if handle_other_exit(svc, regs) == Outcome::Stop {
+        return Err(ForwardError::ServiceStopped);
+    }
+    Ok(None)
 }
 
 /// A service vCPU exit other than `SERVICE_REPLY_WAIT`: handled as any partition's.
@@ -615,13 +858,17 @@ fn kind_name(kind: u8) -> &'static str {
     }
 }
 
+#[inline(always)]
 fn write_slot(slot: u64, value: &IoRequestSlot) {
-    let bytes = value.to_bytes();
-    // SAFETY: `slot` is one 64-byte slot inside the slot array (index checked by
-    // `slot_index`), frames owned by the hypervisor and direct-mapped; the service
-    // partition may write it at the same time, which only garbles its own reply (and
-    // every reply is validated).
-    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), frames::phys_to_virt(slot), SLOT_BYTES) };
+    let words = frames::phys_to_virt(slot).cast::<u64>();
+    for (i, word) in value.to_words().into_iter().enumerate() {
+        // SAFETY: `slot` is one 64-byte slot inside the slot array (index checked by
+        // `slot_index`), frames owned by the hypervisor and direct-mapped; word `i` < 5
+        // of it is aligned. The service partition may write it at the same time, which
+        // only garbles its own reply (and every reply is validated). The padding after
+        // the five words stays 0 (the frames were zeroed and nothing writes there).
+        unsafe { core::ptr::write_volatile(words.add(i), word.to_le()) };
+    }
     core::sync::atomic::fence(Ordering::Release);
 }
 

@@ -290,7 +290,7 @@ pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
 /// everything else is a tail call to [`on_exit_general`] or [`on_entry_attention`].
 /// The inline handlers and CPUID change neither CR2 nor `regs.cr2`: their entries keep
 /// the CPU's CR2 ([`run::RESUME_KEEP_CR2`]); the others load it from `regs`.
-extern "C" fn on_exit(regs: *mut GuestRegisters, ctx: *const ()) -> u64 {
+extern "C" fn on_exit(regs: *mut GuestRegisters, ctx: *const (), frame: *mut run::ExitFrame) -> u64 {
     // SAFETY: `ctx` is the `&'static Vcpu` that `run` passed to `run::enter_with`, and
     // `regs` its registers (`Vcpu::regs`), which only this CPU touches and `run` does
     // not use while the guest runs.
@@ -300,20 +300,70 @@ extern "C" fn on_exit(regs: *mut GuestRegisters, ctx: *const ()) -> u64 {
         InlineExit::Done(Outcome::Continue) => on_entry_attention(regs, ctx),
         InlineExit::Done(Outcome::Stop) => run::LEAVE,
         InlineExit::Cpuid => on_cpuid_exit(regs, ctx),
-        InlineExit::PortIo(io) => on_port_io_exit(regs, ctx, io),
+        InlineExit::PortIo(io) => on_port_io_exit(regs, ctx, io, frame),
         InlineExit::NotInline => on_exit_general(regs, ctx),
     }
 }
 
 /// [`on_exit`] for an IN or OUT of a partition with forwarded devices (counted): its
-/// own function, see `InlineExit::PortIo`. The guest's CR2 is loaded from `regs` on
-/// entry: the service partition may have run on this CPU meanwhile.
+/// own function, see `InlineExit::PortIo`. A forwarded port goes the fast way when it
+/// can (`service::begin_port_forward`: this CPU switches to the service vCPU in this
+/// exit frame, and [`on_service_exit`] completes the instruction); otherwise
+/// `dispatch::handle_port_io` forwards it the general way. The guest's CR2 is loaded
+/// from `regs` on entry: the service partition may have run on this CPU meanwhile.
 #[inline(never)]
-fn on_port_io_exit(regs: *mut GuestRegisters, ctx: *const (), io: hv_core::exit::IoInstruction) -> u64 {
-    // SAFETY: as in `on_exit`.
-    let (vcpu, guest) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs) };
+fn on_port_io_exit(
+    regs: *mut GuestRegisters,
+    ctx: *const (),
+    io: hv_core::exit::IoInstruction,
+    frame: *mut run::ExitFrame,
+) -> u64 {
+    // SAFETY: as in `on_exit`; `frame` is the exit stub's frame, which the stub reads
+    // only after this hook returns.
+    let (vcpu, guest, frame) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs, &mut *frame) };
     vcpu.launched.store(true, Ordering::Relaxed);
+    if vcpu.vm.forwards_port(io.port) {
+        let access = (io.port, io.size, !io.is_in, guest.rax);
+        if crate::service::begin_port_forward(vcpu, access, frame, on_service_exit) {
+            // The stub enters the service vCPU (registers and VMCS), whose next exit
+            // comes to `on_service_exit`.
+            return run::RESUME;
+        }
+    }
     if dispatch::handle_port_io(vcpu, guest, io) == Outcome::Stop {
+        return run::LEAVE;
+    }
+    if vcpu.attention.load(Ordering::Acquire) == 0 {
+        return run::RESUME;
+    }
+    on_entry_attention(regs, ctx)
+}
+
+/// The exit hook of a service vCPU that [`on_port_io_exit`] entered in guest vCPU
+/// `ctx`'s exit frame: `svc_regs` are the service vCPU's registers. The frame is given
+/// back to the guest (its registers, [`on_exit`]) before anything else, then
+/// `service::finish_port_forward` takes the reply (running the service vCPU on, the
+/// nested way, when this exit was something else) and makes the guest's VMCS current
+/// again, and the guest's IN or OUT is completed.
+extern "C" fn on_service_exit(svc_regs: *mut GuestRegisters, ctx: *const (), frame: *mut run::ExitFrame) -> u64 {
+    let _ = svc_regs;
+    // SAFETY: `ctx` is the guest's `&'static Vcpu` (the frame's context, unchanged by
+    // the switch); only this CPU touches its registers, which the stub does not use
+    // until this hook returns; `frame` is the exit stub's frame.
+    let (vcpu, frame) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *frame) };
+    let regs = vcpu.regs.get();
+    frame.regs = regs;
+    frame.on_exit = on_exit;
+    // SAFETY: as above.
+    let guest = unsafe { &mut *regs };
+    // SAFETY: only this CPU touches the guest vCPU's `port_forward`.
+    let in_flight = unsafe { *vcpu.port_forward.get() };
+    let outcome = match crate::service::finish_port_forward(vcpu, &in_flight) {
+        // The instruction's size and direction are the request's.
+        Ok(completion) => dispatch::complete_forwarded_port_io(guest, in_flight.size(), in_flight.is_in(), completion),
+        Err(outcome) => outcome,
+    };
+    if outcome == Outcome::Stop {
         return run::LEAVE;
     }
     if vcpu.attention.load(Ordering::Acquire) == 0 {

@@ -574,6 +574,24 @@ pub mod io_request {
         /// Byte offset of [`IoRequestSlot::status`] in a slot.
         pub const STATUS_OFFSET: usize = 35;
 
+        /// The five little-endian 64-bit words the fields fill (the first 40 bytes of
+        /// [`IoRequestSlot::to_bytes`]; the rest of a slot is padding).
+        #[must_use]
+        #[inline]
+        pub fn to_words(&self) -> [u64; 5] {
+            [
+                self.sequence,
+                self.address,
+                self.data,
+                u64::from(self.vm) | u64::from(self.vcpu) << 32,
+                u64::from(self.kind)
+                    | u64::from(self.size) << 8
+                    | u64::from(self.direction) << 16
+                    | u64::from(self.status) << 24
+                    | u64::from(self.reserved) << 32,
+            ]
+        }
+
         /// The slot as the bytes of the shared page.
         #[must_use]
         pub fn to_bytes(&self) -> [u8; SLOT_BYTES] {
@@ -863,6 +881,46 @@ pub mod guest {
 mod tests {
     use super::platform::devices::{DeviceSet, ALL};
     use super::service::{slot_index, VmId, MAX_VCPUS_PER_VM, SLOTS};
+
+    #[test]
+    fn port_ranges_are_the_claimed_ports() {
+        let sets = ALL.iter().filter_map(|d| DeviceSet::default().with(d.name)).chain([DeviceSet::PC]);
+        for set in sets {
+            let mut claimed = [false; 0x1_0000];
+            for (first, last) in set.port_ranges() {
+                for port in first..=last {
+                    claimed[usize::from(port)] = true;
+                }
+            }
+            for port in 0..=u16::MAX {
+                assert_eq!(claimed[usize::from(port)], set.claims_port(port), "{set:?} port {port:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn slot_words_are_the_slot_bytes() {
+        use super::io_request::IoRequestSlot;
+        let slot = IoRequestSlot {
+            sequence: 0x0102_0304_0506_0708,
+            address: 0x3fd,
+            data: 0xdead_beef,
+            vm: 0x0001_0002,
+            vcpu: 3,
+            kind: 1,
+            size: 4,
+            direction: 1,
+            status: 1,
+            reserved: 0x55,
+        };
+        let bytes = slot.to_bytes();
+        for (i, word) in slot.to_words().iter().enumerate() {
+            assert_eq!(word.to_le_bytes(), bytes[i * 8..i * 8 + 8], "word {i}");
+        }
+        assert_eq!(IoRequestSlot::from_bytes(&bytes).data, 0xdead_beef);
+        assert_eq!(bytes[IoRequestSlot::STATUS_OFFSET], 1);
+        assert_eq!(bytes[IoRequestSlot::DATA_OFFSET], 0xef);
+    }
 
     #[test]
     fn device_sets_claim_their_ports_only() {

@@ -76,6 +76,8 @@ pub enum ReplyError {
 pub use crate::mmio_decode::size_mask;
 
 /// The slot that posts `request` as number `sequence`.
+// Inlined into the forwarding paths, where most of its checks fold away.
+#[inline(always)]
 pub fn post(request: &Request, sequence: u64) -> Result<IoRequestSlot, PostError> {
     if !matches!(request.kind, kind::PORT | kind::MMIO | kind::PCI_CONFIG | kind::INTERRUPT_ACK) {
         return Err(PostError::BadKind);
@@ -105,8 +107,15 @@ pub fn post(request: &Request, sequence: u64) -> Result<IoRequestSlot, PostError
 // Inlined into the forwarding path, which runs it on every forwarded access.
 #[inline(always)]
 pub fn validate_reply(posted: &IoRequestSlot, reply_status: u8, data: u64) -> Result<Reply, ReplyError> {
+    validate_answer(posted.size, posted.direction == direction::WRITE, reply_status, data)
+}
+
+/// [`validate_reply`] for a request of `size` bytes, a write or a read: what it looks
+/// at of the posted request.
+#[inline(always)]
+pub fn validate_answer(size: u8, write: bool, reply_status: u8, data: u64) -> Result<Reply, ReplyError> {
     match reply_status {
-        status::DONE | status::FAILED => completion(posted, reply_status, data).map(Reply::Completed),
+        status::DONE | status::FAILED => completion(size, write, reply_status, data).map(Reply::Completed),
         status::DEFERRED => Ok(Reply::Deferred),
         status::FREE | status::PENDING => Err(ReplyError::NotAnswered),
         other => Err(ReplyError::BadStatus(other)),
@@ -114,16 +123,16 @@ pub fn validate_reply(posted: &IoRequestSlot, reply_status: u8, data: u64) -> Re
 }
 
 /// The completion that `status` (`DONE` or `FAILED`, checked by the caller) and `data`
-/// give the request `posted`.
+/// give a request of `size` bytes, a write or a read.
 #[inline(always)]
-fn completion(posted: &IoRequestSlot, status: u8, data: u64) -> Result<Completion, ReplyError> {
+fn completion(size: u8, write: bool, status: u8, data: u64) -> Result<Completion, ReplyError> {
     if status == status::FAILED {
         return Ok(Completion::Failed);
     }
-    if posted.direction == direction::WRITE {
+    if write {
         return Ok(Completion::Written);
     }
-    if data & !size_mask(posted.size) != 0 {
+    if data & !size_mask(size) != 0 {
         return Err(ReplyError::DataTooWide);
     }
     Ok(Completion::Read(data))
@@ -184,7 +193,8 @@ pub mod deferred {
         if !matches!(completion_status, status::DONE | status::FAILED) {
             return Err(CompletionError::BadStatus(completion_status));
         }
-        completion(posted, completion_status, data).map_err(|e| match e {
+        let write = posted.direction == hv_abi::io_request::direction::WRITE;
+        completion(posted.size, write, completion_status, data).map_err(|e| match e {
             ReplyError::DataTooWide => CompletionError::DataTooWide,
             // `completion` refuses nothing else.
             _ => CompletionError::BadStatus(completion_status),

@@ -15,7 +15,9 @@
 //!
 //! The stack at HOST_RSP (16-byte aligned, so `on_exit` is called with the ABI's
 //! alignment): `[rsp]` the `GuestRegisters` pointer, `[rsp + 8]` `on_exit`, `[rsp + 16]`
-//! `ctx`, then the six callee-saved registers and the return address.
+//! `ctx` (an [`ExitFrame`], which the hook gets as its third argument and may change:
+//! the next entry loads the registers it names), then the six callee-saved registers
+//! and the return address.
 
 /// The guest registers the VMCS does not hold (RSP, RIP and RFLAGS live in the VMCS),
 /// and the HOST_RSP value of the vCPU's VMCS. The layout is fixed: the assembly below
@@ -134,8 +136,9 @@ hv_vmx_exit:
     pop rax
     mov [rdi + 5*8], rax          // the stack is as `hv_vmx_run` left it
     mov rsi, [rsp + 16]
-    call [rsp + 8]                // on_exit(regs, ctx); RFLAGS.DF is 0 after an exit
-    mov rdi, [rsp]
+    mov rdx, rsp                  // the ExitFrame
+    call [rsp + 8]                // on_exit(regs, ctx, frame); RFLAGS.DF is 0 after an exit
+    mov rdi, [rsp]                // the registers to enter with (the hook may have changed them)
     test rax, rax                 // RESUME_KEEP_CR2: CR2 still holds the guest's value
     jnz 6f
 7:
@@ -164,8 +167,25 @@ pub const RESUME: u64 = 2;
 
 /// Called on the exit stack after every VM exit with the guest's registers saved in
 /// `regs` (and the VMCS that exited current); returns [`RESUME`], [`RESUME_KEEP_CR2`]
-/// or [`LEAVE`]. `ctx` is what the caller of [`enter_with`] passed.
-pub type ExitHook = extern "C" fn(regs: *mut GuestRegisters, ctx: *const ()) -> u64;
+/// or [`LEAVE`]. `ctx` is what the caller of [`enter_with`] passed; `frame` is the exit
+/// stub's [`ExitFrame`].
+pub type ExitHook = extern "C" fn(regs: *mut GuestRegisters, ctx: *const (), frame: *mut ExitFrame) -> u64;
+
+/// The three words at the exit stub's stack pointer (HOST_RSP): which registers the
+/// next exit saves into (and [`RESUME`] loads), which hook it calls and with what
+/// context. A hook may change them before it returns [`RESUME`] to switch this CPU to
+/// another vCPU in the same stack frame: it makes that vCPU's VMCS current, writes
+/// HOST_RSP of that VMCS if it is not this frame's (the frame's own address, where the
+/// stub's stack pointer was; [`GuestRegisters::host_rsp`] of that vCPU's registers
+/// records it), and puts that vCPU's registers (and the hook for its exits) here. The service partition's forwarding does this
+/// (`service::begin_port_forward`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct ExitFrame {
+    pub regs: *mut GuestRegisters,
+    pub on_exit: ExitHook,
+    pub ctx: *const (),
+}
 
 extern "C" {
     fn hv_vmx_run(regs: *mut GuestRegisters, launched: u64, on_exit: ExitHook, ctx: *const ()) -> u64;
@@ -191,7 +211,7 @@ pub fn exit_entry_point() -> u64 {
 }
 
 /// An exit hook that returns on every exit.
-extern "C" fn leave(_regs: *mut GuestRegisters, _ctx: *const ()) -> u64 {
+extern "C" fn leave(_regs: *mut GuestRegisters, _ctx: *const (), _frame: *mut ExitFrame) -> u64 {
     LEAVE
 }
 
