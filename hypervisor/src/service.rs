@@ -3,12 +3,15 @@
 //!
 //! A physical CPU that runs a guest vCPU also holds one vCPU of the service partition.
 //! That vCPU runs first, on its own, until it waits in `SERVICE_REPLY_WAIT` ([`bring_up`]).
-//! From then on it runs only inside [`forward`]: a guest access to a forwarded port is
-//! posted to the guest vCPU's request slot, the CPU switches straight to the service
-//! vCPU (VMPTRLD; no IPI, no scheduler), which returns from its wait with the slot
-//! index, emulates the access and replies with its next `SERVICE_REPLY_WAIT`; the
-//! reply (the slot's status and data) is validated (`hv_core::io_request::validate_reply`) and the CPU switches back
-//! to the guest, which completes its instruction.
+//! From then on it runs only when this CPU forwards to it ([`begin_port_forward`] for
+//! IN/OUT, in the guest's exit frame; [`forward`] for the rest, nested) or runs its
+//! device timers: a guest access to a forwarded port is posted to the guest vCPU's
+//! request slot, the CPU switches straight to the service vCPU (VMPTRLD; no IPI, no
+//! scheduler), which returns from its wait with the slot index and the request in
+//! registers ([`hand_out`]), emulates the access and answers with its next
+//! `SERVICE_REPLY_WAIT` (status and data in registers, [`answer`]); the answer is
+//! validated (`hv_core::io_request::validate_reply`) and the CPU switches back to the
+//! guest, which completes its instruction.
 //!
 //! A service partition that stops (a fault, a triple fault, a failed entry) or takes
 //! longer than [`REQUEST_DEADLINE_US`] on one request fails the waiting guest, which is
@@ -126,8 +129,6 @@ pub fn forward_port(vcpu: &'static Vcpu, port: u16, size: u8, write: bool, data:
 /// case needs; the slow paths rebuild the posted request ([`PortForward::request`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PortForward {
-    /// Host-physical address of the guest vCPU's slot.
-    slot: u64,
     /// The TSC by which the service partition must answer.
     deadline: u64,
     /// A write's data (masked to the size); 0 for a read.
@@ -143,7 +144,7 @@ pub struct PortForward {
 
 impl PortForward {
     /// Nothing in flight.
-    pub const NONE: Self = Self { slot: 0, deadline: 0, data: 0, index: 0, epoch: 0, port: 0, size: 1, write: false };
+    pub const NONE: Self = Self { deadline: 0, data: 0, index: 0, epoch: 0, port: 0, size: 1, write: false };
 
     /// Access size in bytes (1, 2 or 4).
     #[must_use]
@@ -242,9 +243,8 @@ pub fn begin_port_forward(
     guest.io_sequence.store(sequence, Ordering::Relaxed);
     let slot = slots + u64::from(index) * SLOT_BYTES as u64;
     write_slot(slot, &posted);
-    svc_regs.rax = u64::from(index);
+    hand_out(svc_regs, index, &posted);
     let in_flight = PortForward {
-        slot,
         deadline: crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US),
         data: posted.data,
         index,
@@ -300,7 +300,7 @@ fn take_reply(svc: &'static Vcpu, guest: &'static Vcpu, in_flight: &PortForward)
         svc.exits[usize::from(EXIT_VMCALL)].fetch_add(1, Ordering::Relaxed);
         svc.wake_at.store(regs.rcx, Ordering::Release);
         let _ = dispatch::advance_rip(vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
-        let (status, data) = read_answer(in_flight.slot);
+        let (status, data) = answer(regs);
         io_request::validate_answer(in_flight.size, in_flight.write, status, data)
     } else {
         serve_after_exit(svc, guest, in_flight)?
@@ -321,13 +321,19 @@ fn serve_after_exit(
     let mut reply = take_wait(svc)?;
     loop {
         if let Some(reply) = reply {
+            // SAFETY: only this CPU touches the service vCPU's registers; it is not running.
+            let regs = unsafe { &mut *svc.regs.get() };
             if reply == index {
-                let (status, data) = read_answer(in_flight.slot);
+                let (status, data) = answer(regs);
                 return Ok(io_request::validate_answer(in_flight.size, in_flight.write, status, data));
             }
             // A wait without a reply (or for another slot) while this request is
             // pending: hand the pending request out again, or refuse the bad slot index.
-            set_service_rax(svc, if reply == NO_REPLY { index } else { HcError::BadArgument.to_rax() });
+            if reply == NO_REPLY {
+                hand_out(regs, in_flight.index, &in_flight.posted(guest));
+            } else {
+                regs.rax = HcError::BadArgument.to_rax();
+            }
         }
         reply = match run_until_wait(svc, in_flight.deadline) {
             Ok(reply) => Some(reply),
@@ -661,7 +667,7 @@ fn forward_with<T>(
     if vmcs::load(svc.vmcs.load(Ordering::Acquire)).is_err() {
         return Err(ForwardError::SwitchFailed);
     }
-    let result = serve(svc, index, slot, &posted).map(|reply| finish(svc, &posted, reply));
+    let result = serve(svc, index, &posted).map(|reply| finish(svc, &posted, reply));
     switch_back(guest)?;
     result
 }
@@ -672,25 +678,30 @@ fn forward_with<T>(
 fn serve(
     svc: &'static Vcpu,
     index: u32,
-    slot: u64,
     posted: &IoRequestSlot,
 ) -> Result<Result<Reply, io_request::ReplyError>, ForwardError> {
     let deadline = crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US);
-    set_service_rax(svc, u64::from(index));
+    // SAFETY: only this CPU touches the service vCPU's registers; it is not running.
+    hand_out(unsafe { &mut *svc.regs.get() }, index, posted);
     loop {
         let reply = match run_until_wait(svc, deadline) {
             Ok(reply) => reply,
             Err(ForwardError::MissedDeadline) => return Err(missed_request_deadline(svc, posted)),
             Err(e) => return Err(e),
         };
+        // SAFETY: only this CPU touches the service vCPU's registers; it is not running.
+        let regs = unsafe { &mut *svc.regs.get() };
         if reply == u64::from(index) {
-            let (status, data) = read_answer(slot);
+            let (status, data) = answer(regs);
             return Ok(io_request::validate_reply(posted, status, data));
         }
         // A wait without a reply (or for another slot) while this request is pending:
         // hand the pending request out again, or refuse the bad slot index.
-        let result = if reply == NO_REPLY { u64::from(index) } else { HcError::BadArgument.to_rax() };
-        set_service_rax(svc, result);
+        if reply == NO_REPLY {
+            hand_out(regs, index, posted);
+        } else {
+            regs.rax = HcError::BadArgument.to_rax();
+        }
     }
 }
 
@@ -872,21 +883,26 @@ fn write_slot(slot: u64, value: &IoRequestSlot) {
     core::sync::atomic::fence(Ordering::Release);
 }
 
-/// The service partition's answer in `slot`: its `status` byte and `data` word, the
-/// only two fields the hypervisor reads back (`hv_core::io_request::validate_reply`).
+/// Hands request `posted` in slot `index` to a service vCPU waiting in
+/// `SERVICE_REPLY_WAIT` (`regs`, entered next): the call returns the slot index, with
+/// the slot's five words in RBX, RCX, RDX, RSI and RDI.
 #[inline(always)]
-fn read_answer(slot: u64) -> (u8, u64) {
-    let base = frames::phys_to_virt(slot);
-    core::sync::atomic::fence(Ordering::Acquire);
-    // SAFETY: as in `write_slot`: `slot` is one 64-byte slot of the slot array, and
-    // `status` (offset 35) and `data` (offset 16, 8-byte aligned) lie inside it; a racing
-    // write yields some value, which is validated.
-    unsafe {
-        (
-            core::ptr::read_volatile(base.add(IoRequestSlot::STATUS_OFFSET)),
-            u64::from_le(core::ptr::read_volatile(base.add(IoRequestSlot::DATA_OFFSET).cast::<u64>())),
-        )
-    }
+fn hand_out(regs: &mut GuestRegisters, index: u32, posted: &IoRequestSlot) {
+    let [sequence, address, data, ids, kinds] = posted.to_words();
+    regs.rax = u64::from(index);
+    regs.rbx = sequence;
+    regs.rcx = address;
+    regs.rdx = data;
+    regs.rsi = ids;
+    regs.rdi = kinds;
+}
+
+/// The answer a service vCPU gave with its `SERVICE_REPLY_WAIT` (`regs` as it made the
+/// call): status RSI (a value above a byte is no status, which validation refuses) and
+/// data RDX.
+#[inline(always)]
+fn answer(regs: &GuestRegisters) -> (u8, u64) {
+    (u8::try_from(regs.rsi).unwrap_or(u8::MAX), regs.rdx)
 }
 
 /// The guest VM a service-only hypercall names, after checking the caller.

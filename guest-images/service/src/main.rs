@@ -9,11 +9,12 @@
 //! CPU whose guest vCPU made the access; per request ([`serve`], [`vms::port_access`],
 //! [`vms::mmio_access`]):
 //!
-//! 1. `SERVICE_REPLY_WAIT(reply)` returns the slot index (the first call, and the one
-//!    after a refused call, replies [`NO_REPLY`]); a slot index at or above `SLOTS` is
-//!    ignored (the next call replies `NO_REPLY`).
-//! 2. The 64-byte slot at `SLOTS_GPA + index * SLOT_BYTES` is read with volatile reads
-//!    ([`slots::read`]).
+//! 1. `SERVICE_REPLY_WAIT(reply)` returns the slot index with the request in registers
+//!    ([`wait::reply_wait`]; the first call, and the one after a refused call, replies
+//!    [`NO_REPLY`]); a slot index at or above `SLOTS` is ignored (the next call replies
+//!    `NO_REPLY`).
+//! 2. The request is the slot's five words as the call returned them (the slot in the
+//!    shared array is the hypervisor's record; this partition does not read it).
 //! 3. Only port I/O of 1, 2 or 4 bytes to a port (`address` <= 0xFFFF) and MMIO of 1,
 //!    2, 4 or 8 bytes (`address` = the guest-physical address), read or write, by a VM
 //!    whose index the table covers, is performed; anything else is answered `FAILED`
@@ -36,9 +37,8 @@
 //!    once the VM's lock is released ([`builder::reboot`]: `VM_RESET`, the board reset,
 //!    the guest's RAM and vCPUs built again), still within this request: the
 //!    hypervisor drops the reset access's completion and restarts the guest's vCPUs.
-//! 8. `data` (reads, zero-extended to the access size) and `status` (`DONE`) are written
-//!    back with volatile writes, no other field touched ([`slots::reply`]), and the next
-//!    `SERVICE_REPLY_WAIT` replies with the slot index.
+//! 8. The next `SERVICE_REPLY_WAIT` replies with the slot index, the status (`DONE`) and,
+//!    for a read, the data (zero-extended to the access size), in registers.
 //!
 //! The 8259 pair's INTR output: after every access, timer tick and console input the
 //! board's `PicPair::output` is compared with the level last sent, and a change goes to
@@ -74,11 +74,10 @@
 mod builder;
 mod clock;
 mod console;
-mod slots;
 mod vms;
+mod wait;
 
-use guest_rt::{println, raw_hypercall};
-use hv_abi::hypercall as hc;
+use guest_rt::println;
 use hv_abi::io_request::{direction, kind, status, IoRequestSlot};
 use hv_abi::platform::devices::DELAY_TEST_PORT;
 use hv_abi::service::{VmId, NO_REPLY, SLOTS, TIMER_EXPIRED};
@@ -96,7 +95,8 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
         // The user-space-VMM part: create, build and start the guests the payload names.
         builder::build_all();
     }
-    let mut reply = NO_REPLY;
+    // The answer the next wait gives: the slot (NO_REPLY: none), its status and data.
+    let (mut reply, mut reply_status, mut reply_data) = (NO_REPLY, status::FAILED, 0);
     let mut reported = false;
     // The last wake-up time converted to a TSC deadline (it rarely changes, and the
     // conversion divides).
@@ -119,7 +119,8 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
         // After a DEFERRED answer, come back at once to confirm it (see the module
         // documentation).
         let wake_at = if deferred_slot != NOT_DEFERRED { WAKE_AT_ONCE } else { wake };
-        let r = raw_hypercall(hc::SERVICE_REPLY_WAIT, reply, wake_at, 0, 0);
+        let wait = wait::reply_wait(reply, wake_at, reply_status, reply_data);
+        let r = wait.result;
         reply = NO_REPLY;
         if deferred_slot != NOT_DEFERRED {
             let (id, sequence) = deferred_request;
@@ -141,14 +142,13 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
             continue;
         }
         let index = r as u32;
-        let request = slots::read(index);
-        let (status, data) = serve(&request, index);
+        let request = &wait.request;
+        let (status, data) = serve(request, index);
         if status == status::DEFERRED {
             deferred_slot = index;
             deferred_request = (VmId(request.vm), request.sequence);
         }
-        slots::reply(index, data, status);
-        reply = r;
+        (reply, reply_status, reply_data) = (r, status, data.unwrap_or(0));
         console::poll();
     }
 }

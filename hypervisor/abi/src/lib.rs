@@ -48,17 +48,21 @@ pub mod hypercall {
     // Service partition only (see [`super::service`]); any other caller gets
     // `NotPermitted`.
 
-    /// Replies to the request in slot RBX (or [`super::service::NO_REPLY`]) and waits for
-    /// the next request that this vCPU's physical CPU forwards, or until the TSC reaches
-    /// RCX (an absolute TSC value; 0 = no deadline; the device models' timers). Returns
-    /// the slot index of the new request, or [`super::service::TIMER_EXPIRED`] when the
-    /// deadline passed first (it is then cleared; the next call sets a new one). The
-    /// deadline is kept to within about a millisecond. The reply is validated against what the hypervisor posted
-    /// (`hv_core::io_request::validate_reply`); a reply that fails validation, or a
-    /// slot index that has no request pending on this CPU, is refused with
-    /// `BadArgument` and the request stays pending (the vCPU keeps the turn).
-    /// A reply with status [`super::io_request::status::DEFERRED`] leaves the guest
-    /// waiting on its instruction until [`SERVICE_COMPLETE`] (see
+    /// Answers the request in slot RBX (or nothing: [`super::service::NO_REPLY`]) with
+    /// status RSI ([`super::io_request::status`] `DONE`, `FAILED` or `DEFERRED`) and, for
+    /// a read, data RDX; then waits for the next request that this vCPU's physical CPU
+    /// forwards, or until the TSC reaches RCX (an absolute TSC value; 0 = no deadline;
+    /// the device models' timers; kept to within about a millisecond). Returns the slot
+    /// index of the new request, with the request itself in RBX, RCX, RDX, RSI and RDI
+    /// (the slot's five words, [`super::io_request::IoRequestSlot::to_words`], which the
+    /// slot holds too); or [`super::service::TIMER_EXPIRED`] when the deadline passed
+    /// first (it is then cleared; the next call sets a new one). The answer is validated
+    /// against the request the hypervisor posted (`hv_core::io_request::validate_reply`:
+    /// the status, and a read's data within the access size); one that fails fails the
+    /// access as an open bus, with a warning line. A slot index that has no request
+    /// pending on this CPU is refused with `BadArgument` and the pending request stays
+    /// pending (the vCPU keeps the turn). An answer with status `DEFERRED` leaves the
+    /// guest waiting on its instruction until [`SERVICE_COMPLETE`] (see
     /// [`super::io_request`], "Deferred completion").
     pub const SERVICE_REPLY_WAIT: u64 = 8;
     /// Sets the level of IRQ line RCX (0..[`super::platform::IOAPIC_PINS`]) of guest VM
@@ -470,12 +474,14 @@ pub mod platform {
 /// The I/O request protocol between the hypervisor and the service partition (version
 /// [`io_request::VERSION`]): one [`io_request::IoRequestSlot`] per guest vCPU, in memory
 /// both can reach. For an exit that the service partition emulates (port I/O, MMIO, PCI
-/// configuration), the hypervisor fills the slot, marks it `Pending` and switches to the
-/// service partition; the service partition performs the access, writes `data` (for a
-/// read) and `status` (`Done` or `Failed`) and replies. The hypervisor reads back only
-/// those two fields (the others are its record of the request, which it keeps a copy
-/// of) and accepts the reply only if the status is an answer and a read's data fits the
-/// access size (`hv_core::io_request::validate_reply`). An interrupt acknowledge of the guest's 8259
+/// configuration), the hypervisor fills the slot (the record of the request), marks it
+/// `Pending` and switches to the service partition, whose `SERVICE_REPLY_WAIT` returns
+/// the slot index with the slot's five words in registers; the service partition
+/// performs the access and answers with its next `SERVICE_REPLY_WAIT`: a status (`Done`,
+/// `Failed` or `Deferred`) and, for a read, the data, in registers. The hypervisor
+/// checks the answer against its own copy of the request: the status must be an answer
+/// and a read's data must fit the access size (`hv_core::io_request::validate_reply`).
+/// The service partition does not write the slot. An interrupt acknowledge of the guest's 8259
 /// pair ([`io_request::kind::INTERRUPT_ACK`]) travels the same way, as a one-byte read
 /// whose data is the vector.
 ///
@@ -499,8 +505,9 @@ pub mod platform {
 pub mod io_request {
     /// Version of this layout; bumped on any change. 2: [`kind::INTERRUPT_ACK`]; 3:
     /// [`status::DEFERRED`] (and `SERVICE_COMPLETE`); 4: the hypervisor reads back only
-    /// `status` and `data` (a reply need not leave the other fields as posted).
-    pub const VERSION: u32 = 4;
+    /// `status` and `data`; 5: the request and the answer travel in the registers of
+    /// `SERVICE_REPLY_WAIT` (the slot stays the record of the request).
+    pub const VERSION: u32 = 5;
     /// Bytes per slot in the shared page (the struct plus padding to a cache line).
     pub const SLOT_BYTES: usize = 64;
 
@@ -569,13 +576,9 @@ pub mod io_request {
     }
 
     impl IoRequestSlot {
-        /// Byte offset of [`IoRequestSlot::data`] in a slot (8-byte aligned).
-        pub const DATA_OFFSET: usize = 16;
-        /// Byte offset of [`IoRequestSlot::status`] in a slot.
-        pub const STATUS_OFFSET: usize = 35;
-
         /// The five little-endian 64-bit words the fields fill (the first 40 bytes of
-        /// [`IoRequestSlot::to_bytes`]; the rest of a slot is padding).
+        /// [`IoRequestSlot::to_bytes`]; the rest of a slot is padding). Also what
+        /// `SERVICE_REPLY_WAIT` returns in RBX, RCX, RDX, RSI and RDI.
         #[must_use]
         #[inline]
         pub fn to_words(&self) -> [u64; 5] {
@@ -590,6 +593,25 @@ pub mod io_request {
                     | u64::from(self.status) << 24
                     | u64::from(self.reserved) << 32,
             ]
+        }
+
+        /// The slot whose five words are `words` ([`IoRequestSlot::to_words`]).
+        #[must_use]
+        #[inline]
+        pub fn from_words(words: [u64; 5]) -> Self {
+            let [sequence, address, data, ids, bytes] = words;
+            Self {
+                sequence,
+                address,
+                data,
+                vm: ids as u32,
+                vcpu: (ids >> 32) as u32,
+                kind: bytes as u8,
+                size: (bytes >> 8) as u8,
+                direction: (bytes >> 16) as u8,
+                status: (bytes >> 24) as u8,
+                reserved: (bytes >> 32) as u32,
+            }
         }
 
         /// The slot as the bytes of the shared page.
@@ -917,9 +939,8 @@ mod tests {
         for (i, word) in slot.to_words().iter().enumerate() {
             assert_eq!(word.to_le_bytes(), bytes[i * 8..i * 8 + 8], "word {i}");
         }
-        assert_eq!(IoRequestSlot::from_bytes(&bytes).data, 0xdead_beef);
-        assert_eq!(bytes[IoRequestSlot::STATUS_OFFSET], 1);
-        assert_eq!(bytes[IoRequestSlot::DATA_OFFSET], 0xef);
+        assert_eq!(IoRequestSlot::from_bytes(&bytes), slot);
+        assert_eq!(IoRequestSlot::from_words(slot.to_words()), slot);
     }
 
     #[test]
