@@ -523,7 +523,7 @@ fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outc
 #[inline(always)]
 pub fn handle_port_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInstruction) -> Outcome {
     let completion = if vcpu.vm.forwards_port(io.port) {
-        match crate::service::forward_port(vcpu, io.port, io.size, !io.is_in, regs.rax) {
+        match crate::service::forward_port(vcpu, io, regs.rax) {
             Ok(completion) => completion,
             Err(outcome) => return outcome,
         }
@@ -533,18 +533,11 @@ pub fn handle_port_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInst
     complete_port_io(regs, io, completion)
 }
 
-/// Completes the IN or OUT (`size` bytes) that the service partition answered through
-/// the same-frame switch (`service::begin_port_forward`).
-#[inline(always)]
-pub fn complete_forwarded_port_io(regs: &mut GuestRegisters, size: u8, is_in: bool, completion: Completion) -> Outcome {
-    let io = IoInstruction { size, is_in, string: false, rep: false, immediate: false, port: 0 };
-    complete_port_io(regs, io, completion)
-}
-
 /// Completes a port access: an IN gets the value (all-ones when the access failed);
-/// RIP past the instruction.
+/// RIP past the instruction. Also the end of the same-frame switch
+/// (`vcpu::on_service_exit`).
 #[inline(always)]
-fn complete_port_io(regs: &mut GuestRegisters, io: IoInstruction, completion: Completion) -> Outcome {
+pub fn complete_port_io(regs: &mut GuestRegisters, io: IoInstruction, completion: Completion) -> Outcome {
     if io.is_in {
         let mask = hv_core::io_request::size_mask(io.size);
         let value = read_value(completion, io.size);
@@ -572,7 +565,7 @@ fn port_access(vcpu: &'static Vcpu, io: &IoInstruction, data: u64) -> Result<Com
     if !vcpu.vm.forwards_port(io.port) {
         return Ok(Completion::Failed);
     }
-    crate::service::forward_port(vcpu, io.port, io.size, !io.is_in, data)
+    crate::service::forward_port(vcpu, *io, data)
 }
 
 /// Most elements of a REP string instruction done per exit; the instruction is then

@@ -33,6 +33,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use hv_abi::io_request::{IoRequestSlot, SLOT_BYTES};
 use hv_abi::service::{self, VmId, NO_REPLY};
 use hv_abi::{hypercall, Error as HcError};
+use hv_core::exit::IoInstruction;
 use hv_core::io_request::deferred::DeferredWait;
 use hv_core::io_request::{self, Completion, Reply, Request};
 use hv_core::vmx_caps::VmxCapabilities;
@@ -116,11 +117,17 @@ pub struct Access {
     pub data: u64,
 }
 
-/// A port access of guest vCPU `vcpu` (`data`: a write's value) through the service
-/// partition: [`access`] of a `kind::PORT` access.
+/// The port access `io` of guest vCPU `vcpu` (`data`: a write's value, RAX) through
+/// the service partition: [`access`] of a `kind::PORT` access.
 #[inline(never)]
-pub fn forward_port(vcpu: &'static Vcpu, port: u16, size: u8, write: bool, data: u64) -> Result<Completion, Outcome> {
-    let port_access = Access { kind: hv_abi::io_request::kind::PORT, address: u64::from(port), size, write, data };
+pub fn forward_port(vcpu: &'static Vcpu, io: IoInstruction, data: u64) -> Result<Completion, Outcome> {
+    let port_access = Access {
+        kind: hv_abi::io_request::kind::PORT,
+        address: u64::from(io.port),
+        size: io.size,
+        write: !io.is_in,
+        data,
+    };
     access(vcpu, &port_access)
 }
 
@@ -129,46 +136,31 @@ pub fn forward_port(vcpu: &'static Vcpu, port: u16, size: u8, write: bool, data:
 /// case needs; the slow paths rebuild the posted request ([`PortForward::request`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PortForward {
+    /// The guest's instruction (port, size, direction), which its completion needs.
+    pub io: IoInstruction,
+    /// RAX at the guest's exit (the data of an OUT; `post` masks it to the size).
+    data: u64,
     /// The TSC by which the service partition must answer.
     deadline: u64,
-    /// A write's data (masked to the size); 0 for a read.
-    data: u64,
     /// The slot's index (the reply names it).
     index: u32,
     /// The guest's reset epoch when the access was posted.
     epoch: u32,
-    port: u16,
-    size: u8,
-    write: bool,
 }
 
 impl PortForward {
     /// Nothing in flight.
-    pub const NONE: Self = Self { deadline: 0, data: 0, index: 0, epoch: 0, port: 0, size: 1, write: false };
-
-    /// Access size in bytes (1, 2 or 4).
-    #[must_use]
-    pub fn size(&self) -> u8 {
-        self.size
-    }
-
-    /// Whether the access is an IN.
-    #[must_use]
-    pub fn is_in(&self) -> bool {
-        !self.write
-    }
+    pub const NONE: Self = Self {
+        io: IoInstruction { size: 1, is_in: true, string: false, rep: false, immediate: false, port: 0 },
+        data: 0,
+        deadline: 0,
+        index: 0,
+        epoch: 0,
+    };
 
     /// The request as guest vCPU `guest` posted it.
     fn request(&self, guest: &'static Vcpu) -> Request {
-        Request {
-            kind: hv_abi::io_request::kind::PORT,
-            address: u64::from(self.port),
-            size: self.size,
-            write: self.write,
-            data: self.data,
-            vm: vm_id(guest.vm).0,
-            vcpu: guest.id,
-        }
+        port_request(guest, self.io, self.data)
     }
 
     /// The slot as guest vCPU `guest` posted it (for the slow paths' log lines).
@@ -178,8 +170,22 @@ impl PortForward {
     }
 }
 
-/// The fast way to forward a port access (`port`, `size`, `write`, `data`) of guest
-/// vCPU `guest`, whose exit frame is `frame`: the request is posted to the guest's slot
+/// The request of guest vCPU `guest` for the port access `io` (`data`: RAX at its exit).
+#[inline(always)]
+fn port_request(guest: &'static Vcpu, io: IoInstruction, data: u64) -> Request {
+    Request {
+        kind: hv_abi::io_request::kind::PORT,
+        address: u64::from(io.port),
+        size: io.size,
+        write: !io.is_in,
+        data,
+        vm: vm_id(guest.vm).0,
+        vcpu: guest.id,
+    }
+}
+
+/// The fast way to forward the port access `io` (`data`: RAX) of guest vCPU `guest`,
+/// whose exit frame is `frame`: the request is posted to the guest's slot
 /// and the CPU switches to this CPU's service vCPU in the same exit frame. Its VMCS is
 /// made current, its registers and `on_service_exit` take the frame's place, and the
 /// exit stub enters it when the guest's hook returns `run::RESUME`. Its next exit comes
@@ -194,11 +200,11 @@ impl PortForward {
 #[inline(always)]
 pub fn begin_port_forward(
     guest: &'static Vcpu,
-    access: (u16, u8, bool, u64),
+    io: IoInstruction,
+    data: u64,
     frame: &mut run::ExitFrame,
     on_service_exit: run::ExitHook,
 ) -> bool {
-    let (port, size, write, data) = access;
     let Some(svc) = partition::service_vcpu_for_cpu(guest.cpu) else { return false };
     let slots = SLOTS.load(Ordering::Acquire);
     let Some(index) = service::slot_index(guest.vm.index, guest.id) else { return false };
@@ -211,17 +217,8 @@ pub fn begin_port_forward(
     {
         return false;
     }
-    let request = Request {
-        kind: hv_abi::io_request::kind::PORT,
-        address: u64::from(port),
-        size,
-        write,
-        data,
-        vm: vm_id(guest.vm).0,
-        vcpu: guest.id,
-    };
     let sequence = guest.io_sequence.load(Ordering::Relaxed) + 1;
-    let Ok(posted) = io_request::post(&request, sequence) else { return false };
+    let Ok(posted) = io_request::post(&port_request(guest, io, data), sequence) else { return false };
     if vmcs::load(svc_vmcs).is_err() {
         // VMPTRLD failed and changed nothing: the guest's VMCS is still current.
         return false;
@@ -245,13 +242,11 @@ pub fn begin_port_forward(
     write_slot(slot, &posted);
     hand_out(svc_regs, index, &posted);
     let in_flight = PortForward {
+        io,
+        data,
         deadline: crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US),
-        data: posted.data,
         index,
         epoch: guest.reset_epoch.load(Ordering::Acquire),
-        port,
-        size,
-        write,
     };
     // SAFETY: only this CPU touches the guest vCPU's `port_forward`.
     unsafe { *guest.port_forward.get() = in_flight };
@@ -276,73 +271,38 @@ pub fn finish_port_forward(guest: &'static Vcpu, in_flight: &PortForward) -> Res
         Ok(Reply::Deferred) => wait_for_deferred(guest, &in_flight.request(guest)),
         Err(e) => Err(e),
     };
-    if let Ok(completion) = result {
-        if guest.reset_epoch.load(Ordering::Acquire) == in_flight.epoch {
-            return Ok(completion);
-        }
-    }
-    conclude(guest, &in_flight.request(guest), result, in_flight.epoch)
+    let io = in_flight.io;
+    conclude(guest, || (hv_abi::io_request::kind::PORT, u64::from(io.port), !io.is_in), result, in_flight.epoch)
 }
 
-/// The service vCPU's reply to `in_flight` (posted by guest vCPU `guest`), validated,
-/// taken from the exit that just happened when that is the reply (the common case,
-/// inline), else by [`serve_after_exit`]. A reply that fails validation is logged and
-/// fails the access.
+/// The service vCPU's reply to `in_flight` (posted by guest vCPU `guest`), validated:
+/// taken from the exit that just happened when that is the `SERVICE_REPLY_WAIT` that
+/// answers the slot (the common case, inline), else by [`serve_after_exit`]. A reply
+/// that fails validation is logged and fails the access.
 #[inline(always)]
 fn take_reply(svc: &'static Vcpu, guest: &'static Vcpu, in_flight: &PortForward) -> Result<Reply, ForwardError> {
-    // SAFETY: only this CPU touches the service vCPU's registers; it is not running.
-    let regs = unsafe { &*svc.regs.get() };
-    let basic = vmcs::read(ro::EXIT_REASON) as u16;
-    let reply = if basic == EXIT_VMCALL
-        && regs.rax == hypercall::SERVICE_REPLY_WAIT
-        && regs.rbx == u64::from(in_flight.index)
-    {
-        svc.exits[usize::from(EXIT_VMCALL)].fetch_add(1, Ordering::Relaxed);
-        svc.wake_at.store(regs.rcx, Ordering::Release);
-        let _ = dispatch::advance_rip(vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
-        let (status, data) = answer(regs);
-        io_request::validate_answer(in_flight.size, in_flight.write, status, data)
-    } else {
-        serve_after_exit(svc, guest, in_flight)?
+    let reply = match take_wait(svc)? {
+        Some(reply) if reply == u64::from(in_flight.index) => {
+            // SAFETY: only this CPU touches the service vCPU's registers; it is not running.
+            let (status, data) = answer(unsafe { &*svc.regs.get() });
+            io_request::validate_answer(in_flight.io.size, !in_flight.io.is_in, status, data)
+        }
+        other => serve_after_exit(svc, guest, in_flight, other)?,
     };
     Ok(reply.unwrap_or_else(|why| Reply::Completed(refused_reply(svc, &in_flight.posted(guest), why))))
 }
 
-/// [`take_reply`] when the service vCPU's exit is not the reply: the exit is handled as
-/// [`run_until_wait`] handles it, then the vCPU runs on (the nested way) until it
-/// replies to the slot, as in [`serve`].
+/// [`take_reply`] when the service vCPU's exit (already taken: `reply` is its
+/// `SERVICE_REPLY_WAIT` argument, `None` for any other exit) is not the answer: the
+/// vCPU runs on, the nested way, until it answers ([`serve_loop`]).
 #[inline(never)]
 fn serve_after_exit(
     svc: &'static Vcpu,
     guest: &'static Vcpu,
     in_flight: &PortForward,
+    reply: Option<u64>,
 ) -> Result<Result<Reply, io_request::ReplyError>, ForwardError> {
-    let index = u64::from(in_flight.index);
-    let mut reply = take_wait(svc)?;
-    loop {
-        if let Some(reply) = reply {
-            // SAFETY: only this CPU touches the service vCPU's registers; it is not running.
-            let regs = unsafe { &mut *svc.regs.get() };
-            if reply == index {
-                let (status, data) = answer(regs);
-                return Ok(io_request::validate_answer(in_flight.size, in_flight.write, status, data));
-            }
-            // A wait without a reply (or for another slot) while this request is
-            // pending: hand the pending request out again, or refuse the bad slot index.
-            if reply == NO_REPLY {
-                hand_out(regs, in_flight.index, &in_flight.posted(guest));
-            } else {
-                regs.rax = HcError::BadArgument.to_rax();
-            }
-        }
-        reply = match run_until_wait(svc, in_flight.deadline) {
-            Ok(reply) => Some(reply),
-            Err(ForwardError::MissedDeadline) => {
-                return Err(missed_request_deadline(svc, &in_flight.posted(guest)));
-            }
-            Err(e) => return Err(e),
-        };
-    }
+    serve_loop(svc, in_flight.index, &in_flight.posted(guest), in_flight.deadline, reply)
 }
 
 /// Performs `access` of guest vCPU `vcpu` through the service partition. No service
@@ -367,39 +327,58 @@ pub fn access(vcpu: &'static Vcpu, access: &Access) -> Result<Completion, Outcom
         vcpu: vcpu.id,
     };
     let epoch = vcpu.reset_epoch.load(Ordering::Acquire);
-    conclude(vcpu, &request, forward(vcpu, &request), epoch)
+    conclude(vcpu, || (access.kind, access.address, access.write), forward(vcpu, &request), epoch)
 }
 
-/// What the forwarding of `request` (made when the guest's reset epoch was `epoch`)
-/// means for the guest's instruction; see [`access`].
+/// What the forwarding of an access (`what` gives its kind, address and whether it
+/// writes, for a log line; posted when the guest's reset epoch was `epoch`) means for
+/// the guest's instruction; see [`access`].
 #[inline(always)]
 fn conclude(
     vcpu: &'static Vcpu,
-    request: &Request,
+    what: impl FnOnce() -> (u8, u64, bool),
     result: Result<Completion, ForwardError>,
     epoch: u32,
 ) -> Result<Completion, Outcome> {
+    // The common case inline; the rest out of line, where its arms cost the forwarding
+    // paths no registers.
+    if let Ok(completion) = result {
+        if vcpu.reset_epoch.load(Ordering::Acquire) == epoch {
+            return Ok(completion);
+        }
+    }
+    conclude_otherwise(vcpu, what(), result)
+}
+
+/// [`conclude`] for an access that failed or during which the guest was reset.
+#[inline(never)]
+fn conclude_otherwise(
+    vcpu: &'static Vcpu,
+    what: (u8, u64, bool),
+    result: Result<Completion, ForwardError>,
+) -> Result<Completion, Outcome> {
     match result {
-        Ok(_) if vcpu.reset_epoch.load(Ordering::Acquire) != epoch => Err(Outcome::Continue),
-        Ok(completion) => Ok(completion),
+        // The guest was reset while the access was in flight.
+        Ok(_) => Err(Outcome::Continue),
         Err(ForwardError::NoService) => Ok(Completion::Failed),
         Err(ForwardError::GuestStopped) => Err(Outcome::Stop),
         Err(ForwardError::Interrupted | ForwardError::ResetWhileWaiting) => Err(Outcome::Continue),
-        Err(e) => Err(access_failed(vcpu, request, e)),
+        Err(e) => Err(access_failed(vcpu, what, e)),
     }
 }
 
-/// A forwarded access failed for `e`: logged, and the guest stopped.
+/// A forwarded access (its kind, address and whether it writes) failed for `e`:
+/// logged, and the guest stopped.
 #[cold]
 #[inline(never)]
-fn access_failed(vcpu: &'static Vcpu, access: &Request, e: ForwardError) -> Outcome {
-    let what = if access.kind == hv_abi::io_request::kind::PORT { "port" } else { "MMIO" };
+fn access_failed(vcpu: &'static Vcpu, (kind, address, write): (u8, u64, bool), e: ForwardError) -> Outcome {
+    let what = if kind == hv_abi::io_request::kind::PORT { "port" } else { "MMIO" };
     log::error!(
         "partition {}: vcpu {}: {what} {:#x} {} failed: {}; stopping this partition",
         vcpu.vm.name,
         vcpu.id,
-        access.address,
-        if access.write { "write" } else { "read" },
+        address,
+        if write { "write" } else { "read" },
         e.describe()
     );
     vcpu.vm.stop(u64::MAX);
@@ -683,25 +662,41 @@ fn serve(
     let deadline = crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US);
     // SAFETY: only this CPU touches the service vCPU's registers; it is not running.
     hand_out(unsafe { &mut *svc.regs.get() }, index, posted);
+    serve_loop(svc, index, posted, deadline, None)
+}
+
+/// Runs the service vCPU (current VMCS), which holds request `posted` in slot `index`,
+/// until it answers that slot or `deadline` passes; returns its answer, validated.
+/// `reply` is the argument of a `SERVICE_REPLY_WAIT` it made already (`None`: none
+/// yet). A wait without a reply gets the request handed out again; one that names
+/// another slot is refused with `BadArgument`.
+#[inline(always)]
+fn serve_loop(
+    svc: &'static Vcpu,
+    index: u32,
+    posted: &IoRequestSlot,
+    deadline: u64,
+    mut reply: Option<u64>,
+) -> Result<Result<Reply, io_request::ReplyError>, ForwardError> {
     loop {
-        let reply = match run_until_wait(svc, deadline) {
-            Ok(reply) => reply,
+        if let Some(reply) = reply {
+            // SAFETY: only this CPU touches the service vCPU's registers; it is not running.
+            let regs = unsafe { &mut *svc.regs.get() };
+            if reply == u64::from(index) {
+                let (status, data) = answer(regs);
+                return Ok(io_request::validate_reply(posted, status, data));
+            }
+            if reply == NO_REPLY {
+                hand_out(regs, index, posted);
+            } else {
+                regs.rax = HcError::BadArgument.to_rax();
+            }
+        }
+        reply = match run_until_wait(svc, deadline) {
+            Ok(reply) => Some(reply),
             Err(ForwardError::MissedDeadline) => return Err(missed_request_deadline(svc, posted)),
             Err(e) => return Err(e),
         };
-        // SAFETY: only this CPU touches the service vCPU's registers; it is not running.
-        let regs = unsafe { &mut *svc.regs.get() };
-        if reply == u64::from(index) {
-            let (status, data) = answer(regs);
-            return Ok(io_request::validate_reply(posted, status, data));
-        }
-        // A wait without a reply (or for another slot) while this request is pending:
-        // hand the pending request out again, or refuse the bad slot index.
-        if reply == NO_REPLY {
-            hand_out(regs, index, posted);
-        } else {
-            regs.rax = HcError::BadArgument.to_rax();
-        }
     }
 }
 

@@ -322,15 +322,22 @@ fn on_port_io_exit(
     // only after this hook returns.
     let (vcpu, guest, frame) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs, &mut *frame) };
     vcpu.launched.store(true, Ordering::Relaxed);
-    if vcpu.vm.forwards_port(io.port) {
-        let access = (io.port, io.size, !io.is_in, guest.rax);
-        if crate::service::begin_port_forward(vcpu, access, frame, on_service_exit) {
-            // The stub enters the service vCPU (registers and VMCS), whose next exit
-            // comes to `on_service_exit`.
-            return run::RESUME;
-        }
+    if vcpu.vm.forwards_port(io.port) && crate::service::begin_port_forward(vcpu, io, guest.rax, frame, on_service_exit)
+    {
+        // The stub enters the service vCPU (registers and VMCS), whose next exit comes
+        // to `on_service_exit`.
+        return run::RESUME;
     }
-    if dispatch::handle_port_io(vcpu, guest, io) == Outcome::Stop {
+    let outcome = dispatch::handle_port_io(vcpu, guest, io);
+    resume_after_port_io(vcpu, outcome, regs, ctx)
+}
+
+/// The entry after a forwarded IN/OUT ended with `outcome`: [`run::LEAVE`] when the
+/// partition stops, else [`run::RESUME`] (CR2 from `regs`: the service partition ran on
+/// this CPU), through `prepare_entry` when the vCPU needs attention.
+#[inline(always)]
+fn resume_after_port_io(vcpu: &'static Vcpu, outcome: Outcome, regs: *mut GuestRegisters, ctx: *const ()) -> u64 {
+    if outcome == Outcome::Stop {
         return run::LEAVE;
     }
     if vcpu.attention.load(Ordering::Acquire) == 0 {
@@ -359,17 +366,10 @@ extern "C" fn on_service_exit(svc_regs: *mut GuestRegisters, ctx: *const (), fra
     // SAFETY: only this CPU touches the guest vCPU's `port_forward`.
     let in_flight = unsafe { *vcpu.port_forward.get() };
     let outcome = match crate::service::finish_port_forward(vcpu, &in_flight) {
-        // The instruction's size and direction are the request's.
-        Ok(completion) => dispatch::complete_forwarded_port_io(guest, in_flight.size(), in_flight.is_in(), completion),
+        Ok(completion) => dispatch::complete_port_io(guest, in_flight.io, completion),
         Err(outcome) => outcome,
     };
-    if outcome == Outcome::Stop {
-        return run::LEAVE;
-    }
-    if vcpu.attention.load(Ordering::Acquire) == 0 {
-        return run::RESUME;
-    }
-    on_entry_attention(regs, ctx)
+    resume_after_port_io(vcpu, outcome, regs, ctx)
 }
 
 /// [`on_exit`] for a CPUID exit (counted): its own function, see `InlineExit::Cpuid`.
