@@ -179,7 +179,16 @@ pub struct Vcpu {
     /// service vCPU in this vCPU's exit frame (`service::begin_port_forward` until
     /// `service::finish_port_forward`). Only the vCPU's own CPU touches it.
     pub port_forward: UnsafeCell<crate::service::PortForward>,
+    /// The vCPU's request slot (`hv_abi::service::slot_index`; [`NO_REQUEST_SLOT`]:
+    /// none, the VM or vCPU index is beyond the slot array) and the id word of its
+    /// requests (`vm | vcpu << 32`, `IoRequestSlot::to_words`), fixed at creation for
+    /// the fast port path.
+    pub request_slot: u32,
+    pub request_ids: u64,
 }
+
+/// [`Vcpu::request_slot`] of a vCPU without one.
+pub const NO_REQUEST_SLOT: u32 = u32::MAX;
 
 /// A vCPU's registers as the control interface reports them (KVM's `kvm_regs` plus the
 /// control registers of `kvm_sregs` that matter most).
@@ -518,6 +527,8 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         restart_pending: AtomicBool::new(false),
         reset_epoch: AtomicU32::new(0),
         port_forward: UnsafeCell::new(crate::service::PortForward::NONE),
+        request_slot: hv_abi::service::slot_index(vm.index, id).unwrap_or(NO_REQUEST_SLOT),
+        request_ids: u64::from(crate::service::vm_id(vm).0) | u64::from(id) << 32,
     }));
     cpu_slot
         .compare_exchange(core::ptr::null_mut(), vcpu, Ordering::AcqRel, Ordering::Acquire)

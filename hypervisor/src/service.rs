@@ -132,18 +132,15 @@ pub fn forward_port(vcpu: &'static Vcpu, io: IoInstruction, data: u64) -> Result
 }
 
 /// A port access in flight through the same-frame switch: posted by
-/// [`begin_port_forward`], answered in [`finish_port_forward`]. Only what the common
-/// case needs; the slow paths rebuild the posted request ([`PortForward::request`]).
+/// [`begin_port_forward`], answered in [`take_port_answer`] (or [`finish_port_forward`]).
+/// Only what the common case needs; the slow paths rebuild the posted request
+/// ([`PortForward::request`]). The slot is the guest vCPU's own (`Vcpu::request_slot`).
 #[derive(Debug, Clone, Copy)]
 pub struct PortForward {
     /// The guest's instruction (port, size, direction), which its completion needs.
     pub io: IoInstruction,
     /// RAX at the guest's exit (the data of an OUT; `post` masks it to the size).
     data: u64,
-    /// The TSC by which the service partition must answer.
-    deadline: u64,
-    /// The slot's index (the reply names it).
-    index: u32,
     /// The guest's reset epoch when the access was posted.
     epoch: u32,
 }
@@ -153,8 +150,6 @@ impl PortForward {
     pub const NONE: Self = Self {
         io: IoInstruction { size: 1, is_in: true, string: false, rep: false, immediate: false, port: 0 },
         data: 0,
-        deadline: 0,
-        index: 0,
         epoch: 0,
     };
 
@@ -190,13 +185,18 @@ fn port_request(guest: &'static Vcpu, io: IoInstruction, data: u64) -> Request {
 /// made current, its registers and `on_service_exit` take the frame's place, and the
 /// exit stub enters it when the guest's hook returns `run::RESUME`. Its next exit comes
 /// to `on_service_exit` with the registers of both saved, which calls
-/// [`finish_port_forward`].
+/// [`take_port_answer`] (and [`finish_port_forward`] when that is not the answer).
 ///
 /// Validate, then commit: `false`, with nothing changed, when the fast way does not
 /// apply. That is when no service vCPU on this CPU waits in `SERVICE_REPLY_WAIT`
-/// (launched, not stopping, nothing for `prepare_entry` to do) or the guest vCPU has no
+/// (launched, with nothing for `prepare_entry` to do: a stop of the service partition
+/// is among that, `Vm::stop` sets every vCPU's `attention`) or the guest vCPU has no
 /// slot. The caller then forwards the access the general way ([`forward_port`]), which
 /// handles every case.
+///
+/// No deadline is taken here: the service vCPU's first exit that is not its answer
+/// starts the [`REQUEST_DEADLINE_US`] clock ([`serve_after_exit`]), and until it exits
+/// it holds nothing up but this guest vCPU (any interrupt makes it exit).
 #[inline(always)]
 pub fn begin_port_forward(
     guest: &'static Vcpu,
@@ -205,21 +205,17 @@ pub fn begin_port_forward(
     frame: &mut run::ExitFrame,
     on_service_exit: run::ExitHook,
 ) -> bool {
+    let index = guest.request_slot;
     let Some(svc) = partition::service_vcpu_for_cpu(guest.cpu) else { return false };
     let slots = SLOTS.load(Ordering::Acquire);
-    let Some(index) = service::slot_index(guest.vm.index, guest.id) else { return false };
-    let svc_vmcs = svc.vmcs.load(Ordering::Acquire);
-    if slots == 0
-        || svc_vmcs == 0
-        || svc.vm.stop_requested()
+    if index == partition::NO_REQUEST_SLOT
+        || slots == 0
         || svc.attention.load(Ordering::Acquire) != 0
         || !svc.launched.load(Ordering::Relaxed)
     {
         return false;
     }
-    let sequence = guest.io_sequence.load(Ordering::Relaxed) + 1;
-    let Ok(posted) = io_request::post(&port_request(guest, io, data), sequence) else { return false };
-    if vmcs::load(svc_vmcs).is_err() {
+    if !vmcs::load_from(&svc.vmcs) {
         // VMPTRLD failed and changed nothing: the guest's VMCS is still current.
         return false;
     }
@@ -237,17 +233,12 @@ pub fn begin_port_forward(
         svc_regs.host_rsp = frame_rsp;
     }
     // Commit: nothing below can fail.
+    let sequence = guest.io_sequence.load(Ordering::Relaxed) + 1;
     guest.io_sequence.store(sequence, Ordering::Relaxed);
-    let slot = slots + u64::from(index) * SLOT_BYTES as u64;
-    write_slot(slot, &posted);
-    hand_out(svc_regs, index, &posted);
-    let in_flight = PortForward {
-        io,
-        data,
-        deadline: crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US),
-        index,
-        epoch: guest.reset_epoch.load(Ordering::Acquire),
-    };
+    let words = io_request::port_request_words(&io, sequence, data, guest.request_ids);
+    write_slot_words(slots + u64::from(index) * SLOT_BYTES as u64, &words);
+    hand_out_words(svc_regs, index, &words);
+    let in_flight = PortForward { io, data, epoch: guest.reset_epoch.load(Ordering::Acquire) };
     // SAFETY: only this CPU touches the guest vCPU's `port_forward`.
     unsafe { *guest.port_forward.get() = in_flight };
     frame.regs = svc.regs.get();
@@ -255,11 +246,68 @@ pub fn begin_port_forward(
     true
 }
 
-/// The service vCPU that [`begin_port_forward`] entered for guest vCPU `guest` exited
-/// (its VMCS current, its registers saved): takes its reply, or handles its exits and
-/// runs it on until it replies, misses the deadline or stops, as [`forward`] does; then
-/// makes `guest`'s VMCS current again. The result is what [`access`] gives.
+/// The common end of a port access that [`begin_port_forward`] handed to the service
+/// vCPU, whose exit this is (`svc_regs`: its registers, saved): when that exit is the
+/// `SERVICE_REPLY_WAIT` that answers the guest's slot with `DONE` or `FAILED` and data
+/// that fits, the wait is taken (as [`take_wait`] takes it), `guest`'s VMCS is made
+/// current again and the completion returned; `Err` when the guest must not complete
+/// its instruction (it was reset meanwhile, or the switch back failed and it is
+/// stopped).
+///
+/// Validate, then commit: `None`, with nothing changed (the service vCPU's VMCS still
+/// current, its exit not taken), for any other exit or answer; the caller then calls
+/// [`finish_port_forward`], which handles every case.
 #[inline(always)]
+pub fn take_port_answer(
+    guest: &'static Vcpu,
+    svc_regs: &GuestRegisters,
+    in_flight: &PortForward,
+) -> Option<Result<Completion, Outcome>> {
+    let svc = partition::service_vcpu_for_cpu(guest.cpu)?;
+    // The whole exit-reason field: a VMCALL exit with no other bit set.
+    if vmcs::read_present(ro::EXIT_REASON) != u64::from(EXIT_VMCALL)
+        || svc_regs.rax != hypercall::SERVICE_REPLY_WAIT
+        || svc_regs.rbx != u64::from(guest.request_slot)
+    {
+        return None;
+    }
+    let (status, data) = answer(svc_regs);
+    let Ok(Reply::Completed(completion)) =
+        io_request::validate_answer(in_flight.io.size, !in_flight.io.is_in, status, data)
+    else {
+        return None;
+    };
+    // Commit: the wait is taken.
+    svc.exits[usize::from(EXIT_VMCALL)].fetch_add(1, Ordering::Relaxed);
+    svc.wake_at.store(svc_regs.rcx, Ordering::Release);
+    let _ = dispatch::advance_rip(vmcs::read_present(ro::VMEXIT_INSTRUCTION_LEN));
+    if !vmcs::load_from(&guest.vmcs) {
+        return Some(Err(switch_back_stopped(guest)));
+    }
+    if guest.reset_epoch.load(Ordering::Acquire) != in_flight.epoch {
+        // The guest was reset while the access was in flight.
+        return Some(Err(Outcome::Continue));
+    }
+    Some(Ok(completion))
+}
+
+/// [`take_port_answer`] could not switch back to the guest: the general path's
+/// handling ([`switch_back`] fails, logged, and the guest stopped).
+#[cold]
+#[inline(never)]
+fn switch_back_stopped(guest: &'static Vcpu) -> Outcome {
+    match switch_back(guest) {
+        Ok(()) => Outcome::Continue,
+        Err(_) => Outcome::Stop,
+    }
+}
+
+/// The service vCPU that [`begin_port_forward`] entered for guest vCPU `guest` exited
+/// (its VMCS current, its registers saved) and [`take_port_answer`] did not take the
+/// exit: takes its reply, or handles its exits and runs it on until it replies, misses
+/// the deadline or stops, as [`forward`] does; then makes `guest`'s VMCS current again.
+/// The result is what [`access`] gives.
+#[inline(never)]
 pub fn finish_port_forward(guest: &'static Vcpu, in_flight: &PortForward) -> Result<Completion, Outcome> {
     let result = match partition::service_vcpu_for_cpu(guest.cpu) {
         Some(svc) => take_reply(svc, guest, in_flight),
@@ -282,7 +330,7 @@ pub fn finish_port_forward(guest: &'static Vcpu, in_flight: &PortForward) -> Res
 #[inline(always)]
 fn take_reply(svc: &'static Vcpu, guest: &'static Vcpu, in_flight: &PortForward) -> Result<Reply, ForwardError> {
     let reply = match take_wait(svc)? {
-        Some(reply) if reply == u64::from(in_flight.index) => {
+        Some(reply) if reply == u64::from(guest.request_slot) => {
             // SAFETY: only this CPU touches the service vCPU's registers; it is not running.
             let (status, data) = answer(unsafe { &*svc.regs.get() });
             io_request::validate_answer(in_flight.io.size, !in_flight.io.is_in, status, data)
@@ -294,7 +342,8 @@ fn take_reply(svc: &'static Vcpu, guest: &'static Vcpu, in_flight: &PortForward)
 
 /// [`take_reply`] when the service vCPU's exit (already taken: `reply` is its
 /// `SERVICE_REPLY_WAIT` argument, `None` for any other exit) is not the answer: the
-/// vCPU runs on, the nested way, until it answers ([`serve_loop`]).
+/// vCPU runs on, the nested way, until it answers ([`serve_loop`]) or
+/// [`REQUEST_DEADLINE_US`] from now passes.
 #[inline(never)]
 fn serve_after_exit(
     svc: &'static Vcpu,
@@ -302,7 +351,8 @@ fn serve_after_exit(
     in_flight: &PortForward,
     reply: Option<u64>,
 ) -> Result<Result<Reply, io_request::ReplyError>, ForwardError> {
-    serve_loop(svc, in_flight.index, &in_flight.posted(guest), in_flight.deadline, reply)
+    let deadline = crate::arch::tsc::deadline_us(REQUEST_DEADLINE_US);
+    serve_loop(svc, guest.request_slot, &in_flight.posted(guest), deadline, reply)
 }
 
 /// Performs `access` of guest vCPU `vcpu` through the service partition. No service
@@ -864,10 +914,17 @@ fn kind_name(kind: u8) -> &'static str {
     }
 }
 
+/// Writes the slot at host-physical `slot`: the record of request `value`.
 #[inline(always)]
 fn write_slot(slot: u64, value: &IoRequestSlot) {
+    write_slot_words(slot, &value.to_words());
+}
+
+/// [`write_slot`] of a request's five words (`IoRequestSlot::to_words`).
+#[inline(always)]
+fn write_slot_words(slot: u64, value: &[u64; 5]) {
     let words = frames::phys_to_virt(slot).cast::<u64>();
-    for (i, word) in value.to_words().into_iter().enumerate() {
+    for (i, &word) in value.iter().enumerate() {
         // SAFETY: `slot` is one 64-byte slot inside the slot array (index checked by
         // `slot_index`), frames owned by the hypervisor and direct-mapped; word `i` < 5
         // of it is aligned. The service partition may write it at the same time, which
@@ -883,7 +940,13 @@ fn write_slot(slot: u64, value: &IoRequestSlot) {
 /// the slot's five words in RBX, RCX, RDX, RSI and RDI.
 #[inline(always)]
 fn hand_out(regs: &mut GuestRegisters, index: u32, posted: &IoRequestSlot) {
-    let [sequence, address, data, ids, kinds] = posted.to_words();
+    hand_out_words(regs, index, &posted.to_words());
+}
+
+/// [`hand_out`] of a request's five words (`IoRequestSlot::to_words`).
+#[inline(always)]
+fn hand_out_words(regs: &mut GuestRegisters, index: u32, words: &[u64; 5]) {
+    let [sequence, address, data, ids, kinds] = *words;
     regs.rax = u64::from(index);
     regs.rbx = sequence;
     regs.rcx = address;

@@ -348,21 +348,41 @@ fn resume_after_port_io(vcpu: &'static Vcpu, outcome: Outcome, regs: *mut GuestR
 
 /// The exit hook of a service vCPU that [`on_port_io_exit`] entered in guest vCPU
 /// `ctx`'s exit frame: `svc_regs` are the service vCPU's registers. The frame is given
-/// back to the guest (its registers, [`on_exit`]) before anything else, then
-/// `service::finish_port_forward` takes the reply (running the service vCPU on, the
-/// nested way, when this exit was something else) and makes the guest's VMCS current
-/// again, and the guest's IN or OUT is completed.
+/// back to the guest (its registers, [`on_exit`]) before anything else. The common
+/// exit, the `SERVICE_REPLY_WAIT` that answers the guest's slot, is taken inline
+/// (`service::take_port_answer`, which makes the guest's VMCS current again); any
+/// other goes to [`on_service_exit_general`]. Then the guest's IN or OUT is completed.
 extern "C" fn on_service_exit(svc_regs: *mut GuestRegisters, ctx: *const (), frame: *mut run::ExitFrame) -> u64 {
-    let _ = svc_regs;
     // SAFETY: `ctx` is the guest's `&'static Vcpu` (the frame's context, unchanged by
-    // the switch); only this CPU touches its registers, which the stub does not use
-    // until this hook returns; `frame` is the exit stub's frame.
-    let (vcpu, frame) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *frame) };
+    // the switch); only this CPU touches its registers and the service vCPU's
+    // (`svc_regs`, saved by the stub), which the stub does not use until this hook
+    // returns; `frame` is the exit stub's frame.
+    let (vcpu, svc_regs, frame) = unsafe { (&*ctx.cast::<Vcpu>(), &*svc_regs, &mut *frame) };
     let regs = vcpu.regs.get();
     frame.regs = regs;
     frame.on_exit = on_exit;
-    // SAFETY: as above.
+    // SAFETY: only this CPU touches the guest vCPU's `port_forward`.
+    let in_flight = unsafe { &*vcpu.port_forward.get() };
+    let Some(result) = crate::service::take_port_answer(vcpu, svc_regs, in_flight) else {
+        return on_service_exit_general(regs, ctx);
+    };
+    // SAFETY: as above (the guest's registers, not in use by the stub until we return).
     let guest = unsafe { &mut *regs };
+    let outcome = match result {
+        Ok(completion) => dispatch::complete_port_io(guest, in_flight.io, completion),
+        Err(outcome) => outcome,
+    };
+    resume_after_port_io(vcpu, outcome, regs, ctx)
+}
+
+/// [`on_service_exit`] for every exit but the common answer: `service::finish_port_forward`
+/// takes the reply (running the service vCPU on, the nested way, when this exit was
+/// something else) and makes the guest's VMCS current again, and the guest's IN or
+/// OUT is completed.
+#[inline(never)]
+fn on_service_exit_general(regs: *mut GuestRegisters, ctx: *const ()) -> u64 {
+    // SAFETY: as in `on_service_exit`: the guest's `&'static Vcpu` and its registers.
+    let (vcpu, guest) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs) };
     // SAFETY: only this CPU touches the guest vCPU's `port_forward`.
     let in_flight = unsafe { *vcpu.port_forward.get() };
     let outcome = match crate::service::finish_port_forward(vcpu, &in_flight) {

@@ -81,6 +81,31 @@ pub fn load(phys: u64) -> Result<(), VmInstructionError> {
     unsafe { x86::bits64::vmx::vmptrld(phys) }.map_err(|_| VmInstructionError::current())
 }
 
+/// [`load`] for the per-request switches of the fast port path: VMPTRLD straight from
+/// `region` (a vCPU's `vmcs` field: the host-physical address of a region that
+/// [`Vmcs::clear_and_load`] set up on this CPU, never 0 for a vCPU that ran), without
+/// reading the flags back through PUSHF/POP. `false` when it failed (CF or ZF set, SDM
+/// 31.2 "Conventions"), which changes nothing: the caller then takes the general path,
+/// which reports the error.
+#[must_use]
+#[inline(always)]
+pub fn load_from(region: &core::sync::atomic::AtomicU64) -> bool {
+    let failed: u8;
+    // SAFETY: VMPTRLD reads the 8-byte operand (a live `AtomicU64`, which only its
+    // vCPU's set-up writes) and makes that region current; it checks alignment,
+    // address width and revision and fails without effect otherwise. No stack use.
+    unsafe {
+        core::arch::asm!(
+            "vmptrld qword ptr [{region}]",
+            "setbe {failed}",
+            region = in(reg) region.as_ptr(),
+            failed = out(reg_byte) failed,
+            options(nostack),
+        );
+    }
+    failed == 0
+}
+
 // VMREAD and VMWRITE are inline assembly rather than the `x86` crate's functions: these
 // run several times on every exit, and the crate reads the flags back through
 // PUSHF/POP. Both instructions report failure in RFLAGS (SDM 31.2 "Conventions"):
