@@ -309,8 +309,8 @@ extern "C" fn on_exit(regs: *mut GuestRegisters, ctx: *const (), frame: *mut run
 /// own function, see `InlineExit::PortIo`. A forwarded port goes the fast way when it
 /// can (`service::begin_port_forward`: this CPU switches to the service vCPU in this
 /// exit frame, and [`on_service_exit`] completes the instruction); otherwise
-/// `dispatch::handle_port_io` forwards it the general way. The guest's CR2 is loaded
-/// from `regs` on entry: the service partition may have run on this CPU meanwhile.
+/// [`on_port_io_exit_general`] forwards it the general way. The fast way makes no call,
+/// so this function saves no registers.
 #[inline(never)]
 fn on_port_io_exit(
     regs: *mut GuestRegisters,
@@ -320,7 +320,7 @@ fn on_port_io_exit(
 ) -> u64 {
     // SAFETY: as in `on_exit`; `frame` is the exit stub's frame, which the stub reads
     // only after this hook returns.
-    let (vcpu, guest, frame) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs, &mut *frame) };
+    let (vcpu, guest, frame) = unsafe { (&*ctx.cast::<Vcpu>(), &*regs, &mut *frame) };
     vcpu.launched.store(true, Ordering::Relaxed);
     if vcpu.vm.forwards_port(io.port) && crate::service::begin_port_forward(vcpu, io, guest.rax, frame, on_service_exit)
     {
@@ -328,6 +328,16 @@ fn on_port_io_exit(
         // to `on_service_exit`.
         return run::RESUME;
     }
+    on_port_io_exit_general(regs, ctx, io)
+}
+
+/// [`on_port_io_exit`] when the fast way does not apply: `dispatch::handle_port_io`
+/// (forwarded the nested way, or unclaimed). The guest's CR2 is loaded from `regs` on
+/// entry: the service partition may have run on this CPU meanwhile.
+#[inline(never)]
+fn on_port_io_exit_general(regs: *mut GuestRegisters, ctx: *const (), io: hv_core::exit::IoInstruction) -> u64 {
+    // SAFETY: as in `on_exit`.
+    let (vcpu, guest) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs) };
     let outcome = dispatch::handle_port_io(vcpu, guest, io);
     resume_after_port_io(vcpu, outcome, regs, ctx)
 }
