@@ -1,5 +1,5 @@
-//! Device time: [`Nanos`] from the TSC, counted from the first request the service
-//! partition handles.
+//! Device time: [`Nanos`] from the TSC, counted from the service partition's start
+//! (the first [`init`]).
 //!
 //! The TSC frequency comes from the hypervisor's timing leaf
 //! (`hv_abi::platform::CPUID_TIMING_LEAF`, EAX = TSC kHz), read directly so that a
@@ -26,7 +26,7 @@ const SHIFT: u32 = 32;
 /// Nanoseconds per TSC tick in 32.32 fixed point (rounded down; never 0). Until
 /// [`init`], the fallback's: 1 ns per tick.
 static NS_PER_TICK_FP: AtomicU64 = AtomicU64::new(1 << SHIFT);
-/// The TSC at the first request (0: none yet).
+/// The TSC at time 0, set by the first [`init`] (0 before it).
 static BASE: AtomicU64 = AtomicU64::new(0);
 
 /// The 32.32 fixed-point nanoseconds per tick of a `khz` kHz TSC (`khz` > 0).
@@ -35,8 +35,11 @@ fn ns_per_tick_fp(khz: u64) -> u64 {
     u64::try_from(fp).unwrap_or(u64::MAX).max(1)
 }
 
-/// Reads the TSC frequency; `report` prints a line when the fallback is used.
+/// Reads the TSC frequency; `report` prints a line when the fallback is used. The first
+/// call (of any vCPU) starts device time.
 pub fn init(report: bool) {
+    // Only the first call sets it; the others find it set.
+    let _ = BASE.compare_exchange(0, tsc().max(1), Ordering::AcqRel, Ordering::Acquire);
     let max = core::arch::x86_64::__cpuid(0x4000_0000).eax;
     let khz = if max >= CPUID_TIMING_LEAF { u64::from(core::arch::x86_64::__cpuid(CPUID_TIMING_LEAF).eax) } else { 0 };
     if khz == 0 && report {
@@ -53,25 +56,12 @@ fn nanos_at(t: u64, base: u64) -> Nanos {
     u64::try_from(nanos).unwrap_or(u64::MAX)
 }
 
-/// The TSC at time 0, taken now if no one has yet.
-#[inline]
-fn base(t: u64) -> u64 {
-    match BASE.load(Ordering::Acquire) {
-        0 => match BASE.compare_exchange(0, t, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => t,
-            Err(base) => base,
-        },
-        base => base,
-    }
-}
-
-/// Nanoseconds since the first call. The service vCPUs run on different physical CPUs
-/// whose TSCs may differ slightly: a reading below the base counts as 0, and each board
-/// keeps its own time from going back.
+/// Nanoseconds since the first [`init`]. The service vCPUs run on different physical
+/// CPUs whose TSCs may differ slightly: a reading below the base counts as 0, and each
+/// board keeps its own time from going back.
 #[inline]
 pub fn now() -> Nanos {
-    let t = tsc().max(1);
-    nanos_at(t, base(t))
+    nanos_at(tsc(), BASE.load(Ordering::Acquire))
 }
 
 /// The current TSC, for cheap "is it time yet" checks against [`to_tsc`] values.

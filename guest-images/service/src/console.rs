@@ -77,6 +77,7 @@ fn poll_now() {
     NEXT_POLL.store(next, Ordering::Release);
     NEXT_POLL_TSC.store(crate::clock::to_tsc(next), Ordering::Release);
     ARMED.store(focus != ANY_TARGET, Ordering::Release);
+    crate::wake::changed();
     POLLING.store(false, Ordering::Release);
 }
 

@@ -76,6 +76,7 @@ mod clock;
 mod console;
 mod vms;
 mod wait;
+mod wake;
 
 use guest_rt::println;
 use hv_abi::io_request::{direction, kind, status, IoRequestSlot};
@@ -102,19 +103,25 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
     // conversion divides).
     let mut wake_for: Option<Nanos> = None;
     let mut wake = 0;
+    // The wake-up generation `wake` was computed at (`wake::generation`).
+    let mut wake_seen = u64::MAX;
     // The request this vCPU just answered DEFERRED (its slot, [`NOT_DEFERRED`]: none),
     // until the hypervisor has taken the answer (its next wait returns). Only the slot
     // is looked at on every request; its VM and sequence number are kept beside it.
     let mut deferred_slot = NOT_DEFERRED;
     let mut deferred_request = (VmId(0), 0);
     loop {
-        let next = match (vms::next_wake(), console::next_wake()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if next != wake_for {
-            wake_for = next;
-            wake = next.map_or(0, clock::to_tsc);
+        let generation = wake::generation();
+        if generation != wake_seen {
+            wake_seen = generation;
+            let next = match (vms::next_wake(), console::next_wake()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if next != wake_for {
+                wake_for = next;
+                wake = next.map_or(0, clock::to_tsc);
+            }
         }
         // After a DEFERRED answer, come back at once to confirm it (see the module
         // documentation).

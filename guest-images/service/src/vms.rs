@@ -469,6 +469,7 @@ pub fn interrupt_acknowledge(id: VmId) -> Option<u8> {
 fn lower_next_wake(t: Nanos) {
     if t < NEXT_WAKE.load(Ordering::Acquire) {
         NEXT_WAKE.fetch_min(t, Ordering::AcqRel);
+        crate::wake::changed();
     }
 }
 
@@ -553,6 +554,7 @@ pub fn next_wake() -> Option<Nanos> {
 /// and power requests are handled as after an access. Recomputes [`next_wake`].
 pub fn tick_all() {
     NEXT_WAKE.store(u64::MAX, Ordering::Release);
+    crate::wake::changed();
     for entry in &TABLE {
         let reset = {
             let mut guard = entry.lock();
