@@ -240,7 +240,8 @@ fn serve_port(request: &IoRequestSlot, index: u32) -> (u8, Option<u64>) {
         _ => return FAILED,
     };
     if port == FAULT_TEST_PORT || port == DELAY_TEST_PORT {
-        return serve_test_port(request, index, port, write);
+        let tag = vms::DeferTag { slot: index, sequence: request.sequence };
+        return serve_test_port(VmId(request.vm), tag, request.size, port, write);
     }
     match vms::port_access(VmId(request.vm), port, request.size, write) {
         Some(value) => done(write.is_none(), u64::from(value)),
@@ -252,24 +253,24 @@ fn serve_port(request: &IoRequestSlot, index: u32) -> (u8, Option<u64>) {
 /// `delay-test`). Out of line: the other ports' requests do not pay for it.
 #[cold]
 #[inline(never)]
-fn serve_test_port(request: &IoRequestSlot, index: u32, port: u16, write: Option<u32>) -> (u8, Option<u64>) {
+fn serve_test_port(vm: VmId, tag: vms::DeferTag, size: u8, port: u16, write: Option<u32>) -> (u8, Option<u64>) {
     if port == FAULT_TEST_PORT {
         if let Some(value) = write {
             fault_test(value as u8);
         }
         return FAILED;
     }
-    serve_delay_test(request, index, write)
+    serve_delay_test(vm, tag, size, write)
 }
 
-/// A `delay-test` port request (posted in slot `index`): a write sets the delay, a read
+/// A `delay-test` port request of VM `vm` (`tag`: its slot and sequence number) of `size`
+/// bytes: a write sets the delay, a read
 /// is answered `DEFERRED` (completed later, see the module documentation). Out of line:
 /// the other ports' requests do not pay for it.
 #[cold]
 #[inline(never)]
-fn serve_delay_test(request: &IoRequestSlot, index: u32, write: Option<u32>) -> (u8, Option<u64>) {
-    let tag = vms::DeferTag { slot: index, sequence: request.sequence };
-    match vms::delay_test_access(VmId(request.vm), tag, request.size, write) {
+fn serve_delay_test(vm: VmId, tag: vms::DeferTag, size: u8, write: Option<u32>) -> (u8, Option<u64>) {
+    match vms::delay_test_access(vm, tag, size, write) {
         Some(vms::DelayAccess::Written) => done(false, 0),
         Some(vms::DelayAccess::Deferred) => (status::DEFERRED, None),
         Some(vms::DelayAccess::Busy) | None => FAILED,
