@@ -566,7 +566,9 @@ impl PcBoard {
             if drive {
                 return self.com1_drive_line(value, platform);
             }
-            self.refresh_com1();
+            // No drive: the line is not stale, so COM1 has no next event, and its entry
+            // already says so (every path that makes or clears a stale line refreshes it).
+            self.debug_check_com1_event();
             return u32::from(value);
         }
         self.read_routed(port, size, now, platform)
@@ -585,7 +587,8 @@ impl PcBoard {
             // add console output.
             self.changed |= offset == 0;
             match self.uart.write_at_lazy(offset, value as u8, now) {
-                Some(false) => self.refresh_com1(),
+                // As for a read: nothing to refresh.
+                Some(false) => self.debug_check_com1_event(),
                 Some(true) => {
                     self.com1_drive_line(0, platform);
                 }
@@ -672,6 +675,13 @@ impl PcBoard {
 
     /// [`PcBoard::refresh`] of COM1, for the fast path.
     #[inline]
+    /// Debug builds: COM1's entry in `events` is what its model says (what the fast
+    /// paths rely on when they skip [`PcBoard::refresh_com1`]).
+    #[inline]
+    fn debug_check_com1_event(&self) {
+        debug_assert_eq!(self.events[0], self.uart.next_event().unwrap_or(NO_EVENT));
+    }
+
     fn refresh_com1(&mut self) {
         self.set_event(0, self.uart.next_event().unwrap_or(NO_EVENT));
     }
