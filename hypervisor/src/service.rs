@@ -187,8 +187,8 @@ fn port_request(guest: &'static Vcpu, io: IoInstruction, data: u64) -> Request {
 /// to `on_service_exit` with the registers of both saved, which calls
 /// [`take_port_answer`] (and [`finish_port_forward`] when that is not the answer).
 ///
-/// Validate, then commit: `false`, with nothing changed, when the fast way does not
-/// apply. That is when no service vCPU on this CPU waits in `SERVICE_REPLY_WAIT`
+/// Validate, then commit: [`PortForwardStart::Declined`], with nothing changed, when
+/// the fast way does not apply. That is when no service vCPU on this CPU waits in `SERVICE_REPLY_WAIT`
 /// (launched, with nothing for `prepare_entry` to do: a stop of the service partition
 /// is among that, `Vm::stop` sets every vCPU's `attention`) or the guest vCPU has no
 /// slot. The caller then forwards the access the general way ([`forward_port`]), which
@@ -204,20 +204,20 @@ pub fn begin_port_forward(
     data: u64,
     frame: &mut run::ExitFrame,
     on_service_exit: run::ExitHook,
-) -> bool {
+) -> PortForwardStart {
     let index = guest.request_slot;
-    let Some(svc) = partition::service_vcpu_for_cpu(guest.cpu) else { return false };
+    let Some(svc) = partition::service_vcpu_for_cpu(guest.cpu) else { return PortForwardStart::Declined };
     let slots = SLOTS.load(Ordering::Acquire);
     if index == partition::NO_REQUEST_SLOT
         || slots == 0
         || svc.attention.load(Ordering::Acquire) != 0
         || !svc.launched.load(Ordering::Relaxed)
     {
-        return false;
+        return PortForwardStart::Declined;
     }
     if !vmcs::load_from(&svc.vmcs) {
         // VMPTRLD failed and changed nothing: the guest's VMCS is still current.
-        return false;
+        return PortForwardStart::Declined;
     }
     // SAFETY: only this CPU touches the service vCPU's registers, and the vCPU is not
     // running now (it waits in SERVICE_REPLY_WAIT, its exit handled).
@@ -227,23 +227,56 @@ pub fn begin_port_forward(
     let frame_rsp = core::ptr::from_mut::<run::ExitFrame>(frame) as u64;
     if svc_regs.host_rsp != frame_rsp {
         if vmcs::write(x86::vmx::vmcs::host::RSP, frame_rsp).is_err() {
-            let _ = switch_back(guest);
-            return false;
+            return host_rsp_failed(guest);
         }
         svc_regs.host_rsp = frame_rsp;
     }
-    // Commit: nothing below can fail.
-    let sequence = guest.io_sequence.load(Ordering::Relaxed) + 1;
-    guest.io_sequence.store(sequence, Ordering::Relaxed);
-    let words = io_request::port_request_words(&io, sequence, data, guest.request_ids);
-    write_slot_words(slots + u64::from(index) * SLOT_BYTES as u64, &words);
-    hand_out_words(svc_regs, index, &words);
+    // Commit: nothing below can fail. (The frame and the in-flight record first: fewer
+    // values are live while the request's words are built.)
+    frame.regs = svc.regs.get();
+    frame.on_exit = on_service_exit;
     let in_flight = PortForward { io, data, epoch: guest.reset_epoch.load(Ordering::Acquire) };
     // SAFETY: only this CPU touches the guest vCPU's `port_forward`.
     unsafe { *guest.port_forward.get() = in_flight };
-    frame.regs = svc.regs.get();
-    frame.on_exit = on_service_exit;
-    true
+    let sequence = guest.io_sequence.load(Ordering::Relaxed) + 1;
+    guest.io_sequence.store(sequence, Ordering::Relaxed);
+    let words = io_request::port_request_words(&io, sequence, data, guest.request_ids);
+    hand_out_words(svc_regs, index, &words);
+    write_slot_words(slots + u64::from(index) * SLOT_BYTES as u64, &words);
+    PortForwardStart::Switched
+}
+
+/// What [`begin_port_forward`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum PortForwardStart {
+    /// The service vCPU is in the frame: resume it.
+    Switched,
+    /// Nothing changed: forward the access the general way.
+    Declined,
+    /// The service vCPU's VMCS could not take this frame (a VMWRITE of a host field
+    /// failed: a hypervisor bug); logged, and the guest stopped (its VMCS current
+    /// again, or the guest stopped for that too).
+    Broken,
+}
+
+/// [`begin_port_forward`] could not write HOST_RSP of the service vCPU's VMCS (current): logged,
+/// the guest's VMCS made current again and the guest stopped. Out of line, so that the
+/// fast path keeps no values across a call.
+#[cold]
+#[inline(never)]
+fn host_rsp_failed(guest: &'static Vcpu) -> PortForwardStart {
+    let err = vmcs::VmInstructionError(Some(vmcs::read(ro::VM_INSTRUCTION_ERROR) as u32));
+    log::error!(
+        "partition {}: vcpu {}: cannot point the service vCPU's exits at this CPU's frame: {}; stopping this partition",
+        guest.vm.name,
+        guest.id,
+        err.describe()
+    );
+    // A failed switch back is logged, and stops the guest, too.
+    let _ = switch_back(guest);
+    guest.vm.stop(u64::MAX);
+    PortForwardStart::Broken
 }
 
 /// The common end of a port access that [`begin_port_forward`] handed to the service

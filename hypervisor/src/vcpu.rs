@@ -322,13 +322,16 @@ fn on_port_io_exit(
     // only after this hook returns.
     let (vcpu, guest, frame) = unsafe { (&*ctx.cast::<Vcpu>(), &*regs, &mut *frame) };
     vcpu.launched.store(true, Ordering::Relaxed);
-    if vcpu.vm.forwards_port(io.port) && crate::service::begin_port_forward(vcpu, io, guest.rax, frame, on_service_exit)
-    {
+    if !vcpu.vm.forwards_port(io.port) {
+        return on_port_io_exit_general(regs, ctx, io);
+    }
+    match crate::service::begin_port_forward(vcpu, io, guest.rax, frame, on_service_exit) {
         // The stub enters the service vCPU (registers and VMCS), whose next exit comes
         // to `on_service_exit`.
-        return run::RESUME;
+        crate::service::PortForwardStart::Switched => run::RESUME,
+        crate::service::PortForwardStart::Declined => on_port_io_exit_general(regs, ctx, io),
+        crate::service::PortForwardStart::Broken => run::LEAVE,
     }
-    on_port_io_exit_general(regs, ctx, io)
 }
 
 /// [`on_port_io_exit`] when the fast way does not apply: `dispatch::handle_port_io`
