@@ -240,7 +240,7 @@ fn reinject_vectoring(vectoring: InterruptionInfo) {
 
 /// Advances the guest's RIP past the instruction that exited.
 #[inline(always)]
-fn skip_instruction() -> Outcome {
+pub fn skip_instruction() -> Outcome {
     advance_rip(vmcs::read_present(ro::VMEXIT_INSTRUCTION_LEN))
 }
 
@@ -538,12 +538,7 @@ pub fn handle_port_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInst
 /// (`vcpu::on_service_exit`).
 #[inline(always)]
 pub fn complete_port_io(regs: &mut GuestRegisters, io: IoInstruction, completion: Completion) -> Outcome {
-    if io.is_in {
-        let mask = hv_core::io_request::size_mask(io.size);
-        let value = read_value(completion, io.size);
-        // IN to AL/AX keeps the rest of RAX; IN to EAX zero-extends (SDM 3.4.1.1).
-        regs.rax = if io.size == 4 { value } else { (regs.rax & !mask) | value };
-    }
+    regs.rax = hv_core::io_request::rax_after_port_io(regs.rax, &io, completion);
     skip_instruction()
 }
 

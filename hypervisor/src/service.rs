@@ -135,12 +135,16 @@ pub fn forward_port(vcpu: &'static Vcpu, io: IoInstruction, data: u64) -> Result
 /// [`begin_port_forward`], answered in [`take_port_answer`] (or [`finish_port_forward`]).
 /// Only what the common case needs; the slow paths rebuild the posted request
 /// ([`PortForward::request`]). The slot is the guest vCPU's own (`Vcpu::request_slot`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct PortForward {
     /// The guest's instruction (port, size, direction), which its completion needs.
     pub io: IoInstruction,
     /// RAX at the guest's exit (the data of an OUT; `post` masks it to the size).
     data: u64,
+    /// How the common answer becomes the guest's RAX.
+    answer: io_request::PortAnswer,
+    /// The service vCPU it was handed to (`None`: nothing in flight).
+    svc: Option<&'static Vcpu>,
     /// The guest's reset epoch when the access was posted.
     epoch: u32,
 }
@@ -148,10 +152,15 @@ pub struct PortForward {
 impl PortForward {
     /// Nothing in flight.
     pub const NONE: Self = Self {
-        io: IoInstruction { size: 1, is_in: true, string: false, rep: false, immediate: false, port: 0 },
+        io: Self::NONE_IO,
         data: 0,
+        answer: io_request::PortAnswer::for_access(&Self::NONE_IO),
+        svc: None,
         epoch: 0,
     };
+
+    /// The instruction of [`PortForward::NONE`].
+    const NONE_IO: IoInstruction = IoInstruction { size: 1, is_in: true, string: false, rep: false, immediate: false, port: 0 };
 
     /// The request as guest vCPU `guest` posted it.
     fn request(&self, guest: &'static Vcpu) -> Request {
@@ -235,7 +244,13 @@ pub fn begin_port_forward(
     // values are live while the request's words are built.)
     frame.regs = svc.regs.get();
     frame.on_exit = on_service_exit;
-    let in_flight = PortForward { io, data, epoch: guest.reset_epoch.load(Ordering::Acquire) };
+    let in_flight = PortForward {
+        io,
+        data,
+        answer: io_request::PortAnswer::for_access(&io),
+        svc: Some(svc),
+        epoch: guest.reset_epoch.load(Ordering::Acquire),
+    };
     // SAFETY: only this CPU touches the guest vCPU's `port_forward`.
     unsafe { *guest.port_forward.get() = in_flight };
     let sequence = guest.io_sequence.load(Ordering::Relaxed) + 1;
@@ -282,8 +297,9 @@ fn host_rsp_failed(guest: &'static Vcpu) -> PortForwardStart {
 /// The common end of a port access that [`begin_port_forward`] handed to the service
 /// vCPU, whose exit this is (`svc_regs`: its registers, saved): when that exit is the
 /// `SERVICE_REPLY_WAIT` that answers the guest's slot with `DONE` or `FAILED` and data
-/// that fits, the wait is taken (as [`take_wait`] takes it), `guest`'s VMCS is made
-/// current again and the completion returned; `Err` when the guest must not complete
+/// that fits (`io_request::PortAnswer`, which agrees with `validate_answer`), the wait
+/// is taken (as [`take_wait`] takes it), `guest`'s VMCS is made current again and the
+/// guest's RAX after its IN or OUT returned; `Err` when the guest must not complete
 /// its instruction (it was reset meanwhile, or the switch back failed and it is
 /// stopped).
 ///
@@ -293,10 +309,11 @@ fn host_rsp_failed(guest: &'static Vcpu) -> PortForwardStart {
 #[inline(always)]
 pub fn take_port_answer(
     guest: &'static Vcpu,
+    guest_rax: u64,
     svc_regs: &GuestRegisters,
     in_flight: &PortForward,
-) -> Option<Result<Completion, Outcome>> {
-    let svc = partition::service_vcpu_for_cpu(guest.cpu)?;
+) -> Option<Result<u64, Outcome>> {
+    let svc = in_flight.svc?;
     // The whole exit-reason field: a VMCALL exit with no other bit set.
     if vmcs::read_present(ro::EXIT_REASON) != u64::from(EXIT_VMCALL)
         || svc_regs.rax != hypercall::SERVICE_REPLY_WAIT
@@ -305,11 +322,7 @@ pub fn take_port_answer(
         return None;
     }
     let (status, data) = answer(svc_regs);
-    let Ok(Reply::Completed(completion)) =
-        io_request::validate_answer(in_flight.io.size, !in_flight.io.is_in, status, data)
-    else {
-        return None;
-    };
+    let rax = in_flight.answer.apply(guest_rax, status, data)?;
     // Commit: the wait is taken.
     svc.exits[usize::from(EXIT_VMCALL)].fetch_add(1, Ordering::Relaxed);
     svc.wake_at.store(svc_regs.rcx, Ordering::Release);
@@ -321,7 +334,7 @@ pub fn take_port_answer(
         // The guest was reset while the access was in flight.
         return Some(Err(Outcome::Continue));
     }
-    Some(Ok(completion))
+    Some(Ok(rax))
 }
 
 /// [`take_port_answer`] could not switch back to the guest: the general path's

@@ -376,13 +376,16 @@ extern "C" fn on_service_exit(svc_regs: *mut GuestRegisters, ctx: *const (), fra
     frame.on_exit = on_exit;
     // SAFETY: only this CPU touches the guest vCPU's `port_forward`.
     let in_flight = unsafe { &*vcpu.port_forward.get() };
-    let Some(result) = crate::service::take_port_answer(vcpu, svc_regs, in_flight) else {
-        return on_service_exit_general(regs, ctx);
-    };
     // SAFETY: as above (the guest's registers, not in use by the stub until we return).
     let guest = unsafe { &mut *regs };
+    let Some(result) = crate::service::take_port_answer(vcpu, guest.rax, svc_regs, in_flight) else {
+        return on_service_exit_general(regs, ctx);
+    };
     let outcome = match result {
-        Ok(completion) => dispatch::complete_port_io(guest, in_flight.io, completion),
+        Ok(rax) => {
+            guest.rax = rax;
+            dispatch::skip_instruction()
+        }
         Err(outcome) => outcome,
     };
     resume_after_port_io(vcpu, outcome, regs, ctx)
