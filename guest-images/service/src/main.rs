@@ -98,54 +98,29 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
     }
     // The answer the next wait gives: the slot (NO_REPLY: none), its status and data.
     let (mut reply, mut reply_status, mut reply_data) = (NO_REPLY, status::FAILED, 0);
+    // What changes rarely lives in memory, so that the request path keeps its registers.
+    let mut wake = WakeDeadline::new();
     let mut reported = false;
-    // The last wake-up time converted to a TSC deadline (it rarely changes, and the
-    // conversion divides).
-    let mut wake_for: Option<Nanos> = None;
-    let mut wake = 0;
-    // The wake-up generation `wake` was computed at (`wake::generation`).
-    let mut wake_seen = u64::MAX;
     // The request this vCPU just answered DEFERRED (its slot, [`NOT_DEFERRED`]: none),
     // until the hypervisor has taken the answer (its next wait returns). Only the slot
     // is looked at on every request; its VM and sequence number are kept beside it.
     let mut deferred_slot = NOT_DEFERRED;
     let mut deferred_request = (VmId(0), 0);
     loop {
-        let generation = wake::generation();
-        if generation != wake_seen {
-            wake_seen = generation;
-            let next = match (vms::next_wake(), console::next_wake()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if next != wake_for {
-                wake_for = next;
-                wake = next.map_or(0, clock::to_tsc);
-            }
-        }
         // After a DEFERRED answer, come back at once to confirm it (see the module
         // documentation).
-        let wake_at = if deferred_slot != NOT_DEFERRED { WAKE_AT_ONCE } else { wake };
+        let wake_at = if deferred_slot != NOT_DEFERRED { WAKE_AT_ONCE } else { wake.tsc() };
         let wait = wait::reply_wait(reply, wake_at, reply_status, reply_data);
         let r = wait.result;
         reply = NO_REPLY;
         if deferred_slot != NOT_DEFERRED {
-            let (id, sequence) = deferred_request;
-            vms::confirm_deferred(id, vms::DeferTag { slot: deferred_slot, sequence });
+            confirm_deferred(deferred_request, deferred_slot);
             deferred_slot = NOT_DEFERRED;
         }
         // A slot index (the common case) is below SLOTS; TIMER_EXPIRED and the errors
         // are far above.
         if r >= u64::from(SLOTS) {
-            if r == TIMER_EXPIRED {
-                vms::tick_all();
-                console::poll();
-            } else if let Some(e) = Error::from_rax(r) {
-                if !reported {
-                    println!("service: vcpu {vcpu}: SERVICE_REPLY_WAIT refused ({e:?}); waiting again without a reply");
-                    reported = true;
-                }
-            }
+            not_a_request(vcpu, r, &mut reported);
             continue;
         }
         let index = r as u32;
@@ -157,6 +132,72 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
         }
         (reply, reply_status, reply_data) = (r, status, data.unwrap_or(0));
         console::poll();
+    }
+}
+
+/// The TSC deadline each wait asks to be woken at: the earliest of
+/// [`vms::next_wake`] and [`console::next_wake`], converted (a division) only when a
+/// wake-up time changed ([`wake::generation`]).
+struct WakeDeadline {
+    /// The generation `tsc` was computed at.
+    seen: u64,
+    /// The wake-up time `tsc` stands for.
+    nanos: Option<Nanos>,
+    /// As a TSC deadline (0: none).
+    tsc: u64,
+}
+
+impl WakeDeadline {
+    fn new() -> Self {
+        Self { seen: u64::MAX, nanos: None, tsc: 0 }
+    }
+
+    /// The deadline for the next wait.
+    #[inline(always)]
+    fn tsc(&mut self) -> u64 {
+        let generation = wake::generation();
+        if generation != self.seen {
+            self.recompute(generation);
+        }
+        self.tsc
+    }
+
+    #[inline(never)]
+    fn recompute(&mut self, generation: u64) {
+        self.seen = generation;
+        let next = match (vms::next_wake(), console::next_wake()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if next != self.nanos {
+            self.nanos = next;
+            self.tsc = next.map_or(0, clock::to_tsc);
+        }
+    }
+}
+
+/// The hypervisor has taken this vCPU's `DEFERRED` answer (in slot `slot`, to the
+/// request `(vm, sequence)`): it may complete from now on.
+#[cold]
+#[inline(never)]
+fn confirm_deferred((vm, sequence): (VmId, u64), slot: u32) {
+    vms::confirm_deferred(vm, vms::DeferTag { slot, sequence });
+}
+
+/// A `SERVICE_REPLY_WAIT` result `r` that is no slot index: `TIMER_EXPIRED` runs the
+/// device timers and polls the console; an error is reported once per vCPU
+/// (`reported`), and the next wait replies nothing.
+#[cold]
+#[inline(never)]
+fn not_a_request(vcpu: u64, r: u64, reported: &mut bool) {
+    if r == TIMER_EXPIRED {
+        vms::tick_all();
+        console::poll();
+    } else if let Some(e) = Error::from_rax(r) {
+        if !*reported {
+            println!("service: vcpu {vcpu}: SERVICE_REPLY_WAIT refused ({e:?}); waiting again without a reply");
+            *reported = true;
+        }
     }
 }
 
