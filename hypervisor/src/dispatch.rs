@@ -108,7 +108,7 @@ pub fn try_handle_exit_inline(vcpu: &'static Vcpu, regs: &mut GuestRegisters) ->
             let Some(io) = IoInstruction::decode(vmcs::read_present(ro::EXIT_QUALIFICATION)) else {
                 return InlineExit::NotInline;
             };
-            if io.string {
+            if io.string() {
                 return InlineExit::NotInline;
             }
             count();
@@ -510,7 +510,7 @@ fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outc
     };
     // The out-of-line paths decode the qualification again, so that this one computes
     // only the fields it uses.
-    if io.string {
+    if io.string() {
         return handle_string_io(vcpu, regs, qualification);
     }
     handle_port_io(vcpu, regs, io)
@@ -522,7 +522,7 @@ fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outc
 /// come here straight from `vcpu::on_exit` ([`InlineExit::PortIo`]).
 #[inline(always)]
 pub fn handle_port_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInstruction) -> Outcome {
-    let completion = if vcpu.vm.forwards_port(io.port) {
+    let completion = if vcpu.vm.forwards_port(io.port()) {
         match crate::service::forward_port(vcpu, io, regs.rax) {
             Ok(completion) => completion,
             Err(outcome) => return outcome,
@@ -557,7 +557,7 @@ fn read_value(completion: Completion, size: u8) -> u64 {
 /// unclaimed (`Failed`: reads all-ones, writes dropped). `Err` stops the guest when the
 /// service partition failed.
 fn port_access(vcpu: &'static Vcpu, io: &IoInstruction, data: u64) -> Result<Completion, Outcome> {
-    if !vcpu.vm.forwards_port(io.port) {
+    if !vcpu.vm.forwards_port(io.port()) {
         return Ok(Completion::Failed);
     }
     crate::service::forward_port(vcpu, *io, data)
@@ -580,26 +580,26 @@ fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, qualificatio
     let Some(io) = IoInstruction::decode(qualification) else { return Outcome::Continue };
     let io = &io;
     if vmcs::read(guest::CS_ACCESS_RIGHTS) & CS_LONG == 0 {
-        return stop_with_dump(vcpu, "string I/O outside 64-bit mode is not emulated yet", u64::from(io.port));
+        return stop_with_dump(vcpu, "string I/O outside 64-bit mode is not emulated yet", u64::from(io.port()));
     }
-    let size = u64::from(io.size);
+    let size = u64::from(io.size());
     let step = if vmcs::read(guest::RFLAGS) & RFLAGS_DF != 0 { size.wrapping_neg() } else { size };
     let state = guest_paging_state();
-    let mut remaining = if io.rep { regs.rcx } else { 1 };
+    let mut remaining = if io.rep() { regs.rcx } else { 1 };
     let mut done = 0;
     while remaining > 0 && done < STRING_IO_BUDGET {
-        let linear = if io.is_in { regs.rdi } else { regs.rsi };
+        let linear = if io.is_in() { regs.rdi } else { regs.rsi };
         let mut hosts = [0u64; 4];
-        for (byte, host) in hosts.iter_mut().enumerate().take(usize::from(io.size)) {
-            match guest_byte(vcpu, &state, linear.wrapping_add(byte as u64), io.is_in) {
+        for (byte, host) in hosts.iter_mut().enumerate().take(usize::from(io.size())) {
+            match guest_byte(vcpu, &state, linear.wrapping_add(byte as u64), io.is_in()) {
                 Ok(h) => *host = h,
                 Err(fault) => return fault,
             }
         }
-        let hosts = &hosts[..usize::from(io.size)];
-        if io.is_in {
+        let hosts = &hosts[..usize::from(io.size())];
+        if io.is_in() {
             let value = match port_access(vcpu, io, 0) {
-                Ok(c) => read_value(c, io.size),
+                Ok(c) => read_value(c, io.size()),
                 Err(stop) => return stop,
             };
             for (i, &host) in hosts.iter().enumerate() {
@@ -619,13 +619,13 @@ fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, qualificatio
         }
         // Registers follow each completed element, so a fault on a later one leaves them
         // as the CPU would (SDM: REP string instructions, "interrupted" state).
-        if io.is_in {
+        if io.is_in() {
             regs.rdi = regs.rdi.wrapping_add(step);
         } else {
             regs.rsi = regs.rsi.wrapping_add(step);
         }
         remaining -= 1;
-        if io.rep {
+        if io.rep() {
             regs.rcx = remaining;
         }
         done += 1;

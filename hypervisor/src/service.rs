@@ -123,9 +123,9 @@ pub struct Access {
 pub fn forward_port(vcpu: &'static Vcpu, io: IoInstruction, data: u64) -> Result<Completion, Outcome> {
     let port_access = Access {
         kind: hv_abi::io_request::kind::PORT,
-        address: u64::from(io.port),
-        size: io.size,
-        write: !io.is_in,
+        address: u64::from(io.port()),
+        size: io.size(),
+        write: !io.is_in(),
         data,
     };
     access(vcpu, &port_access)
@@ -159,8 +159,9 @@ impl PortForward {
         epoch: 0,
     };
 
-    /// The instruction of [`PortForward::NONE`].
-    const NONE_IO: IoInstruction = IoInstruction { size: 1, is_in: true, string: false, rep: false, immediate: false, port: 0 };
+    /// The instruction of [`PortForward::NONE`]: `in al, dx` with DX = 0 (qualification
+    /// bit 3, size encoding 0).
+    const NONE_IO: IoInstruction = IoInstruction::decode(1 << 3).unwrap();
 
     /// The request as guest vCPU `guest` posted it.
     fn request(&self, guest: &'static Vcpu) -> Request {
@@ -179,9 +180,9 @@ impl PortForward {
 fn port_request(guest: &'static Vcpu, io: IoInstruction, data: u64) -> Request {
     Request {
         kind: hv_abi::io_request::kind::PORT,
-        address: u64::from(io.port),
-        size: io.size,
-        write: !io.is_in,
+        address: u64::from(io.port()),
+        size: io.size(),
+        write: !io.is_in(),
         data,
         vm: vm_id(guest.vm).0,
         vcpu: guest.id,
@@ -366,7 +367,7 @@ pub fn finish_port_forward(guest: &'static Vcpu, in_flight: &PortForward) -> Res
         Err(e) => Err(e),
     };
     let io = in_flight.io;
-    conclude(guest, || (hv_abi::io_request::kind::PORT, u64::from(io.port), !io.is_in), result, in_flight.epoch)
+    conclude(guest, || (hv_abi::io_request::kind::PORT, u64::from(io.port()), !io.is_in()), result, in_flight.epoch)
 }
 
 /// The service vCPU's reply to `in_flight` (posted by guest vCPU `guest`), validated:
@@ -379,7 +380,7 @@ fn take_reply(svc: &'static Vcpu, guest: &'static Vcpu, in_flight: &PortForward)
         Some(reply) if reply == u64::from(guest.request_slot) => {
             // SAFETY: only this CPU touches the service vCPU's registers; it is not running.
             let (status, data) = answer(unsafe { &*svc.regs.get() });
-            io_request::validate_answer(in_flight.io.size, !in_flight.io.is_in, status, data)
+            io_request::validate_answer(in_flight.io.size(), !in_flight.io.is_in(), status, data)
         }
         other => serve_after_exit(svc, guest, in_flight, other)?,
     };

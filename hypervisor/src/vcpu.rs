@@ -322,7 +322,7 @@ fn on_port_io_exit(
     // only after this hook returns.
     let (vcpu, guest, frame) = unsafe { (&*ctx.cast::<Vcpu>(), &*regs, &mut *frame) };
     vcpu.launched.store(true, Ordering::Relaxed);
-    if !vcpu.vm.forwards_port(io.port) {
+    if !vcpu.vm.forwards_port(io.port()) {
         return on_port_io_exit_general(regs, ctx, io);
     }
     match crate::service::begin_port_forward(vcpu, io, guest.rax, frame, on_service_exit) {

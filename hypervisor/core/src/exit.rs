@@ -331,43 +331,80 @@ impl MovDr {
     }
 }
 
-/// Exit qualification for I/O instructions (SDM 28.2.1, table 28-5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IoInstruction {
-    /// Access size in bytes (1, 2 or 4), from bits 2:0 (0, 1, 3).
-    pub size: u8,
-    /// Bit 3: IN/INS (true) or OUT/OUTS (false).
-    pub is_in: bool,
-    /// Bit 4: INS/OUTS.
-    pub string: bool,
-    /// Bit 5: REP prefix.
-    pub rep: bool,
-    /// Bit 6: the port was an immediate operand (false: in DX).
-    pub immediate: bool,
-    /// Bits 31:16.
-    pub port: u16,
-}
+/// Exit qualification for I/O instructions (SDM 28.2.1, table 28-5), checked: it holds
+/// the qualification itself (its defined bits), so that passing it on costs nothing,
+/// and reads the fields from it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IoInstruction(u64);
 
 impl IoInstruction {
-    /// Decodes the qualification; `None` for the size encoding 2, which the SDM does not
-    /// use.
+    /// The bits table 28-5 defines: 6:0 and 31:16.
+    const DEFINED: u64 = 0xFFFF_007F;
+
+    /// Decodes the qualification; `None` for the size encodings (bits 2:0) 2 and 4-7,
+    /// which the SDM does not use.
     #[must_use]
     #[inline]
     pub const fn decode(qualification: u64) -> Option<Self> {
-        let size = match qualification & 7 {
-            0 => 1,
-            1 => 2,
-            3 => 4,
-            _ => return None,
-        };
-        Some(Self {
-            size,
-            is_in: qualification & (1 << 3) != 0,
-            string: qualification & (1 << 4) != 0,
-            rep: qualification & (1 << 5) != 0,
-            immediate: qualification & (1 << 6) != 0,
-            port: (qualification >> 16) as u16,
-        })
+        match qualification & 7 {
+            0 | 1 | 3 => Some(Self(qualification & Self::DEFINED)),
+            _ => None,
+        }
+    }
+
+    /// Access size in bytes (1, 2 or 4), from bits 2:0 (0, 1, 3).
+    #[must_use]
+    #[inline]
+    pub const fn size(self) -> u8 {
+        (self.0 & 7) as u8 + 1
+    }
+
+    /// Bit 3: IN/INS (true) or OUT/OUTS (false).
+    #[must_use]
+    #[inline]
+    pub const fn is_in(self) -> bool {
+        self.0 & (1 << 3) != 0
+    }
+
+    /// Bit 4: INS/OUTS.
+    #[must_use]
+    #[inline]
+    pub const fn string(self) -> bool {
+        self.0 & (1 << 4) != 0
+    }
+
+    /// Bit 5: REP prefix.
+    #[must_use]
+    #[inline]
+    pub const fn rep(self) -> bool {
+        self.0 & (1 << 5) != 0
+    }
+
+    /// Bit 6: the port was an immediate operand (false: in DX).
+    #[must_use]
+    #[inline]
+    pub const fn immediate(self) -> bool {
+        self.0 & (1 << 6) != 0
+    }
+
+    /// Bits 31:16.
+    #[must_use]
+    #[inline]
+    pub const fn port(self) -> u16 {
+        (self.0 >> 16) as u16
+    }
+}
+
+impl core::fmt::Debug for IoInstruction {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IoInstruction")
+            .field("size", &self.size())
+            .field("is_in", &self.is_in())
+            .field("string", &self.string())
+            .field("rep", &self.rep())
+            .field("immediate", &self.immediate())
+            .field("port", &self.port())
+            .finish()
     }
 }
 
@@ -724,13 +761,16 @@ mod tests {
     fn io_instruction() {
         // out dx, al with DX = 0x3f8.
         let q = IoInstruction::decode(0x03f8_0000).unwrap();
-        assert_eq!((q.size, q.is_in, q.string, q.rep, q.immediate, q.port), (1, false, false, false, false, 0x3f8));
+        assert_eq!(
+            (q.size(), q.is_in(), q.string(), q.rep(), q.immediate(), q.port()),
+            (1, false, false, false, false, 0x3f8)
+        );
         // in eax, 0x71.
         let q = IoInstruction::decode(0x0071_004b).unwrap();
-        assert_eq!((q.size, q.is_in, q.immediate, q.port), (4, true, true, 0x71));
+        assert_eq!((q.size(), q.is_in(), q.immediate(), q.port()), (4, true, true, 0x71));
         // rep insw from port 0x1f0.
         let q = IoInstruction::decode(0x01f0_0039).unwrap();
-        assert_eq!((q.size, q.is_in, q.string, q.rep), (2, true, true, true));
+        assert_eq!((q.size(), q.is_in(), q.string(), q.rep()), (2, true, true, true));
         assert_eq!(IoInstruction::decode(2), None);
     }
 

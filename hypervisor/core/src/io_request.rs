@@ -110,12 +110,13 @@ pub fn post(request: &Request, sequence: u64) -> Result<IoRequestSlot, PostError
 #[must_use]
 #[inline(always)]
 pub fn port_request_words(io: &crate::exit::IoInstruction, sequence: u64, rax: u64, ids: u64) -> [u64; 5] {
-    let (data, direction) = if io.is_in { (0, direction::READ) } else { (rax & size_mask(io.size), direction::WRITE) };
+    let (data, direction) =
+        if io.is_in() { (0, direction::READ) } else { (rax & size_mask(io.size()), direction::WRITE) };
     let kinds = u64::from(kind::PORT)
-        | u64::from(io.size) << 8
+        | u64::from(io.size()) << 8
         | u64::from(direction) << 16
         | u64::from(status::PENDING) << 24;
-    [sequence, u64::from(io.port), data, ids, kinds]
+    [sequence, u64::from(io.port()), data, ids, kinds]
 }
 
 /// How the answer to a port IN or OUT becomes the guest's RAX, worked out when the
@@ -137,12 +138,12 @@ impl PortAnswer {
     #[must_use]
     #[inline(always)]
     pub const fn for_access(io: &crate::exit::IoInstruction) -> Self {
-        if !io.is_in {
+        if !io.is_in() {
             return Self { keep: u64::MAX, take: 0, refuse: 0 };
         }
-        let mask = size_mask(io.size);
+        let mask = size_mask(io.size());
         // IN to AL/AX keeps the rest of RAX; IN to EAX zero-extends (SDM 3.4.1.1).
-        Self { keep: if io.size == 4 { 0 } else { !mask }, take: mask, refuse: !mask }
+        Self { keep: if io.size() == 4 { 0 } else { !mask }, take: mask, refuse: !mask }
     }
 
     /// The guest's RAX (`rax` before the access) after the service partition's answer
@@ -167,16 +168,16 @@ impl PortAnswer {
 #[must_use]
 #[inline(always)]
 pub fn rax_after_port_io(rax: u64, io: &crate::exit::IoInstruction, completion: Completion) -> u64 {
-    if !io.is_in {
+    if !io.is_in() {
         return rax;
     }
-    let mask = size_mask(io.size);
+    let mask = size_mask(io.size());
     let value = match completion {
         Completion::Read(v) => v & mask,
         Completion::Written | Completion::Failed => mask,
     };
     // IN to AL/AX keeps the rest of RAX; IN to EAX zero-extends (SDM 3.4.1.1).
-    if io.size == 4 {
+    if io.size() == 4 {
         value
     } else {
         (rax & !mask) | value
@@ -409,7 +410,7 @@ mod tests {
             data in prop_oneof![any::<u64>(), 0u64..0x100, 0u64..0x1_0000, 0u64..0x1_0000_0000],
         ) {
             if let Some(io) = crate::exit::IoInstruction::decode(u64::from(qualification)) {
-                let general = match validate_answer(io.size, !io.is_in, reply_status, data) {
+                let general = match validate_answer(io.size(), !io.is_in(), reply_status, data) {
                     Ok(Reply::Completed(completion)) => Some(rax_after_port_io(rax, &io, completion)),
                     _ => None,
                 };
@@ -423,7 +424,7 @@ mod tests {
         #[test]
         fn port_request_words_match_post(qualification in any::<u32>(), sequence in any::<u64>(), rax in any::<u64>(), vm in any::<u32>(), vcpu in any::<u32>()) {
             if let Some(io) = crate::exit::IoInstruction::decode(u64::from(qualification)) {
-                let request = Request { kind: kind::PORT, address: u64::from(io.port), size: io.size, write: !io.is_in, data: rax, vm, vcpu };
+                let request = Request { kind: kind::PORT, address: u64::from(io.port()), size: io.size(), write: !io.is_in(), data: rax, vm, vcpu };
                 let posted = post(&request, sequence).unwrap();
                 let ids = u64::from(vm) | u64::from(vcpu) << 32;
                 prop_assert_eq!(port_request_words(&io, sequence, rax, ids), posted.to_words());
