@@ -141,8 +141,6 @@ pub struct PortForward {
     pub io: IoInstruction,
     /// RAX at the guest's exit (the data of an OUT; `post` masks it to the size).
     data: u64,
-    /// How the common answer becomes the guest's RAX.
-    answer: io_request::PortAnswer,
     /// The service vCPU it was handed to (`None`: nothing in flight).
     svc: Option<&'static Vcpu>,
     /// The guest's reset epoch when the access was posted.
@@ -154,7 +152,6 @@ impl PortForward {
     pub const NONE: Self = Self {
         io: Self::NONE_IO,
         data: 0,
-        answer: io_request::PortAnswer::for_access(&Self::NONE_IO),
         svc: None,
         epoch: 0,
     };
@@ -248,7 +245,6 @@ pub fn begin_port_forward(
     let in_flight = PortForward {
         io,
         data,
-        answer: io_request::PortAnswer::for_access(&io),
         svc: Some(svc),
         epoch: guest.reset_epoch.load(Ordering::Acquire),
     };
@@ -323,7 +319,7 @@ pub fn take_port_answer(
         return None;
     }
     let (status, data) = answer(svc_regs);
-    let rax = in_flight.answer.apply(guest_rax, status, data)?;
+    let rax = io_request::PortAnswer::for_access(&in_flight.io).apply(guest_rax, status, data)?;
     // Commit: the wait is taken.
     svc.exits[usize::from(EXIT_VMCALL)].fetch_add(1, Ordering::Relaxed);
     svc.wake_at.store(svc_regs.rcx, Ordering::Release);

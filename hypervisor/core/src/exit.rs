@@ -359,6 +359,13 @@ impl IoInstruction {
         (self.0 & 7) as u8 + 1
     }
 
+    /// The bits of a value of [`IoInstruction::size`] bytes: 0xFF, 0xFFFF or 0xFFFF_FFFF.
+    #[must_use]
+    #[inline]
+    pub const fn value_mask(self) -> u64 {
+        u64::MAX >> (64 - 8 * self.size() as u32)
+    }
+
     /// Bit 3: IN/INS (true) or OUT/OUTS (false).
     #[must_use]
     #[inline]
@@ -772,6 +779,9 @@ mod tests {
         let q = IoInstruction::decode(0x01f0_0039).unwrap();
         assert_eq!((q.size(), q.is_in(), q.string(), q.rep()), (2, true, true, true));
         assert_eq!(IoInstruction::decode(2), None);
+        for (qualification, mask) in [(0, 0xFF), (1, 0xFFFF), (3, 0xFFFF_FFFF)] {
+            assert_eq!(IoInstruction::decode(qualification).unwrap().value_mask(), mask);
+        }
     }
 
     #[test]

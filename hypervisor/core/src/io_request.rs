@@ -141,7 +141,7 @@ impl PortAnswer {
         if !io.is_in() {
             return Self { keep: u64::MAX, take: 0, refuse: 0 };
         }
-        let mask = size_mask(io.size());
+        let mask = io.value_mask();
         // IN to AL/AX keeps the rest of RAX; IN to EAX zero-extends (SDM 3.4.1.1).
         Self { keep: if io.size() == 4 { 0 } else { !mask }, take: mask, refuse: !mask }
     }
