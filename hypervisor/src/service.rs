@@ -16,7 +16,8 @@
 //! A service partition that stops (a fault, a triple fault, a failed entry) or takes
 //! longer than [`REQUEST_DEADLINE_US`] on one request fails the waiting guest, which is
 //! stopped with a line naming the access; the service partition is stopped in the
-//! second case too. Guests without forwarded devices never depend on it.
+//! second case too. (For an IN/OUT handed over by [`begin_port_forward`] the deadline
+//! counts from the service vCPU's first exit that is not its answer.) Guests without forwarded devices never depend on it.
 //!
 //! **Deferred completion.** The service partition may reply `DEFERRED` (a request that
 //! starts work it finishes later). The guest's instruction then stays where it is and
@@ -149,12 +150,7 @@ pub struct PortForward {
 
 impl PortForward {
     /// Nothing in flight.
-    pub const NONE: Self = Self {
-        io: Self::NONE_IO,
-        data: 0,
-        svc: None,
-        epoch: 0,
-    };
+    pub const NONE: Self = Self { io: Self::NONE_IO, data: 0, svc: None, epoch: 0 };
 
     /// The instruction of [`PortForward::NONE`]: `in al, dx` with DX = 0 (qualification
     /// bit 3, size encoding 0).
@@ -242,12 +238,7 @@ pub fn begin_port_forward(
     // values are live while the request's words are built.)
     frame.regs = svc.regs.get();
     frame.on_exit = on_service_exit;
-    let in_flight = PortForward {
-        io,
-        data,
-        svc: Some(svc),
-        epoch: guest.reset_epoch.load(Ordering::Acquire),
-    };
+    let in_flight = PortForward { io, data, svc: Some(svc), epoch: guest.reset_epoch.load(Ordering::Acquire) };
     // SAFETY: only this CPU touches the guest vCPU's `port_forward`.
     unsafe { *guest.port_forward.get() = in_flight };
     let sequence = guest.io_sequence.load(Ordering::Relaxed) + 1;

@@ -673,8 +673,6 @@ impl PcBoard {
         }
     }
 
-    /// [`PcBoard::refresh`] of COM1, for the fast path.
-    #[inline]
     /// Debug builds: COM1's entry in `events` is what its model says (what the fast
     /// paths rely on when they skip [`PcBoard::refresh_com1`]).
     #[inline]
@@ -682,6 +680,8 @@ impl PcBoard {
         debug_assert_eq!(self.events[0], self.uart.next_event().unwrap_or(NO_EVENT));
     }
 
+    /// [`PcBoard::refresh`] of COM1, for the fast path.
+    #[inline]
     fn refresh_com1(&mut self) {
         self.set_event(0, self.uart.next_event().unwrap_or(NO_EVENT));
     }

@@ -2,16 +2,22 @@
 //! reads back its status and data words), and later the
 //! arguments of `SERVICE_COMPLETE` for a request it deferred: whatever bytes it leaves
 //! there and whatever it passes, validation must not panic and may only accept a
-//! result that fits the posted request; a refused completion changes nothing.
+//! result that fits the posted request; a refused completion changes nothing. The fast
+//! port path's view of the same answer (`PortAnswer`, for a port IN or OUT of that size
+//! and direction) must be the general path's (`validate_answer`, then
+//! `rax_after_port_io`).
 //!
 //! Input: a head byte (access size, direction, kind), the slot's 64 bytes, then the
-//! completion's sequence (8 bytes), status (1) and data (8), each zero-filled when the
-//! input ends early.
+//! completion's sequence (8 bytes), status (1) and data (8), then the guest's RAX (8),
+//! each zero-filled when the input ends early.
 #![no_main]
 
 use hv_abi::io_request::{kind, status, IoRequestSlot, SLOT_BYTES};
+use hv_core::exit::IoInstruction;
 use hv_core::io_request::deferred::DeferredWait;
-use hv_core::io_request::{post, size_mask, validate_reply, Completion, Reply, Request};
+use hv_core::io_request::{
+    post, rax_after_port_io, size_mask, validate_answer, validate_reply, Completion, PortAnswer, Reply, Request,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// `N` bytes from `bytes` at `at`, zero-filled past the end.
@@ -38,6 +44,21 @@ fuzz_target!(|data: &[u8]| {
         Ok(Reply::Deferred) => assert_eq!(reply.status, status::DEFERRED),
         Ok(Reply::Completed(Completion::Failed)) | Err(_) => {}
     }
+
+    // The same answer to a port IN or OUT (8 bytes has no port form: 4).
+    let size_encoding = match size {
+        1 => 0,
+        2 => 1,
+        _ => 3,
+    };
+    let qualification = size_encoding | if write { 0 } else { 1 << 3 } | 0x3fd << 16;
+    let io = IoInstruction::decode(qualification).expect("a defined size encoding");
+    let rax = u64::from_le_bytes(take(rest, SLOT_BYTES + 17));
+    let general = match validate_answer(io.size(), !io.is_in(), reply.status, reply.data) {
+        Ok(Reply::Completed(completion)) => Some(rax_after_port_io(rax, &io, completion)),
+        _ => None,
+    };
+    assert_eq!(PortAnswer::for_access(&io).apply(rax, reply.status, reply.data), general);
 
     // A later SERVICE_COMPLETE of the same request, had it been deferred.
     let sequence = u64::from_le_bytes(take(rest, SLOT_BYTES));
