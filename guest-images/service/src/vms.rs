@@ -318,11 +318,18 @@ fn with_vm<R>(id: VmId, f: impl FnOnce(&mut Vm) -> R) -> Option<R> {
     let mut guard = entry.lock();
     let slot = guard.vm();
     if slot.as_ref().is_none_or(|vm| vm.id != id) {
-        // A VM this partition did not build (its board would have been created then):
-        // a board with what the protocol says of every VM.
-        *slot = Some(Vm::new(id, crate::clock::now(), 1, 0));
+        new_unbuilt_board(slot, id);
     }
     slot.as_mut().map(f)
+}
+
+/// A board for a VM this partition did not build (its board would have been created
+/// then), in `slot`: with what the protocol says of every VM. Out of line: it is rare,
+/// and the request path keeps its registers.
+#[cold]
+#[inline(never)]
+fn new_unbuilt_board(slot: &mut Option<Vm>, id: VmId) {
+    *slot = Some(Vm::new(id, crate::clock::now(), 1, 0));
 }
 
 /// Creates guest VM `id`'s board (replacing any board of a destroyed VM in its place)
