@@ -56,32 +56,15 @@ use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use guest_rt::cmos;
 use guest_rt::interrupts::{self, cli, count, delay_us, sti};
 use guest_rt::ioapic::{self, entry};
-use guest_rt::port::{inb, outb};
+use guest_rt::pic8259::{
+    self, irr, ICW1_EDGE, ICW1_LEVEL, ICW3_MASTER, MASTER_CMD, MASTER_DATA, MASTER_VECTOR_BASE, OCW2_EOI,
+    OCW3_READ_IRR, SLAVE_CMD, SLAVE_DATA, SLAVE_VECTOR_BASE,
+};
+use guest_rt::port::outb;
 use guest_rt::{check, check_fmt, exceptions, lapic, println, stop};
 
 const NAME: &str = "guest-extint";
 
-const MASTER_CMD: u16 = 0x20;
-const MASTER_DATA: u16 = 0x21;
-const SLAVE_CMD: u16 = 0xA0;
-const SLAVE_DATA: u16 = 0xA1;
-
-/// ICW1 (8259A datasheet, "Initialization Command Words"): D4 = 1, IC4 (ICW4 follows),
-/// cascade mode; with LTIM (D3) the inputs are level-triggered.
-const ICW1_EDGE: u8 = 0x11;
-const ICW1_LEVEL: u8 = 0x19;
-const MASTER_VECTOR_BASE: u8 = 0x20;
-const SLAVE_VECTOR_BASE: u8 = 0x28;
-/// Master ICW3: a slave on IR2. Slave ICW3: its ID, 2.
-const ICW3_MASTER: u8 = 1 << 2;
-const ICW3_SLAVE: u8 = 2;
-/// ICW4: 8086/8088 mode, normal EOI.
-const ICW4_8086: u8 = 0x01;
-/// OCW3: read IRR / ISR on the next read of the command port.
-const OCW3_READ_IRR: u8 = 0x0A;
-const OCW3_READ_ISR: u8 = 0x0B;
-/// OCW2: non-specific EOI.
-const OCW2_EOI: u8 = 0x20;
 /// IMR values: only IRQ 0; only the cascade (IR2); only slave IR0 (IRQ 8); none.
 const IMR_IRQ0: u8 = 0xFE;
 const IMR_CASCADE: u8 = 0xFB;
@@ -130,14 +113,9 @@ static UNEXPECTED: AtomicU8 = AtomicU8::new(0);
 static SPURIOUS_MASTER_ISR: AtomicU8 = AtomicU8::new(0);
 static SPURIOUS_SLAVE_ISR: AtomicU8 = AtomicU8::new(0xFF);
 
-fn irr(cmd: u16) -> u8 {
-    outb(cmd, OCW3_READ_IRR);
-    inb(cmd)
-}
-
+/// [`pic8259::isr`], then IRR selected again for the chip's next read of the command port.
 fn isr(cmd: u16) -> u8 {
-    outb(cmd, OCW3_READ_ISR);
-    let value = inb(cmd);
+    let value = pic8259::isr(cmd);
     outb(cmd, OCW3_READ_IRR);
     value
 }
@@ -146,14 +124,7 @@ fn isr(cmd: u16) -> u8 {
 fn init_pics(slave_icw1: u8) {
     outb(MASTER_DATA, IMR_NONE);
     outb(SLAVE_DATA, IMR_NONE);
-    outb(MASTER_CMD, ICW1_EDGE);
-    outb(MASTER_DATA, MASTER_VECTOR_BASE);
-    outb(MASTER_DATA, ICW3_MASTER);
-    outb(MASTER_DATA, ICW4_8086);
-    outb(SLAVE_CMD, slave_icw1);
-    outb(SLAVE_DATA, SLAVE_VECTOR_BASE);
-    outb(SLAVE_DATA, ICW3_SLAVE);
-    outb(SLAVE_DATA, ICW4_8086);
+    pic8259::init(slave_icw1);
     outb(MASTER_DATA, IMR_NONE);
     outb(SLAVE_DATA, IMR_NONE);
 }

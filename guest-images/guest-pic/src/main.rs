@@ -37,34 +37,18 @@
 
 use guest_rt::interrupts::delay_us;
 use guest_rt::ioapic::{self, entry};
+use guest_rt::pic8259::{self, irr, isr, MASTER_CMD, MASTER_DATA, OCW2_EOI, SLAVE_CMD, SLAVE_DATA};
 use guest_rt::port::{inb, outb};
 use guest_rt::{check, check_fmt, exceptions, lapic, println, stop};
 
 const NAME: &str = "guest-pic";
 
-const MASTER_CMD: u16 = 0x20;
-const MASTER_DATA: u16 = 0x21;
-const SLAVE_CMD: u16 = 0xA0;
-const SLAVE_DATA: u16 = 0xA1;
 const ELCR_MASTER: u16 = 0x4D0;
 const ELCR_SLAVE: u16 = 0x4D1;
 
-/// ICW1: initialization, edge-triggered, cascade mode, ICW4 follows.
-const ICW1_INIT_ICW4: u8 = 0x11;
-const MASTER_VECTOR_BASE: u8 = 0x20;
-const SLAVE_VECTOR_BASE: u8 = 0x28;
-/// Master ICW3: a slave on IR2. Slave ICW3: its ID, 2.
-const ICW3_MASTER: u8 = 1 << 2;
-const ICW3_SLAVE: u8 = 2;
-/// ICW4: 8086/8088 mode, normal EOI.
-const ICW4_8086: u8 = 0x01;
-/// OCW3: read IRR / read ISR on the next read of the command port.
-const OCW3_READ_IRR: u8 = 0x0A;
-const OCW3_READ_ISR: u8 = 0x0B;
 /// OCW3 with the poll bit.
 const OCW3_POLL: u8 = 0x0C;
-/// OCW2: non-specific EOI; specific EOI (| level).
-const OCW2_EOI: u8 = 0x20;
+/// OCW2: specific EOI (| level); the non-specific one is `pic8259::OCW2_EOI`.
 const OCW2_SPECIFIC_EOI: u8 = 0x60;
 /// Poll byte: a request is being reported (bits 2:0: its level).
 const POLL_INT: u8 = 0x80;
@@ -78,16 +62,6 @@ const PIT_MODE0: u8 = 0x30;
 const PIT_DIVISOR: u16 = 11932;
 /// Long enough for a few PIT periods, also with the service partition's wake-up latency.
 const WAIT_US: u64 = 30_000;
-
-fn irr(cmd: u16) -> u8 {
-    outb(cmd, OCW3_READ_IRR);
-    inb(cmd)
-}
-
-fn isr(cmd: u16) -> u8 {
-    outb(cmd, OCW3_READ_ISR);
-    inb(cmd)
-}
 
 fn poll(cmd: u16) -> u8 {
     outb(cmd, OCW3_POLL);
@@ -108,14 +82,7 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
     });
 
     // 1. Initialization.
-    outb(MASTER_CMD, ICW1_INIT_ICW4);
-    outb(SLAVE_CMD, ICW1_INIT_ICW4);
-    outb(MASTER_DATA, MASTER_VECTOR_BASE);
-    outb(SLAVE_DATA, SLAVE_VECTOR_BASE);
-    outb(MASTER_DATA, ICW3_MASTER);
-    outb(SLAVE_DATA, ICW3_SLAVE);
-    outb(MASTER_DATA, ICW4_8086);
-    outb(SLAVE_DATA, ICW4_8086);
+    pic8259::init(pic8259::ICW1_EDGE);
     let masks = (inb(MASTER_DATA), inb(SLAVE_DATA));
     ok &= check_fmt(
         NAME,

@@ -16,6 +16,7 @@ pub mod cmos;
 pub mod interrupts;
 pub mod ioapic;
 pub mod lapic;
+pub mod pic8259;
 pub mod port;
 pub mod smp;
 
