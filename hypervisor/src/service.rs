@@ -269,7 +269,7 @@ pub enum PortForwardStart {
 #[cold]
 #[inline(never)]
 fn host_rsp_failed(guest: &'static Vcpu) -> PortForwardStart {
-    let err = vmcs::VmInstructionError(Some(vmcs::read(ro::VM_INSTRUCTION_ERROR) as u32));
+    let err = vmcs::VmInstructionError::current();
     log::error!(
         "partition {}: vcpu {}: cannot point the service vCPU's exits at this CPU's frame: {}; stopping this partition",
         guest.vm.name,
@@ -645,7 +645,7 @@ fn handle_other_exit(svc: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
 #[cold]
 #[inline(never)]
 fn entry_failed(svc: &'static Vcpu) -> ForwardError {
-    let err = vmcs::VmInstructionError(Some(vmcs::read(ro::VM_INSTRUCTION_ERROR) as u32));
+    let err = vmcs::VmInstructionError::current();
     log::error!(
         "partition {}: vcpu {}: VM entry failed: {}; stopping this partition",
         svc.vm.name,

@@ -267,7 +267,7 @@ pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
         match run::enter_with(regs, vcpu.launched.load(Ordering::Relaxed), on_exit, ctx) {
             Entry::Exited => {}
             Entry::FailInvalid | Entry::FailValid => {
-                let err = VmInstructionError(Some(vmcs::read(x86::vmx::vmcs::ro::VM_INSTRUCTION_ERROR) as u32));
+                let err = VmInstructionError::current();
                 log::error!(
                     "partition {name}: vcpu {}: VM entry failed: {} ({:?}); stopping this partition",
                     vcpu.id,

@@ -13,7 +13,8 @@ impl VmInstructionError {
     /// Reads the error of the last failed VMX instruction on the current VMCS.
     #[cold]
     #[inline(never)]
-    fn current() -> Self {
+    #[must_use]
+    pub fn current() -> Self {
         // A read of a read-only field of the current VMCS; if there is none the read
         // fails and we report VMfailInvalid.
         Self(try_read(x86::vmx::vmcs::ro::VM_INSTRUCTION_ERROR).map(|n| n as u32))
