@@ -191,10 +191,10 @@ fn port_request(guest: &'static Vcpu, io: IoInstruction, data: u64) -> Request {
 /// [`take_port_answer`] (and [`finish_port_forward`] when that is not the answer).
 ///
 /// Validate, then commit: [`PortForwardStart::Declined`], with nothing changed, when
-/// the fast way does not apply. That is when no service vCPU on this CPU waits in `SERVICE_REPLY_WAIT`
-/// (launched, with nothing for `prepare_entry` to do: a stop of the service partition
-/// is among that, `Vm::stop` sets every vCPU's `attention`) or the guest vCPU has no
-/// slot. The caller then forwards the access the general way ([`forward_port`]), which
+/// the fast way does not apply. That is when no service vCPU on this CPU waits in
+/// `SERVICE_REPLY_WAIT` (launched, not stopping, nothing for `prepare_entry` to do; the
+/// stop is checked on its own: `prepare_entry` clears `attention` when it sees it) or
+/// the guest vCPU has no slot. The caller then forwards the access the general way ([`forward_port`]), which
 /// handles every case.
 ///
 /// No deadline is taken here: the service vCPU's first exit that is not its answer
@@ -215,6 +215,7 @@ pub fn begin_port_forward(
         || slots == 0
         || svc.attention.load(Ordering::Acquire) != 0
         || !svc.launched.load(Ordering::Relaxed)
+        || svc.vm.stop_requested()
     {
         return PortForwardStart::Declined;
     }
