@@ -17,7 +17,8 @@
 //! longer than [`REQUEST_DEADLINE_US`] on one request fails the waiting guest, which is
 //! stopped with a line naming the access; the service partition is stopped in the
 //! second case too. (For an IN/OUT handed over by [`begin_port_forward`] the deadline
-//! counts from the service vCPU's first exit that is not its answer.) Guests without forwarded devices never depend on it.
+//! counts from the service vCPU's first exit that is not its answer.) Guests without
+//! forwarded devices never depend on it.
 //!
 //! **Deferred completion.** The service partition may reply `DEFERRED` (a request that
 //! starts work it finishes later). The guest's instruction then stays where it is and
@@ -194,8 +195,8 @@ fn port_request(guest: &'static Vcpu, io: IoInstruction, data: u64) -> Request {
 /// the fast way does not apply. That is when no service vCPU on this CPU waits in
 /// `SERVICE_REPLY_WAIT` (launched, not stopping, nothing for `prepare_entry` to do; the
 /// stop is checked on its own: `prepare_entry` clears `attention` when it sees it) or
-/// the guest vCPU has no slot. The caller then forwards the access the general way ([`forward_port`]), which
-/// handles every case.
+/// the guest vCPU has no slot. The caller then forwards the access the general way
+/// ([`forward_port`]), which handles every case.
 ///
 /// No deadline is taken here: the service vCPU's first exit that is not its answer
 /// starts the [`REQUEST_DEADLINE_US`] clock ([`serve_after_exit`]), and until it exits
@@ -264,9 +265,9 @@ pub enum PortForwardStart {
     Broken,
 }
 
-/// [`begin_port_forward`] could not write HOST_RSP of the service vCPU's VMCS (current): logged,
-/// the guest's VMCS made current again and the guest stopped. Out of line, so that the
-/// fast path keeps no values across a call.
+/// [`begin_port_forward`] could not write HOST_RSP of the service vCPU's VMCS
+/// (current): logged, the guest's VMCS made current again and the guest stopped. Out
+/// of line, so that the fast path keeps no values across a call.
 #[cold]
 #[inline(never)]
 fn host_rsp_failed(guest: &'static Vcpu) -> PortForwardStart {
