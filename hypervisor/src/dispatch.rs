@@ -542,16 +542,6 @@ pub fn complete_port_io(regs: &mut GuestRegisters, io: IoInstruction, completion
     skip_instruction()
 }
 
-/// The value a read completed with: all-ones when nothing answered it.
-#[inline(always)]
-fn read_value(completion: Completion, size: u8) -> u64 {
-    let mask = hv_core::io_request::size_mask(size);
-    match completion {
-        Completion::Read(v) => v & mask,
-        Completion::Written | Completion::Failed => mask,
-    }
-}
-
 /// One port access of `io.size` bytes (`data` for a write) of a string instruction:
 /// forwarded to the service partition when the guest has a device there, else
 /// unclaimed (`Failed`: reads all-ones, writes dropped). `Err` stops the guest when the
@@ -599,7 +589,7 @@ fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, qualificatio
         let hosts = &hosts[..usize::from(io.size())];
         if io.is_in() {
             let value = match port_access(vcpu, io, 0) {
-                Ok(c) => read_value(c, io.size()),
+                Ok(c) => hv_core::io_request::value_read(c, io.size()),
                 Err(stop) => return stop,
             };
             for (i, &host) in hosts.iter().enumerate() {

@@ -304,10 +304,10 @@ fn serve_test_port(vm: VmId, tag: vms::DeferTag, size: u8, port: u16, write: Opt
     serve_delay_test(vm, tag, size, write)
 }
 
-/// A `delay-test` port request of VM `vm` (`tag`: its slot and sequence number) of `size`
-/// bytes: a write sets the delay, a read
-/// is answered `DEFERRED` (completed later, see the module documentation). Out of line:
-/// the other ports' requests do not pay for it.
+/// A `delay-test` port request of VM `vm` (`tag`: its slot and sequence number) of
+/// `size` bytes: a write sets the delay, a read is answered `DEFERRED` (completed later,
+/// see the module documentation). Out of line: the other ports' requests do not pay
+/// for it.
 #[cold]
 #[inline(never)]
 fn serve_delay_test(vm: VmId, tag: vms::DeferTag, size: u8, write: Option<u32>) -> (u8, Option<u64>) {

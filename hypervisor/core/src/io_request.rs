@@ -162,6 +162,18 @@ impl PortAnswer {
     }
 }
 
+/// The value a read of `size` bytes completed with gives: all-ones when nothing answered
+/// it.
+#[must_use]
+#[inline(always)]
+pub fn value_read(completion: Completion, size: u8) -> u64 {
+    let mask = size_mask(size);
+    match completion {
+        Completion::Read(v) => v & mask,
+        Completion::Written | Completion::Failed => mask,
+    }
+}
+
 /// The guest's RAX after the IN or OUT `io` completed with `completion` (`rax`: before
 /// it): an IN writes the value read (all-ones when the access failed) to AL, AX or EAX,
 /// an OUT leaves RAX alone.
@@ -172,10 +184,7 @@ pub fn rax_after_port_io(rax: u64, io: &crate::exit::IoInstruction, completion: 
         return rax;
     }
     let mask = size_mask(io.size());
-    let value = match completion {
-        Completion::Read(v) => v & mask,
-        Completion::Written | Completion::Failed => mask,
-    };
+    let value = value_read(completion, io.size());
     // IN to AL/AX keeps the rest of RAX; IN to EAX zero-extends (SDM 3.4.1.1).
     if io.size() == 4 {
         value
