@@ -508,10 +508,8 @@ fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outc
     let Some(io) = IoInstruction::decode(qualification) else {
         return stop_with_dump(vcpu, "I/O exit with an invalid size", 0);
     };
-    // The out-of-line paths decode the qualification again, so that this one computes
-    // only the fields it uses.
     if io.string() {
-        return handle_string_io(vcpu, regs, qualification);
+        return handle_string_io(vcpu, regs, io);
     }
     handle_port_io(vcpu, regs, io)
 }
@@ -566,8 +564,7 @@ const CS_LONG: u64 = 1 << 13;
 /// IN/OUT (forwarded or unclaimed). 64-bit guests only so far (segment bases are 0
 /// there); others are stopped with a clear line.
 #[inline(never)]
-fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, qualification: u64) -> Outcome {
-    let Some(io) = IoInstruction::decode(qualification) else { return Outcome::Continue };
+fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInstruction) -> Outcome {
     let io = &io;
     if vmcs::read(guest::CS_ACCESS_RIGHTS) & CS_LONG == 0 {
         return stop_with_dump(vcpu, "string I/O outside 64-bit mode is not emulated yet", u64::from(io.port()));

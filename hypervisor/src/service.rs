@@ -314,9 +314,7 @@ pub fn take_port_answer(
     let (status, data) = answer(svc_regs);
     let rax = io_request::PortAnswer::for_access(&in_flight.io).apply(guest_rax, status, data)?;
     // Commit: the wait is taken.
-    svc.exits[usize::from(EXIT_VMCALL)].fetch_add(1, Ordering::Relaxed);
-    svc.wake_at.store(svc_regs.rcx, Ordering::Release);
-    let _ = dispatch::advance_rip(vmcs::read_present(ro::VMEXIT_INSTRUCTION_LEN));
+    commit_wait(svc, svc_regs);
     if !vmcs::load_from(&guest.vmcs) {
         return Some(Err(switch_back_stopped(guest)));
     }
@@ -345,9 +343,9 @@ fn switch_back_stopped(guest: &'static Vcpu) -> Outcome {
 /// The result is what [`access`] gives.
 #[inline(never)]
 pub fn finish_port_forward(guest: &'static Vcpu, in_flight: &PortForward) -> Result<Completion, Outcome> {
-    let result = match partition::service_vcpu_for_cpu(guest.cpu) {
+    let result = match in_flight.svc {
         Some(svc) => take_reply(svc, guest, in_flight),
-        // Cannot happen (`begin_port_forward` found it, and it is never removed).
+        // Cannot happen (`begin_port_forward` names it in every access it hands over).
         None => Err(ForwardError::ServiceStopped),
     };
     let result = match switch_back(guest).and(result) {
@@ -626,15 +624,23 @@ fn take_wait(svc: &'static Vcpu) -> Result<Option<u64>, ForwardError> {
     let regs: &mut GuestRegisters = unsafe { &mut *svc.regs.get() };
     let basic = vmcs::read(ro::EXIT_REASON) as u16;
     if basic == EXIT_VMCALL && regs.rax == hypercall::SERVICE_REPLY_WAIT {
-        svc.exits[usize::from(EXIT_VMCALL)].fetch_add(1, Ordering::Relaxed);
-        svc.wake_at.store(regs.rcx, Ordering::Release);
-        let _ = dispatch::advance_rip(vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
+        commit_wait(svc, regs);
         return Ok(Some(regs.rbx));
     }
     if handle_other_exit(svc, regs) == Outcome::Stop {
         return Err(ForwardError::ServiceStopped);
     }
     Ok(None)
+}
+
+/// Takes the `SERVICE_REPLY_WAIT` exit that service vCPU `svc` (its VMCS current, its
+/// registers `regs`) just made: counted, its wake-up deadline (RCX) kept, RIP past the
+/// VMCALL.
+#[inline(always)]
+fn commit_wait(svc: &'static Vcpu, regs: &GuestRegisters) {
+    svc.exits[usize::from(EXIT_VMCALL)].fetch_add(1, Ordering::Relaxed);
+    svc.wake_at.store(regs.rcx, Ordering::Release);
+    let _ = dispatch::advance_rip(vmcs::read_present(ro::VMEXIT_INSTRUCTION_LEN));
 }
 
 /// A service vCPU exit other than `SERVICE_REPLY_WAIT`: handled as any partition's.

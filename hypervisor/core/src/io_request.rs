@@ -110,8 +110,7 @@ pub fn post(request: &Request, sequence: u64) -> Result<IoRequestSlot, PostError
 #[must_use]
 #[inline(always)]
 pub fn port_request_words(io: &crate::exit::IoInstruction, sequence: u64, rax: u64, ids: u64) -> [u64; 5] {
-    let (data, direction) =
-        if io.is_in() { (0, direction::READ) } else { (rax & size_mask(io.size()), direction::WRITE) };
+    let (data, direction) = if io.is_in() { (0, direction::READ) } else { (rax & io.value_mask(), direction::WRITE) };
     let kinds = u64::from(kind::PORT)
         | u64::from(io.size()) << 8
         | u64::from(direction) << 16
@@ -183,7 +182,7 @@ pub fn rax_after_port_io(rax: u64, io: &crate::exit::IoInstruction, completion: 
     if !io.is_in() {
         return rax;
     }
-    let mask = size_mask(io.size());
+    let mask = io.value_mask();
     let value = value_read(completion, io.size());
     // IN to AL/AX keeps the rest of RAX; IN to EAX zero-extends (SDM 3.4.1.1).
     if io.size() == 4 {
