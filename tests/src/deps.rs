@@ -45,7 +45,7 @@ pub fn requirements(emulators: &[Emulator]) -> Vec<Requirement> {
     for e in emulators {
         let list: &[Requirement] = match e {
             Emulator::Bochs => BOCHS,
-            Emulator::Qemu => QEMU,
+            Emulator::Qemu | Emulator::Kvm => QEMU,
             Emulator::None => &[],
         };
         for r in list {

@@ -64,6 +64,7 @@ pub fn machine_for(scenario: &Scenario, bochs_ips: u64) -> Option<Machine> {
             memory_mib: scenario.memory_mib,
         }),
         Emulator::Qemu => Some(Machine::Qemu { cpus: scenario.cpus, kvm: false, memory_mib: scenario.memory_mib }),
+        Emulator::Kvm => Some(Machine::Qemu { cpus: scenario.cpus, kvm: true, memory_mib: scenario.memory_mib }),
         Emulator::None => None,
     }
 }

@@ -16,6 +16,11 @@
 //!   time) and `linux.boot_to_init` (emulated instructions from the partition's creation
 //!   to the kernel starting /init), a table, and `$TARGET/linux-exits.svg`.
 //!
+//! - On KVM (`--exits-only --emulator kvm`): the two exit runs alone, each on QEMU with
+//!   `-enable-kvm -cpu host` (nested VMX on an Intel host), one after the other so that
+//!   neither disturbs the other's timing. The numbers are TSC ticks of real VMX, where a
+//!   VM exit costs what it costs on the hardware; the table has no instruction columns.
+//!
 //! Everything goes to `$TARGET/bench.json` and a table. Under Bochs with
 //! `clock: sync=none` the TSC advances by `TSC Hz / ips` per emulated instruction, so
 //! ticks convert to instructions: the table shows both. The command never fails on a
@@ -163,10 +168,56 @@ pub fn measured_ticks_per_instruction(metrics: &[Metric]) -> Option<f64> {
     (ticks > 0).then(|| ticks as f64 / insns as f64)
 }
 
-/// The whole `bench.json` document. Besides the metrics: the kernel's TSC frequency, the
-/// Bochs ips and the ticks per emulated instruction used for instruction counts (when
-/// known; `null` otherwise).
+/// Where `cargo xtask bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMachine {
+    /// Bochs `corei7_icelake_u` (software VMX; TSC ticks count emulated instructions).
+    Bochs,
+    /// QEMU with `-enable-kvm -cpu host` (real VMX, nested; needs an Intel host with
+    /// nested KVM). Only with `--exits-only`.
+    Kvm,
+}
+
+impl BenchMachine {
+    /// The scenario emulator.
+    fn emulator(self) -> Emulator {
+        match self {
+            BenchMachine::Bochs => Emulator::Bochs,
+            BenchMachine::Kvm => Emulator::Kvm,
+        }
+    }
+
+    /// The CPU model named in reports and `bench.json`.
+    fn cpu_model(self) -> &'static str {
+        match self {
+            BenchMachine::Bochs => scenario::ICELAKE,
+            BenchMachine::Kvm => "host",
+        }
+    }
+}
+
+/// Checks the options of `cargo xtask bench` before anything runs: KVM measures only the
+/// exit round trips (the boot-time, interrupt and Linux runs are Bochs scenarios, and
+/// their instruction counts mean something only there).
+pub fn check_options(machine: BenchMachine, exits_only: bool, linux_only: bool) -> Result<(), String> {
+    match machine {
+        BenchMachine::Bochs => Ok(()),
+        BenchMachine::Kvm if linux_only => Err("--emulator kvm measures only the exit round trips; fix: use \
+             --exits-only instead of --linux-only (or drop --emulator kvm for the Linux profile under Bochs)"
+            .to_string()),
+        BenchMachine::Kvm if !exits_only => Err("--emulator kvm measures only the exit round trips; fix: add \
+             --exits-only (the boot-time, interrupt and Linux measurements run under Bochs)"
+            .to_string()),
+        BenchMachine::Kvm => Ok(()),
+    }
+}
+
+/// The whole `bench.json` document. Besides the metrics: the machine (`emulator`,
+/// `cpu_model`), the kernel's TSC frequency, the Bochs ips and the ticks per emulated
+/// instruction used for instruction counts (when known, and under Bochs only; `null`
+/// otherwise).
 pub fn to_json(
+    emulator: Emulator,
     cpu_model: &str,
     metrics: &[Metric],
     tsc_mhz: Option<u64>,
@@ -174,7 +225,7 @@ pub fn to_json(
     ticks_per_instruction: Option<f64>,
 ) -> Value {
     json!({
-        "emulator": Emulator::Bochs.as_str(),
+        "emulator": emulator.as_str(),
         "cpu_model": cpu_model,
         "tsc_mhz": tsc_mhz,
         "bochs_ips": bochs_ips,
@@ -183,12 +234,12 @@ pub fn to_json(
     })
 }
 
-/// The scenario running `guest-bench` on one CPU (`name`, `config`).
-fn exit_scenario(name: &'static str, config: &'static str) -> Scenario {
+/// The scenario running `guest-bench` on one CPU (`name`, `config`) of `machine`.
+fn exit_scenario(name: &'static str, config: &'static str, machine: BenchMachine) -> Scenario {
     Scenario {
         name,
-        emulator: Emulator::Bochs,
-        cpu_model: Some(scenario::ICELAKE),
+        emulator: machine.emulator(),
+        cpu_model: (machine == BenchMachine::Bochs).then_some(scenario::ICELAKE),
         cpus: 1,
         config,
         timeout: Duration::from_secs(300),
@@ -207,7 +258,7 @@ fn exit_scenario(name: &'static str, config: &'static str) -> Scenario {
 
 /// The Linux exit-profile run: `linux-boot`'s guest with console timestamps.
 fn linux_scenario() -> Scenario {
-    let mut s = exit_scenario("bench-linux", BENCH_LINUX_CONFIG);
+    let mut s = exit_scenario("bench-linux", BENCH_LINUX_CONFIG, BenchMachine::Bochs);
     s.cpus = 2;
     s.timeout = Duration::from_secs(900);
     s.expected = vec![
@@ -268,7 +319,7 @@ pub fn cmd_bench_linux() -> Result<ExitCode, String> {
     let run = results.first().ok_or("the Linux profile did not run")?;
     let (metrics, problems) = linux_profile(run, None);
     let path = paths::target().join("bench.json");
-    let doc = to_json(scenario::ICELAKE, &metrics, tsc_mhz(&read_log(run)), Some(run_ips(run)), None);
+    let doc = to_json(Emulator::Bochs, scenario::ICELAKE, &metrics, tsc_mhz(&read_log(run)), Some(run_ips(run)), None);
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
     std::fs::write(&path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
     println!("written: {}", path.display());
@@ -298,8 +349,17 @@ fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
 }
 
 /// `cargo xtask bench`; with `exits_only`, only the exit and forwarding round trips (two
-/// Bochs runs).
-pub fn cmd_bench(exits_only: bool) -> Result<ExitCode, String> {
+/// runs), on `machine` (KVM only with `exits_only`: [`check_options`]).
+pub fn cmd_bench(exits_only: bool, machine: BenchMachine) -> Result<ExitCode, String> {
+    check_options(machine, exits_only, false)?;
+    if machine == BenchMachine::Kvm {
+        crate::run::kvm_with_vmx().map_err(|why| {
+            format!(
+                "--emulator kvm needs KVM with nested VMX: {why}; fix: run it on an Intel host with nested \
+                 KVM (README, QEMU/KVM checklist, step 1), or drop --emulator kvm to measure under Bochs"
+            )
+        })?;
+    }
     let cpu_counts: &[u32] = if exits_only { &[] } else { &CPU_COUNTS };
     let interrupt_metrics: &[(&str, &str)] = if exits_only { &[] } else { &INTERRUPT_METRICS };
     let mut scenarios: Vec<Scenario> = cpu_counts
@@ -322,8 +382,8 @@ pub fn cmd_bench(exits_only: bool) -> Result<ExitCode, String> {
             input: Vec::new(),
         })
         .collect();
-    scenarios.push(exit_scenario("bench-exits", BENCH_CONFIG));
-    scenarios.push(exit_scenario("bench-forwarded", BENCH_FORWARDED_CONFIG));
+    scenarios.push(exit_scenario("bench-exits", BENCH_CONFIG, machine));
+    scenarios.push(exit_scenario("bench-forwarded", BENCH_FORWARDED_CONFIG, machine));
     let catalogue = scenario::catalogue();
     for (_, name) in interrupt_metrics {
         let found = catalogue.iter().find(|s| s.name == *name).ok_or(format!("no scenario {name} in the catalogue"))?;
@@ -332,7 +392,12 @@ pub fn cmd_bench(exits_only: bool) -> Result<ExitCode, String> {
     if !exits_only {
         scenarios.push(linux_scenario());
     }
-    let results = test::run_scenarios(scenarios, None);
+    let results: Vec<ScenarioResult> = match machine {
+        // Deterministic: the runs may share the host.
+        BenchMachine::Bochs => test::run_scenarios(scenarios, None),
+        // Real time: one run at a time.
+        BenchMachine::Kvm => scenarios.into_iter().flat_map(|s| test::run_scenarios(vec![s], None)).collect(),
+    };
 
     let mut problems = Vec::new();
     let mut boot = Vec::new();
@@ -379,9 +444,11 @@ pub fn cmd_bench(exits_only: bool) -> Result<ExitCode, String> {
     };
     measured.sort_by_key(|m| rank(&m.name));
     let tsc = tsc_mhz(&exit_log).or_else(|| results.iter().find_map(|r| tsc_mhz(&read_log(r))));
-    let ips = run_ips(exit_run);
-    let nominal_tpi = tsc.and_then(|mhz| ticks_per_instruction(mhz, ips));
-    let measured_tpi = measured_ticks_per_instruction(&measured);
+    // Instruction counts: under Bochs only, where the TSC counts emulated instructions.
+    let bochs = machine == BenchMachine::Bochs;
+    let ips = bochs.then(|| run_ips(exit_run));
+    let nominal_tpi = tsc.zip(ips).and_then(|(mhz, ips)| ticks_per_instruction(mhz, ips));
+    let measured_tpi = measured_ticks_per_instruction(&measured).filter(|_| bochs);
     // The loop is the direct measurement; TSC Hz / ips is the fallback.
     let tpi = measured_tpi.or(nominal_tpi);
     let overhead = measured.iter().find(|m| m.name == OVERHEAD).map(|m| m.median);
@@ -394,7 +461,7 @@ pub fn cmd_bench(exits_only: bool) -> Result<ExitCode, String> {
         problems.extend(linux_problems);
     }
     let path = paths::target().join("bench.json");
-    let doc = to_json(scenario::ICELAKE, &metrics, tsc, Some(ips), tpi);
+    let doc = to_json(machine.emulator(), machine.cpu_model(), &metrics, tsc, ips, tpi);
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(paths::target()).map_err(|e| e.to_string())?;
     std::fs::write(&path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -409,12 +476,14 @@ pub fn cmd_bench(exits_only: bool) -> Result<ExitCode, String> {
         );
     }
     println!();
-    println!(
-        "bochs {}, 1 cpu, ips {ips}, kernel's tsc {}",
-        scenario::ICELAKE,
-        tsc.map_or("n/a".into(), |t| format!("{t} MHz"))
-    );
-    println!("ticks per emulated instruction: TSC Hz / ips = {}", fmt_opt(nominal_tpi, 2));
+    let tsc_text = tsc.map_or("n/a".into(), |t| format!("{t} MHz"));
+    match ips {
+        Some(ips) => {
+            println!("bochs {}, 1 cpu, ips {ips}, kernel's tsc {tsc_text}", scenario::ICELAKE);
+            println!("ticks per emulated instruction: TSC Hz / ips = {}", fmt_opt(nominal_tpi, 2));
+        }
+        None => println!("kvm -cpu host (nested VMX), 1 cpu, kernel's tsc {tsc_text}; numbers are TSC ticks"),
+    }
     if let (Some(lp), Some(m)) = (measured.iter().find(|m| m.name == "native.loop"), measured_tpi) {
         println!(
             "ticks per emulated instruction: measured   = {m:.2} (native.loop: ({} - {} {OVERHEAD}) ticks / {} instructions)",
@@ -430,6 +499,9 @@ pub fn cmd_bench(exits_only: bool) -> Result<ExitCode, String> {
         }
     }
     println!("path = median - {OVERHEAD} median (the measurement overhead); insns = ticks / ticks per instruction");
+    if !bochs {
+        println!("(no instruction counts on KVM: a tick there is a cycle of real hardware)");
+    }
     println!();
     println!(
         "{:<26} {:>11} {:>11} {:>11} {:>6} {:>9} {:>9} {:>9}",
@@ -458,8 +530,9 @@ pub fn cmd_bench(exits_only: bool) -> Result<ExitCode, String> {
     let median = |name: &str| measured.iter().find(|m| m.name == name).map(|m| m.median);
     if let (Some(fwd), Some(local)) = (median("io.forwarded_port"), median("exit.io_unclaimed")) {
         println!(
-            "forwarded port read / in-hypervisor port exit: {:.2}x (issue 5's target: at most 3x)",
-            fwd as f64 / local.max(1) as f64
+            "forwarded port read / in-hypervisor port exit: {:.2}x on {} (issue 5's target: at most 3x)",
+            fwd as f64 / local.max(1) as f64,
+            machine.emulator().as_str()
         );
     }
     println!("written: {}", path.display());
@@ -549,14 +622,16 @@ mod tests {
             parse_bench_line("bench: exit.cpuid n=10000 min=1 median=2 p99=3 max=4").unwrap(),
             Metric::single("boot.entry_to_ready.cpus1".into(), 356037539),
         ];
-        let doc = to_json("corei7_icelake_u", &metrics, Some(1497), Some(100_000_000), Some(1.0));
+        let doc = to_json(Emulator::Bochs, "corei7_icelake_u", &metrics, Some(1497), Some(100_000_000), Some(1.0));
         assert_eq!(doc["emulator"], "bochs");
         assert_eq!(doc["cpu_model"], "corei7_icelake_u");
         assert_eq!(doc["tsc_mhz"], 1497);
         assert_eq!(doc["bochs_ips"], 100_000_000);
         assert_eq!(doc["ticks_per_instruction"], 1.0);
-        let unknown = to_json("corei7_icelake_u", &[], None, None, None);
+        let unknown = to_json(Emulator::Kvm, "host", &[], None, None, None);
         assert!(unknown["tsc_mhz"].is_null() && unknown["ticks_per_instruction"].is_null());
+        assert!(unknown["bochs_ips"].is_null());
+        assert_eq!((&unknown["emulator"], &unknown["cpu_model"]), (&json!("kvm"), &json!("host")));
         assert_eq!(unknown["metrics"], json!([]));
         let list = doc["metrics"].as_array().unwrap();
         assert_eq!(list.len(), 2);
@@ -573,5 +648,24 @@ mod tests {
         // Round trip through text, as the file is written.
         let text = serde_json::to_string_pretty(&doc).unwrap();
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), doc);
+    }
+
+    #[test]
+    fn kvm_measures_only_the_exit_round_trips() {
+        use BenchMachine::{Bochs, Kvm};
+        assert_eq!(check_options(Kvm, true, false), Ok(()));
+        for (exits_only, linux_only) in [(false, false), (false, true)] {
+            let e = check_options(Kvm, exits_only, linux_only).unwrap_err();
+            assert!(e.contains("fix:") && e.contains("--exits-only"), "{e}");
+        }
+        for (exits_only, linux_only) in [(false, false), (true, false), (false, true)] {
+            assert_eq!(check_options(Bochs, exits_only, linux_only), Ok(()));
+        }
+        let kvm = exit_scenario("bench-exits", BENCH_CONFIG, Kvm);
+        assert_eq!((kvm.emulator, kvm.cpu_model, kvm.cpus), (Emulator::Kvm, None, 1));
+        let machine = hv_tests::runner::machine_for(&kvm, 1);
+        assert!(matches!(machine, Some(hv_tests::emulator::Machine::Qemu { kvm: true, cpus: 1, .. })), "{machine:?}");
+        let bochs = exit_scenario("bench-exits", BENCH_CONFIG, Bochs);
+        assert_eq!((bochs.emulator, bochs.cpu_model), (Emulator::Bochs, Some(scenario::ICELAKE)));
     }
 }
