@@ -55,3 +55,37 @@ pub fn cmd_fuzz(target: Option<String>, seconds: u64) -> Result<ExitCode, String
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `[[bin]]` of the fuzz crate is a target here, and the other way round.
+    #[test]
+    fn targets_are_the_fuzz_crate_binaries() {
+        let manifest = std::fs::read_to_string(paths::workspace().join("hypervisor/core/fuzz/Cargo.toml")).unwrap();
+        // The `name` line that follows each `[[bin]]` header.
+        let mut bins: Vec<&str> = manifest
+            .split("[[bin]]")
+            .skip(1)
+            .filter_map(|section| {
+                let line = section.lines().find(|l| l.trim_start().starts_with("name"))?;
+                line.split('"').nth(1)
+            })
+            .collect();
+        let mut targets = TARGETS.to_vec();
+        bins.sort_unstable();
+        targets.sort_unstable();
+        assert_eq!(bins, targets);
+    }
+
+    /// The help text of `cargo xtask fuzz` names every target.
+    #[test]
+    fn help_names_every_target() {
+        let help = std::fs::read_to_string(paths::workspace().join("xtask/src/main.rs")).unwrap();
+        let doc = help.split("Fuzz {").nth(1).unwrap().split("seconds").next().unwrap();
+        for t in TARGETS {
+            assert!(doc.contains(t), "the help of `cargo xtask fuzz` does not name `{t}`");
+        }
+    }
+}
