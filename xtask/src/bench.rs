@@ -353,12 +353,10 @@ fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
 pub fn cmd_bench(exits_only: bool, machine: BenchMachine) -> Result<ExitCode, String> {
     check_options(machine, exits_only, false)?;
     if machine == BenchMachine::Kvm {
-        crate::run::kvm_with_vmx().map_err(|why| {
-            format!(
-                "--emulator kvm needs KVM with nested VMX: {why}; fix: run it on an Intel host with nested \
-                 KVM (README, QEMU/KVM checklist, step 1), or drop --emulator kvm to measure under Bochs"
-            )
-        })?;
+        crate::run::require_kvm_with_vmx(
+            "run it on an Intel host with nested KVM (README, QEMU/KVM checklist, step 1), or drop \
+             --emulator kvm to measure under Bochs",
+        )?;
     }
     let cpu_counts: &[u32] = if exits_only { &[] } else { &CPU_COUNTS };
     let interrupt_metrics: &[(&str, &str)] = if exits_only { &[] } else { &INTERRUPT_METRICS };

@@ -50,6 +50,12 @@ pub fn kvm_with_vmx() -> Result<(), String> {
     }
 }
 
+/// [`kvm_with_vmx`] for a command given `--emulator kvm`: the error names what is
+/// missing and `fix`.
+pub fn require_kvm_with_vmx(fix: &str) -> Result<(), String> {
+    kvm_with_vmx().map_err(|why| format!("--emulator kvm needs KVM with nested VMX: {why}; fix: {fix}"))
+}
+
 /// Resolves `auto` and checks option combinations.
 fn choose_machine(args: &RunArgs) -> Result<Machine, String> {
     let choice = match args.emulator {
@@ -64,8 +70,7 @@ fn choose_machine(args: &RunArgs) -> Result<Machine, String> {
             }
         },
         EmulatorChoice::Kvm => {
-            kvm_with_vmx()
-                .map_err(|why| format!("--emulator kvm needs KVM with nested VMX: {why}; fix: use --emulator bochs"))?;
+            require_kvm_with_vmx("use --emulator bochs")?;
             EmulatorChoice::Kvm
         }
         other => other,
