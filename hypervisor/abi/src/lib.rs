@@ -729,6 +729,11 @@ pub mod service {
     /// protocol's `cmdline_size` is 2047 for the 2.06+ kernels the loader takes).
     pub const MAX_CMDLINE_LEN: usize = 2047;
 
+    /// Most boot modules a Multiboot guest may be given (`modules` in the config, a
+    /// `modules=` list on its `partition=` line). Each module's string follows the
+    /// command line's rule ([`is_valid_cmdline`]).
+    pub const MAX_MULTIBOOT_MODULES: usize = 16;
+
     /// Whether `bytes` may be a kernel command line: at most [`MAX_CMDLINE_LEN`] bytes
     /// of printable ASCII. The config checks it when the payload is built, the service
     /// partition again when it reads the payload.

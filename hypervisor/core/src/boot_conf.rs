@@ -103,6 +103,8 @@ impl core::fmt::Display for ConfProblem<'_> {
 pub const MAX_VCPUS: usize = 64;
 /// Largest partition the hypervisor accepts, in MiB (64 GiB).
 pub const MAX_MEMORY_MIB: u32 = 65_536;
+/// Most Multiboot modules a partition line may list.
+pub const MAX_MODULES: usize = hv_abi::service::MAX_MULTIBOOT_MODULES;
 
 /// The kind of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,8 +135,21 @@ pub enum OnReset {
     Stop,
 }
 
+/// One Multiboot module of a `modules=` list: two files of the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModuleFiles<'a> {
+    /// Path of the module's contents.
+    pub data: &'a str,
+    /// Path of the module's string (a text file, checked as a command line is).
+    pub string: &'a str,
+}
+
 /// One `partition=` line, validated:
-/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B],image=P[,load=0x..,entry=0x..][,devices=D+E][,initrd=P][,cmdline=P][,on_reset=reboot|stop]`.
+/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B],image=P[,load=0x..,entry=0x..][,devices=D+E][,initrd=P][,cmdline=P][,modules=D:S+D:S][,on_reset=reboot|stop]`.
+///
+/// `modules` lists 1 to [`MAX_MODULES`] Multiboot modules, each as the payload paths of
+/// its contents and of its string, `DATA:STRING`, joined by `+`; a second `modules=`
+/// field replaces the first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionSpec<'a> {
     pub name: &'a str,
@@ -155,15 +170,24 @@ pub struct PartitionSpec<'a> {
     pub initrd: Option<&'a str>,
     /// Path inside the payload of the kernel command line (a text file), if any.
     pub cmdline: Option<&'a str>,
+    /// The Multiboot modules, in order: the first `modules_len` entries.
+    pub modules: [ModuleFiles<'a>; MAX_MODULES],
+    pub modules_len: usize,
     /// What a platform reset of the guest does (default: reboot).
     pub on_reset: OnReset,
 }
 
-impl PartitionSpec<'_> {
+impl<'a> PartitionSpec<'a> {
     /// The physical CPUs the vCPUs are pinned to (empty when not pinned).
     #[must_use]
     pub fn pinned_cpus(&self) -> &[u32] {
         &self.cpus[..self.cpus_len]
+    }
+
+    /// The Multiboot modules listed (empty when none).
+    #[must_use]
+    pub fn modules(&self) -> &[ModuleFiles<'a>] {
+        self.modules.get(..self.modules_len).unwrap_or(&[])
     }
 
     /// RAM size in bytes.
@@ -201,6 +225,8 @@ pub fn parse_partition(value: &str) -> Result<PartitionSpec<'_>, &'static str> {
         devices: hv_abi::platform::devices::DeviceSet(0),
         initrd: None,
         cmdline: None,
+        modules: [ModuleFiles::default(); MAX_MODULES],
+        modules_len: 0,
         on_reset: OnReset::Reboot,
     };
     let (mut kind, mut load, mut entry) = (None, None, None);
@@ -257,6 +283,19 @@ pub fn parse_partition(value: &str) -> Result<PartitionSpec<'_>, &'static str> {
             }
             "initrd" if !val.is_empty() => spec.initrd = Some(val),
             "cmdline" if !val.is_empty() => spec.cmdline = Some(val),
+            "modules" => {
+                spec.modules_len = 0;
+                for entry in val.split('+') {
+                    let (data, string) = entry.split_once(':').ok_or("modules entries must be DATA:STRING paths")?;
+                    let (data, string) = (data.trim(), string.trim());
+                    if data.is_empty() || string.is_empty() {
+                        return Err("modules entries must be DATA:STRING paths");
+                    }
+                    let slot = spec.modules.get_mut(spec.modules_len).ok_or("more than 16 modules listed")?;
+                    *slot = ModuleFiles { data, string };
+                    spec.modules_len += 1;
+                }
+            }
             "on_reset" => {
                 spec.on_reset = match val {
                     "reboot" => OnReset::Reboot,
@@ -465,6 +504,47 @@ mod tests {
             let text = alloc::format!("{line},on_reset={bad}");
             assert_eq!(parse_partition(&text), Err("on_reset must be reboot or stop"), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn modules_are_pairs_of_payload_paths() {
+        let line = "name=mb,kind=guest,memory_mib=16,vcpus=1,image=images/mb,cmdline=images/mb.cmdline";
+        assert!(parse_partition(line).unwrap().modules().is_empty());
+        let two = alloc::format!("{line},modules=images/mb.module0:images/mb.module0.string+ a:b ");
+        let spec = parse_partition(&two).unwrap();
+        assert_eq!(
+            spec.modules(),
+            [
+                ModuleFiles { data: "images/mb.module0", string: "images/mb.module0.string" },
+                ModuleFiles { data: "a", string: "b" },
+            ]
+        );
+        assert_eq!(spec.cmdline, Some("images/mb.cmdline"));
+        // A second list replaces the first.
+        let again = alloc::format!("{two},modules=c:d");
+        assert_eq!(parse_partition(&again).unwrap().modules(), [ModuleFiles { data: "c", string: "d" }]);
+        for bad in ["", "a", "a:", ":b", "a:b+", "a:b++c:d", " : "] {
+            let text = alloc::format!("{line},modules={bad}");
+            assert_eq!(parse_partition(&text), Err("modules entries must be DATA:STRING paths"), "{bad:?}");
+        }
+        let list = |n: usize| (0..n).map(|i| alloc::format!("d{i}:s{i}")).collect::<Vec<_>>().join("+");
+        let full = alloc::format!("{line},modules={}", list(MAX_MODULES));
+        let spec = parse_partition(&full).unwrap();
+        assert_eq!(spec.modules().len(), MAX_MODULES);
+        assert_eq!(spec.modules()[MAX_MODULES - 1], ModuleFiles { data: "d15", string: "s15" });
+        let over = alloc::format!("{line},modules={}", list(MAX_MODULES + 1));
+        assert_eq!(parse_partition(&over), Err("more than 16 modules listed"));
+        assert_eq!(MAX_MODULES, 16, "the message above names the limit");
+        // Through the whole-file parser: a bad list skips the partition with a line.
+        let text = alloc::format!("partition={line},modules=x\npartition={full}\n");
+        let mut parts = Vec::new();
+        let mut problems = Vec::new();
+        parse_with_partitions(text.as_bytes(), |p| problems.push(p), |s| parts.push(s));
+        assert_eq!(parts.len(), 1);
+        assert_eq!(
+            problems,
+            [ConfProblem { line: 1, kind: ProblemKind::BadPartition("modules entries must be DATA:STRING paths") }]
+        );
     }
 
     #[test]
