@@ -30,8 +30,16 @@
 //!                         # and builds (linux:bzImage, linux:initramfs.cpio.gz)
 //! initrd = "path"         # optional (Linux bzImage guests): the initial RAM disk, resolved
 //!                         # like `image`
-//! cmdline = "console=ttyS0"  # optional (Linux bzImage guests): the kernel command line,
-//!                         # printable ASCII, at most 2047 bytes (default "console=ttyS0")
+//! cmdline = "console=ttyS0"  # optional (Linux bzImage and Multiboot guests): the kernel
+//!                         # command line, printable ASCII, at most 2047 bytes (Linux
+//!                         # default "console=ttyS0"); a Multiboot kernel gets the `image`
+//!                         # value, a space and this, as QEMU's -kernel/-append give it
+//!                         # (just the `image` value without `cmdline`)
+//! modules = ["path args"] # optional (Multiboot guests): the boot modules, in order, as
+//!                         # QEMU's -initrd "path args,path2" gives them: each string up to
+//!                         # its first space names the file (resolved like `image`), and the
+//!                         # whole string, printable ASCII, at most 2047 bytes, is the
+//!                         # module's string; at most 16 modules
 //! on_reset = "reboot"     # optional (guests): what a platform reset (0xCF9, the keyboard
 //!                         # controller, the FADT reset register) does: "reboot" (default;
 //!                         # the service partition rebuilds and restarts the guest) or
@@ -40,7 +48,16 @@
 //!
 //! [`load`] parses a file and validates it into a [`Config`]; every problem is reported
 //! as a [`ConfigError`] whose `Display` names the file, the field and the fix.
+//!
+//! `cmdline`, `initrd` and `modules` must suit the image: a Linux bzImage takes
+//! `cmdline` and `initrd`, a Multiboot kernel `cmdline` and `modules` (`initrd` is
+//! refused with the fix to use `modules`, which is what QEMU makes of `-initrd` for a
+//! Multiboot kernel), and an x86-64 ELF image none of them (its start contract passes
+//! only the RAM size, so they would be dropped without a word). An image of none of
+//! these kinds is not judged here: the service partition reports it when it builds the
+//! guest.
 
+use hv_loader::ImageKind;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -228,6 +245,8 @@ struct RawPartition {
     #[serde(default)]
     cmdline: Option<String>,
     #[serde(default)]
+    modules: Option<Vec<String>>,
+    #[serde(default)]
     on_reset: Option<OnReset>,
 }
 
@@ -263,10 +282,26 @@ pub struct Partition {
     pub devices: Vec<String>,
     /// The initial RAM disk on the host, if any (Linux guests).
     pub initrd: Option<PathBuf>,
-    /// The kernel command line, if given (Linux guests).
+    /// The kernel command line, if given (Linux and Multiboot guests), as written.
     pub cmdline: Option<String>,
+    /// The command line the guest gets (`images/NAME.cmdline` in the payload), if any:
+    /// `cmdline` for a Linux guest; for a Multiboot kernel the `image` value as written,
+    /// then a space and `cmdline` when given, as QEMU's `-kernel` gives it.
+    pub kernel_cmdline: Option<String>,
+    /// The Multiboot modules, in order (empty: none).
+    pub modules: Vec<Module>,
     /// What a platform reset does (guests; the service partition keeps the default).
     pub on_reset: OnReset,
+}
+
+/// A Multiboot module of a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    /// The file on the host (the string's first word, resolved like `image`).
+    pub file: PathBuf,
+    /// The module's string as written in the config (file name and arguments): what the
+    /// guest finds as the module's `string`.
+    pub string: String,
 }
 
 impl Partition {
@@ -284,7 +319,22 @@ impl Partition {
     pub fn payload_cmdline_path(&self) -> String {
         format!("images/{}.cmdline", self.name)
     }
+
+    /// Path of the contents of this partition's Multiboot module `index` inside the
+    /// boot payload.
+    pub fn payload_module_path(&self, index: usize) -> String {
+        format!("images/{}.module{index}", self.name)
+    }
+
+    /// Path of the string of this partition's Multiboot module `index` inside the boot
+    /// payload.
+    pub fn payload_module_string_path(&self, index: usize) -> String {
+        format!("images/{}.module{index}.string", self.name)
+    }
 }
+
+/// Most Multiboot modules of a partition (see `hv_abi::service::MAX_MULTIBOOT_MODULES`).
+pub use hv_abi::service::MAX_MULTIBOOT_MODULES;
 
 /// Longest kernel command line accepted (see `hv_abi::service::MAX_CMDLINE_LEN`).
 pub use hv_abi::service::MAX_CMDLINE_LEN;
@@ -325,6 +375,8 @@ struct CanonicalPartition<'a> {
     initrd: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cmdline: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    modules: Vec<String>,
     on_reset: OnReset,
 }
 
@@ -355,6 +407,7 @@ impl Config {
                     start: p.start,
                     initrd: p.initrd.as_ref().map(|_| p.payload_initrd_path()),
                     cmdline: p.cmdline.as_deref(),
+                    modules: (0..p.modules.len()).map(|k| canonical_module(p, k)).collect(),
                     on_reset: p.on_reset,
                 })
                 .collect(),
@@ -430,7 +483,7 @@ impl fmt::Display for ConfigError {
                     f,
                     "fix: correct the field or value shown (fields: [hypervisor] log_level, \
                      when_idle, selftest, apicv; [[partition]] name, kind, memory_mib, vcpus, cpus, image, start, \
-                     devices, initrd, cmdline, on_reset)"
+                     devices, initrd, cmdline, modules, on_reset)"
                 )
             }
             ConfigError::Invalid { file, field, problem, fix } => {
@@ -481,6 +534,7 @@ pub fn uses_linux_material(path: &Path) -> bool {
     raw.partition.iter().any(|p| {
         p.image.starts_with(LINUX_MATERIAL_PREFIX)
             || p.initrd.as_deref().is_some_and(|i| i.starts_with(LINUX_MATERIAL_PREFIX))
+            || p.modules.iter().flatten().any(|m| m.starts_with(LINUX_MATERIAL_PREFIX))
     })
 }
 
@@ -614,13 +668,72 @@ fn validate(raw: RawConfig, path: &Path, built: BuiltMaterial<'_>) -> Result<Con
                 ));
             }
         }
-        if (initrd.is_some() || p.cmdline.is_some()) && p.kind == PartitionKind::Service {
+        let module_strings = p.modules.unwrap_or_default();
+        if (initrd.is_some() || p.cmdline.is_some() || !module_strings.is_empty()) && p.kind == PartitionKind::Service {
+            let which = if initrd.is_some() {
+                "initrd"
+            } else if p.cmdline.is_some() {
+                "cmdline"
+            } else {
+                "modules"
+            };
             return Err(invalid(
-                field(if initrd.is_some() { "initrd" } else { "cmdline" }),
-                "the service partition is no Linux kernel".to_string(),
-                "remove `initrd` and `cmdline` from the service partition".to_string(),
+                field(which),
+                "the service partition is no Linux or Multiboot kernel".to_string(),
+                "remove `initrd`, `cmdline` and `modules` from the service partition".to_string(),
             ));
         }
+        if module_strings.len() > MAX_MULTIBOOT_MODULES {
+            return Err(invalid(
+                field("modules"),
+                format!("{} modules are listed", module_strings.len()),
+                format!("give at most {MAX_MULTIBOOT_MODULES} modules"),
+            ));
+        }
+        let mut modules = Vec::with_capacity(module_strings.len());
+        for (k, string) in module_strings.into_iter().enumerate() {
+            let module_field = format!("partition[{i}].modules[{k}]");
+            if !hv_abi::service::is_valid_cmdline(string.as_bytes()) {
+                return Err(invalid(
+                    module_field,
+                    format!("the module string is {} bytes or has characters other than printable ASCII", string.len()),
+                    format!("use at most {MAX_CMDLINE_LEN} printable ASCII characters: the file, then its arguments"),
+                ));
+            }
+            // As QEMU's -initrd: the string up to its first space names the file.
+            let name = string.split(' ').next().unwrap_or("");
+            let file = resolve_file(name, "module", &base_dir, built)
+                .map_err(|(problem, fix)| invalid(module_field, problem, fix))?;
+            modules.push(Module { file, string });
+        }
+        let kind = match p.kind {
+            PartitionKind::Service => ImageKind::Unknown,
+            PartitionKind::Guest => boot_files_kind(&image, p.cmdline.is_some(), initrd.is_some(), !modules.is_empty())
+                .map_err(|(which, problem, fix)| invalid(field(which), problem, fix))?,
+        };
+        let kernel_cmdline = match kind {
+            ImageKind::Multiboot => {
+                let line = match &p.cmdline {
+                    Some(cmdline) => format!("{} {cmdline}", p.image),
+                    None => p.image.clone(),
+                };
+                if !hv_abi::service::is_valid_cmdline(line.as_bytes()) {
+                    return Err(invalid(
+                        field(if p.cmdline.is_some() { "cmdline" } else { "image" }),
+                        format!(
+                            "the Multiboot command line (the `image` value, a space and `cmdline`) is {} bytes or \
+                             has characters other than printable ASCII",
+                            line.len()
+                        ),
+                        format!(
+                            "keep `image` and `cmdline` together within {MAX_CMDLINE_LEN} printable ASCII characters"
+                        ),
+                    ));
+                }
+                Some(line)
+            }
+            _ => p.cmdline.clone(),
+        };
 
         if p.on_reset.is_some() && p.kind == PartitionKind::Service {
             return Err(invalid(
@@ -660,11 +773,71 @@ fn validate(raw: RawConfig, path: &Path, built: BuiltMaterial<'_>) -> Result<Con
             start: p.start,
             initrd,
             cmdline: p.cmdline,
+            kernel_cmdline,
+            modules,
             on_reset: p.on_reset.unwrap_or_default(),
         });
     }
 
     Ok(Config { source: path.to_path_buf(), hypervisor: raw.hypervisor, partitions })
+}
+
+/// A module in the payload's `config.toml`: the payload path of its contents, then its
+/// arguments (its string after the file name), as `image` and `initrd` are rewritten to
+/// their payload paths.
+fn canonical_module(p: &Partition, index: usize) -> String {
+    let args = p.modules.get(index).and_then(|m| m.string.split_once(' ')).map_or("", |(_, args)| args);
+    let path = p.payload_module_path(index);
+    if args.is_empty() {
+        path
+    } else {
+        format!("{path} {args}")
+    }
+}
+
+/// Checks that a guest's boot files (whether it has a command line, an initrd and
+/// modules) suit its image, whose kind is read from the file `image`; returns the kind.
+/// The error is (field, problem, fix).
+fn boot_files_kind(
+    image: &Path,
+    has_cmdline: bool,
+    has_initrd: bool,
+    has_modules: bool,
+) -> Result<ImageKind, (&'static str, String, String)> {
+    let bytes = std::fs::read(image).map_err(|e| {
+        ("image", format!("image file {} cannot be read: {e}", image.display()), "check the file".to_string())
+    })?;
+    let kind = hv_loader::detect(&bytes);
+    match kind {
+        ImageKind::LinuxBzImage if has_modules => Err((
+            "modules",
+            format!("image {} is a Linux bzImage, which takes no Multiboot modules", image.display()),
+            "remove `modules`; a Linux kernel takes its initial RAM disk as `initrd`".to_string(),
+        )),
+        ImageKind::Multiboot if has_initrd => Err((
+            "initrd",
+            format!("image {} is a Multiboot kernel, which gets its boot files as modules", image.display()),
+            "replace `initrd = \"FILE\"` with `modules = [\"FILE\"]` (QEMU's -initrd gives a Multiboot kernel \
+             modules too)"
+                .to_string(),
+        )),
+        ImageKind::Elf64 if has_cmdline || has_initrd || has_modules => Err((
+            if has_initrd {
+                "initrd"
+            } else if has_modules {
+                "modules"
+            } else {
+                "cmdline"
+            },
+            format!(
+                "image {} is an x86-64 ELF image, which gets no command line, initrd or modules (its start \
+                 state passes only the RAM size)",
+                image.display()
+            ),
+            "remove `cmdline`, `initrd` and `modules` from this partition".to_string(),
+        )),
+        _ => Ok(kind),
+    }
 }
 
 /// Resolves an `image` or `initrd` value (`what` names the field in messages) to a
@@ -973,7 +1146,131 @@ mod tests {
         assert!(linux.contains("only `cargo xtask` fetches and builds"), "{linux}");
         let svc = "[[partition]]\nname = \"svc\"\nkind = \"service\"\nmemory_mib = 16\nvcpus = 1\n\
                    image = \"guest.bin\"\ncmdline = \"x\"\n";
-        assert!(f.parse(svc).unwrap_err().to_string().contains("remove `initrd` and `cmdline`"));
+        assert!(f.parse(svc).unwrap_err().to_string().contains("remove `initrd`, `cmdline` and `modules`"));
+    }
+
+    /// Writes the smallest files the loaders' `detect` takes for each kind into the
+    /// fixture's directory: `bz.img` (a Linux bzImage), `mb.elf` (a Multiboot kernel)
+    /// and `elf64.elf` (an x86-64 ELF image).
+    fn write_kernels(f: &Fixture) {
+        let mut bz = vec![0u8; 0x210];
+        bz[0x1FE..0x200].copy_from_slice(&[0x55, 0xAA]);
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        std::fs::write(f.dir.path().join("bz.img"), bz).unwrap();
+        let magic = hv_loader::multiboot::HEADER_MAGIC;
+        let mut mb = Vec::new();
+        for word in [magic, 0, 0u32.wrapping_sub(magic)] {
+            mb.extend_from_slice(&word.to_le_bytes());
+        }
+        std::fs::write(f.dir.path().join("mb.elf"), mb).unwrap();
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1]);
+        elf[18] = 62; // EM_X86_64
+        std::fs::write(f.dir.path().join("elf64.elf"), elf).unwrap();
+        std::fs::write(f.dir.path().join("mod-a"), b"module a").unwrap();
+        std::fs::write(f.dir.path().join("mod-b"), b"module b").unwrap();
+    }
+
+    fn kernel(image: &str, extra: &str) -> String {
+        partition("k", extra).replace("\"guest.bin\"", &format!("\"{image}\""))
+    }
+
+    #[test]
+    fn multiboot_kernels_take_a_command_line_and_modules() {
+        let f = Fixture::new();
+        write_kernels(&f);
+        let c = f
+            .parse(&kernel("mb.elf", "cmdline = \"debug answer=42\"\nmodules = [\"mod-a alpha=1 beta\", \"mod-b\"]"))
+            .unwrap();
+        let p = &c.partitions[0];
+        assert_eq!(p.cmdline.as_deref(), Some("debug answer=42"));
+        // The kernel's name first, as QEMU's -kernel puts it.
+        assert_eq!(p.kernel_cmdline.as_deref(), Some("mb.elf debug answer=42"));
+        assert_eq!(
+            p.modules,
+            [
+                Module { file: f.dir.path().join("mod-a"), string: "mod-a alpha=1 beta".into() },
+                Module { file: f.dir.path().join("mod-b"), string: "mod-b".into() },
+            ]
+        );
+        let canonical = c.to_canonical_toml();
+        assert!(
+            canonical.contains("modules = [\"images/k.module0 alpha=1 beta\", \"images/k.module1\"]"),
+            "{canonical}"
+        );
+        assert!(canonical.contains("cmdline = \"debug answer=42\""), "{canonical}");
+        // Without `cmdline` the kernel still gets its name; without modules, none.
+        let plain = f.parse(&kernel("mb.elf", "")).unwrap();
+        assert_eq!(plain.partitions[0].kernel_cmdline.as_deref(), Some("mb.elf"));
+        assert!(plain.partitions[0].modules.is_empty());
+        assert!(!plain.to_canonical_toml().contains("modules"));
+        let empty = f.parse(&kernel("mb.elf", "modules = []")).unwrap();
+        assert!(empty.partitions[0].modules.is_empty());
+        // The name and the command line together obey the command line's limit.
+        let long = format!("cmdline = \"{}\"", "x".repeat(MAX_CMDLINE_LEN - 5));
+        let e = f.parse(&kernel("mb.elf", &long)).unwrap_err();
+        assert_eq!(e.field(), Some("partition[0].cmdline"), "{e}");
+        assert!(e.to_string().contains("Multiboot command line"), "{e}");
+    }
+
+    #[test]
+    fn bad_modules_name_the_module_and_the_fix() {
+        let f = Fixture::new();
+        write_kernels(&f);
+        let e = f.parse(&kernel("mb.elf", "modules = [\"mod-a\", \"nope.bin arg\"]")).unwrap_err();
+        assert_eq!(e.field(), Some("partition[0].modules[1]"));
+        let msg = e.to_string();
+        assert!(msg.contains("module file") && msg.contains("nope.bin") && msg.contains("fix:"), "{msg}");
+        let e = f.parse(&kernel("mb.elf", "modules = [\"empty.bin\"]")).unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+        let e = f.parse(&kernel("mb.elf", "modules = [\" mod-a\"]")).unwrap_err();
+        assert_eq!(e.field(), Some("partition[0].modules[0]"));
+        assert!(e.to_string().contains("path is empty"), "{e}");
+        let e = f.parse(&kernel("mb.elf", "modules = [\"mod-a tab\\there\"]")).unwrap_err();
+        assert_eq!(e.field(), Some("partition[0].modules[0]"));
+        assert!(e.to_string().contains("printable ASCII"), "{e}");
+        let e = f.parse(&kernel("mb.elf", "modules = [\"guest:guest-mod\"]")).unwrap_err();
+        assert!(e.to_string().contains("cargo xtask"), "{e}");
+        let many = format!("modules = [{}]", vec!["\"mod-a\""; MAX_MULTIBOOT_MODULES + 1].join(", "));
+        let e = f.parse(&kernel("mb.elf", &many)).unwrap_err();
+        assert_eq!(e.field(), Some("partition[0].modules"));
+        assert!(e.to_string().contains("at most 16"), "{e}");
+        let full = format!("modules = [{}]", vec!["\"mod-a\""; MAX_MULTIBOOT_MODULES].join(", "));
+        assert_eq!(f.parse(&kernel("mb.elf", &full)).unwrap().partitions[0].modules.len(), MAX_MULTIBOOT_MODULES);
+        let e = f.parse(&kernel("mb.elf", "modules = \"mod-a\"")).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }) && e.to_string().contains("modules"), "{e}");
+        let svc = kernel("mb.elf", "modules = [\"mod-a\"]").replace("guest\"", "service\"");
+        let e = f.parse(&svc).unwrap_err();
+        assert_eq!(e.field(), Some("partition[0].modules"));
+    }
+
+    #[test]
+    fn boot_files_must_suit_the_image() {
+        let f = Fixture::new();
+        write_kernels(&f);
+        // A Linux kernel takes an initrd and a command line as they are, no modules.
+        let linux = f.parse(&kernel("bz.img", "initrd = \"mod-a\"\ncmdline = \"console=ttyS0\"")).unwrap();
+        assert_eq!(linux.partitions[0].kernel_cmdline.as_deref(), Some("console=ttyS0"));
+        let e = f.parse(&kernel("bz.img", "modules = [\"mod-a\"]")).unwrap_err();
+        assert_eq!(e.field(), Some("partition[0].modules"));
+        assert!(e.to_string().contains("Linux bzImage") && e.to_string().contains("`initrd`"), "{e}");
+        // A Multiboot kernel takes modules, not an initrd.
+        let e = f.parse(&kernel("mb.elf", "initrd = \"mod-a\"")).unwrap_err();
+        assert_eq!(e.field(), Some("partition[0].initrd"));
+        assert!(e.to_string().contains("modules = [\"FILE\"]"), "{e}");
+        // An ELF64 image takes none of them.
+        for (extra, which) in
+            [("cmdline = \"quiet\"", "cmdline"), ("initrd = \"mod-a\"", "initrd"), ("modules = [\"mod-a\"]", "modules")]
+        {
+            let e = f.parse(&kernel("elf64.elf", extra)).unwrap_err();
+            assert_eq!(e.field(), Some(format!("partition[0].{which}").as_str()), "{e}");
+            assert!(e.to_string().contains("x86-64 ELF image") && e.to_string().contains("remove"), "{e}");
+        }
+        let plain = f.parse(&kernel("elf64.elf", "")).unwrap();
+        assert_eq!((plain.partitions[0].kernel_cmdline.as_ref(), plain.partitions[0].modules.len()), (None, 0));
+        // An image of no known kind is left to the service partition to report.
+        let unknown = f.parse(&kernel("guest.bin", "modules = [\"mod-a\"]\ncmdline = \"x\"")).unwrap();
+        assert_eq!(unknown.partitions[0].kernel_cmdline.as_deref(), Some("x"));
     }
 
     #[test]
@@ -1005,5 +1302,7 @@ mod tests {
         assert!(load_with_material(&path, built).unwrap_err().to_string().contains("not a file name"));
         std::fs::write(&path, partition("lx", "")).unwrap();
         assert!(!uses_linux_material(&path));
+        std::fs::write(&path, partition("mb", "modules = [\"linux:guest.bin arg\"]")).unwrap();
+        assert!(uses_linux_material(&path));
     }
 }

@@ -8,7 +8,10 @@
 //! - `images/<name>`: one file per partition: an ELF64 image flattened (see
 //!   [`crate::flat`]), anything else (and an ELF Multiboot kernel) as it is;
 //!   `images/<name>.initrd` and `images/<name>.cmdline` beside it when the partition
-//!   has an initrd or a command line.
+//!   has an initrd or a command line (the command line the guest gets:
+//!   [`Partition::kernel_cmdline`], which a Multiboot kernel always has), and per
+//!   Multiboot module `images/<name>.module<K>` (its contents) and
+//!   `images/<name>.module<K>.string` (its string), K = 0, 1, ...
 //!
 //! Entries are written in that order with mode 0644, owner 0 and mtime 0, so the same
 //! config always produces the same bytes.
@@ -63,8 +66,18 @@ pub fn build(config: &Config) -> io::Result<Vec<u8>> {
             })?;
             images.push((partition.payload_initrd_path(), data));
         }
-        if let Some(cmdline) = &partition.cmdline {
+        if let Some(cmdline) = &partition.kernel_cmdline {
             images.push((partition.payload_cmdline_path(), cmdline.as_bytes().to_vec()));
+        }
+        for (k, module) in partition.modules.iter().enumerate() {
+            let data = std::fs::read(&module.file).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("reading module {k} of partition {:?} ({}): {e}", partition.name, module.file.display()),
+                )
+            })?;
+            images.push((partition.payload_module_path(k), data));
+            images.push((partition.payload_module_string_path(k), module.string.as_bytes().to_vec()));
         }
     }
     let mut builder = tar::Builder::new(Vec::new());
@@ -77,8 +90,9 @@ pub fn build(config: &Config) -> io::Result<Vec<u8>> {
 }
 
 /// One partition as the hypervisor reads it from `hypervisor.conf`:
-/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B+...],image=images/N[,load=0x..,entry=0x..][,devices=..][,initrd=images/N.initrd][,cmdline=images/N.cmdline][,start=..][,on_reset=stop]`
-/// (`on_reset` only when it is not the default, reboot).
+/// `partition=name=N,kind=guest|service,memory_mib=M,vcpus=V[,cpus=A+B+...],image=images/N[,load=0x..,entry=0x..][,devices=..][,initrd=images/N.initrd][,cmdline=images/N.cmdline][,modules=images/N.module0:images/N.module0.string+...][,start=..][,on_reset=stop]`
+/// (`cmdline` when the guest gets a command line, [`Partition::kernel_cmdline`];
+/// `on_reset` only when it is not the default, reboot).
 /// `load` and `entry` are present for flattened ELF images (partitions the hypervisor
 /// can start itself).
 #[must_use]
@@ -102,8 +116,14 @@ pub fn partition_line(p: &Partition, flat: Option<&FlatImage>) -> String {
     if p.initrd.is_some() {
         line.push_str(&format!(",initrd={}", p.payload_initrd_path()));
     }
-    if p.cmdline.is_some() {
+    if p.kernel_cmdline.is_some() {
         line.push_str(&format!(",cmdline={}", p.payload_cmdline_path()));
+    }
+    if !p.modules.is_empty() {
+        let list: Vec<String> = (0..p.modules.len())
+            .map(|k| format!("{}:{}", p.payload_module_path(k), p.payload_module_string_path(k)))
+            .collect();
+        line.push_str(&format!(",modules={}", list.join("+")));
     }
     match p.start {
         StartMode::Long => {}
@@ -188,6 +208,8 @@ mod tests {
             devices: vec![],
             initrd: None,
             cmdline: None,
+            kernel_cmdline: None,
+            modules: vec![],
             on_reset: OnReset::Reboot,
         };
         let flat = FlatImage { load: 0x20_0000, entry: 0x20_0040, bytes: vec![] };
@@ -240,5 +262,61 @@ mod tests {
         assert_eq!(files["images/lx.cmdline"], "console=ttyS0 hvtest=boot");
         assert!(files["hypervisor.conf"].contains(",initrd=images/lx.initrd,cmdline=images/lx.cmdline"));
         assert!(files["config.toml"].contains("initrd = \"images/lx.initrd\""));
+    }
+
+    /// The files of a payload archive by name, as text (bytes that are not UTF-8 as
+    /// U+FFFD).
+    fn files_of(bytes: &[u8]) -> std::collections::BTreeMap<String, String> {
+        let mut archive = tar::Archive::new(bytes);
+        let mut files = std::collections::BTreeMap::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            files.insert(name, String::from_utf8_lossy(&data).into_owned());
+        }
+        files
+    }
+
+    #[test]
+    fn multiboot_modules_and_command_line_travel_beside_the_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let magic = hv_loader::multiboot::HEADER_MAGIC;
+        let header: Vec<u8> = [magic, 0, 0u32.wrapping_sub(magic)].iter().flat_map(|w| w.to_le_bytes()).collect();
+        std::fs::write(dir.path().join("kernel"), header).unwrap();
+        std::fs::write(dir.path().join("one.bin"), b"first module").unwrap();
+        std::fs::write(dir.path().join("two.txt"), b"second module").unwrap();
+        let cfg_path = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg_path,
+            "[[partition]]\nname = \"mb\"\nkind = \"guest\"\nmemory_mib = 16\nvcpus = 1\n\
+             image = \"kernel\"\ncmdline = \"answer=42\"\nmodules = [\"one.bin a=1 b\", \"two.txt\"]\n",
+        )
+        .unwrap();
+        let config = crate::config::load(&cfg_path).unwrap();
+        let files = files_of(&build(&config).unwrap());
+        assert_eq!(files["images/mb.cmdline"], "kernel answer=42");
+        assert_eq!(files["images/mb.module0"], "first module");
+        assert_eq!(files["images/mb.module0.string"], "one.bin a=1 b");
+        assert_eq!(files["images/mb.module1"], "second module");
+        assert_eq!(files["images/mb.module1.string"], "two.txt");
+        assert!(files["hypervisor.conf"].ends_with(
+            ",image=images/mb,cmdline=images/mb.cmdline,modules=images/mb.module0:images/mb.module0.string\
+             +images/mb.module1:images/mb.module1.string\n"
+        ));
+        // The line reads back with the parser the hypervisor and the service use.
+        let mut specs = Vec::new();
+        hv_core::boot_conf::parse_with_partitions(
+            files["hypervisor.conf"].as_bytes(),
+            |p| panic!("{p}"),
+            |s| specs.push(s),
+        );
+        let paths: Vec<(&str, &str)> = specs[0].modules().iter().map(|m| (m.data, m.string)).collect();
+        assert_eq!(
+            paths,
+            [("images/mb.module0", "images/mb.module0.string"), ("images/mb.module1", "images/mb.module1.string")]
+        );
+        assert_eq!(specs[0].cmdline, Some("images/mb.cmdline"));
     }
 }
