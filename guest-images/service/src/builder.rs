@@ -17,7 +17,9 @@
 //! # Per guest
 //!
 //! First everything is validated, so that a bad partition creates nothing: the image is
-//! in the archive (its `image=` path), the RAM (`memory_mib`, whole 2 MiB pieces) fits
+//! in the archive (its `image=` path), so are its initrd, command line and Multiboot
+//! modules (`initrd=`, `cmdline=`, `modules=`; strings printable ASCII) and its kind
+//! takes them ([`plan::check_boot_files`], the config's rule again), the RAM (`memory_mib`, whole 2 MiB pieces) fits
 //! the rest of the pool ([`plan::Pool`]: consecutive 2 MiB aligned ranges), each vCPU
 //! gets a CPU ([`plan::choose_cpus`]: the `cpus=` list, else free CPUs, APs first and
 //! the BSP last; one guest vCPU per CPU over all guests), the image loads (a flat image
@@ -38,7 +40,10 @@
 //!    - Linux bzImage: `hv_loader::linux`, the command line of the line's `cmdline=`
 //!      file (default `console=ttyS0`), the `initrd=` file as initial RAM disk, the e820
 //!      map of [`plan::e820`], `acpi_rsdp` = the RSDP;
-//!    - Multiboot: `hv_loader::multiboot`, empty command line, no modules, same e820;
+//!    - Multiboot: `hv_loader::multiboot`, the command line of the line's `cmdline=`
+//!      file (the config writes the image's name first, as QEMU does; none: empty), the
+//!      modules of its `modules=` list in order (each file's bytes, and its string file
+//!      as the module's string), the same e820;
 //!    - ELF64: `hv_loader::elf64` at or above `start::MIN_LOAD_ADDRESS`, plus the boot
 //!      structures; RSP = lowest load address - 8, RDI = 0, RSI = RAM bytes;
 //!    - anything else: not started.
@@ -65,7 +70,7 @@
 //! | `0x7000..0x8000` | Linux `boot_params` |
 //! | `0x20000..` | Linux command line |
 //! | `0x9FC00..0x100000` | reserved in the e820 map; ACPI and MP tables from 0xE0000 |
-//! | from 1 MiB | Linux and Multiboot kernels (and the Multiboot information after) |
+//! | from 1 MiB | Linux and Multiboot kernels (and the Multiboot information, its strings and the modules after) |
 //! | from 2 MiB | flat and ELF64 images; their stack grows down from the image |
 //!
 //! The e820 map: RAM `0..0x9FC00`, reserved `0x9FC00..0x100000`, RAM `0x100000..end`.
@@ -95,7 +100,7 @@ use hv_loader::multiboot::MultibootParams;
 use hv_loader::{E820Entry, EntryState, GuestMemory, ImageKind, LoadError, Loaded};
 use hv_tables::{PlatformDesc, TableError};
 
-use plan::{CpuSet, Cpus, Failure, Kind, Pool, TABLES_BYTES, TABLES_GPA};
+use plan::{CpuSet, Cpus, Failure, Kind, Modules, Pool, TABLES_BYTES, TABLES_GPA};
 
 /// The payload file the partitions are listed in.
 const SETTINGS_ENTRY: &str = "hypervisor.conf";
@@ -192,10 +197,18 @@ impl Builder {
                 None => None,
             },
             cmdline: match spec.cmdline {
-                Some(path) => plan::cmdline_from(ustar::find(self.payload, path).ok_or(Failure::BadCmdline)?)?,
-                None => plan::LINUX_CMDLINE,
+                Some(path) => Some(plan::cmdline_from(ustar::find(self.payload, path).ok_or(Failure::BadCmdline)?)?),
+                None => None,
             },
+            modules: plan::modules_from(spec.modules(), |path| ustar::find(self.payload, path))?,
         };
+        let kind = plan::image_kind(spec.flat.is_some(), image)?;
+        plan::check_boot_files(
+            kind,
+            extras.initrd.is_some(),
+            extras.cmdline.is_some(),
+            !extras.modules.as_slice().is_empty(),
+        )?;
         let ram = plan::guest_ram(spec.memory_bytes())?;
         let offset = self.pool.place(ram)?;
         if spec.vcpus == 0 || spec.vcpus as usize > MAX_VCPUS {
@@ -498,11 +511,14 @@ fn write_memory(mem: &mut PoolMemory, g: &Guest<'_, '_>) -> Result<(VcpuStartSta
     Ok((state, kind))
 }
 
-/// What a Linux kernel gets beside its image: the initrd and the command line.
+/// What a kernel gets beside its image: a Linux kernel the initrd and the command line
+/// (default [`plan::LINUX_CMDLINE`]), a Multiboot kernel the command line (default
+/// empty) and the modules.
 #[derive(Clone, Copy)]
 struct BootExtras {
     initrd: Option<&'static [u8]>,
-    cmdline: &'static str,
+    cmdline: Option<&'static str>,
+    modules: Modules<'static>,
 }
 
 /// Loads a non-flat image with the loader its format calls for.
@@ -515,11 +531,13 @@ fn load_image(
 ) -> Result<(Kind, Loaded), Failure> {
     match hv_loader::detect(image) {
         ImageKind::LinuxBzImage => {
-            let params = LinuxParams { cmdline: extras.cmdline, initrd: extras.initrd, e820, acpi_rsdp };
+            let cmdline = extras.cmdline.unwrap_or(plan::LINUX_CMDLINE);
+            let params = LinuxParams { cmdline, initrd: extras.initrd, e820, acpi_rsdp };
             Ok((Kind::BzImage, hv_loader::linux::load_with_layout(mem, image, &params)?))
         }
         ImageKind::Multiboot => {
-            let params = MultibootParams { cmdline: "", modules: &[], e820 };
+            let cmdline = extras.cmdline.unwrap_or("");
+            let params = MultibootParams { cmdline, modules: extras.modules.as_slice(), e820 };
             Ok((Kind::Multiboot, hv_loader::multiboot::load_with_layout(mem, image, &params)?))
         }
         ImageKind::Elf64 => Ok((Kind::Elf64, hv_loader::elf64::load_with_layout(mem, image, start::MIN_LOAD_ADDRESS)?)),

@@ -12,14 +12,17 @@
 //! - [`gdt_bytes`], [`page_table_page`]: the boot structures of `hv_abi::start` (from there);
 //! - [`DryRun`]: a [`GuestMemory`] that only checks ranges, for validating an image with
 //!   its loader before anything is created;
+//! - [`cmdline_from`], [`modules_from`], [`check_boot_files`]: a guest's command line and
+//!   Multiboot modules from the payload, and whether its image takes them;
 //! - [`Failure`]: why a partition was not started.
 
 use core::fmt;
 
 use hv_abi::service::control::{mode, VcpuStartState};
 use hv_abi::start;
-use hv_core::boot_conf::{StartMode, MAX_VCPUS};
-use hv_loader::{E820Entry, EntryState, GuestMemory, LoadError, Region, E820_RAM, E820_RESERVED};
+use hv_core::boot_conf::{ModuleFiles, StartMode, MAX_MODULES, MAX_VCPUS};
+use hv_loader::multiboot::Module;
+use hv_loader::{E820Entry, EntryState, GuestMemory, ImageKind, LoadError, Region, E820_RAM, E820_RESERVED};
 
 /// Guest RAM comes in pieces of this size (`VM_MAP_RAM`'s unit).
 pub const RAM_ALIGN: u64 = 2 << 20;
@@ -39,7 +42,7 @@ pub const REAL_MODE_STACK: u64 = 0x7000;
 pub const REAL_MODE_MIN_LOAD: u64 = 0x1000;
 /// Highest entry point (exclusive) of a flat real-mode image.
 pub const REAL_MODE_ENTRY_LIMIT: u64 = 0x10_0000;
-/// Linux's command line in this version (configurable command lines come later).
+/// Linux's command line when its line names no `cmdline=` file.
 pub const LINUX_CMDLINE: &str = "console=ttyS0";
 
 /// The kernel command line from the bytes of a payload's `cmdline=` file: printable
@@ -49,6 +52,76 @@ pub fn cmdline_from(bytes: &[u8]) -> Result<&str, Failure> {
         return Err(Failure::BadCmdline);
     }
     core::str::from_utf8(bytes).map_err(|_| Failure::BadCmdline)
+}
+
+/// A guest's Multiboot modules, in order.
+#[derive(Debug, Clone, Copy)]
+pub struct Modules<'a> {
+    list: [Module<'a>; MAX_MODULES],
+    len: usize,
+}
+
+impl<'a> Modules<'a> {
+    /// No modules.
+    #[must_use]
+    pub const fn none() -> Self {
+        Self { list: [Module { bytes: &[], cmdline: "" }; MAX_MODULES], len: 0 }
+    }
+
+    #[must_use]
+    pub fn as_slice(&self) -> &[Module<'a>] {
+        self.list.get(..self.len).unwrap_or(&[])
+    }
+}
+
+/// The Multiboot modules a partition line lists, each file looked up with `find` (the
+/// payload's files by path): the contents as they are, the string checked as a command
+/// line is ([`cmdline_from`]: the payload is input). Fails on the first module whose
+/// contents or string is missing, or whose string is not printable ASCII.
+pub fn modules_from<'a>(
+    listed: &[ModuleFiles<'_>],
+    find: impl Fn(&str) -> Option<&'a [u8]>,
+) -> Result<Modules<'a>, Failure> {
+    let mut modules = Modules::none();
+    for (index, files) in listed.iter().enumerate() {
+        let bytes = find(files.data).ok_or(Failure::ModuleMissing(index))?;
+        let string = find(files.string).ok_or(Failure::BadModuleString(index))?;
+        let cmdline = cmdline_from(string).map_err(|_| Failure::BadModuleString(index))?;
+        let slot = modules.list.get_mut(index).ok_or(Failure::Layout("more than 16 modules listed"))?;
+        *slot = Module { bytes, cmdline };
+        modules.len = index + 1;
+    }
+    Ok(modules)
+}
+
+/// The kind of a partition's image: flat when its line gives `load=`/`entry=`, else
+/// what the loaders' `detect` makes of its bytes (`UnknownImage` when none takes it).
+pub fn image_kind(flat: bool, image: &[u8]) -> Result<Kind, Failure> {
+    if flat {
+        return Ok(Kind::Flat);
+    }
+    match hv_loader::detect(image) {
+        ImageKind::LinuxBzImage => Ok(Kind::BzImage),
+        ImageKind::Multiboot => Ok(Kind::Multiboot),
+        ImageKind::Elf64 => Ok(Kind::Elf64),
+        ImageKind::Unknown => Err(Failure::UnknownImage),
+    }
+}
+
+/// Whether an image of `kind` takes the boot files its line gives (the config's own
+/// rule, checked again): a Linux bzImage takes an initrd and a command line, a
+/// Multiboot kernel a command line and modules, a flat or ELF64 image none of them.
+pub fn check_boot_files(kind: Kind, initrd: bool, cmdline: bool, modules: bool) -> Result<(), Failure> {
+    let refused = match kind {
+        Kind::BzImage if modules => Some("modules"),
+        Kind::Multiboot if initrd => Some("initrd (its boot files are modules)"),
+        Kind::Flat | Kind::Elf64 if initrd || cmdline || modules => Some("command line, initrd or modules"),
+        _ => None,
+    };
+    match refused {
+        Some(what) => Err(Failure::NotForImage { kind, what }),
+        None => Ok(()),
+    }
 }
 pub use hv_abi::start::{gdt_bytes, page_table_page, PAGE_TABLE_PAGES};
 
@@ -61,6 +134,12 @@ pub enum Failure {
     InitrdMissing,
     /// Its `cmdline=` file is missing or not printable ASCII.
     BadCmdline,
+    /// The contents of its Multiboot module N (from 0) are missing from the payload.
+    ModuleMissing(usize),
+    /// The string of its Multiboot module N is missing or not printable ASCII.
+    BadModuleString(usize),
+    /// Its image takes none of `what`, which its line gives.
+    NotForImage { kind: Kind, what: &'static str },
     /// A flat image's layout or the RAM size breaks a rule.
     Layout(&'static str),
     /// The pool has no room for its RAM.
@@ -93,6 +172,11 @@ impl fmt::Display for Failure {
             Self::ImageMissing => write!(f, "its image is missing from the boot payload"),
             Self::InitrdMissing => write!(f, "its initrd is missing from the boot payload"),
             Self::BadCmdline => write!(f, "its command line is missing from the boot payload or not printable ASCII"),
+            Self::ModuleMissing(n) => write!(f, "its module {n} is missing from the boot payload"),
+            Self::BadModuleString(n) => {
+                write!(f, "the string of its module {n} is missing from the boot payload or not printable ASCII")
+            }
+            Self::NotForImage { kind, what } => write!(f, "its {} image takes no {what}", kind.name()),
             Self::Layout(why) => write!(f, "{why}"),
             Self::NoPoolMemory { need, free } => {
                 write!(f, "not enough pool memory for its RAM: needs {} MiB, {} MiB free", need >> 20, free >> 20)
@@ -429,6 +513,59 @@ mod tests {
     }
 
     #[test]
+    fn modules_come_from_the_payload_and_are_checked_again() {
+        let files = [
+            ("m0", &b"module zero"[..]),
+            ("m0.s", &b"mods/zero.bin a=1"[..]),
+            ("m1", &b"one"[..]),
+            ("m1.s", &b"mods/one"[..]),
+            ("bad.s", &b"tab\there"[..]),
+        ];
+        let find = |path: &str| files.iter().find(|(p, _)| *p == path).map(|(_, bytes)| *bytes);
+        let listed = [ModuleFiles { data: "m0", string: "m0.s" }, ModuleFiles { data: "m1", string: "m1.s" }];
+        let modules = modules_from(&listed, find).unwrap();
+        let got: std::vec::Vec<(&[u8], &str)> = modules.as_slice().iter().map(|m| (m.bytes, m.cmdline)).collect();
+        assert_eq!(got, [(&b"module zero"[..], "mods/zero.bin a=1"), (&b"one"[..], "mods/one")]);
+        assert!(modules_from(&[], find).unwrap().as_slice().is_empty());
+        let missing = [listed[0], ModuleFiles { data: "nope", string: "m1.s" }];
+        assert_eq!(modules_from(&missing, find).unwrap_err(), Failure::ModuleMissing(1));
+        let no_string = [ModuleFiles { data: "m0", string: "nope" }];
+        assert_eq!(modules_from(&no_string, find).unwrap_err(), Failure::BadModuleString(0));
+        let bad_string = [listed[1], ModuleFiles { data: "m0", string: "bad.s" }];
+        assert_eq!(modules_from(&bad_string, find).unwrap_err(), Failure::BadModuleString(1));
+        let too_many = [listed[0]; MAX_MODULES + 1];
+        assert!(modules_from(&too_many, find).is_err());
+        assert_eq!(modules_from(&too_many[..MAX_MODULES], find).unwrap().as_slice().len(), MAX_MODULES);
+    }
+
+    #[test]
+    fn boot_files_must_suit_the_image() {
+        assert_eq!(check_boot_files(Kind::BzImage, true, true, false), Ok(()));
+        assert_eq!(
+            check_boot_files(Kind::BzImage, false, false, true),
+            Err(Failure::NotForImage { kind: Kind::BzImage, what: "modules" })
+        );
+        assert_eq!(check_boot_files(Kind::Multiboot, false, true, true), Ok(()));
+        assert!(check_boot_files(Kind::Multiboot, true, false, false).is_err());
+        for kind in [Kind::Flat, Kind::Elf64] {
+            assert_eq!(check_boot_files(kind, false, false, false), Ok(()));
+            for (initrd, cmdline, modules) in [(true, false, false), (false, true, false), (false, false, true)] {
+                assert!(check_boot_files(kind, initrd, cmdline, modules).is_err(), "{kind:?}");
+            }
+        }
+        assert_eq!(
+            std::format!("{}", Failure::NotForImage { kind: Kind::Elf64, what: "command line, initrd or modules" }),
+            "its ELF64 image takes no command line, initrd or modules"
+        );
+        assert_eq!(image_kind(true, b"anything"), Ok(Kind::Flat));
+        assert_eq!(image_kind(false, b"not a kernel"), Err(Failure::UnknownImage));
+        let magic = hv_loader::multiboot::HEADER_MAGIC;
+        let header: std::vec::Vec<u8> =
+            [magic, 0, 0u32.wrapping_sub(magic)].iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(image_kind(false, &header), Ok(Kind::Multiboot));
+    }
+
+    #[test]
     fn pool_ranges_are_sequential_and_2_mib_aligned() {
         let mut pool = Pool::new(64 << 20);
         let a = pool.place(16 << 20).unwrap();
@@ -637,6 +774,9 @@ mod tests {
     fn failures_print_one_line() {
         let all = [
             Failure::ImageMissing,
+            Failure::ModuleMissing(3),
+            Failure::BadModuleString(0),
+            Failure::NotForImage { kind: Kind::BzImage, what: "modules" },
             Failure::Layout("x"),
             Failure::NoPoolMemory { need: 4 << 20, free: 2 << 20 },
             Failure::CpuNotOnline(7),
