@@ -417,6 +417,10 @@ fn service_scenarios() -> Vec<Scenario> {
             1,
             &[
                 "[svc] service: partition mb: Multiboot image, 16 MiB, vcpu 0 on cpu 1, entry 0x",
+                "[mb] multiboot: command line 'guest:guest-multiboot hvtest=multiboot answer=42'",
+                "[mb] multiboot: 2 modules",
+                "[mb] multiboot: module 0: 45 bytes, fnv-1a 0x999e4b4a, string 'images/multiboot-module-a.txt alpha=1 beta'",
+                "[mb] multiboot: module 1: 5000 bytes, fnv-1a 0xe89740d5, string 'images/multiboot-module-b.bin'",
                 "[mb] multiboot: magic and boot information ok",
                 "partition mb: powered off through its platform (code 16)",
                 "partition mb: stopped itself (code 16)",
