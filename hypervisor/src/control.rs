@@ -113,8 +113,8 @@ pub fn vm_create(caller: &'static Vcpu, gpa: u64, len: u64) -> Result<u64, HcErr
         return Err(HcError::BadArgument);
     }
     let name = core::str::from_utf8(name).map_err(|_| HcError::BadArgument)?;
-    // Partition names live as long as the hypervisor (the VM table holds `&'static str`).
-    let name: &'static str = alloc::boxed::Box::leak(alloc::string::String::from(name).into_boxed_str());
+    // `create_vm` copies the name only once it has a free entry: a loop of calls cannot
+    // exhaust the heap.
     let handle = partition::create_vm(name).map_err(control_error)?;
     let vm = partition::guest_vm(handle).ok_or(HcError::BadArgument)?;
     Ok(u64::from(crate::service::vm_id(vm).0))

@@ -411,8 +411,10 @@ fn destroy_stopped_partitions() {
         match partition::destroy_vm(vm) {
             Ok(()) => {
                 let stale_vm = partition::destroy_vm(vm) == Err(partition::ControlError::BadHandle);
-                let stale_vcpu =
-                    vcpu.is_ok_and(|v| partition::exit_stats(v, 0) == Err(partition::ControlError::BadHandle));
+                // A VM that never got a vCPU (one the service partition created and
+                // stopped) has no vCPU handle to check.
+                let stale_vcpu = vcpu.is_err()
+                    || vcpu.is_ok_and(|v| partition::exit_stats(v, 0) == Err(partition::ControlError::BadHandle));
                 if stale_vm && stale_vcpu {
                     log::info!("control: partition destroyed; its stale VM and vCPU handles are refused");
                 } else {

@@ -391,10 +391,20 @@ fn vcpu(handle: VcpuHandle) -> Result<&'static Vcpu, ControlError> {
     unsafe { ptr.as_ref() }.ok_or(ControlError::BadHandle)
 }
 
-/// System level: creates an empty VM.
-pub fn create_vm(name: &'static str) -> Result<VmHandle, ControlError> {
-    let generation = GENERATION.fetch_add(1, Ordering::AcqRel);
+/// Held while a VM or a vCPU is created, so that a free table entry is found and taken
+/// in one step: nothing is allocated for a creation that finds no entry (the service
+/// partition may call `VM_CREATE` and `VCPU_CREATE` in a loop, from every CPU at once,
+/// and must not be able to exhaust the heap), and two creations never pick the same
+/// entry. Creation is rare (boot, the guest builder), so one lock for both is enough.
+static CREATION: Mutex<()> = Mutex::new(());
+
+/// System level: creates an empty VM named `name` (copied: names live as long as the
+/// hypervisor). `NoSlot`, with nothing allocated, when all `MAX_VMS` entries are taken.
+pub fn create_vm(name: &str) -> Result<VmHandle, ControlError> {
+    let _creation = CREATION.lock();
     let index = VMS.iter().position(|s| s.load(Ordering::Acquire).is_null()).ok_or(ControlError::NoSlot)?;
+    let generation = GENERATION.fetch_add(1, Ordering::AcqRel);
+    let name: &'static str = alloc::boxed::Box::leak(alloc::string::String::from(name).into_boxed_str());
     let vm = alloc::boxed::Box::leak(alloc::boxed::Box::new(Vm {
         name,
         generation,
@@ -420,9 +430,8 @@ pub fn create_vm(name: &'static str) -> Result<VmHandle, ControlError> {
         reboots: AtomicU32::new(0),
         reset_lock: Mutex::new(()),
     }));
-    VMS[index]
-        .compare_exchange(core::ptr::null_mut(), vm, Ordering::AcqRel, Ordering::Acquire)
-        .map_err(|_| ControlError::NoSlot)?;
+    // The entry was free under `CREATION`, and only creation (under it) fills entries.
+    VMS[index].store(vm, Ordering::Release);
     Ok(VmHandle { index: index as u16, generation })
 }
 
@@ -478,7 +487,11 @@ pub fn write_guest(handle: VmHandle, gpa: u64, data: &[u8]) -> Result<(), Contro
 /// VM level: creates vCPU number `vcpu_count` of the VM, pinned to physical `cpu`. A
 /// physical CPU runs at most one guest vCPU and, beside it, one vCPU of the service
 /// partition.
+///
+/// Everything is checked under `CREATION` before anything is allocated; a refused
+/// creation allocates nothing.
 pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlError> {
+    let _creation = CREATION.lock();
     let vm = vm(handle)?;
     let table = if vm.is_service.load(Ordering::Acquire) { &SERVICE_VCPU } else { &CPU_VCPU };
     let cpu_slot = table.get(cpu as usize).ok_or(ControlError::CpuUnavailable)?;
@@ -530,9 +543,9 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         request_slot: hv_abi::service::slot_index(vm.index, id).unwrap_or(NO_REQUEST_SLOT),
         request_ids: u64::from(crate::service::vm_id(vm).0) | u64::from(id) << 32,
     }));
-    cpu_slot
-        .compare_exchange(core::ptr::null_mut(), vcpu, Ordering::AcqRel, Ordering::Acquire)
-        .map_err(|_| ControlError::CpuUnavailable)?;
+    // The CPU's entry and vCPU number `id` were free under `CREATION`, and only
+    // creation (under it) fills them.
+    cpu_slot.store(vcpu, Ordering::Release);
     vm.vcpus[id as usize].store(vcpu, Ordering::Release);
     vm.vcpu_count.store(id + 1, Ordering::Release);
     Ok(VcpuHandle { vm: handle, vcpu: id as u16 })
@@ -732,6 +745,8 @@ pub fn exit_stats(handle: VcpuHandle, reason: usize) -> Result<u64, ControlError
 /// `BadHandle`. Its RAM and tables stay reserved: the boot-time frame allocator does
 /// not take frames back (a later allocator will).
 pub fn destroy_vm(handle: VmHandle) -> Result<(), ControlError> {
+    // Entries are freed under the lock that fills them.
+    let _creation = CREATION.lock();
     let vm = vm(handle)?;
     if vm.running.load(Ordering::Acquire) != 0 {
         return Err(ControlError::BadState);

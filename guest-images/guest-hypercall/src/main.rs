@@ -14,6 +14,46 @@ fn is(ret: u64, e: Error) -> bool {
     Error::from_rax(ret) == Some(e)
 }
 
+/// A name `VM_CREATE` would accept, in this guest's RAM.
+static VM_NAME: &[u8] = b"intruder";
+
+/// The control interface and the service partition's calls belong to the service
+/// partition alone (the config has one): each, called by this guest with arguments
+/// that would otherwise be good enough to act on, gets `NotPermitted`.
+fn service_only_calls_are_refused() -> bool {
+    let name = VM_NAME.as_ptr() as u64;
+    let message = MESSAGE.as_ptr() as u64;
+    // (number, name, arguments): VM id 1 stands for "some guest VM".
+    let calls: [(u64, &str, [u64; 4]); 16] = [
+        (hc::SERVICE_REPLY_WAIT, "SERVICE_REPLY_WAIT", [u64::MAX, 0, 0, 0]),
+        (hc::GUEST_IRQ_LINE, "GUEST_IRQ_LINE", [1, 4, 1, 0]),
+        (hc::GUEST_POWER, "GUEST_POWER", [1, 0, 0, 0]),
+        (hc::GUEST_CONSOLE_WRITE, "GUEST_CONSOLE_WRITE", [1, message, 8, 0]),
+        (hc::SYSTEM_INFO, "SYSTEM_INFO", [0, 0, 0, 0]),
+        (hc::VM_CREATE, "VM_CREATE", [name, VM_NAME.len() as u64, 0, 0]),
+        (hc::VM_MAP_RAM, "VM_MAP_RAM", [1, 0, 2 << 20, 0]),
+        (hc::VM_SET_DEVICES, "VM_SET_DEVICES", [1, 1, 0, 0]),
+        (hc::VCPU_CREATE, "VCPU_CREATE", [1, 0, 0, 0]),
+        (hc::VCPU_SET_STATE, "VCPU_SET_STATE", [1, 0, 0x20_0000, 0]),
+        (hc::VCPU_START, "VCPU_START", [1, 0, 0, 0]),
+        (hc::VM_STOP, "VM_STOP", [1, 0, 0, 0]),
+        (hc::SERVICE_CONSOLE_READ, "SERVICE_CONSOLE_READ", [0x20_0000, 64, 0, 0]),
+        (hc::GUEST_PIC_INTR, "GUEST_PIC_INTR", [1, 1, 0, 0]),
+        (hc::VM_RESET, "VM_RESET", [1, 0, 0, 0]),
+        (hc::SERVICE_COMPLETE, "SERVICE_COMPLETE", [0, 0, 0, 0]),
+    ];
+    let mut refused = 0;
+    for (nr, call, [a, b, c, d]) in calls {
+        let r = raw_hypercall(nr, a, b, c, d);
+        if is(r, Error::NotPermitted) {
+            refused += 1;
+        } else {
+            println!("FAIL {NAME}: {call} from a guest returned {r:#x}, not NotPermitted");
+        }
+    }
+    check(NAME, "the 16 service-only hypercalls from a guest -> NotPermitted", refused == calls.len())
+}
+
 /// Entry point (see `hv_abi::start`): RDI = vCPU id, RSI = RAM size in bytes.
 #[no_mangle]
 #[link_section = ".text._start"]
@@ -56,6 +96,7 @@ pub extern "C" fn _start(vcpu: u64, ram: u64) -> ! {
     let vmcalls = entries.iter().take(n as usize).find(|e| e.reason == 18).map_or(0, |e| e.count);
     println!("{NAME}: exit stats: {n} reasons, {vmcalls} VMCALL exits so far");
     ok &= check(NAME, "exit stats count this vCPU's VMCALL exits", n >= 1 && vmcalls >= 10);
+    ok &= service_only_calls_are_refused();
     ok &= check(NAME, "NOP returns 0", raw_hypercall(hc::NOP, 1, 2, 3, 4) == 0);
     ok &= check(NAME, "VCPU_ID still answers", raw_hypercall(hc::VCPU_ID, 0, 0, 0, 0) == vcpu);
     if ok {

@@ -1,7 +1,8 @@
 //! `guest-svc-fault`: checks that the service partition answers (a line through COM1),
 //! then asks it to fail through the `svc-fault-test` port (0xF6): with 16 MiB of RAM
-//! it asks for a crash (`FAULT_TEST_CRASH`), with any other size for a hang
-//! (`FAULT_TEST_HANG`). The hypervisor must then stop this guest with a line naming the
+//! it first asks it to flood the control interface (`FAULT_TEST_CREATE_FLOOD`), checks
+//! that it still answers, then asks for a crash (`FAULT_TEST_CRASH`); with any other
+//! size it asks for a hang (`FAULT_TEST_HANG`). The hypervisor must then stop this guest with a line naming the
 //! access; if the OUT ever returns, the guest reports `FAIL` and stops with code 1.
 //!
 //! Expected console lines: `svc-fault: the service partition answers` (through the
@@ -10,7 +11,9 @@
 #![no_std]
 #![no_main]
 
-use guest_rt::hv_abi::platform::devices::{FAULT_TEST_CRASH, FAULT_TEST_HANG};
+use guest_rt::hv_abi::platform::devices::{
+    FAULT_TEST_CRASH, FAULT_TEST_CREATE_FLOOD, FAULT_TEST_CREATE_FLOOD_REQUESTS, FAULT_TEST_HANG,
+};
 use guest_rt::port::{inb, outb};
 use guest_rt::{println, stop};
 
@@ -30,6 +33,15 @@ fn uart_line(line: &str) {
 #[link_section = ".text._start"]
 pub extern "C" fn _start(_vcpu: u64, ram_bytes: u64) -> ! {
     uart_line("svc-fault: the service partition answers");
+    if ram_bytes == 16 << 20 {
+        // Before the crash: the service partition floods the control interface, and
+        // must still answer afterwards.
+        println!("svc-fault: asking the service partition to flood VM_CREATE");
+        for _ in 0..FAULT_TEST_CREATE_FLOOD_REQUESTS {
+            outb(FAULT_TEST_PORT, FAULT_TEST_CREATE_FLOOD);
+        }
+        uart_line("svc-fault: the service partition answers after its VM_CREATE flood");
+    }
     let (what, value) = if ram_bytes == 16 << 20 { ("crash", FAULT_TEST_CRASH) } else { ("hang", FAULT_TEST_HANG) };
     println!("svc-fault: asking the service partition to {what}");
     outb(FAULT_TEST_PORT, value);

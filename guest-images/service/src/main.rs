@@ -74,6 +74,7 @@
 mod builder;
 mod clock;
 mod console;
+mod fault_test;
 mod vms;
 mod wait;
 mod wake;
@@ -211,30 +212,6 @@ const WAKE_AT_ONCE: u64 = 1;
 /// forward.
 const FAULT_TEST_PORT: u16 = 0xf6;
 
-/// Fails on purpose, for the scenarios that check how the hypervisor survives a broken
-/// service partition: `FAULT_TEST_CRASH` triple-faults this vCPU (an empty IDT, then a
-/// breakpoint), `FAULT_TEST_HANG` spins with interrupts off and never replies.
-fn fault_test(value: u8) {
-    use hv_abi::platform::devices::{FAULT_TEST_CRASH, FAULT_TEST_HANG};
-    match value {
-        FAULT_TEST_CRASH => {
-            println!("service: fault test: crashing this vcpu with a triple fault");
-            let empty = [0u16; 5];
-            // SAFETY: deliberately fatal: with a zero-limit IDT the breakpoint cannot be
-            // delivered (#BP -> #GP -> #DF -> triple fault), which the hypervisor handles
-            // by stopping this partition. Nothing after it runs.
-            unsafe { core::arch::asm!("lidt [{}]", "int3", in(reg) empty.as_ptr(), options(nostack)) };
-        }
-        FAULT_TEST_HANG => {
-            println!("service: fault test: hanging this vcpu with interrupts off");
-            loop {
-                core::hint::spin_loop();
-            }
-        }
-        _ => {}
-    }
-}
-
 /// Performs the access `request` describes, posted in slot `index`; returns the status
 /// to reply and, for a read, the data.
 #[inline(always)]
@@ -297,7 +274,7 @@ fn serve_port(request: &IoRequestSlot, index: u32) -> (u8, Option<u64>) {
 fn serve_test_port(vm: VmId, tag: vms::DeferTag, size: u8, port: u16, write: Option<u32>) -> (u8, Option<u64>) {
     if port == FAULT_TEST_PORT {
         if let Some(value) = write {
-            fault_test(value as u8);
+            fault_test::perform(value as u8);
         }
         return FAILED;
     }

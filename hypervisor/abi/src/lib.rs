@@ -357,7 +357,8 @@ pub mod platform {
             // Not a device: the service partition's fault-injection port for the
             // svc-crash scenarios. A write of FAULT_TEST_CRASH makes the service vCPU
             // triple-fault; FAULT_TEST_HANG makes it spin with interrupts off (it misses
-            // the request deadline). Only configs that name it get it.
+            // the request deadline); FAULT_TEST_CREATE_FLOOD makes it call VM_CREATE in
+            // a loop. Only configs that name it get it.
             Device { name: "svc-fault-test", ports: &[(0xf6, 0xf6)], isa_irq: None, mmio: &[], pc: false },
             // Not a PC device: a page of scratch registers for the svc-mmio scenario
             // (every MMIO instruction form the hypervisor decodes, forwarded).
@@ -397,6 +398,18 @@ pub mod platform {
         /// `svc-fault-test` values.
         pub const FAULT_TEST_CRASH: u8 = 1;
         pub const FAULT_TEST_HANG: u8 = 2;
+        /// Makes the service vCPU call `VM_CREATE` [`FAULT_TEST_CREATE_FLOOD_CALLS`]
+        /// times (a control interface called in a loop must not exhaust the
+        /// hypervisor's memory), stop the VMs it got, report, and answer.
+        pub const FAULT_TEST_CREATE_FLOOD: u8 = 3;
+        /// The `VM_CREATE` calls of one [`FAULT_TEST_CREATE_FLOOD`] request, each with a
+        /// 32-byte name (few enough to answer within the request deadline under
+        /// Bochs).
+        pub const FAULT_TEST_CREATE_FLOOD_CALLS: u32 = 40_000;
+        /// The [`FAULT_TEST_CREATE_FLOOD`] requests the `svc-crash` guest makes: 320 000
+        /// calls in all, more than enough to exhaust the hypervisor's heap (8 MiB) if a
+        /// refused call allocated its 32-byte name.
+        pub const FAULT_TEST_CREATE_FLOOD_REQUESTS: u32 = 8;
 
         /// A set of devices: bit `i` = `ALL[i]`.
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
