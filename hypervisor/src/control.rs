@@ -92,6 +92,7 @@ pub fn system_info(caller: &'static Vcpu, item: u64) -> Result<u64, HcError> {
         info::POOL_BYTES => Ok(r.pool_bytes),
         info::PAYLOAD_BYTES => Ok(r.payload_bytes),
         info::WALL_CLOCK_SECONDS => crate::arch::cmos::wall_clock_seconds().ok_or(HcError::BadArgument),
+        info::IO_REQUEST_VERSION => Ok(u64::from(hv_abi::io_request::VERSION)),
         _ => Err(HcError::BadArgument),
     }
 }

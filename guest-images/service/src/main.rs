@@ -91,6 +91,7 @@ use hv_devices::Nanos;
 #[no_mangle]
 #[link_section = ".text._start"]
 pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
+    check_protocol_version(vcpu);
     clock::init(vcpu == 0);
     println!("service: vcpu {vcpu} ready");
     if vcpu == 0 {
@@ -134,6 +135,37 @@ pub extern "C" fn _start(vcpu: u64, _ram_bytes: u64) -> ! {
         (reply, reply_status, reply_data) = (r, status, data.unwrap_or(0));
         console::poll();
     }
+}
+
+/// Stops this partition before it serves anything when the hypervisor speaks another
+/// version of the I/O request protocol (`hv_abi::io_request::check_version`): the
+/// requests and answers would be misread on both sides. vCPU 0 says why and stops the
+/// partition; the others wait for that.
+fn check_protocol_version(vcpu: u64) {
+    use hv_abi::io_request::{check_version, VersionMismatch, VERSION};
+    let reported = guest_rt::raw_hypercall(
+        hv_abi::hypercall::SYSTEM_INFO,
+        hv_abi::service::control::info::IO_REQUEST_VERSION,
+        0,
+        0,
+        0,
+    );
+    let Err(mismatch) = check_version(reported) else { return };
+    if vcpu != 0 {
+        // vCPU 0 says why and stops the partition, this vCPU with it.
+        loop {
+            core::hint::spin_loop();
+        }
+    }
+    match mismatch {
+        VersionMismatch::Other(theirs) => println!(
+            "service: the hypervisor speaks I/O request protocol version {theirs}, this service partition version {VERSION}; not serving: build both from the same tree"
+        ),
+        VersionMismatch::Unknown => println!(
+            "service: the hypervisor does not say which I/O request protocol it speaks (this service partition speaks version {VERSION}); not serving: build both from the same tree"
+        ),
+    }
+    guest_rt::stop(u64::MAX)
 }
 
 /// The TSC deadline each wait asks to be woken at: the earliest of

@@ -521,6 +521,30 @@ pub mod io_request {
     /// `status` and `data`; 5: the request and the answer travel in the registers of
     /// `SERVICE_REPLY_WAIT` (the slot stays the record of the request).
     pub const VERSION: u32 = 5;
+
+    /// Why a service partition built for [`VERSION`] must not serve the hypervisor it
+    /// runs on.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum VersionMismatch {
+        /// The hypervisor speaks this other version.
+        Other(u64),
+        /// The hypervisor does not say (`SYSTEM_INFO(IO_REQUEST_VERSION)` failed: a
+        /// hypervisor older than the item).
+        Unknown,
+    }
+
+    /// Checks what `SYSTEM_INFO(IO_REQUEST_VERSION)` returned (`rax`) against
+    /// [`VERSION`]: the hypervisor and the service partition must speak the same
+    /// layout, or requests and answers would be misread on both sides.
+    pub fn check_version(rax: u64) -> Result<(), VersionMismatch> {
+        if crate::Error::from_rax(rax).is_some() {
+            Err(VersionMismatch::Unknown)
+        } else if rax == u64::from(VERSION) {
+            Ok(())
+        } else {
+            Err(VersionMismatch::Other(rax))
+        }
+    }
     /// Bytes per slot in the shared page (the struct plus padding to a cache line).
     pub const SLOT_BYTES: usize = 64;
 
@@ -769,6 +793,10 @@ pub mod service {
             /// read at boot plus the TSC time since. `BadArgument` when the machine's
             /// clock could not be read (no RTC, or one showing no valid time).
             pub const WALL_CLOCK_SECONDS: u64 = 3;
+            /// The version of the I/O request protocol the hypervisor speaks
+            /// ([`crate::io_request::VERSION`]); the service partition checks it with
+            /// [`crate::io_request::check_version`] before it serves anything.
+            pub const IO_REQUEST_VERSION: u64 = 4;
         }
 
         /// Start modes of [`VcpuStartState::mode`].
@@ -919,6 +947,7 @@ pub mod guest {
 
 #[cfg(test)]
 mod tests {
+    use super::io_request::{check_version, VersionMismatch, VERSION};
     use super::platform::devices::{DeviceSet, ALL};
     use super::service::{slot_index, VmId, MAX_VCPUS_PER_VM, SLOTS};
 
@@ -1025,5 +1054,15 @@ mod tests {
         assert_eq!(slot_index(0, MAX_VCPUS_PER_VM), None);
         let id = VmId::new(3, 0x1_0007);
         assert_eq!((id.index(), id.generation_low()), (3, 7));
+    }
+
+    #[test]
+    fn io_request_version_must_match_exactly() {
+        assert_eq!(check_version(u64::from(VERSION)), Ok(()));
+        assert_eq!(check_version(u64::from(VERSION) - 1), Err(VersionMismatch::Other(u64::from(VERSION) - 1)));
+        assert_eq!(check_version(u64::from(VERSION) + 1), Err(VersionMismatch::Other(u64::from(VERSION) + 1)));
+        // An older hypervisor refuses the unknown item.
+        assert_eq!(check_version(crate::Error::BadArgument.to_rax()), Err(VersionMismatch::Unknown));
+        assert_eq!(check_version(crate::Error::NotPermitted.to_rax()), Err(VersionMismatch::Unknown));
     }
 }
