@@ -16,9 +16,28 @@ pub enum Ending {
     Stopped,
 }
 
-/// Whether a log line reports a fatal kernel error (`FATAL:` or a panic).
+/// Whether a log line reports a fatal kernel error (`FATAL:` or a panic), a guest
+/// kernel fault, or a failed check of a test guest.
 pub fn is_fatal_line(line: &str) -> bool {
-    line.contains("FATAL:") || is_panic_line(line) || is_guest_kernel_fault(line)
+    line.contains("FATAL:") || is_panic_line(line) || is_guest_kernel_fault(line) || is_guest_check_failure(line)
+}
+
+/// Whether a line is a partition's console output (`[name] FAIL ...`) reporting a
+/// failed check of a test guest (`guest_rt::check` prints `FAIL guest: what`). A guest
+/// with a failed check also stops with code 1, which the expected `stopped itself
+/// (code 0)` line catches; this makes the check's own line the reason, and holds even
+/// for a guest that carries on after a failure.
+pub fn is_guest_check_failure(line: &str) -> bool {
+    partition_text(line).is_some_and(|text| text.starts_with("FAIL "))
+}
+
+/// The text of a partition's console line (`[name] text`; the name as partition names
+/// are spelled), or `None` for any other line.
+fn partition_text(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix('[')?;
+    let (name, text) = rest.split_once("] ")?;
+    let is_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    is_name.then_some(text)
 }
 
 /// What a guest kernel prints when it hits a bug or a fault (Linux: oops, BUG,
@@ -29,11 +48,7 @@ const GUEST_KERNEL_FAULTS: [&str; 7] =
 /// Whether a line is a partition's console output (`[name] ...`) reporting a guest
 /// kernel fault, which fails every scenario: the platform must not provoke one.
 pub fn is_guest_kernel_fault(line: &str) -> bool {
-    let Some(rest) = line.strip_prefix('[') else { return false };
-    let Some((name, text)) = rest.split_once("] ") else { return false };
-    !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && GUEST_KERNEL_FAULTS.iter().any(|f| text.contains(f))
+    partition_text(line).is_some_and(|text| GUEST_KERNEL_FAULTS.iter().any(|f| text.contains(f)))
 }
 
 /// Whether a log line reports a panic, which fails every scenario, even one that
@@ -138,6 +153,16 @@ mod guest_fault_tests {
         assert!(!is_fatal_line("[linux] linux-init: log check: 0 suspicious lines"));
         assert!(!is_fatal_line("partition linux: WARNING: not a console line"));
         assert!(!is_fatal_line("[svc] service: partition linux: bzImage image"));
+    }
+
+    #[test]
+    fn failed_guest_checks_are_fatal() {
+        assert!(is_fatal_line("[uart] FAIL guest-uart: loopback returns the byte"));
+        assert!(is_fatal_line("[hypercall] FAIL guest-hypercall: VM_CREATE from a guest returned 0x1"));
+        assert!(!is_fatal_line("[uart] PASS guest-uart: loopback returns the byte"));
+        assert!(!is_fatal_line("[uart] guest-uart: FAIL would be a failure, but this line is not a check"));
+        assert!(!is_fatal_line("FAIL svc-uart (12.0 s): not a partition's line"));
+        assert!(!is_fatal_line("[Bad Name] FAIL x"));
     }
 }
 
