@@ -33,7 +33,7 @@
 //! FACS must not be ordinary RAM, §5.2.10). Every address the tables hold is 32-bit
 //! (RSDT, FADT `DSDT`/`FIRMWARE_CTRL`, MP pointers), so the region must end at or below
 //! 4 GiB. [`required_size`] gives the smallest region for a platform and placement:
-//! at a 64-byte aligned `region_gpa`, 944 bytes for 1 vCPU, 1040 for 4 and 8032 for
+//! at a 64-byte aligned `region_gpa`, 1008 bytes for 1 vCPU, 1104 for 4 and 8096 for
 //! 254 (about 28 bytes per vCPU: 8 in the MADT, 20 in the MP table); up to 63 bytes
 //! more elsewhere (the FACS's alignment).
 //!
@@ -167,7 +167,7 @@ impl PlatformDesc {
     /// 0xFEE0_0000, IOAPIC at 0xFEC0_0000 with 24 pins and ID `vcpus` (saturated at
     /// 255, which [`build`] refuses, as it does `vcpus` > [`MAX_VCPUS`]), PM1a event
     /// 0x600, PM1a control 0x604, PM timer 0x608 (24-bit), SCI on IRQ 9, reset 0x06
-    /// to port 0xCF9, `\_S5` type 0, century byte 0x32.
+    /// to port 0xCF9, `\_S5` type [`DEFAULT_S5_SLP_TYP`] (5), century byte 0x32.
     #[must_use]
     pub fn pc_defaults(vcpus: u32) -> Self {
         Self {
