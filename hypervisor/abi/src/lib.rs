@@ -66,7 +66,10 @@ pub mod hypercall {
     /// [`super::io_request`], "Deferred completion").
     pub const SERVICE_REPLY_WAIT: u64 = 8;
     /// Sets the level of IRQ line RCX (0..[`super::platform::IOAPIC_PINS`]) of guest VM
-    /// RBX (a [`super::service::VmId`]) to RDX (0 low, 1 high). Returns 0.
+    /// RBX (a [`super::service::VmId`]) to RDX (0 low, 1 high). Returns 0;
+    /// `BadArgument` for an unknown or destroyed VM, a pin out of range or another
+    /// level, `NotPermitted` for any caller but the service partition (nothing
+    /// changes).
     pub const GUEST_IRQ_LINE: u64 = 9;
     /// A power action for guest VM RBX: RCX = [`super::service::power::OFF`] (RDX = exit
     /// code) or [`super::service::power::RESET`]. The guest is stopped with a line naming
