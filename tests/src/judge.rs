@@ -111,6 +111,11 @@ pub fn judge(scenario: &Scenario, log: &str, ending: &Ending) -> Result<(), Stri
     if let Some(line) = clean.lines().find(|l| forbidden(l)) {
         return Err(format!("fatal line in serial log: {}", line.trim()));
     }
+    for text in &scenario.forbidden {
+        if let Some(line) = clean.lines().find(|l| l.contains(text.as_str())) {
+            return Err(format!("forbidden text {text:?} in serial log: {}", line.trim()));
+        }
+    }
     let missing = missing_lines(scenario, log);
     let missing_text = || missing.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", ");
     match ending {
@@ -178,6 +183,16 @@ mod tests {
     const GOOD: &str = "\u{1b}[2J\u{1b}[01;01HBdsDxe: loading\r\nvmx: cpu 0 on\nvmx: cpu 1 on\n\
                         hypervisor: ready, 2 cpus, vmx on 2\nboot: entry to ready: 123 tsc ticks\n\
                         platform: power off (code 0)\n";
+
+    #[test]
+    fn forbidden_text_fails() {
+        let mut s = boot2();
+        s.forbidden = vec!["LOOPBACK".to_string()];
+        assert_eq!(judge(&s, GOOD, &Ending::Exited(Some(1))), Ok(()));
+        let log = GOOD.replace("BdsDxe: loading", "[uart] LOOPBACK");
+        let err = judge(&s, &log, &Ending::Exited(Some(1))).unwrap_err();
+        assert!(err.contains("forbidden text \"LOOPBACK\""), "{err}");
+    }
 
     #[test]
     fn good_log_passes() {

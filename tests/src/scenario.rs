@@ -60,6 +60,9 @@ pub struct Scenario {
     /// type these bytes), step by step. Scenarios with input connect COM1 to the harness
     /// by TCP (Bochs `mode=socket-client`); the others write it to a file.
     pub input: Vec<(String, String)>,
+    /// Text that must appear in no line of the serial log (what a test guest must keep
+    /// off the console, e.g. bytes sent in UART loopback).
+    pub forbidden: Vec<String>,
 }
 
 /// Emulated machine memory of the scenarios with small partitions.
@@ -104,6 +107,7 @@ fn bochs_boot(name: &'static str, model: &'static str, cpus: u32, timeout_s: u64
         fatal_expected: false,
         memory_mib: DEFAULT_MEMORY_MIB,
         input: Vec::new(),
+        forbidden: Vec::new(),
     }
 }
 
@@ -134,6 +138,7 @@ fn cpu_fault() -> Scenario {
         fatal_expected: true,
         memory_mib: DEFAULT_MEMORY_MIB,
         input: Vec::new(),
+        forbidden: Vec::new(),
     }
 }
 
@@ -170,6 +175,7 @@ fn guests(
         fatal_expected: false,
         memory_mib: DEFAULT_MEMORY_MIB,
         input: Vec::new(),
+        forbidden: Vec::new(),
     }
 }
 
@@ -198,7 +204,14 @@ fn service_scenario(name: &'static str, cpus: u32, config: &'static str, guests:
         fatal_expected: false,
         memory_mib: DEFAULT_MEMORY_MIB,
         input: Vec::new(),
+        forbidden: Vec::new(),
     }
+}
+
+/// `scenario` with `texts` that must appear in no line of the serial log.
+pub fn forbidding(mut scenario: Scenario, texts: &[&str]) -> Scenario {
+    scenario.forbidden = texts.iter().map(|t| t.to_string()).collect();
+    scenario
 }
 
 /// `scenario` with console input: `steps` of (text the serial log must contain, bytes
@@ -242,17 +255,22 @@ fn svc_console_input() -> Scenario {
 /// The service-partition scenarios (issue 5).
 fn service_scenarios() -> Vec<Scenario> {
     vec![
-        service_scenario(
-            "svc-uart",
-            2,
-            "tests/configs/svc-uart.toml",
-            1,
-            &[
-                "[uart] uart: hello through the 16550",
-                "[uart] uart: interrupt-driven line",
-                "[uart] PASS guest-uart",
-                "partition uart: stopped itself (code 0)",
-            ],
+        // The bytes the guest sends in loopback must come back through RBR and never
+        // reach the console.
+        forbidding(
+            service_scenario(
+                "svc-uart",
+                2,
+                "tests/configs/svc-uart.toml",
+                1,
+                &[
+                    "[uart] uart: hello through the 16550",
+                    "[uart] uart: interrupt-driven line",
+                    "[uart] PASS guest-uart",
+                    "partition uart: stopped itself (code 0)",
+                ],
+            ),
+            &["LOOPBACK"],
         ),
         service_scenario(
             "svc-pci",
@@ -611,6 +629,7 @@ fn bochs_expect(name: &'static str, config: &'static str, expected: &[&str]) -> 
         fatal_expected: false,
         memory_mib: DEFAULT_MEMORY_MIB,
         input: Vec::new(),
+        forbidden: Vec::new(),
     }
 }
 
@@ -781,6 +800,7 @@ fn base_catalogue() -> Vec<Scenario> {
             fatal_expected: false,
             memory_mib: DEFAULT_MEMORY_MIB,
             input: Vec::new(),
+            forbidden: Vec::new(),
         },
         bochs_boot("boot-4cpu", ICELAKE, 4, 300),
         bochs_boot("boot-2cpu", ICELAKE, 2, 180),
@@ -798,6 +818,7 @@ fn base_catalogue() -> Vec<Scenario> {
             fatal_expected: false,
             memory_mib: DEFAULT_MEMORY_MIB,
             input: Vec::new(),
+            forbidden: Vec::new(),
         },
         cpu_fault(),
         guests("guest-hello", ICELAKE, 2, "tests/configs/guest-hello.toml", &[("hello", "guest-hello")]),
@@ -997,6 +1018,15 @@ mod tests {
             assert_eq!(ivybridge.expected[0], NO_APICV_LINE);
             assert_eq!(&ivybridge.expected[1..], &s.expected[..]);
             assert_eq!(ivybridge.input, s.input);
+        }
+    }
+
+    #[test]
+    fn svc_uart_keeps_loopback_bytes_off_the_console_on_every_model() {
+        let all = catalogue();
+        for name in ["svc-uart", "svc-uart-skylake", "svc-uart-ivybridge"] {
+            let s = all.iter().find(|s| s.name == name).expect(name);
+            assert_eq!(s.forbidden, ["LOOPBACK"], "{name}");
         }
     }
 

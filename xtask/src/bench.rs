@@ -253,6 +253,7 @@ fn exit_scenario(name: &'static str, config: &'static str, machine: BenchMachine
         fatal_expected: false,
         memory_mib: scenario::DEFAULT_MEMORY_MIB,
         input: Vec::new(),
+        forbidden: Vec::new(),
     }
 }
 
@@ -378,6 +379,7 @@ pub fn cmd_bench(exits_only: bool, machine: BenchMachine) -> Result<ExitCode, St
             fatal_expected: false,
             memory_mib: scenario::DEFAULT_MEMORY_MIB,
             input: Vec::new(),
+            forbidden: Vec::new(),
         })
         .collect();
     scenarios.push(exit_scenario("bench-exits", BENCH_CONFIG, machine));
