@@ -116,6 +116,16 @@ pub fn judge(scenario: &Scenario, log: &str, ending: &Ending) -> Result<(), Stri
             return Err(format!("forbidden text {text:?} in serial log: {}", line.trim()));
         }
     }
+    let first = |text: &str| clean.lines().position(|l| l.contains(text));
+    for (earlier, later) in &scenario.ordered {
+        match (first(earlier), first(later)) {
+            (Some(a), Some(b)) if a > b => {
+                return Err(format!("{earlier:?} appeared after {later:?} (lines {} and {})", a + 1, b + 1));
+            }
+            (Some(_), Some(_)) => {}
+            _ => return Err(format!("{earlier:?} and {later:?} must both appear, in this order")),
+        }
+    }
     let missing = missing_lines(scenario, log);
     let missing_text = || missing.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", ");
     match ending {
@@ -192,6 +202,16 @@ mod tests {
         let log = GOOD.replace("BdsDxe: loading", "[uart] LOOPBACK");
         let err = judge(&s, &log, &Ending::Exited(Some(1))).unwrap_err();
         assert!(err.contains("forbidden text \"LOOPBACK\""), "{err}");
+    }
+
+    #[test]
+    fn ordered_texts_must_come_in_order() {
+        let mut s = boot2();
+        s.ordered = vec![("vmx: cpu 0 on".to_string(), "vmx: cpu 1 on".to_string())];
+        assert_eq!(judge(&s, GOOD, &Ending::Exited(Some(1))), Ok(()));
+        let swapped = GOOD.replace("vmx: cpu 0 on\nvmx: cpu 1 on", "vmx: cpu 1 on\nvmx: cpu 0 on");
+        let err = judge(&s, &swapped, &Ending::Exited(Some(1))).unwrap_err();
+        assert!(err.contains("appeared after"), "{err}");
     }
 
     #[test]

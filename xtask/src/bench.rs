@@ -254,6 +254,7 @@ fn exit_scenario(name: &'static str, config: &'static str, machine: BenchMachine
         memory_mib: scenario::DEFAULT_MEMORY_MIB,
         input: Vec::new(),
         forbidden: Vec::new(),
+        ordered: Vec::new(),
     }
 }
 
@@ -380,6 +381,7 @@ pub fn cmd_bench(exits_only: bool, machine: BenchMachine) -> Result<ExitCode, St
             memory_mib: scenario::DEFAULT_MEMORY_MIB,
             input: Vec::new(),
             forbidden: Vec::new(),
+            ordered: Vec::new(),
         })
         .collect();
     scenarios.push(exit_scenario("bench-exits", BENCH_CONFIG, machine));
