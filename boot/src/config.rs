@@ -13,17 +13,20 @@
 //!                         # in x2APIC mode when the CPU has it; false forces the software
 //!                         # path (for testing both) (default true)
 //!
-//! [[partition]]           # zero or more
+//! [[partition]]           # zero to 16 (hv_abi::service::MAX_VMS, the service included)
 //! name = "hello"          # [a-z0-9-]{1,32}, unique
 //! kind = "guest"          # "service" | "guest"; at most one service
-//! memory_mib = 16         # 1..=65536
+//! memory_mib = 16         # 2..=65536, even (2 MiB pages); with a service partition the
+//!                         # guests' total must fit its pool (2 GiB)
 //! vcpus = 1               # 1..=64 (the service partition gets one vCPU on every CPU instead)
 //! cpus = [1]              # optional; if present length == vcpus, no duplicates
-//! start = "long"         # optional: "long" (default), "protected" or "real" (see StartMode)
+//! start = "long"         # optional: "long" (default), "protected" or "real" (see
+//!                         # StartMode); the service partition only "long"
 //! devices = ["pc"]       # optional: emulated devices whose ports go to the service
 //!                         # partition: "pc" (all) or names of hv_abi::platform::devices
 //!                         # (com1, pit, pic, rtc, acpi-pm, pci, kbd, debug-exit, debugcon,
-//!                         # fw-cfg, post); default none (every port unclaimed)
+//!                         # fw-cfg, post; the test devices svc-fault-test, mmio-test and
+//!                         # delay-test); default none (every port unclaimed)
 //! image = "path/to/file"  # relative to the config file's directory, or
 //!                         # "guest:NAME" for a test guest from guest-images/ (built by xtask),
 //!                         # or "linux:NAME" for the Linux guest material xtask fetches
@@ -482,7 +485,7 @@ impl fmt::Display for ConfigError {
                 write!(
                     f,
                     "fix: correct the field or value shown (fields: [hypervisor] log_level, \
-                     when_idle, selftest, apicv; [[partition]] name, kind, memory_mib, vcpus, cpus, image, start, \
+                     when_idle, selftest, apicv, console_timestamps; [[partition]] name, kind, memory_mib, vcpus, cpus, image, start, \
                      devices, initrd, cmdline, modules, on_reset)"
                 )
             }
@@ -574,6 +577,14 @@ fn validate(raw: RawConfig, path: &Path, built: BuiltMaterial<'_>) -> Result<Con
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
 
+    let max_partitions = hv_abi::service::MAX_VMS as usize;
+    if raw.partition.len() > max_partitions {
+        return Err(invalid(
+            "partition".to_string(),
+            format!("{} partitions are declared; the hypervisor holds {max_partitions}", raw.partition.len()),
+            format!("declare at most {max_partitions} partitions, the service partition included"),
+        ));
+    }
     let mut partitions: Vec<Partition> = Vec::with_capacity(raw.partition.len());
     let mut service: Option<usize> = None;
     for (i, p) in raw.partition.into_iter().enumerate() {
@@ -610,6 +621,20 @@ fn validate(raw: RawConfig, path: &Path, built: BuiltMaterial<'_>) -> Result<Con
                 field("memory_mib"),
                 format!("{} MiB is out of range", p.memory_mib),
                 format!("use a value from {} to {}", MEMORY_MIB_RANGE.start(), MEMORY_MIB_RANGE.end()),
+            ));
+        }
+        if p.memory_mib % 2 != 0 {
+            return Err(invalid(
+                field("memory_mib"),
+                format!("{} MiB is not a multiple of 2", p.memory_mib),
+                "use an even number of MiB: guest RAM is mapped in 2 MiB pages".to_string(),
+            ));
+        }
+        if p.kind == PartitionKind::Service && p.start != StartMode::Long {
+            return Err(invalid(
+                field("start"),
+                "the service partition always starts in 64-bit mode".to_string(),
+                "remove `start` from the service partition".to_string(),
             ));
         }
         if !VCPUS_RANGE.contains(&p.vcpus) {
@@ -777,6 +802,19 @@ fn validate(raw: RawConfig, path: &Path, built: BuiltMaterial<'_>) -> Result<Con
             modules,
             on_reset: p.on_reset.unwrap_or_default(),
         });
+    }
+    if let Some(svc) = service {
+        // The service partition's pool holds every guest's RAM, in one window.
+        let guest_mib: u64 =
+            partitions.iter().filter(|p| p.kind == PartitionKind::Guest).map(|p| u64::from(p.memory_mib)).sum();
+        let pool_mib = hv_abi::service::POOL_MAX_BYTES >> 20;
+        if guest_mib > pool_mib {
+            return Err(invalid(
+                format!("partition[{svc}]"),
+                format!("the guests' memory_mib add up to {guest_mib} MiB, more than the service partition's pool ({pool_mib} MiB)"),
+                format!("give the guests at most {pool_mib} MiB together"),
+            ));
+        }
     }
 
     Ok(Config { source: path.to_path_buf(), hypervisor: raw.hypervisor, partitions })
@@ -1090,6 +1128,34 @@ mod tests {
             assert!(e.to_string().contains("fix: use a value from"), "{e}");
         }
         assert!(f.parse(&partition("a", "").replace("memory_mib = 16", "memory_mib = 65536")).is_ok());
+    }
+
+    #[test]
+    fn what_the_machine_cannot_hold_is_rejected_when_the_config_is_read() {
+        let f = Fixture::new();
+        // Guest RAM comes in 2 MiB pages.
+        let e = f.parse(&partition("a", "").replace("memory_mib = 16", "memory_mib = 15")).unwrap_err();
+        assert_eq!(e.field(), Some("partition[0].memory_mib"));
+        assert!(e.to_string().contains("not a multiple of 2"), "{e}");
+        // At most MAX_VMS partitions, the service partition included.
+        let seventeen: String = (0..17).map(|i| partition(&format!("g{i}"), "")).collect();
+        let e = f.parse(&seventeen).unwrap_err();
+        assert_eq!(e.field(), Some("partition"));
+        assert!(e.to_string().contains("at most 16 partitions"), "{e}");
+        let sixteen: String = (0..16).map(|i| partition(&format!("g{i}"), "")).collect();
+        assert!(f.parse(&sixteen).is_ok());
+        // The service partition starts in 64-bit mode only.
+        let svc = partition("svc", "start = \"real\"").replace("guest\"", "service\"");
+        assert_eq!(f.parse(&svc).unwrap_err().field(), Some("partition[0].start"));
+        // The guests' RAM must fit the service partition's pool (2 GiB).
+        let svc = partition("svc", "").replace("guest\"", "service\"");
+        let big = |name: &str, mib: u32| partition(name, "").replace("memory_mib = 16", &format!("memory_mib = {mib}"));
+        let e = f.parse(&format!("{svc}{}{}", big("a", 1024), big("b", 1026))).unwrap_err();
+        assert_eq!(e.field(), Some("partition[0]"));
+        assert!(e.to_string().contains("2050 MiB"), "{e}");
+        assert!(f.parse(&format!("{svc}{}{}", big("a", 1024), big("b", 1024))).is_ok());
+        // Without a service partition there is no pool to fit.
+        assert!(f.parse(&format!("{}{}", big("a", 1024), big("b", 1026))).is_ok());
     }
 
     #[test]
