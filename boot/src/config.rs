@@ -391,9 +391,10 @@ struct CanonicalConfig<'a> {
 }
 
 impl Config {
-    /// The canonical re-serialisation stored as `config.toml` in the boot payload:
-    /// every default written out, and each `image` rewritten to its path inside the
-    /// payload (`images/<name>`).
+    /// The canonical re-serialisation stored as `config.toml` in the boot payload (for
+    /// the record; nothing at run time reads it): the defaults written out (but
+    /// `selftest` and `console_timestamps` only when set, and no `devices`), and each
+    /// `image` rewritten to its path inside the payload (`images/<name>`).
     pub fn to_canonical_toml(&self) -> String {
         let canonical = CanonicalConfig {
             hypervisor: self.hypervisor,

@@ -1,7 +1,9 @@
 //! The boot payload: a ustar archive passed as the bootloader's ramdisk, holding
-//! `config.toml` (the partition config, for the service partition), `hypervisor.conf`
-//! (the hypervisor's own settings) and partition images. The hypervisor only indexes
-//! the archive (via `tar-no-std`) and reads `hypervisor.conf`.
+//! `config.toml` (the validated partition config, kept for the record: nothing at run
+//! time reads it), `hypervisor.conf` (the hypervisor's settings and one `partition=`
+//! line per partition, which the service partition reads too) and partition images.
+//! The hypervisor only indexes the archive (via `tar-no-std`) and reads
+//! `hypervisor.conf`.
 
 use alloc::vec::Vec;
 
