@@ -41,6 +41,10 @@
 //! [mmio] mmio: N instruction forms checked
 //! [mmio] PASS guest-mmio
 //! ```
+//! With 18 MiB of RAM it runs none of this: it tries one instruction the hypervisor
+//! does not emulate (`LOCK CMPXCHG` on the page), prints `mmio: trying LOCK CMPXCHG on
+//! the device page, which is not emulated`, and must be stopped by the hypervisor.
+//!
 //! On a mismatch: `FAIL guest-mmio: <form> ...` with the values seen and expected (at
 //! most 30 such lines), then `FAIL guest-mmio: <group>`, `FAIL guest-mmio`, and the
 //! guest stops with code 1.
@@ -53,6 +57,9 @@ use guest_rt::hv_abi::platform::devices::MMIO_TEST_BASE;
 use guest_rt::{check_fmt, exceptions, println, stop};
 
 const NAME: &str = "guest-mmio";
+/// The RAM size (18 MiB) that makes this guest try an instruction the hypervisor does
+/// not emulate instead of its checks ([`unemulated_instruction`]).
+const UNEMULATED_RAM_BYTES: u64 = 18 << 20;
 const BASE: u64 = MMIO_TEST_BASE;
 const CONSTANT_OFFSET: u64 = 0x100;
 const CONSTANT: u64 = 0x1122_3344_5566_7788;
@@ -743,10 +750,36 @@ fn alias_forms(ctx: &mut Ctx) {
 }
 
 /// Entry point (see `hv_abi::start`).
+/// With [`UNEMULATED_RAM_BYTES`] of RAM: a `LOCK CMPXCHG` on the device page, which the
+/// hypervisor's decoder does not take. The hypervisor must stop this guest with a dump
+/// (`MMIO instruction not emulated`), and nothing else; if the instruction ever
+/// completes, the guest says so and stops with code 1.
+fn unemulated_instruction() -> ! {
+    println!("mmio: trying LOCK CMPXCHG on the device page, which is not emulated");
+    let (mut expected, new) = (0u32, 1u32);
+    // SAFETY: a compare-and-exchange on the identity-mapped mmio-test page; the
+    // hypervisor stops this guest at its EPT violation, so it should not complete (if
+    // it does, it only changes a scratch register).
+    unsafe {
+        core::arch::asm!(
+            "lock cmpxchg dword ptr [{addr}], {new:e}",
+            addr = in(reg) BASE,
+            new = in(reg) new,
+            inout("eax") expected,
+            options(nostack),
+        );
+    }
+    println!("FAIL {NAME}: LOCK CMPXCHG on the device page completed (eax {expected:#x})");
+    stop(1)
+}
+
 #[no_mangle]
 #[link_section = ".text._start"]
-pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
+pub extern "C" fn _start(_vcpu: u64, ram: u64) -> ! {
     exceptions::install();
+    if ram == UNEMULATED_RAM_BYTES {
+        unemulated_instruction();
+    }
     let mut ctx = Ctx { forms: 0, writes: counter(), group_failures: 0, printed: 0, ok: true };
     let first = ctx.writes;
     if first != 0 {
