@@ -465,7 +465,17 @@ fn service_scenarios() -> Vec<Scenario> {
             2,
             "tests/configs/svc-pic.toml",
             1,
-            &["[pic] PASS guest-pic", "partition pic: stopped itself (code 0)"],
+            &[
+                "[pic] PASS guest-pic: I/O APIC pin 8 (IRQ 8) is masked",
+                "[pic] PASS guest-pic: master IR2 masked: slave IRQ 8 (RTC) shows in slave IRR bit 0 and master IRR bit 2",
+                "[pic] PASS guest-pic: IR2 unmasked: the master's poll reports the cascade (0x82, ISR 0x04), the slave's poll IRQ 8 (0x80, ISR 0x01",
+                "[pic] PASS guest-pic: with slave IR0 in service a new IRQ 8 stays in slave IRR, master IRR bit 2 clear",
+                "[pic] PASS guest-pic: a non-specific EOI to the slave clears its ISR and passes the request to master IR2",
+                "[pic] PASS guest-pic: the master's specific EOI for IR2 lets the pending IRQ 8 be polled (0x82 / 0x80",
+                "[pic] PASS guest-pic: specific EOI to the slave, non-specific to the master: both ISRs 0",
+                "[pic] PASS guest-pic",
+                "partition pic: stopped itself (code 0)",
+            ],
         ),
         service_scenario(
             "svc-extint",
