@@ -22,7 +22,11 @@
 //!    LAPIC is enabled again and LINT0 set to ExtINT.
 //! 6. A slave IRQ through the cascade: the RTC's periodic interrupt (IRQ 8, 128 Hz)
 //!    with master IR2 and slave IR0 unmasked arrives at vector 0x28; the handler reads
-//!    RTC register C and EOIs the slave, then the master.
+//!    RTC register C and EOIs the slave, then the master, alternately with
+//!    non-specific and specific (0x60 / 0x62) EOIs. On entry the master's ISR must be
+//!    0x04 (IR2) and the slave's 0x01 (IR0); between the two EOIs 0x04 and 0x00. With
+//!    IR2 masked on the master (slave IR0 still unmasked) nothing arrives though the
+//!    master's IRR bit 2 is set; unmasked again, the latched IRQ 8 arrives at 0x28.
 //! 7. The LAPIC switched to x2APIC mode (APIC virtualization where the CPU has it):
 //!    IRQ 0 still arrives at 0x20 through LINT0 ExtINT, not in the LAPIC's ISR.
 //! 8. Spurious IRQ 15: the slave re-initialized level-triggered (ICW1 LTIM); with
@@ -42,6 +46,9 @@
 //! [extint] PASS guest-extint: IRQ 0 masked in the IMR does not arrive
 //! [extint] PASS guest-extint: LAPIC software-disabled (LINT0 0x10700): IRQ 0 still arrives at vector 0x20
 //! [extint] PASS guest-extint: slave IRQ 8 (RTC) arrives at vector 0x28 through the cascade
+//! [extint] PASS guest-extint: IRQ 8 in service on both chips until its EOIs (master 0x04 / slave 0x01 in the handler, 0x04 / 0x00 between the EOIs)
+//! [extint] PASS guest-extint: IR2 masked on the master: IRQ 8 does not arrive
+//! [extint] PASS guest-extint: IR2 unmasked: the latched IRQ 8 arrives at vector 0x28
 //! [extint] PASS guest-extint: x2APIC mode (LINT0 0x700): IRQ 0 arrives at vector 0x20
 //! [extint] PASS guest-extint: spurious IRQ 15 arrives at 0x2f with master IR2 in service
 //! [extint] PASS guest-extint
@@ -51,7 +58,7 @@
 #![no_std]
 #![no_main]
 
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use guest_rt::cmos;
 use guest_rt::interrupts::{self, cli, count, delay_us, sti};
@@ -112,6 +119,18 @@ static UNEXPECTED: AtomicU8 = AtomicU8::new(0);
 /// The master's and the slave's ISR as the spurious IRQ 15 handler saw them.
 static SPURIOUS_MASTER_ISR: AtomicU8 = AtomicU8::new(0);
 static SPURIOUS_SLAVE_ISR: AtomicU8 = AtomicU8::new(0xFF);
+/// IRQ 8 handler runs so far (even ones use non-specific EOIs, odd ones specific EOIs).
+static IRQ8_RUNS: AtomicU64 = AtomicU64::new(0);
+/// The first IRQ 8 handler run whose ISRs were not as expected: master and slave ISR
+/// on entry, then between the slave's and the master's EOI, one byte each (0: none).
+static IRQ8_BAD_ISR: AtomicU32 = AtomicU32::new(0);
+
+/// OCW2: specific EOI (| level).
+const OCW2_SPECIFIC_EOI: u8 = 0x60;
+/// The master's cascade input (IR2) as an ISR bit and as a level.
+const LEVEL_IR2: u8 = 2;
+/// Slave IR0 (IRQ 8) as an ISR bit.
+const SLAVE_IR0: u8 = 0x01;
 
 /// [`pic8259::isr`], then IRR selected again for the chip's next read of the command port.
 fn isr(cmd: u16) -> u8 {
@@ -139,10 +158,18 @@ fn pic_interrupt(vector: u8) -> bool {
     match vector {
         VECTOR_IRQ0 => outb(MASTER_CMD, OCW2_EOI),
         VECTOR_IRQ8 => {
+            let (master_in, slave_in) = (isr(MASTER_CMD), isr(SLAVE_CMD));
             // The RTC holds IRQ 8 until register C is read.
             cmos::read(RTC_REG_C);
-            outb(SLAVE_CMD, OCW2_EOI);
-            outb(MASTER_CMD, OCW2_EOI);
+            let specific = IRQ8_RUNS.fetch_add(1, Ordering::SeqCst) % 2 == 1;
+            outb(SLAVE_CMD, if specific { OCW2_SPECIFIC_EOI } else { OCW2_EOI });
+            let (master_between, slave_between) = (isr(MASTER_CMD), isr(SLAVE_CMD));
+            outb(MASTER_CMD, if specific { OCW2_SPECIFIC_EOI | LEVEL_IR2 } else { OCW2_EOI });
+            let seen = [master_in, slave_in, master_between, slave_between];
+            if seen != [ICW3_MASTER, SLAVE_IR0, ICW3_MASTER, 0] {
+                // Keep the first bad run; 0 cannot be a bad run (master_in would be 0x04).
+                let _ = IRQ8_BAD_ISR.compare_exchange(0, u32::from_be_bytes(seen), Ordering::SeqCst, Ordering::SeqCst);
+            }
         }
         VECTOR_SPURIOUS_SLAVE => {
             // Spurious IRQ 15: the master's IR2 is in service, the slave's ISR empty;
@@ -261,14 +288,46 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
     outb(SLAVE_DATA, IMR_SLAVE_IRQ8);
     outb(MASTER_DATA, IMR_CASCADE);
     run_open(RUN_US);
-    cmos::write(RTC_REG_B, b & !RTC_B_PIE);
-    cmos::read(RTC_REG_C);
     let taken = count(VECTOR_IRQ8);
     ok &= check_fmt(
         NAME,
         format_args!("slave IRQ 8 (RTC) arrives at vector 0x28 through the cascade ({taken} in 100 ms at 128 Hz)"),
         taken >= 5,
     );
+    let [m_in, s_in, m_between, s_between] = IRQ8_BAD_ISR.load(Ordering::SeqCst).to_be_bytes();
+    let runs = IRQ8_RUNS.load(Ordering::SeqCst);
+    ok &= check_fmt(
+        NAME,
+        format_args!(
+            "IRQ 8 in service on both chips until its EOIs (master 0x04 / slave 0x01 in the handler, 0x04 / 0x00 \
+             between the EOIs; {runs} runs, non-specific and specific EOIs alternating; first bad run {m_in:#04x} / \
+             {s_in:#04x}, {m_between:#04x} / {s_between:#04x})"
+        ),
+        runs >= 2 && (m_in, s_in, m_between, s_between) == (0, 0, 0, 0),
+    );
+    // The master's IR2 mask blocks the slave: its request waits in the master's IRR.
+    outb(MASTER_DATA, IMR_NONE);
+    let before = count(VECTOR_IRQ8);
+    run_open(SHORT_US);
+    let (after, r) = (count(VECTOR_IRQ8), irr(MASTER_CMD));
+    ok &= check_fmt(
+        NAME,
+        format_args!(
+            "IR2 masked on the master: IRQ 8 does not arrive ({} taken in 30 ms at 128 Hz, master IRR {r:#04x})",
+            after - before
+        ),
+        after == before && r & ICW3_MASTER != 0,
+    );
+    outb(MASTER_DATA, IMR_CASCADE);
+    run_open(1_000);
+    let unmasked = count(VECTOR_IRQ8) - after;
+    ok &= check_fmt(
+        NAME,
+        format_args!("IR2 unmasked: the latched IRQ 8 arrives at vector 0x28 ({unmasked} taken in 1 ms)"),
+        unmasked >= 1,
+    );
+    cmos::write(RTC_REG_B, b & !RTC_B_PIE);
+    cmos::read(RTC_REG_C);
     let s = (isr(MASTER_CMD), isr(SLAVE_CMD));
     ok &= check_fmt(
         NAME,

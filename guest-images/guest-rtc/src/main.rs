@@ -22,12 +22,31 @@
 //!    0); the handler reads register C to acknowledge. The interrupts over 200 ms of TSC
 //!    time must number 6..=20 (about 13 expected); then PIE is cleared and the pin
 //!    masked.
+//! 5. Update in progress: after a time read (UIP clear), register A is polled back to
+//!    back until UIP (bit 7) reads 1 (bounded by 1.5 s: an update comes every second),
+//!    then until it reads 0 again; UIP must be seen, must clear within 10 ms (the model
+//!    holds it for the last 244 µs before the update, a real chip at most 2228 µs; the
+//!    bound is generous for the service partition's and Bochs' latencies), and the
+//!    seconds byte must have advanced by exactly one across it. Each poll is two
+//!    forwarded port accesses (a few µs of Bochs time), so the 244 µs window spans
+//!    many polls.
+//! 6. Alarm interrupt, twice: the alarm bytes (0x01 seconds, 0x03 minutes, 0x05
+//!    hours) set two seconds after a fresh time read, first as an exact time, then
+//!    with the minutes and hours "don't care" (0xC0 / 0xFF); register C read to clear
+//!    old flags, B.AIE set (PIE clear), I/O APIC pin 8 → vector 0x58 unmasked. Exactly
+//!    one interrupt must arrive, 0.5 s to 3.5 s after AIE was set (nominally 1-2 s;
+//!    the margins cover the service partition's wake-up latency and the TSC/RTC
+//!    skew under Bochs), register C read by its handler must show AF | IRQF, and the
+//!    seconds byte read right after must be the alarm's second or the next one.
 //!
 //! Expected console lines (prefix = the partition's name in the config, e.g. `[rtc]`),
 //! in this order, among the `PASS guest-rtc: ...` check lines (SS and N vary):
 //! ```text
 //! [rtc] rtc: 2026-07-01 12:0M:SS
 //! [rtc] rtc: N periodic interrupts in 200 ms
+//! [rtc] PASS guest-rtc: UIP (register A bit 7) is seen set before the update, clears within 10 ms ...
+//! [rtc] PASS guest-rtc: alarm at an exact time (12:0M:SS): one interrupt through I/O APIC pin 8 ...
+//! [rtc] PASS guest-rtc: alarm with don't-care minutes and hours (ff:c0:SS): one interrupt ...
 //! [rtc] PASS guest-rtc
 //! ```
 //! On a failed check: `FAIL guest-rtc: <check>`, then `FAIL guest-rtc`, and the guest
@@ -35,8 +54,10 @@
 #![no_std]
 #![no_main]
 
+use core::sync::atomic::{AtomicU8, Ordering};
+
 use guest_rt::cmos;
-use guest_rt::interrupts::{cli, count, set_hook, sti, tsc, us_to_tsc};
+use guest_rt::interrupts::{cli, count, last_tsc, set_hook, sti, tsc, tsc_to_us, us_to_tsc, wait_for};
 use guest_rt::ioapic::{self, entry};
 use guest_rt::{check, check_fmt, exceptions, lapic, println, stop};
 
@@ -46,8 +67,11 @@ const NAME: &str = "guest-rtc";
 const NMI_DISABLE: u8 = 0x80;
 
 const REG_SECONDS: u8 = 0x00;
+const REG_ALARM_SECONDS: u8 = 0x01;
 const REG_MINUTES: u8 = 0x02;
+const REG_ALARM_MINUTES: u8 = 0x03;
 const REG_HOURS: u8 = 0x04;
+const REG_ALARM_HOURS: u8 = 0x05;
 const REG_DAY_OF_WEEK: u8 = 0x06;
 const REG_DAY: u8 = 0x07;
 const REG_MONTH: u8 = 0x08;
@@ -63,10 +87,12 @@ const A_RS: u8 = 0x0F;
 /// Rate select 0xA: 32768 >> 9 = 64 Hz.
 const RATE_64HZ: u8 = 0x0A;
 const B_PIE: u8 = 0x40;
+const B_AIE: u8 = 0x20;
 const B_DM_BINARY: u8 = 0x04;
 const B_24H: u8 = 0x02;
 const C_IRQF: u8 = 0x80;
 const C_PF: u8 = 0x40;
+const C_AF: u8 = 0x20;
 const D_VRT: u8 = 0x80;
 
 /// ISA IRQ 8 is I/O APIC pin 8.
@@ -75,11 +101,130 @@ const VECTOR: u8 = 0x58;
 const MEASURE_US: u64 = 200_000;
 const EXPECTED: core::ops::RangeInclusive<u64> = 6..=20;
 
-/// The handler of the periodic interrupt: reading register C acknowledges it (and
-/// lowers IRQ 8).
+/// How long to poll register A for UIP: an update comes every second.
+const UIP_SEARCH_US: u64 = 1_500_000;
+/// How long UIP may stay set: the model's 244 µs, a real chip's 2228 µs at most, and a
+/// generous margin for the forwarding and Bochs' instruction-driven time.
+const UIP_MAX_US: u64 = 10_000;
+/// An "alarm byte matches anything" value (0xC0-0xFF).
+const DONT_CARE: u8 = 0xC0;
+/// How far ahead of the time read the alarm is set: the update to that second comes
+/// 1 to 2 s later.
+const ALARM_AHEAD_SECS: u8 = 2;
+/// When the alarm interrupt may arrive, in ms after AIE is set: nominally 1000-2000,
+/// with generous margins for the service partition's wake-up latency and the skew
+/// between the guest's TSC and the service partition's clock under Bochs.
+const ALARM_WINDOW_MS: core::ops::RangeInclusive<u64> = 500..=3_500;
+
+/// Register C as the last interrupt handler read it.
+static LAST_C: AtomicU8 = AtomicU8::new(0);
+
+/// The handler of IRQ 8: reading register C acknowledges the interrupt (and lowers
+/// IRQ 8); the value is kept for the checks.
 fn on_rtc(_vector: u8) -> bool {
-    cmos::read(REG_C);
+    LAST_C.store(cmos::read(REG_C), Ordering::SeqCst);
     true
+}
+
+fn from_bcd(byte: u8) -> u8 {
+    (byte >> 4) * 10 + (byte & 0x0F)
+}
+
+fn to_bcd(value: u8) -> u8 {
+    ((value / 10) << 4) | (value % 10)
+}
+
+/// The BCD time `hours:minutes:seconds` plus `secs` (less than a minute), in BCD,
+/// wrapping at midnight.
+fn bcd_time_plus(hours: u8, minutes: u8, seconds: u8, secs: u8) -> (u8, u8, u8) {
+    let total = (u32::from(from_bcd(hours)) * 3600
+        + u32::from(from_bcd(minutes)) * 60
+        + u32::from(from_bcd(seconds))
+        + u32::from(secs))
+        % 86_400;
+    // Each part is below 60 (hours below 24): the casts are exact.
+    let part = |value: u32| to_bcd(value as u8);
+    (part(total / 3600), part(total / 60 % 60), part(total % 60))
+}
+
+/// Polls register A back to back, after a time read, until UIP reads 1 and then 0
+/// again. Returns (polls before UIP was seen, or `None` if it never was; how long it
+/// stayed set in µs, `None` if it did not clear within [`UIP_MAX_US`]; the seconds
+/// before and after).
+fn uip_across_update() -> (Option<u32>, Option<u64>, u8, u8) {
+    let mut ignored = 0;
+    wait_uip_clear(&mut ignored);
+    let before = cmos::read(REG_SECONDS);
+    let mut polls = 0u32;
+    let start = tsc();
+    let mut seen = None;
+    while tsc().wrapping_sub(start) < us_to_tsc(UIP_SEARCH_US) {
+        polls += 1;
+        if cmos::read(REG_A) & A_UIP != 0 {
+            seen = Some(polls);
+            break;
+        }
+    }
+    let mut held = None;
+    if seen.is_some() {
+        let set_at = tsc();
+        if wait_for(|| cmos::read(REG_A) & A_UIP == 0, us_to_tsc(UIP_MAX_US)) {
+            held = Some(tsc_to_us(tsc().wrapping_sub(set_at)));
+        }
+    }
+    (seen, held, before, cmos::read(REG_SECONDS))
+}
+
+/// Sets the alarm `ALARM_AHEAD_SECS` after a fresh time read (minutes and hours
+/// "don't care" if `dont_care`), enables only AIE with I/O APIC pin 8 unmasked, and
+/// waits for the interrupt. `b` is register B to return to. Returns whether the check
+/// passed.
+fn alarm(b: u8, dont_care: bool) -> bool {
+    let mut ignored = 0;
+    let Some(now) = read_time(&mut ignored) else {
+        return check(NAME, "alarm: the time can be read", false);
+    };
+    let (hours, minutes, seconds) = bcd_time_plus(now[2], now[1], now[0], ALARM_AHEAD_SECS);
+    let (hours, minutes) = if dont_care { (0xFF, DONT_CARE) } else { (hours, minutes) };
+    cmos::write(REG_ALARM_SECONDS, seconds);
+    cmos::write(REG_ALARM_MINUTES, minutes);
+    cmos::write(REG_ALARM_HOURS, hours);
+    LAST_C.store(0, Ordering::SeqCst);
+    // Old flags (an earlier alarm match, PF of the rate still selected) go away.
+    cmos::read(REG_C);
+    ioapic::write_entry(PIN, entry::FIXED | entry::dest(0) | u64::from(VECTOR));
+    let before = count(VECTOR);
+    cmos::write(REG_B, (b & !B_PIE) | B_AIE);
+    let start = tsc();
+    sti();
+    let max_ms = *ALARM_WINDOW_MS.end();
+    wait_for(|| count(VECTOR) != before, us_to_tsc(max_ms * 1000));
+    // A second interrupt (there should be none) would show within this short grace.
+    let after_first = tsc();
+    while tsc().wrapping_sub(after_first) < us_to_tsc(20_000) {
+        core::hint::spin_loop();
+    }
+    cli();
+    let at_second = cmos::read(REG_SECONDS);
+    cmos::write(REG_B, b);
+    ioapic::write_entry(PIN, entry::MASKED | entry::FIXED | entry::dest(0) | u64::from(VECTOR));
+    cmos::read(REG_C);
+    let n = count(VECTOR) - before;
+    let c = LAST_C.load(Ordering::SeqCst);
+    let ms = if n == 0 { 0 } else { tsc_to_us(last_tsc(VECTOR).wrapping_sub(start)) / 1000 };
+    let next = bcd_time_plus(0, 0, seconds, 1).2;
+    let what = if dont_care { "alarm with don't-care minutes and hours" } else { "alarm at an exact time" };
+    check_fmt(
+        NAME,
+        format_args!(
+            "{what} ({hours:02x}:{minutes:02x}:{seconds:02x}): one interrupt through I/O APIC pin 8 ({n} taken, \
+             {ms} ms after AIE, 500..=3500), register C shows AF|IRQF ({c:#04x}), seconds then {at_second:02x}"
+        ),
+        n == 1
+            && ALARM_WINDOW_MS.contains(&ms)
+            && c & (C_AF | C_IRQF) == C_AF | C_IRQF
+            && (at_second == seconds || at_second == next),
+    )
 }
 
 /// The time bytes, in the order seconds, minutes, hours, day of week, day, month,
@@ -214,6 +359,23 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
         format_args!("with PIE clear, register C shows PF without IRQF ({c:#04x} then {c2:#04x})"),
         c2 & (C_PF | C_IRQF) == C_PF,
     );
+
+    // 5. UIP, seen while polling across a second boundary.
+    let (seen, held, before, after) = uip_across_update();
+    let polls = seen.unwrap_or(0);
+    let held_us = held.unwrap_or(u64::MAX);
+    ok &= check_fmt(
+        NAME,
+        format_args!(
+            "UIP (register A bit 7) is seen set before the update, clears within 10 ms ({polls} polls, set for \
+             {held_us} us) and the seconds advance by one ({before:02x} -> {after:02x})"
+        ),
+        seen.is_some() && held.is_some() && after == bcd_time_plus(0, 0, before, 1).2,
+    );
+
+    // 6. Alarm interrupts: an exact time, then don't-care minutes and hours.
+    ok &= alarm(b, false);
+    ok &= alarm(b, true);
 
     if ok {
         println!("PASS {NAME}");
