@@ -179,6 +179,21 @@ fn gate2(high: bool) {
     outb(PORT_B, b | if high { PORT_B_GATE2 } else { 0 });
 }
 
+/// Starts counter 0 with control word `control` (LSB/MSB access, binary, `mode`) and
+/// count `divisor`, and checks that its read-back status says so (bits 5:0: RW = 11,
+/// the mode, BCD = 0).
+fn start_counter0(control: u8, divisor: u16, mode: u8) -> bool {
+    outb(CONTROL, control);
+    write_count(COUNTER0, divisor);
+    outb(CONTROL, CW_READ_BACK_STATUS0);
+    let status = inb(COUNTER0);
+    check_fmt(
+        NAME,
+        format_args!("read-back status of counter 0 shows LSB/MSB access, mode {mode}, binary ({status:#04x})"),
+        status & 0x3F == 0x30 | (mode << 1),
+    )
+}
+
 /// Entry point (see `hv_abi::start`).
 #[no_mangle]
 #[link_section = ".text._start"]
@@ -189,15 +204,7 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
     let mut ok = true;
 
     // 1. Counter 0, mode 2, about 100 Hz.
-    outb(CONTROL, CW_COUNTER0_LSB_MSB_MODE2);
-    write_count(COUNTER0, DIVISOR);
-    outb(CONTROL, CW_READ_BACK_STATUS0);
-    let status = inb(COUNTER0);
-    ok &= check_fmt(
-        NAME,
-        format_args!("read-back status of counter 0 shows LSB/MSB access, mode 2, binary ({status:#04x})"),
-        status & 0x3F == 0x34,
-    );
+    ok &= start_counter0(CW_COUNTER0_LSB_MSB_MODE2, DIVISOR, 2);
 
     // 2. Counter latch: the count goes down between two latched reads (unless a reload
     // fell in between; then try again).
@@ -254,15 +261,7 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
     gate2(false);
 
     // 5. Counter 0, mode 3, about 200 Hz: IRQ 0 once per period.
-    outb(CONTROL, CW_COUNTER0_LSB_MSB_MODE3);
-    write_count(COUNTER0, DIVISOR_MODE3);
-    outb(CONTROL, CW_READ_BACK_STATUS0);
-    let status = inb(COUNTER0);
-    ok &= check_fmt(
-        NAME,
-        format_args!("read-back status of counter 0 shows LSB/MSB access, mode 3, binary ({status:#04x})"),
-        status & 0x3F == 0x36,
-    );
+    ok &= start_counter0(CW_COUNTER0_LSB_MSB_MODE3, DIVISOR_MODE3, 3);
     let n = irq0_interrupts();
     outb(CONTROL, CW_COUNTER0_LSB_MSB_MODE0);
     println!("pit: mode 3: {n} interrupts in 200 ms");
