@@ -1,9 +1,13 @@
 //! `guest-protected`: starts in 32-bit flat protected mode with paging off (the start
-//! state Multiboot loaders give), checks it, then enters long mode with the identity
-//! page tables the hypervisor wrote (CR3 = 0x1000) and continues in Rust.
+//! state Multiboot loaders and Linux's 32-bit boot protocol give), records CS, DS and
+//! SS, reloads the boot protocol's `__BOOT_CS` (0x10) and `__BOOT_DS` (0x18) from the
+//! boot GDT (a bad descriptor there would fault and end the guest), then enters long
+//! mode with the identity page tables the hypervisor wrote (CR3 = 0x1000) and
+//! continues in Rust.
 #![no_std]
 #![no_main]
 
+use guest_rt::hv_abi::start;
 use guest_rt::{check, println, stop};
 
 core::arch::global_asm!(
@@ -16,6 +20,20 @@ _start:
     movl %eax, (protected_cr0)
     movw %cs, %ax
     movw %ax, (protected_cs)
+    movw %ds, %ax
+    movw %ax, (protected_ds)
+    movw %ss, %ax
+    movw %ax, (protected_ss)
+    ljmpl ${boot_cs}, $protected_reloaded
+protected_reloaded:
+    movw ${boot_ds}, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movw %cs, %ax
+    movw %ax, (reloaded_cs)
+    movw %ss, %ax
+    movw %ax, (reloaded_ss)
     movl $0xc0000080, %ecx
     rdmsr
     orl $0x900, %eax
@@ -28,10 +46,10 @@ _start:
     movl %cr0, %eax
     orl $0x80000000, %eax
     movl %eax, %cr0
-    ljmpl $0x08, $protected_lm64
+    ljmpl ${code64}, $protected_lm64
     .code64
 protected_lm64:
-    movw $0x10, %ax
+    movw ${data64}, %ax
     movw %ax, %ds
     movw %ax, %es
     movw %ax, %ss
@@ -44,6 +62,10 @@ protected_lm64:
     jmp 2b
     .text
     "#,
+    boot_cs = const 0x10,
+    boot_ds = const 0x18,
+    code64 = const start::CODE_SELECTOR,
+    data64 = const start::DATA_SELECTOR,
     options(att_syntax)
 );
 
@@ -52,22 +74,40 @@ protected_lm64:
 static mut protected_cr0: u32 = 0;
 #[no_mangle]
 static mut protected_cs: u16 = 0;
+#[no_mangle]
+static mut protected_ds: u16 = 0;
+#[no_mangle]
+static mut protected_ss: u16 = 0;
+#[no_mangle]
+static mut reloaded_cs: u16 = 0;
+#[no_mangle]
+static mut reloaded_ss: u16 = 0;
 
 const NAME: &str = "guest-protected";
 
 #[no_mangle]
 extern "C" fn protected_main(_vcpu: u64, ram: u64) -> ! {
     // SAFETY: plain reads of what the 32-bit stage stored.
-    let (cr0, cs) = unsafe {
-        (core::ptr::addr_of!(protected_cr0).read_volatile(), core::ptr::addr_of!(protected_cs).read_volatile())
+    let (cr0, cs, ds, ss) = unsafe {
+        (
+            core::ptr::addr_of!(protected_cr0).read_volatile(),
+            core::ptr::addr_of!(protected_cs).read_volatile(),
+            core::ptr::addr_of!(protected_ds).read_volatile(),
+            core::ptr::addr_of!(protected_ss).read_volatile(),
+        )
     };
+    // SAFETY: as above.
+    let reloaded =
+        unsafe { (core::ptr::addr_of!(reloaded_cs).read_volatile(), core::ptr::addr_of!(reloaded_ss).read_volatile()) };
     let mut ok = true;
     ok &= check(
         NAME,
         "started with protection on and paging off (CR0.PE = 1, PG = 0)",
         cr0 & 1 == 1 && cr0 & (1 << 31) == 0,
     );
-    ok &= check(NAME, "started on the flat 32-bit code selector 0x18", cs == 0x18);
+    ok &= check(NAME, "started on the boot protocol's __BOOT_CS 0x10", cs == 0x10);
+    ok &= check(NAME, "started with DS and SS on the boot protocol's __BOOT_DS 0x18", ds == 0x18 && ss == 0x18);
+    ok &= check(NAME, "reloaded __BOOT_CS and __BOOT_DS from the boot GDT", reloaded == (0x10, 0x18));
     let code: u16;
     // SAFETY: reading CS has no side effects.
     unsafe { core::arch::asm!("mov {0:x}, cs", out(reg) code) };

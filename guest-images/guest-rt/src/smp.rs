@@ -6,7 +6,7 @@
 //! own start, with DS = CS) and is copied to [`TRAMPOLINE`] at run time; the 32- and
 //! 64-bit parts stay in the image, at their link address. It reuses the boot GDT and
 //! identity page tables of `hv_abi::start`:
-//! real mode → LGDT (base 0x800) → CR0.PE → far jump to 32-bit code (0x18) → CR4.PAE,
+//! real mode → LGDT (base 0x800) → CR0.PE → far jump to 32-bit code (0x10) → CR4.PAE,
 //! CR3 = 0x1000, EFER.LME → CR0.PG → far jump to 64-bit code (0x08) → the stack the BSP
 //! left in the mailbox → [`ap_main`] → the guest's AP entry with the APIC ID.
 //!

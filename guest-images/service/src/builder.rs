@@ -48,12 +48,8 @@
 //!      structures; RSP = lowest load address - 8, RDI = 0, RSI = RAM bytes;
 //!    - anything else: not started.
 //!
-//!    A loader's 32-bit entry gets the boot GDT (CS 0x18, data 0x20) and ESP 0
-//!    ([`plan::entry_start_state`]). The x86 boot protocol names `__BOOT_CS` 0x10 and
-//!    `__BOOT_DS` 0x18 for its 32-bit entry, which this platform's boot GDT has as
-//!    flat data and 32-bit code: Linux's `startup_32` loads its own GDT before it
-//!    loads any selector, so it does not see the difference (`linux-boot`), but a
-//!    kernel that reloads those two selectors from the boot GDT would fault;
+//!    A loader's 32-bit entry gets the boot GDT (CS 0x10, data 0x18: the x86 boot
+//!    protocol's `__BOOT_CS` and `__BOOT_DS`) and ESP 0 ([`plan::entry_start_state`]);
 //! 3. `VCPU_CREATE(vm, cpu)` per vCPU; `VCPU_SET_STATE` with the start state for vCPU 0
 //!    and `WAIT_FOR_SIPI` for the others; `VCPU_START` each.
 //!

@@ -224,14 +224,17 @@ pub mod start {
     /// the LAPIC, the IOAPIC and the service partition's request slots lie there) with
     /// 2 MiB pages, read/write/execute.
     pub const PAGE_TABLES: u64 = 0x1000;
-    /// Guest-physical address of a 5-entry GDT: null, 64-bit code (selector 0x08), flat
-    /// data (0x10), flat 32-bit code (0x18), flat 32-bit data (0x20). GDTR limit is 39.
+    /// Guest-physical address of a 4-entry GDT: null, 64-bit code (selector 0x08), flat
+    /// 32-bit code (0x10), flat data (0x18). GDTR limit is 31. The 32-bit selectors are
+    /// the x86 boot protocol's `__BOOT_CS` (0x10) and `__BOOT_DS` (0x18)
+    /// (Documentation/arch/x86/boot.rst, "32-bit Boot Protocol"), so a Linux kernel
+    /// entered at its 32-bit entry may reload them from this GDT.
     pub const GDT: u64 = 0x800;
-    pub const GDT_LIMIT: u16 = 39;
+    pub const GDT_LIMIT: u16 = 31;
     pub const CODE_SELECTOR: u16 = 0x08;
-    pub const DATA_SELECTOR: u16 = 0x10;
-    pub const CODE32_SELECTOR: u16 = 0x18;
-    pub const DATA32_SELECTOR: u16 = 0x20;
+    pub const DATA_SELECTOR: u16 = 0x18;
+    pub const CODE32_SELECTOR: u16 = 0x10;
+    pub const DATA32_SELECTOR: u16 = 0x18;
     /// GiB the boot page tables identity-map (2 MiB pages).
     pub const IDENTITY_GIB: u64 = 4;
     /// Pages of boot page tables at [`PAGE_TABLES`]: PML4, PDPT, one PD per GiB.
@@ -239,15 +242,16 @@ pub mod start {
     /// Page-table entry bits: present, writable, 2 MiB page (SDM Vol. 3 4.5).
     const PTE_PRESENT_WRITABLE: u64 = 0x3;
     const PTE_LARGE: u64 = 0x80;
-    /// The boot GDT's descriptors (SDM Vol. 3 3.4.5): null, 64-bit code (0x08), flat
-    /// data (0x10), flat 32-bit code (0x18), flat 32-bit data (0x20).
-    const GDT_DESCRIPTORS: [u64; 5] =
-        [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+    /// The boot GDT's descriptors (SDM Vol. 3 3.4.5): null, 64-bit code (0x08: L set,
+    /// execute/read, accessed), flat 32-bit code (0x10: G and D set, base 0, limit 4 GiB,
+    /// execute/read, accessed), flat data (0x18: G and B set, base 0, limit 4 GiB,
+    /// read/write, accessed). The data descriptor serves 64-bit mode as well.
+    const GDT_DESCRIPTORS: [u64; 4] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
 
     /// The boot GDT, as the bytes written at [`GDT`] ([`GDT_LIMIT`] + 1 bytes).
     #[must_use]
-    pub fn gdt_bytes() -> [u8; 40] {
-        let mut bytes = [0u8; 40];
+    pub fn gdt_bytes() -> [u8; GDT_LIMIT as usize + 1] {
+        let mut bytes = [0u8; GDT_LIMIT as usize + 1];
         for (chunk, d) in bytes.as_chunks_mut::<8>().0.iter_mut().zip(GDT_DESCRIPTORS) {
             *chunk = d.to_le_bytes();
         }
@@ -293,7 +297,7 @@ pub mod start {
     // EFER = LME|LMA|NXE; all other GPRs 0.
     //
     // A partition with `start = "protected"` gets the same GDT and page tables but starts
-    // in 32-bit flat protected mode with paging off: CS = 0x18, other segments 0x20,
+    // in 32-bit flat protected mode with paging off: CS = 0x10, other segments 0x18,
     // CR0 = PE|ET|NE, EFER = 0; EIP, ESP, EDI and ESI as above.
 }
 
@@ -805,10 +809,11 @@ pub mod service {
         /// Start modes of [`VcpuStartState::mode`].
         pub mod mode {
             /// 64-bit mode with paging: CR3 = `cr3`, GDTR = `gdt_base`/`gdt_limit`
-            /// holding the descriptors of [`crate::start`] (CS 0x08, data 0x10).
+            /// holding the descriptors of [`crate::start`] (CS 0x08, data 0x18).
             pub const LONG64: u32 = 0;
-            /// 32-bit flat protected mode, paging off (CS 0x18, data 0x20 of the same
-            /// GDT): Linux's 32-bit boot protocol and Multiboot.
+            /// 32-bit flat protected mode, paging off (CS 0x10, data 0x18 of the same
+            /// GDT, as the boot protocol's `__BOOT_CS` and `__BOOT_DS`): Linux's 32-bit
+            /// boot protocol and Multiboot.
             pub const PROTECTED32: u32 = 1;
             /// Real mode at `rip` (CS = rip >> 4, IP = rip & 0xF).
             pub const REAL16: u32 = 2;

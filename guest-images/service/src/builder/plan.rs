@@ -430,7 +430,7 @@ pub fn flat_start_state(mode: StartMode, load: u64, entry: u64, ram: u64) -> Vcp
 }
 
 /// The boot vCPU's start state for what a loader returned. `Protected32`: the boot GDT
-/// (CS 0x18, data 0x20), EIP/EAX/EBX/ESI as given, ESP 0 (Linux sets its own stack from
+/// (CS 0x10, data 0x18: the boot protocol's `__BOOT_CS` and `__BOOT_DS`), EIP/EAX/EBX/ESI as given, ESP 0 (Linux sets its own stack from
 /// `boot_params`, Multiboot leaves ESP undefined), no page tables. `Long64`: CR3 = the
 /// boot page tables, GDTR = the boot GDT, RIP and RSI as given, RSP = `long64_rsp`.
 /// RDI is 0 (vCPU 0) in both.
@@ -680,7 +680,7 @@ mod tests {
             long,
             VcpuStartState {
                 mode: mode::LONG64,
-                gdt_limit: 39,
+                gdt_limit: 31,
                 rip: 0x20_0040,
                 rsp: 0x1F_FFF8,
                 rax: 0,
@@ -704,7 +704,7 @@ mod tests {
             linux,
             VcpuStartState {
                 mode: mode::PROTECTED32,
-                gdt_limit: 39,
+                gdt_limit: 31,
                 rip: 0x10_0000,
                 rsp: 0,
                 rax: 0,
@@ -723,7 +723,7 @@ mod tests {
             elf,
             VcpuStartState {
                 mode: mode::LONG64,
-                gdt_limit: 39,
+                gdt_limit: 31,
                 rip: 0x40_0000,
                 rsp: 0x3F_FFF8,
                 rax: 0,
@@ -747,7 +747,11 @@ mod tests {
         let gdt = gdt_bytes();
         assert_eq!(gdt.len(), usize::from(start::GDT_LIMIT) + 1);
         assert_eq!(&gdt[8..16], &0x00af_9b00_0000_ffff_u64.to_le_bytes());
-        assert_eq!(&gdt[0x18..0x20], &0x00cf_9b00_0000_ffff_u64.to_le_bytes());
+        // The x86 boot protocol's __BOOT_CS (0x10) and __BOOT_DS (0x18): flat 4 GiB,
+        // execute/read and read/write.
+        assert_eq!(&gdt[0x10..0x18], &0x00cf_9b00_0000_ffff_u64.to_le_bytes());
+        assert_eq!(&gdt[0x18..0x20], &0x00cf_9300_0000_ffff_u64.to_le_bytes());
+        assert_eq!((start::CODE32_SELECTOR, start::DATA32_SELECTOR), (0x10, 0x18));
         let entry = |page: &[u8; 4096], i: usize| u64::from_le_bytes(page[i * 8..i * 8 + 8].try_into().unwrap());
         let pml4 = page_table_page(0);
         assert_eq!(entry(&pml4, 0), 0x2003);
