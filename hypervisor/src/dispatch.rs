@@ -13,6 +13,7 @@ use hv_core::exit::{
     IoInstruction,
 };
 use hv_core::io_request::Completion;
+use hv_core::pci_config::{self, PciPortRoute};
 use hv_core::virt_cpuid::{virtual_cpuid, VcpuInfo};
 use hv_core::virt_msr::{policy, MsrPolicy, VirtMsr};
 use x86::vmx::vmcs::{control, guest, ro};
@@ -520,15 +521,10 @@ fn handle_io_instruction(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outc
 /// come here straight from `vcpu::on_exit` ([`InlineExit::PortIo`]).
 #[inline(always)]
 pub fn handle_port_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInstruction) -> Outcome {
-    let completion = if vcpu.vm.forwards_port(io.port()) {
-        match crate::service::forward_port(vcpu, io, regs.rax) {
-            Ok(completion) => completion,
-            Err(outcome) => return outcome,
-        }
-    } else {
-        Completion::Failed
-    };
-    complete_port_io(regs, io, completion)
+    match port_access(vcpu, &io, regs.rax) {
+        Ok(completion) => complete_port_io(regs, io, completion),
+        Err(outcome) => outcome,
+    }
 }
 
 /// Completes a port access: an IN gets the value (all-ones when the access failed);
@@ -544,11 +540,34 @@ pub fn complete_port_io(regs: &mut GuestRegisters, io: IoInstruction, completion
 /// forwarded to the service partition when the guest has a device there, else
 /// unclaimed (`Failed`: reads all-ones, writes dropped). `Err` stops the guest when the
 /// service partition failed.
+#[inline(always)]
 fn port_access(vcpu: &'static Vcpu, io: &IoInstruction, data: u64) -> Result<Completion, Outcome> {
-    if !vcpu.vm.forwards_port(io.port()) {
-        return Ok(Completion::Failed);
+    if vcpu.vm.forwards_port(io.port()) {
+        crate::service::forward_port(vcpu, *io, data)
+    } else if pci_config::in_config_block(io.port()) && vcpu.vm.routes_pci_config.load(Ordering::Relaxed) {
+        pci_config_port_access(vcpu, io, data)
+    } else {
+        Ok(Completion::Failed)
     }
-    crate::service::forward_port(vcpu, *io, data)
+}
+
+/// A port access in the PCI configuration block 0xCF8-0xCFF of a guest with the `pci`
+/// device, routed by `hv_core::pci_config::route`: a dword write of `CONFIG_ADDRESS`
+/// updates the VM's copy and goes on as a port write, a `CONFIG_DATA` access with
+/// configuration cycles enabled becomes a `PCI_CONFIG` request, anything else is a port
+/// request.
+#[inline(never)]
+fn pci_config_port_access(vcpu: &'static Vcpu, io: &IoInstruction, data: u64) -> Result<Completion, Outcome> {
+    let write = (!io.is_in()).then_some(data & io.value_mask());
+    let config_address = vcpu.vm.pci_config_address.load(Ordering::Acquire);
+    match pci_config::route(config_address, io.port(), io.size(), write) {
+        PciPortRoute::SetConfigAddress(value) => {
+            vcpu.vm.pci_config_address.store(value, Ordering::Release);
+            crate::service::forward_port(vcpu, *io, data)
+        }
+        PciPortRoute::ConfigSpace(address) => crate::service::forward_pci_config(vcpu, address, io.size(), write),
+        PciPortRoute::Port => crate::service::forward_port(vcpu, *io, data),
+    }
 }
 
 /// Most elements of a REP string instruction done per exit; the instruction is then
@@ -1072,6 +1091,10 @@ pub fn report_stop(vcpu: &'static Vcpu, last: bool) {
         vcpu.id,
         line.as_str()
     );
+    let pci_config_requests = vcpu.pci_config_requests.load(Ordering::Relaxed);
+    if pci_config_requests > 0 {
+        log::info!("partition {}: vcpu {} PCI configuration requests: {pci_config_requests}", vm.name, vcpu.id);
+    }
     if last {
         match vm.exit_code.load(Ordering::Acquire) {
             u64::MAX => log::info!("partition {}: stopped by the hypervisor", vm.name),

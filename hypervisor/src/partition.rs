@@ -24,6 +24,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, 
 use hv_core::addr::{GuestPhysAddr, HostPhysAddr};
 use hv_core::ept::{EptPermissions, LargePages, MemoryType, TableMemory};
 use hv_core::io_request::deferred::DeferredWait;
+use hv_core::pci_config;
 use hv_core::vioapic::VIoApic;
 use hv_core::vlapic::{LapicConfig, VirtualLapic};
 use spin::Mutex;
@@ -156,6 +157,9 @@ pub struct Vcpu {
     /// that reuses a destroyed one's slot differ from the old VM's (a late
     /// `SERVICE_COMPLETE` meant for the old VM cannot match).
     pub io_sequence: AtomicU64,
+    /// PCI configuration-space requests posted for this vCPU (`kind::PCI_CONFIG`),
+    /// reported when it stops.
+    pub pci_config_requests: AtomicU64,
     /// The request the service partition deferred (`hv_core::io_request::deferred`):
     /// waited on by the vCPU's own CPU, completed by any service vCPU.
     pub deferred: Mutex<DeferredWait>,
@@ -302,8 +306,18 @@ pub struct Vm {
     pub devices: AtomicU32,
     /// The same ports as a bitmap (bit `port % 64` of word `port / 64`), so that a port
     /// exit finds out whether it is forwarded with one load ([`Vm::forwards_port`]).
-    /// Written by [`set_devices`] before `devices`.
+    /// Written by [`set_devices`] before `devices`. The PCI configuration block
+    /// 0xCF8-0xCFF is never in it: with the `pci` device its accesses are routed by
+    /// [`Vm::routes_pci_config`] instead.
     pub forwarded_ports: [AtomicU64; 1024],
+    /// The VM has the `pci` device: accesses to 0xCF8-0xCFF are routed by
+    /// `hv_core::pci_config::route` (configuration-space accesses as `PCI_CONFIG`
+    /// requests, the rest as port requests). Written by [`set_devices`].
+    pub routes_pci_config: AtomicBool,
+    /// The hypervisor's copy of the VM's `CONFIG_ADDRESS` (the guest's last dword write
+    /// at 0xCF8, masked; 0 at creation and after a reset), which names the function and
+    /// register of its `CONFIG_DATA` accesses.
+    pub pci_config_address: AtomicU32,
     /// Host-physical base and size of the VM's RAM (guest-physical 0 .. size).
     pub ram_base: AtomicU64,
     pub ram_bytes: AtomicU64,
@@ -412,6 +426,8 @@ pub fn create_vm(name: &str) -> Result<VmHandle, ControlError> {
         is_service: AtomicBool::new(false),
         devices: AtomicU32::new(0),
         forwarded_ports: [const { AtomicU64::new(0) }; 1024],
+        routes_pci_config: AtomicBool::new(false),
+        pci_config_address: AtomicU32::new(0),
         ram_base: AtomicU64::new(0),
         ram_bytes: AtomicU64::new(0),
         ept: Mutex::new(None),
@@ -532,6 +548,7 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         vmcs: AtomicU64::new(0),
         launched: AtomicBool::new(false),
         io_sequence: AtomicU64::new(u64::from(vm.generation) << 32),
+        pci_config_requests: AtomicU64::new(0),
         deferred: Mutex::new(DeferredWait::Idle),
         wake_at: AtomicU64::new(0),
         final_registers: Mutex::new(None),
@@ -725,6 +742,8 @@ pub fn reset_vm(handle: VmHandle, caller_cpu: u32) -> Result<u32, ControlError> 
     // The 8259 pair is reset with the board; its INTR is low until the service
     // partition reports it again.
     vm.pic_intr.store(false, Ordering::Release);
+    // The PCI host's CONFIG_ADDRESS is reset with the board (to 0: cycles disabled).
+    vm.pci_config_address.store(0, Ordering::Release);
     for v in vm.vcpus() {
         *v.lapic() = VirtualLapic::new(lapic_config(v.id));
         v.nmi_pending.store(false, Ordering::Release);
@@ -903,17 +922,20 @@ pub fn make_service(handle: VmHandle) -> Result<(), ControlError> {
     Ok(())
 }
 
-/// VM level: forwards the ports of `devices` to the service partition.
+/// VM level: forwards the ports of `devices` to the service partition (those of the
+/// PCI configuration block through [`Vm::routes_pci_config`]).
 pub fn set_devices(handle: VmHandle, devices: hv_abi::platform::devices::DeviceSet) -> Result<(), ControlError> {
     let vm = vm(handle)?;
     for word in &vm.forwarded_ports {
         word.store(0, Ordering::Relaxed);
     }
     for (first, last) in devices.port_ranges() {
-        for port in first..=last {
+        for port in (first..=last).filter(|&p| !pci_config::in_config_block(p)) {
             vm.forwarded_ports[usize::from(port >> 6)].fetch_or(1 << (port & 63), Ordering::Relaxed);
         }
     }
+    vm.routes_pci_config.store(devices.claims_port(pci_config::CONFIG_ADDRESS_PORT), Ordering::Relaxed);
+    vm.pci_config_address.store(0, Ordering::Relaxed);
     vm.devices.store(devices.0, Ordering::Release);
     Ok(())
 }

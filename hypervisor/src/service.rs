@@ -109,7 +109,7 @@ impl ForwardError {
     }
 }
 
-/// A guest access to forward: port I/O or MMIO (`hv_abi::io_request::kind`).
+/// A guest access to forward: port I/O, MMIO or PCI configuration (`hv_abi::io_request::kind`).
 #[derive(Debug, Clone, Copy)]
 pub struct Access {
     pub kind: u8,
@@ -131,6 +131,27 @@ pub fn forward_port(vcpu: &'static Vcpu, io: IoInstruction, data: u64) -> Result
         data,
     };
     access(vcpu, &port_access)
+}
+
+/// A configuration-space access of guest vCPU `vcpu` at `address` (a
+/// `hv_abi::io_request::kind::PCI_CONFIG` address, from `hv_core::pci_config::route`) of
+/// `size` bytes, writing `write` (`None`: a read): [`access`] of a `PCI_CONFIG` access.
+#[inline(never)]
+pub fn forward_pci_config(
+    vcpu: &'static Vcpu,
+    address: u64,
+    size: u8,
+    write: Option<u64>,
+) -> Result<Completion, Outcome> {
+    let config_access = Access {
+        kind: hv_abi::io_request::kind::PCI_CONFIG,
+        address,
+        size,
+        write: write.is_some(),
+        data: write.unwrap_or(0),
+    };
+    vcpu.pci_config_requests.fetch_add(1, Ordering::Relaxed);
+    access(vcpu, &config_access)
 }
 
 /// A port access in flight through the same-frame switch: posted by
@@ -456,7 +477,7 @@ fn conclude_otherwise(
 #[cold]
 #[inline(never)]
 fn access_failed(vcpu: &'static Vcpu, (kind, address, write): (u8, u64, bool), e: ForwardError) -> Outcome {
-    let what = if kind == hv_abi::io_request::kind::PORT { "port" } else { "MMIO" };
+    let what = kind_name(kind);
     log::error!(
         "partition {}: vcpu {}: {what} {:#x} {} failed: {}; stopping this partition",
         vcpu.vm.name,

@@ -317,6 +317,8 @@ fn service_scenarios() -> Vec<Scenario> {
                 "[pci] PASS guest-pci: command: a dword written with CONFIG_ENABLE clear is ignored",
                 "[pci] PASS guest-pci: command: set back to its first value",
                 "[pci] PASS guest-pci",
+                // CONFIG_DATA accesses reach the service as PCI_CONFIG requests.
+                "partition pci: vcpu 0 PCI configuration requests: ",
                 "partition pci: stopped itself (code 0)",
             ],
         ),

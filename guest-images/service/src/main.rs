@@ -15,8 +15,11 @@
 //!    `NO_REPLY`).
 //! 2. The request is the slot's five words as the call returned them (the slot in the
 //!    shared array is the hypervisor's record; this partition does not read it).
-//! 3. Only port I/O of 1, 2 or 4 bytes to a port (`address` <= 0xFFFF) and MMIO of 1,
-//!    2, 4 or 8 bytes (`address` = the guest-physical address), read or write, by a VM
+//! 3. Only port I/O of 1, 2 or 4 bytes to a port (`address` <= 0xFFFF), MMIO of 1,
+//!    2, 4 or 8 bytes (`address` = the guest-physical address) and PCI configuration
+//!    accesses of 1, 2 or 4 bytes (`address` = bus << 16 | device << 11 | function << 8
+//!    | register, <= 0xFF_FFFF; `PciHost::config_space_read` / `config_space_write`),
+//!    read or write, by a VM
 //!    whose index the table covers, is performed; anything else is answered `FAILED`
 //!    (the hypervisor then completes it as an open bus; an interrupt acknowledge is
 //!    the one other kind served, see below), and so is MMIO at an address
@@ -252,7 +255,27 @@ fn serve(request: &IoRequestSlot, index: u32) -> (u8, Option<u64>) {
         kind::PORT => serve_port(request, index),
         kind::MMIO => serve_mmio(request),
         kind::INTERRUPT_ACK => serve_interrupt_ack(request),
+        kind::PCI_CONFIG => serve_pci_config(request),
         _ => FAILED,
+    }
+}
+
+/// A PCI configuration-space request (`kind::PCI_CONFIG`): an access to `CONFIG_DATA`
+/// that the hypervisor resolved with the VM's `CONFIG_ADDRESS`.
+#[inline(never)]
+fn serve_pci_config(request: &IoRequestSlot) -> (u8, Option<u64>) {
+    if !matches!(request.size, 1 | 2 | 4) || request.address > 0x00FF_FFFF {
+        return FAILED;
+    }
+    let write = match request.direction {
+        direction::READ => None,
+        // The hypervisor masked the data to the access size.
+        direction::WRITE => Some(request.data as u32),
+        _ => return FAILED,
+    };
+    match vms::pci_config_access(VmId(request.vm), request.address, request.size, write) {
+        Some(value) => done(write.is_none(), u64::from(value)),
+        None => FAILED,
     }
 }
 

@@ -512,6 +512,23 @@ pub fn mmio_access(id: VmId, gpa: u64, size: u8, write: Option<u64>) -> Option<u
     .flatten()
 }
 
+/// Performs a PCI configuration-space access of guest VM `id` at `address` (bus << 16 |
+/// device << 11 | function << 8 | register, as `kind::PCI_CONFIG` gives it) of `size`
+/// bytes: a read (`write` = `None`) returns the value, a write returns 0. Functions
+/// that do not exist read all-ones. `None` when the table does not cover the VM.
+pub fn pci_config_access(id: VmId, address: u64, size: u8, write: Option<u32>) -> Option<u32> {
+    access(id, |board, _now, _wire| {
+        let host = board.pci_host_mut();
+        match write {
+            None => host.config_space_read(address, size),
+            Some(value) => {
+                host.config_space_write(address, size, value);
+                0
+            }
+        }
+    })
+}
+
 /// A `delay-test` access of guest VM `id` (`tag` names the request): a write sets the
 /// delay, a read starts (to be answered `DEFERRED`; it completes once confirmed and
 /// due, from [`tick_all`]). `None` when the table does not cover the VM.

@@ -526,8 +526,9 @@ pub mod io_request {
     /// Version of this layout; bumped on any change. 2: [`kind::INTERRUPT_ACK`]; 3:
     /// [`status::DEFERRED`] (and `SERVICE_COMPLETE`); 4: the hypervisor reads back only
     /// `status` and `data`; 5: the request and the answer travel in the registers of
-    /// `SERVICE_REPLY_WAIT` (the slot stays the record of the request).
-    pub const VERSION: u32 = 5;
+    /// `SERVICE_REPLY_WAIT` (the slot stays the record of the request); 6: accesses to
+    /// `CONFIG_DATA` are posted as [`kind::PCI_CONFIG`].
+    pub const VERSION: u32 = 6;
 
     /// Why a service partition built for [`VERSION`] must not serve the hypervisor it
     /// runs on.
@@ -562,7 +563,16 @@ pub mod io_request {
         /// Memory-mapped I/O: `address` is the guest-physical address.
         pub const MMIO: u8 = 2;
         /// PCI configuration space: `address` is bus << 16 | device << 11 | function << 8 |
-        /// register.
+        /// register (at most 0xFF_FFFF), the register being the byte the access starts
+        /// at; `size` is 1, 2 or 4. Posted for an access that starts in `CONFIG_DATA`
+        /// (ports 0xCFC-0xCFF) of configuration mechanism #1 while the VM's
+        /// `CONFIG_ADDRESS` has its enable bit set: the hypervisor keeps a copy of
+        /// `CONFIG_ADDRESS` from the guest's dword writes at 0xCF8, each of which it
+        /// still forwards as a port write (`hv_core::pci_config`). Bytes of an access
+        /// beyond the register's dword are not configuration space (they read 0xFF).
+        /// Every other access in 0xCF8-0xCFF (the reset control register at 0xCF9, reads
+        /// of `CONFIG_ADDRESS`, `CONFIG_DATA` with the enable bit clear) is a port
+        /// request.
         pub const PCI_CONFIG: u8 = 3;
         /// An interrupt-acknowledge (INTA) cycle of the guest's 8259 pair, posted for the
         /// boot vCPU when it takes the PIC's INTR (see

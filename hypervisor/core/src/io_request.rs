@@ -38,6 +38,8 @@ pub enum PostError {
     BadSize,
     /// An interrupt acknowledge is a one-byte read at address 0.
     BadInterruptAck,
+    /// A PCI configuration address above bus 255, device 31, function 7, register 0xFF.
+    BadPciConfigAddress,
 }
 
 /// The outcome of an accepted reply.
@@ -85,8 +87,13 @@ pub fn post(request: &Request, sequence: u64) -> Result<IoRequestSlot, PostError
     if request.kind == kind::INTERRUPT_ACK && (request.write || request.size != 1 || request.address != 0) {
         return Err(PostError::BadInterruptAck);
     }
-    if !matches!(request.size, 1 | 2 | 4 | 8) || (request.kind == kind::PORT && request.size == 8) {
+    if !matches!(request.size, 1 | 2 | 4 | 8)
+        || (matches!(request.kind, kind::PORT | kind::PCI_CONFIG) && request.size == 8)
+    {
         return Err(PostError::BadSize);
+    }
+    if request.kind == kind::PCI_CONFIG && request.address > crate::pci_config::MAX_CONFIG_SPACE_ADDRESS {
+        return Err(PostError::BadPciConfigAddress);
     }
     Ok(IoRequestSlot {
         sequence,
@@ -502,6 +509,10 @@ mod tests {
         assert_eq!(post(&Request { kind: 9, ..read_port(0, 1) }, 0), Err(PostError::BadKind));
         assert_eq!(post(&read_port(0, 3), 0), Err(PostError::BadSize));
         assert_eq!(post(&read_port(0, 8), 0), Err(PostError::BadSize), "no 8-byte port I/O");
+        let pci = |address, size| Request { kind: kind::PCI_CONFIG, address, size, ..read_port(0, 1) };
+        assert!(post(&pci(0xFF_FFFF, 4), 0).is_ok(), "bus 255, device 31, function 7, register 0xFF");
+        assert_eq!(post(&pci(0x100_0000, 1), 0), Err(PostError::BadPciConfigAddress));
+        assert_eq!(post(&pci(0x40, 8), 0), Err(PostError::BadSize), "no 8-byte configuration access");
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod guest_paging;
 pub mod io_request;
 pub mod memory_map;
 pub mod mmio_decode;
+pub mod pci_config;
 pub mod preflight;
 pub mod tsc_freq;
 pub mod vioapic;

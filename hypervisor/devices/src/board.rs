@@ -530,6 +530,13 @@ impl PcBoard {
         &mut self.pic
     }
 
+    /// The PCI host, for configuration-space requests
+    /// ([`PciHost::config_space_read`], [`PciHost::config_space_write`]), which drive
+    /// no line.
+    pub fn pci_host_mut(&mut self) -> &mut PciHost {
+        &mut self.pci
+    }
+
     /// Whether, since the previous call (or since the board was created or reset),
     /// anything may have changed what an owner does after an access:
     /// - the PIC pair's INT output ([`PicPair::output`] of [`PcBoard::pic`]),

@@ -141,7 +141,17 @@ impl PciHost {
     }
 
     fn config_data_read(&mut self) -> u32 {
-        match self.target() {
+        self.dword_read(self.target())
+    }
+
+    fn config_data_write(&mut self, value: u32, mask: u32) {
+        self.dword_write(self.target(), value, mask);
+    }
+
+    /// The dword at `target` (bus, device, function, dword offset); all-ones for no
+    /// target or no function (a master abort).
+    fn dword_read(&mut self, target: Option<(u8, u8, u8, u8)>) -> u32 {
+        match target {
             Some((bus, device, function, offset)) => {
                 self.function(bus, device, function).map_or(u32::MAX, |f| f.config_read(offset))
             }
@@ -149,13 +159,58 @@ impl PciHost {
         }
     }
 
-    fn config_data_write(&mut self, value: u32, mask: u32) {
-        if let Some((bus, device, function, offset)) = self.target() {
+    /// Writes the bytes of `mask` of the dword at `target`; dropped for no function.
+    fn dword_write(&mut self, target: Option<(u8, u8, u8, u8)>, value: u32, mask: u32) {
+        if let Some((bus, device, function, offset)) = target {
             if let Some(f) = self.function(bus, device, function) {
                 f.config_write(offset, value, mask);
             }
         }
     }
+
+    /// A configuration-space read as the hypervisor posts it
+    /// (`hv_abi::io_request::kind::PCI_CONFIG`): `address` is bus << 16 | device << 11
+    /// | function << 8 | register, `size` 1, 2 or 4. The same as reading `CONFIG_DATA`
+    /// at 0xCFC + (register & 3) with `CONFIG_ADDRESS` selecting the register's dword:
+    /// bytes beyond that dword are not configuration space and read 0xFF. `CONFIG_ADDRESS`
+    /// is neither used nor changed. Other sizes and addresses above 0xFF_FFFF read
+    /// all-ones.
+    pub fn config_space_read(&mut self, address: u64, size: u8) -> u32 {
+        let Some((target, lane)) = config_space_target(address, size) else {
+            return open_bus(size);
+        };
+        let data = self.dword_read(Some(target));
+        (0..u32::from(size)).fold(0, |value, i| {
+            let byte = if lane + i < 4 { data >> (8 * (lane + i)) & 0xFF } else { 0xFF };
+            value | byte << (8 * i)
+        })
+    }
+
+    /// A configuration-space write as the hypervisor posts it (see
+    /// [`PciHost::config_space_read`]): the bytes of `value` that fall in the register's
+    /// dword are written; others, and bad sizes and addresses, are dropped.
+    pub fn config_space_write(&mut self, address: u64, size: u8, value: u32) {
+        let Some((target, lane)) = config_space_target(address, size) else {
+            return;
+        };
+        let (mut data, mut mask) = (0u32, 0u32);
+        for i in (0..u32::from(size)).filter(|i| lane + i < 4) {
+            data |= (value >> (8 * i) & 0xFF) << (8 * (lane + i));
+            mask |= 0xFF << (8 * (lane + i));
+        }
+        self.dword_write(Some(target), data, mask);
+    }
+}
+
+/// The function, dword offset and first byte lane of a configuration-space address
+/// (bus << 16 | device << 11 | function << 8 | register), if it and `size` are valid.
+fn config_space_target(address: u64, size: u8) -> Option<((u8, u8, u8, u8), u32)> {
+    if !matches!(size, 1 | 2 | 4) || address > 0x00FF_FFFF {
+        return None;
+    }
+    let target =
+        ((address >> 16) as u8, (address >> 11) as u8 & 0x1F, (address >> 8) as u8 & 0x07, address as u8 & 0xFC);
+    Some((target, address as u32 & 3))
 }
 
 /// The byte of `CONFIG_DATA` at `port`, if it is one.
@@ -382,5 +437,55 @@ mod tests {
                 host.address = saved;
             }
         }
+
+        /// A `PCI_CONFIG` request does what the same access through `CONFIG_DATA` does
+        /// with `CONFIG_ADDRESS` selecting its dword, and leaves `CONFIG_ADDRESS` alone.
+        #[test]
+        fn config_space_requests_match_config_data_accesses(
+            ops in proptest::collection::vec(
+                (prop_oneof![Just(0u64), Just(0x100), Just(0x1_0000), 0u64..0x100_0010],
+                 prop_oneof![Just(1u8), Just(2), Just(4), Just(8)], any::<u32>(), any::<bool>()), 1..60),
+            config_address in any::<u32>(),
+        ) {
+            let (mut by_request, mut by_port) = (PciHost::new(), PciHost::new());
+            let mut p = RecordingPlatform::default();
+            by_request.write(CONFIG_ADDRESS_PORT, 4, config_address, 0, &mut p);
+            for (address, size, value, is_write) in ops {
+                let valid = matches!(size, 1 | 2 | 4) && address <= 0xFF_FFFF;
+                let saved = by_port.address;
+                by_port.address = CONFIG_ENABLE | address as u32 & 0x00FF_FFFC;
+                let port = CONFIG_DATA_PORT + (address & 3) as u16;
+                if is_write {
+                    by_request.config_space_write(address, size, value);
+                    if valid {
+                        by_port.write(port, size, value, 0, &mut p);
+                    }
+                } else {
+                    let got = by_request.config_space_read(address, size);
+                    let want = if valid { by_port.read(port, size, 0, &mut p) } else { open_bus(size) };
+                    prop_assert_eq!(got, want, "read {:#x} size {}", address, size);
+                }
+                by_port.address = saved;
+            }
+            prop_assert_eq!(by_request.address, config_address & CONFIG_ADDRESS_MASK);
+            prop_assert_eq!(by_request.bridge.command, by_port.bridge.command);
+            prop_assert!(p.last_request.is_none(), "no reset through configuration space");
+        }
+    }
+
+    #[test]
+    fn config_space_requests_reach_the_bridge() {
+        let mut host = PciHost::new();
+        assert_eq!(host.config_space_read(0, 4), 0x1237_8086);
+        assert_eq!(host.config_space_read(2, 2), 0x1237);
+        assert_eq!(host.config_space_read(3, 4), 0xFFFF_FF12, "bytes past the dword read 0xFF");
+        assert_eq!(host.config_space_read(0x0B, 1), 0x06, "base class: bridge");
+        assert_eq!(host.config_space_read(1 << 11, 4), u32::MAX, "no device 1");
+        assert_eq!(host.config_space_read(1 << 16, 2), 0xFFFF, "no bus 1");
+        host.config_space_write(0x04, 2, 0xFFFF);
+        assert_eq!(host.config_space_read(0x04, 4), u32::from(HOST_BRIDGE_COMMAND_WRITABLE));
+        host.config_space_write(0x05, 1, 0);
+        assert_eq!(host.config_space_read(0x04, 2), 0x0047, "byte 5 written alone");
+        assert_eq!(host.address, 0, "CONFIG_ADDRESS untouched");
     }
 }

@@ -1,7 +1,7 @@
 //! The service partition's whole guest-facing surface: a `PcBoard` driven by any
 //! sequence of port and MMIO reads and writes (any port, any address near the MMIO
-//! test page, any size), time steps and system resets must never panic, and reads stay
-//! inside the access size.
+//! test page, any size), PCI configuration requests, time steps and system resets must
+//! never panic, and reads stay inside the access size.
 #![no_main]
 
 use hv_devices::board::{BoardConfig, PcBoard};
@@ -45,6 +45,18 @@ fuzz_target!(|data: &[u8]| {
             }
             // A system reset (the guest rebooting), now and then.
             6 if step[3] == 0xFF => board.reset(now, &mut platform),
+            // A PCI configuration request as the hypervisor posts it (any address,
+            // valid or not, any size).
+            6 => {
+                let address = u64::from_le_bytes([step[1], step[2], step[4], step[5] & 0x1, 0, 0, 0, 0]);
+                let host = board.pci_host_mut();
+                if step[6] & 1 == 0 {
+                    let read = host.config_space_read(address, size);
+                    assert!(!matches!(size, 1 | 2 | 4) || u64::from(read) <= mask, "config read wider than the access");
+                } else {
+                    host.config_space_write(address, size, value as u32);
+                }
+            }
             _ => {
                 if board.next_event().is_some_and(|t| t <= now) {
                     board.tick(now, &mut platform);
