@@ -68,7 +68,7 @@ const CR4_SMEP: u64 = 1 << 20;
 /// IA32_EFER.NXE (bit 11) and .LMA (bit 10), SDM 2.2.1.
 const EFER_NXE: u64 = 1 << 11;
 const EFER_LMA: u64 = 1 << 10;
-/// Paging-structure entry bits (SDM 4.5, tables 4-15 to 4-20): present, R/W, U/S, PS,
+/// Paging-structure entry bits (SDM 4.5, the entry-format tables): present, R/W, U/S, PS,
 /// XD.
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
@@ -95,7 +95,7 @@ pub fn translate(
 }
 
 /// The reserved bits of a present 4-level paging-structure entry at `level` (4 = PML4E,
-/// 1 = PTE) that maps a page when `leaf` (SDM 4.5.4 and tables 4-15 to 4-20).
+/// 1 = PTE) that maps a page when `leaf` (SDM 4.5.4 and the entry-format tables of 4.5).
 fn reserved_bits(state: &PagingState, level: u32, leaf: bool) -> u64 {
     let phys_bits = if (32..=52).contains(&state.phys_bits) { u32::from(state.phys_bits) } else { 52 };
     // Bits MAXPHYADDR..=51.

@@ -10,9 +10,10 @@
 //! (`mmio_decode::DecodeError::Truncated`) does [`Fetched::missing`] say what the
 //! processor would have done on the first missing byte:
 //!
-//! - beyond the CS limit: #GP(0) (SDM Vol. 3A 5.3, limit checking; in real mode a fetch
-//!   past offset 0xFFFF faults the same way, SDM Vol. 3B 22.29 "Segment Wraparound",
-//!   and real mode delivers no error code);
+//! - beyond the CS limit: #GP(0) (SDM Vol. 3A 5.3, limit checking). 16-bit code never
+//!   fetches past offset 0xFFFF whatever the limit: the 8086 wrapped to offset 0, later
+//!   processors fault (SDM Vol. 3B, architecture compatibility, "Segment Wraparound").
+//!   Real mode delivers no error code;
 //! - its page walk fails with a page fault: #PF with CR2 = that byte's linear address and
 //!   the walk's error code (`guest_paging`, SDM 4.7);
 //! - the walk reads a paging-structure entry outside the guest's RAM, the byte itself is
@@ -53,7 +54,7 @@ pub fn fetch_window(at: &CodeLocation) -> (u64, usize) {
     let (offset, limit) = match at.mode {
         CpuMode::Long64 => return (at.rip, MAX_INSTRUCTION_LEN),
         CpuMode::Protected32 => (at.rip & 0xffff_ffff, u64::from(at.cs_limit)),
-        // A 16-bit instruction pointer cannot pass 0xFFFF (SDM Vol. 3B 22.29).
+        // A 16-bit instruction pointer cannot pass 0xFFFF (SDM Vol. 3B, "Segment Wraparound").
         CpuMode::Real16 | CpuMode::Protected16 => (at.rip & 0xffff, u64::from(at.cs_limit).min(0xffff)),
     };
     let allowed = if offset > limit { 0 } else { (limit - offset + 1).min(max) };
