@@ -265,7 +265,7 @@ pub fn advance_rip(len: u64) -> Outcome {
 const BLOCKING_BY_STI_MOV_SS: u64 = 0x3;
 
 /// Queues `event` for delivery into the guest on the next VM entry (SDM 27.6).
-fn inject(event: Injection) -> Outcome {
+pub fn inject(event: Injection) -> Outcome {
     let _ = vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, u64::from(event.info.0));
     if let Some(code) = event.error_code {
         let _ = vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, u64::from(code));
@@ -653,6 +653,8 @@ pub fn guest_paging_state() -> hv_core::guest_paging::PagingState {
         cr3: vmcs::read(guest::CR3),
         cr4: vmcs::read(guest::CR4),
         efer: vmcs::read(guest::IA32_EFER_FULL),
+        // CPUID 0x8000_0008 passes through to guests (`virt_cpuid`).
+        phys_bits: crate::arch::cpuid::phys_addr_bits(),
     }
 }
 

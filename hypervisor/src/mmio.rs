@@ -8,14 +8,30 @@
 //! the data nor the instruction length. The instruction is therefore fetched at the
 //! guest's CS:RIP through the guest's own page tables (`hv_core::guest_paging`), decoded
 //! (`hv_core::mmio_decode`) and completed here: loads write the register, stores and
-//! read-modify-write forms go to the device model, RFLAGS and RIP are updated. Every
-//! failure (fetch outside RAM, an unsupported instruction, a decoded instruction that
-//! does not match the exit) stops only that partition, with a clear line and a dump.
+//! read-modify-write forms go to the device model, RFLAGS and RIP are updated.
+//!
+//! The fetch (`hv_core::instruction_fetch`) behaves as the processor's: it stops at the
+//! CS limit (16- and 32-bit modes; offset 0xFFFF for 16-bit code) and at the first byte
+//! whose page walk fails, and is not an error while the decoder finds the whole
+//! instruction in the bytes it got. When the decoder needs a missing byte, the guest
+//! gets the fault a processor would raise, RIP unchanged: #GP(0) beyond the CS limit (no
+//! error code in real mode), #PF with CR2 = the byte's linear address and the SDM 4.7
+//! error code when its walk fails (not present, reserved bit, U/S, execute-disable,
+//! SMEP); one line is logged (`MMIO instruction fetch at ... failed: injected #PF`).
+//! What a processor would not deliver as a fault stops only that partition with a clear
+//! line and a dump: page tables or instruction bytes outside the guest's RAM (the
+//! processor would take an EPT violation there, fatal for an access outside RAM; KVM
+//! too treats a fetch from MMIO as an emulation failure), a paging mode the walker does
+//! not handle (32-bit and PAE paging), an unsupported instruction, a decoded instruction
+//! that does not match the exit.
 
 use hv_abi::platform::IOAPIC_BASE;
-use hv_core::guest_paging::translate;
+use hv_core::exit::InterruptionInfo;
+use hv_core::instruction_fetch::{self, CodeLocation, Fetched, Missing};
 use hv_core::io_request::Completion;
-use hv_core::mmio_decode::{self, alu, merge_register, register_value, CpuMode, MmioOp, Operand, ALU_FLAGS_MASK};
+use hv_core::mmio_decode::{
+    self, alu, merge_register, register_value, CpuMode, DecodeError, MmioOp, Operand, ALU_FLAGS_MASK,
+};
 use hv_core::vlapic::ApicMode;
 use x86::vmx::vmcs::guest;
 
@@ -39,8 +55,6 @@ pub enum Device {
 
 /// Size of an emulated device's register page.
 const PAGE: u64 = 0x1000;
-/// The longest x86 instruction (SDM Vol. 2A 2.3.11).
-const MAX_INSTRUCTION: usize = 15;
 /// Code-segment access-rights bits (SDM 25.4.1): L (64-bit code) and D/B (32-bit).
 const CS_LONG: u64 = 1 << 13;
 const CS_DEFAULT_32: u64 = 1 << 14;
@@ -73,18 +87,16 @@ pub fn handle_mmio(
     offset: u64,
     exit_was_write: bool,
 ) -> Outcome {
-    let (bytes, fetched) = match fetch_instruction(vcpu) {
-        Ok(f) => f,
-        Err(why) => return dispatch::stop_with_dump(vcpu, why, offset),
-    };
-    let instruction = match mmio_decode::decode(&bytes[..fetched], cpu_mode()) {
+    let fetched = fetch_instruction(vcpu);
+    let instruction = match mmio_decode::decode(fetched.bytes(), cpu_mode()) {
         Ok(i) => i,
+        Err(DecodeError::Truncated) => return fetch_failed(vcpu, regs, &fetched),
         Err(e) => {
             log::error!(
                 "partition {}: vcpu {}: MMIO instruction not emulated ({e:?}), bytes {:02x?}",
                 vcpu.vm.name,
                 vcpu.id,
-                &bytes[..fetched]
+                fetched.bytes()
             );
             return dispatch::stop_with_dump(vcpu, "unsupported instruction on an emulated device page", offset);
         }
@@ -264,40 +276,51 @@ fn cpu_mode() -> CpuMode {
     }
 }
 
-/// Reads up to 15 instruction bytes at CS:RIP through the guest's page tables; returns
-/// them and how many could be read (fewer when the next page is not mapped: the
-/// decoder then says whether the instruction fits).
-fn fetch_instruction(vcpu: &'static Vcpu) -> Result<([u8; MAX_INSTRUCTION], usize), &'static str> {
-    let mode = cpu_mode();
-    let rip = vmcs::read(guest::RIP);
-    let linear = match mode {
-        CpuMode::Long64 => rip,
-        CpuMode::Protected32 => vmcs::read(guest::CS_BASE).wrapping_add(rip & 0xffff_ffff) & 0xffff_ffff,
-        CpuMode::Real16 | CpuMode::Protected16 => vmcs::read(guest::CS_BASE).wrapping_add(rip & 0xffff) & 0xffff_ffff,
+/// Reads up to 15 instruction bytes at CS:RIP as the processor would (within the CS
+/// limit, through the guest's page tables); fewer when a byte cannot be fetched: the
+/// decoder then says whether the instruction fits.
+fn fetch_instruction(vcpu: &'static Vcpu) -> Fetched {
+    let at = CodeLocation {
+        mode: cpu_mode(),
+        cs_base: vmcs::read(guest::CS_BASE),
+        cs_limit: vmcs::read(guest::CS_LIMIT) as u32,
+        rip: vmcs::read(guest::RIP),
+        // SS.DPL is the CPL (SDM 25.4.1); it is 0 in real mode.
+        cpl: ((vmcs::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8,
     };
-    let state = dispatch::guest_paging_state();
-    let read_entry = |gpa: u64| vcpu.vm.read_guest_u64(gpa);
-    let mut bytes = [0u8; MAX_INSTRUCTION];
-    let mut fetched = 0;
-    while fetched < MAX_INSTRUCTION {
-        let at = linear.wrapping_add(fetched as u64);
-        let in_page = (PAGE - (at & (PAGE - 1))) as usize;
-        let chunk = in_page.min(MAX_INSTRUCTION - fetched);
-        let Ok(gpa) = translate(&state, at, false, read_entry) else {
-            break;
+    let read_ram = |gpa: u64, dst: &mut [u8]| {
+        let Some(host) = vcpu.vm.guest_range(gpa, dst.len() as u64) else {
+            return false;
         };
-        let Some(host) = vcpu.vm.guest_range(gpa, chunk as u64) else {
-            break;
-        };
-        // SAFETY: `chunk` bytes inside the VM's RAM (checked), direct-mapped; the guest
-        // may change them concurrently, which only changes what is decoded (and every
-        // decoded instruction is checked against the exit).
-        let src = unsafe { core::slice::from_raw_parts(frames::phys_to_virt(host), chunk) };
-        bytes[fetched..fetched + chunk].copy_from_slice(src);
-        fetched += chunk;
+        // SAFETY: `dst.len()` bytes inside the VM's RAM (checked), direct-mapped; the
+        // guest may change them concurrently, which only changes what is decoded (and
+        // every decoded instruction is checked against the exit).
+        let src = unsafe { core::slice::from_raw_parts(frames::phys_to_virt(host), dst.len()) };
+        dst.copy_from_slice(src);
+        true
+    };
+    instruction_fetch::fetch(&at, &dispatch::guest_paging_state(), |gpa| vcpu.vm.read_guest_u64(gpa), read_ram)
+}
+
+/// The decoder needs bytes that could not be fetched: delivers the fault the processor
+/// would raise (RIP unchanged), or stops the partition when there is none.
+#[cold]
+#[inline(never)]
+fn fetch_failed(vcpu: &'static Vcpu, regs: &mut GuestRegisters, fetched: &Fetched) -> Outcome {
+    match fetched.missing() {
+        Missing::Fault(fault) => {
+            log::warn!(
+                "partition {}: vcpu {}: MMIO instruction fetch at {:#x} failed: injected {fault}",
+                vcpu.vm.name,
+                vcpu.id,
+                fetched.linear,
+            );
+            if let Some(cr2) = fault.cr2 {
+                // The exit path reloads CR2 from `regs` before this entry.
+                regs.cr2 = cr2;
+            }
+            dispatch::inject(InterruptionInfo::hardware_exception(fault.vector, fault.error_code))
+        }
+        Missing::Stop { what, detail } => dispatch::stop_with_dump(vcpu, what, detail),
     }
-    if fetched == 0 {
-        return Err("the instruction that touched a device page could not be fetched");
-    }
-    Ok((bytes, fetched))
 }

@@ -34,6 +34,18 @@
 //! Besides: the constant and the counter read back at every size and offset, writes to
 //! them and to reserved offsets are ignored (but counted), reserved offsets read 0.
 //!
+//! Last, a page fault on the hypervisor's own instruction fetch ([`fetch_fault`]): a
+//! `mov eax, [rdi]` on its own code page, mapped at 4 GiB through 4 KiB page tables
+//! this guest adds, is executed once on RAM (which loads the translation into the TLB),
+//! then its PTE is cleared without INVLPG and it is executed on the device page. The
+//! processor runs it from the stale TLB entry and exits; the hypervisor's walk of the
+//! guest's tables fails, so the guest must get #PF (CR2 = the page, error code 0x10 with
+//! EFER.NXE: not present, supervisor, instruction fetch) at the instruction, not after
+//! it. Its #PF handler restores the PTE (with INVLPG) and returns; the retried load must
+//! then read the device. The hypervisor logs `MMIO instruction fetch at 0x100000000
+//! failed: injected #PF (error code 0x10, CR2 0x100000000)`; the scenario requires it
+//! (it proves the fault came from the hypervisor, not from the processor's own walk).
+//!
 //! Expected console lines (prefix = the partition's name in the config, e.g. `[mmio]`),
 //! in this order, among the `PASS guest-mmio: ...` group lines (N is the number of
 //! forms, see [`Ctx::forms`]):
@@ -52,6 +64,7 @@
 #![no_main]
 
 use core::ptr::{read_volatile, write_volatile};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use guest_rt::hv_abi::platform::devices::MMIO_TEST_BASE;
 use guest_rt::{check_fmt, exceptions, println, stop};
@@ -749,6 +762,181 @@ fn alias_forms(ctx: &mut Ctx) {
     }
 }
 
+/// Linear address of [`fetch_fault`]'s code page: PDPT entry 4, past the 4 GiB the
+/// boot page tables identity-map.
+const ALIAS: u64 = 4 << 30;
+/// Page-table entry bits (SDM Vol. 3A 4.5): present, writable.
+const PTE_PRESENT: u64 = 1;
+const PTE_WRITABLE: u64 = 2;
+const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+/// Page-fault error code bit 4, I/D (SDM Vol. 3A 4.7).
+const PF_FETCH: u64 = 1 << 4;
+/// IA32_EFER and its NXE bit; CR4.SMEP.
+const IA32_EFER: u32 = 0xc000_0080;
+const EFER_NXE: u64 = 1 << 11;
+const CR4_SMEP: u64 = 1 << 20;
+
+/// A 4 KiB-aligned page (page tables, the code page).
+#[repr(C, align(4096))]
+struct Page([u64; 512]);
+static mut ALIAS_PD: Page = Page([0; 512]);
+static mut ALIAS_PT: Page = Page([0; 512]);
+static mut ALIAS_CODE: Page = Page([0; 512]);
+
+/// What [`guest_mmio_pf_handler`] saw, and what it restores: the PTE at
+/// `PF_RESTORE_AT` gets `PF_RESTORE_VALUE`, then `INVLPG [PF_RESTORE_LINEAR]`.
+static PF_COUNT: AtomicU64 = AtomicU64::new(0);
+static PF_ERROR: AtomicU64 = AtomicU64::new(0);
+static PF_RIP: AtomicU64 = AtomicU64::new(0);
+static PF_CR2: AtomicU64 = AtomicU64::new(0);
+static PF_RESTORE_AT: AtomicU64 = AtomicU64::new(0);
+static PF_RESTORE_VALUE: AtomicU64 = AtomicU64::new(0);
+static PF_RESTORE_LINEAR: AtomicU64 = AtomicU64::new(0);
+
+// The #PF gate of `fetch_fault`: records the error code, RIP and CR2, counts the fault,
+// restores the PTE and returns to the faulting instruction.
+core::arch::global_asm!(
+    r#"
+    .section .text.guest_mmio_pf, "ax"
+    .global guest_mmio_pf_handler
+guest_mmio_pf_handler:
+    push rax
+    push rcx
+    mov rax, [rsp + 16]
+    mov [rip + {error}], rax
+    mov rax, [rsp + 24]
+    mov [rip + {rip}], rax
+    mov rax, cr2
+    mov [rip + {cr2}], rax
+    lock inc qword ptr [rip + {count}]
+    mov rax, [rip + {at}]
+    mov rcx, [rip + {value}]
+    mov [rax], rcx
+    mov rax, [rip + {linear}]
+    invlpg [rax]
+    pop rcx
+    pop rax
+    add rsp, 8
+    iretq
+    .text
+    "#,
+    error = sym PF_ERROR,
+    rip = sym PF_RIP,
+    cr2 = sym PF_CR2,
+    count = sym PF_COUNT,
+    at = sym PF_RESTORE_AT,
+    value = sym PF_RESTORE_VALUE,
+    linear = sym PF_RESTORE_LINEAR,
+);
+
+extern "C" {
+    fn guest_mmio_pf_handler();
+}
+
+/// Calls the code page at [`ALIAS`] (`mov eax, [rdi]; ret`) with `rdi` = `address`.
+fn run_alias(address: u64) -> u32 {
+    let value: u32;
+    // SAFETY: ALIAS maps `ALIAS_CODE`, which holds `mov eax, [rdi]; ret`; `address` is
+    // a readable u32 (RAM or the device page); the callee uses only RAX and the stack.
+    unsafe { core::arch::asm!("call {f}", f = in(reg) ALIAS, in("rdi") address, out("eax") value) };
+    value
+}
+
+/// The IDT's 16-byte gate for `vector`.
+fn idt_gate(vector: usize) -> *mut [u64; 2] {
+    let mut idtr = [0u8; 10];
+    // SAFETY: SIDT stores 10 bytes into the buffer.
+    unsafe { core::arch::asm!("sidt [{}]", in(reg) idtr.as_mut_ptr(), options(nostack)) };
+    let mut base = [0u8; 8];
+    base.copy_from_slice(&idtr[2..]);
+    (u64::from_le_bytes(base) as *mut [u64; 2]).wrapping_add(vector)
+}
+
+/// The #PF the hypervisor must inject when its walk for the MMIO instruction fails
+/// (see the module documentation). Interrupts stay off from warming the TLB to the
+/// faulting fetch, so that nothing but the load itself makes the vCPU exit there.
+fn fetch_fault(ctx: &mut Ctx) {
+    const SCRATCH: u64 = 0x5a5a_1234_9876_a5a5;
+    dev_write64(ctx, 0, SCRATCH);
+    let cr3: u64;
+    let cr4: u64;
+    // SAFETY: reading CR3 and CR4 has no side effects (the guest runs in ring 0).
+    unsafe {
+        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack));
+        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack));
+    }
+    let fetch_bit = if guest_rt::msr::read(IA32_EFER) & EFER_NXE != 0 || cr4 & CR4_SMEP != 0 { PF_FETCH } else { 0 };
+    let pd = core::ptr::addr_of_mut!(ALIAS_PD);
+    let pt = core::ptr::addr_of_mut!(ALIAS_PT);
+    let code = core::ptr::addr_of_mut!(ALIAS_CODE);
+    // SAFETY: the boot page tables identity-map the first 4 GiB, where this guest's RAM
+    // (its tables at CR3 and these statics) lies; PML4 entry 0 holds the PDPT, whose
+    // entries 0..4 are the boot identity map, so entry 4 (ALIAS) is free. Only this vCPU
+    // runs; the statics are used by this function alone.
+    let (pdpt_entry, pte) = unsafe {
+        let pml4 = (cr3 & PTE_ADDR) as *const u64;
+        let pdpt = (pml4.read_volatile() & PTE_ADDR) as *mut u64;
+        let pdpt_entry = pdpt.add(4);
+        if pdpt_entry.read_volatile() != 0 {
+            ctx.fail(format_args!("fetch fault: PDPT entry 4 is in use"));
+            ctx.group("#PF on the hypervisor's instruction fetch", ctx.forms);
+            return;
+        }
+        // mov eax, [rdi]; ret
+        (*code).0[0] = 0x00c3_078b;
+        (*pt).0[0] = code as u64 | PTE_PRESENT;
+        (*pd).0[0] = pt as u64 | PTE_PRESENT | PTE_WRITABLE;
+        pdpt_entry.write_volatile(pd as u64 | PTE_PRESENT | PTE_WRITABLE);
+        (pdpt_entry, core::ptr::addr_of_mut!((*pt).0[0]))
+    };
+    let gate = idt_gate(14);
+    let handler = guest_mmio_pf_handler as *const () as u64;
+    let low = (handler & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((handler >> 16) & 0xffff) << 48;
+    PF_RESTORE_AT.store(pte as u64, Ordering::SeqCst);
+    PF_RESTORE_VALUE.store(code as u64 | PTE_PRESENT, Ordering::SeqCst);
+    PF_RESTORE_LINEAR.store(ALIAS, Ordering::SeqCst);
+    let ram = 0x1357_9bdf_u32;
+    let (warm, loaded, saved) = guest_rt::interrupts::without_interrupts(|| {
+        // SAFETY: the IDT is guest_rt's, identity-mapped and writable; its #PF gate is
+        // put back below, before interrupts or any other fault can use it.
+        let saved = unsafe { gate.read_volatile() };
+        // SAFETY: as above; the gate points at `guest_mmio_pf_handler`.
+        unsafe { gate.write_volatile([low, handler >> 32]) };
+        // Loads the translation of ALIAS into the TLB, without an exit.
+        let warm = run_alias(&ram as *const u32 as u64);
+        // SAFETY: `pte` is ALIAS's PTE in `ALIAS_PT`; no INVLPG on purpose.
+        unsafe { pte.write_volatile(0) };
+        let loaded = run_alias(BASE);
+        (warm, loaded, saved)
+    });
+    // SAFETY: puts guest_rt's #PF gate back; the alias is unmapped again (with INVLPG)
+    // and PDPT entry 4 freed.
+    unsafe {
+        gate.write_volatile(saved);
+        pdpt_entry.write_volatile(0);
+        core::arch::asm!("invlpg [{}]", in(reg) ALIAS, options(nostack));
+    }
+    let faults = PF_COUNT.load(Ordering::SeqCst);
+    let (error, rip, cr2) =
+        (PF_ERROR.load(Ordering::SeqCst), PF_RIP.load(Ordering::SeqCst), PF_CR2.load(Ordering::SeqCst));
+    if warm != ram {
+        ctx.fail(format_args!("fetch fault: the RAM load through the alias read {warm:#x}, expected {ram:#x}"));
+    }
+    if faults != 1 || error != fetch_bit || rip != ALIAS || cr2 != ALIAS {
+        ctx.fail(format_args!(
+            "fetch fault: {faults} #PF (error code {error:#x} at rip {rip:#x}, cr2 {cr2:#x}), expected one with error code {fetch_bit:#x} at rip and cr2 {ALIAS:#x}"
+        ));
+    }
+    if u64::from(loaded) != SCRATCH & 0xffff_ffff {
+        ctx.fail(format_args!("fetch fault: the retried load read {loaded:#x}, expected {:#x}", SCRATCH & 0xffff_ffff));
+    }
+    let ok = ctx.group_failures == 0;
+    ctx.group("#PF on the hypervisor's instruction fetch", ctx.forms);
+    if ok {
+        println!("mmio: #PF with error code {error:#x} at cr2 {cr2:#x}, then the retried load read the device");
+    }
+}
+
 /// Entry point (see `hv_abi::start`).
 /// With [`UNEMULATED_RAM_BYTES`] of RAM: a `LOCK CMPXCHG` on the device page, which the
 /// hypervisor's decoder does not take. The hypervisor must stop this guest with a dump
@@ -795,6 +983,7 @@ pub extern "C" fn _start(_vcpu: u64, ram: u64) -> ! {
     strings(&mut ctx);
     arithmetic(&mut ctx);
     compares(&mut ctx);
+    fetch_fault(&mut ctx);
 
     println!("mmio: {} instruction forms checked", ctx.forms);
     if ctx.ok {

@@ -1,12 +1,20 @@
 //! Translating a guest's linear addresses through the guest's own page tables, for
-//! instructions the hypervisor completes on the guest's behalf (string I/O now; MMIO
-//! instruction fetch later).
+//! accesses the hypervisor completes on the guest's behalf: string I/O (supervisor data
+//! accesses) and the instruction fetch of an emulated MMIO access
+//! (`crate::instruction_fetch`).
 //!
 //! Supported: paging off (linear = physical) and 4-level IA-32e paging with 4 KiB,
-//! 2 MiB and 1 GiB pages (SDM Vol. 3 4.5). 32-bit and PAE paging report
+//! 2 MiB and 1 GiB pages (SDM Vol. 3A 4.5). 32-bit and PAE paging report
 //! [`WalkError::UnsupportedMode`]. Every table read goes through a callback that fails
 //! for addresses outside the guest's RAM, so a hostile CR3 or entry cannot make the
 //! hypervisor read anything else.
+//!
+//! A failed walk reports the page-fault error code the processor would push (SDM Vol.
+//! 3A 4.7): not-present entries, reserved bits (SDM 4.5.4, with MAXPHYADDR from
+//! [`PagingState::phys_bits`]), and the access rights of SDM 4.6.1: writes (CR0.WP for
+//! supervisor writes), user-mode accesses (U/S), execute-disable (EFER.NXE) and SMEP.
+//! Not modelled: SMAP, protection keys, shadow stacks, and the accessed/dirty flags the
+//! processor would set (the hypervisor only reads the tables).
 
 /// Why a translation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,26 +34,95 @@ pub struct PagingState {
     pub cr3: u64,
     pub cr4: u64,
     pub efer: u64,
+    /// MAXPHYADDR the guest sees (CPUID 0x8000_0008 EAX[7:0]): entry bits from here to
+    /// 51 are reserved (SDM 4.5.4). Values outside 32..=52 are taken as 52 (no such
+    /// reserved bits).
+    pub phys_bits: u8,
+}
+
+/// The kind of access being translated (SDM 4.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Access {
+    /// A write (else a read or an instruction fetch).
+    pub write: bool,
+    /// A user-mode access (CPL 3; SDM 4.6: every access at CPL 3 that is not an
+    /// implicit supervisor access).
+    pub user: bool,
+    /// An instruction fetch.
+    pub fetch: bool,
+}
+
+impl Access {
+    /// An instruction fetch at current privilege level `cpl`.
+    #[must_use]
+    pub const fn fetch(cpl: u8) -> Self {
+        Self { write: false, user: cpl == 3, fetch: true }
+    }
 }
 
 const CR0_PG: u64 = 1 << 31;
 const CR0_WP: u64 = 1 << 16;
+/// CR4.PAE (bit 5) and CR4.SMEP (bit 20), SDM 2.5.
 const CR4_PAE: u64 = 1 << 5;
+const CR4_SMEP: u64 = 1 << 20;
+/// IA32_EFER.NXE (bit 11) and .LMA (bit 10), SDM 2.2.1.
+const EFER_NXE: u64 = 1 << 11;
 const EFER_LMA: u64 = 1 << 10;
+/// Paging-structure entry bits (SDM 4.5, the entry-format tables): present, R/W, U/S, PS,
+/// XD.
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
+const USER: u64 = 1 << 2;
 const LARGE: u64 = 1 << 7;
+const EXECUTE_DISABLE: u64 = 1 << 63;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
-/// Page-fault error code bits: present (0), write (1).
-const PF_PRESENT: u32 = 1 << 0;
-const PF_WRITE: u32 = 1 << 1;
+/// Page-fault error code bits (SDM 4.7, figure 4-12): P, W/R, U/S, RSVD, I/D.
+pub const PF_PRESENT: u32 = 1 << 0;
+pub const PF_WRITE: u32 = 1 << 1;
+pub const PF_USER: u32 = 1 << 2;
+pub const PF_RESERVED: u32 = 1 << 3;
+pub const PF_FETCH: u32 = 1 << 4;
 
-/// Translates `linear` for a supervisor access (`write` or read). `read_entry(gpa)`
+/// Translates `linear` for a supervisor data access (`write` or read). `read_entry(gpa)`
 /// returns the qword at guest-physical `gpa`, or `None` outside RAM.
 pub fn translate(
     state: &PagingState,
     linear: u64,
     write: bool,
+    read_entry: impl Fn(u64) -> Option<u64>,
+) -> Result<u64, WalkError> {
+    translate_access(state, linear, Access { write, ..Access::default() }, read_entry)
+}
+
+/// The reserved bits of a present 4-level paging-structure entry at `level` (4 = PML4E,
+/// 1 = PTE) that maps a page when `leaf` (SDM 4.5.4 and the entry-format tables of 4.5).
+fn reserved_bits(state: &PagingState, level: u32, leaf: bool) -> u64 {
+    let phys_bits = if (32..=52).contains(&state.phys_bits) { u32::from(state.phys_bits) } else { 52 };
+    // Bits MAXPHYADDR..=51.
+    let mut reserved = ((1u64 << 52) - 1) & !((1u64 << phys_bits) - 1);
+    if state.efer & EFER_NXE == 0 {
+        reserved |= EXECUTE_DISABLE;
+    }
+    match (level, leaf) {
+        // PML4E: PS is reserved.
+        (4, _) => reserved |= LARGE,
+        // 1 GiB page: bits 29:13 (bit 12 is PAT).
+        (3, true) => reserved |= 0x3fff_e000,
+        // 2 MiB page: bits 20:13.
+        (2, true) => reserved |= 0x1f_e000,
+        _ => {}
+    }
+    reserved
+}
+
+/// Translates `linear` for `access`. `read_entry(gpa)` returns the qword at
+/// guest-physical `gpa`, or `None` outside RAM. A page fault carries the error code of
+/// SDM 4.7: P when an entry was present (a rights or reserved-bit fault), W/R, U/S, RSVD,
+/// and I/D for a fetch when SMEP or (PAE and) EFER.NXE is on.
+pub fn translate_access(
+    state: &PagingState,
+    linear: u64,
+    access: Access,
     read_entry: impl Fn(u64) -> Option<u64>,
 ) -> Result<u64, WalkError> {
     if state.cr0 & CR0_PG == 0 {
@@ -54,21 +131,45 @@ pub fn translate(
     if state.efer & EFER_LMA == 0 || state.cr4 & CR4_PAE == 0 {
         return Err(WalkError::UnsupportedMode);
     }
-    let write_code = if write { PF_WRITE } else { 0 };
+    let nxe = state.efer & EFER_NXE != 0;
+    let smep = state.cr4 & CR4_SMEP != 0;
+    let mut code = 0;
+    if access.write {
+        code |= PF_WRITE;
+    }
+    if access.user {
+        code |= PF_USER;
+    }
+    // CR4.PAE is 1 here (4-level paging).
+    if access.fetch && (smep || nxe) {
+        code |= PF_FETCH;
+    }
+    let fault = |error_code| Err(WalkError::PageFault { error_code });
     let mut table = state.cr3 & ADDR;
-    let mut writable = true;
+    let (mut writable, mut user, mut executable) = (true, true, true);
     for level in (1..=4u32).rev() {
         let shift = 12 + 9 * (level - 1);
         let index = (linear >> shift) & 0x1ff;
         let entry = read_entry(table + index * 8).ok_or(WalkError::TableOutsideRam)?;
         if entry & PRESENT == 0 {
-            return Err(WalkError::PageFault { error_code: write_code });
+            return fault(code);
+        }
+        let leaf = level == 1 || (matches!(level, 2 | 3) && entry & LARGE != 0);
+        if entry & reserved_bits(state, level, leaf) != 0 {
+            return fault(code | PF_PRESENT | PF_RESERVED);
         }
         writable &= entry & WRITABLE != 0;
-        let leaf = level == 1 || (matches!(level, 2 | 3) && entry & LARGE != 0);
+        user &= entry & USER != 0;
+        executable &= !(nxe && entry & EXECUTE_DISABLE != 0);
         if leaf {
-            if write && !writable && state.cr0 & CR0_WP != 0 {
-                return Err(WalkError::PageFault { error_code: write_code | PF_PRESENT });
+            // SDM 4.6.1: user accesses need U/S = 1 at every level; writes need R/W = 1
+            // (supervisor writes only with CR0.WP = 1); fetches need XD = 0 (with
+            // EFER.NXE) and, for supervisor fetches with CR4.SMEP, a supervisor page.
+            let denied = (access.user && !user)
+                || (access.write && !writable && (access.user || state.cr0 & CR0_WP != 0))
+                || (access.fetch && (!executable || (!access.user && user && smep)));
+            if denied {
+                return fault(code | PF_PRESENT);
             }
             let size = 1u64 << shift;
             return Ok((entry & ADDR & !(size - 1)) | (linear & (size - 1)));
@@ -84,7 +185,7 @@ mod tests {
     use alloc::collections::BTreeMap;
 
     const LONG: PagingState =
-        PagingState { cr0: CR0_PG | CR0_WP | 1, cr3: 0x1000, cr4: CR4_PAE, efer: EFER_LMA | (1 << 8) };
+        PagingState { cr0: CR0_PG | CR0_WP | 1, cr3: 0x1000, cr4: CR4_PAE, efer: EFER_LMA | (1 << 8), phys_bits: 36 };
 
     fn memory(entries: &[(u64, u64)]) -> BTreeMap<u64, u64> {
         entries.iter().copied().collect()
@@ -116,6 +217,104 @@ mod tests {
         assert_eq!(walk(&mem, 0x80_0000_0000, false), Err(WalkError::PageFault { error_code: 0 }));
     }
 
+    /// PML4[0] -> PDPT 0x2000 (user, writable); PDPT[0] -> PD 0x3000 (user); PD[0] -> PT
+    /// 0x4000 (user); PT[0] = 0x9000 supervisor, PT[1] = 0xa000 user, PT[2] = 0xb000 user
+    /// execute-disable, PT[3] = 0xc000 user read-only; PD[1] = 2 MiB user page at
+    /// 0x20_0000.
+    fn rights_tables(extra: &[(u64, u64)]) -> BTreeMap<u64, u64> {
+        let mut mem = memory(&[
+            (0x1000, 0x2000 | 7),
+            (0x2000, 0x3000 | 7),
+            (0x3000, 0x4000 | 7),
+            (0x3008, 0x20_0000 | 7 | LARGE),
+            (0x4000, 0x9000 | 3),
+            (0x4008, 0xa000 | 7),
+            (0x4010, 0xb000 | 7 | EXECUTE_DISABLE),
+            (0x4018, 0xc000 | 5),
+        ]);
+        mem.extend(extra.iter().copied());
+        mem
+    }
+
+    fn walk_with(state: &PagingState, mem: &BTreeMap<u64, u64>, linear: u64, access: Access) -> Result<u64, WalkError> {
+        translate_access(state, linear, access, |gpa| {
+            if gpa < 0x100_0000 {
+                Some(*mem.get(&gpa).unwrap_or(&0))
+            } else {
+                None
+            }
+        })
+    }
+
+    fn pf(error_code: u32) -> Result<u64, WalkError> {
+        Err(WalkError::PageFault { error_code })
+    }
+
+    #[test]
+    fn fetch_error_codes_follow_nxe_and_smep() {
+        let mem = rights_tables(&[]);
+        let nx = PagingState { efer: LONG.efer | EFER_NXE, ..LONG };
+        let smep = PagingState { cr4: LONG.cr4 | CR4_SMEP, ..LONG };
+        let both = PagingState { cr4: LONG.cr4 | CR4_SMEP, ..nx };
+        let kernel = Access::fetch(0);
+        let user = Access::fetch(3);
+        // Not present (PT[4] is 0): I/D only with NXE or SMEP; U/S at CPL 3.
+        assert_eq!(walk_with(&LONG, &mem, 0x4000, kernel), pf(0));
+        assert_eq!(walk_with(&nx, &mem, 0x4000, kernel), pf(PF_FETCH));
+        assert_eq!(walk_with(&smep, &mem, 0x4000, kernel), pf(PF_FETCH));
+        assert_eq!(walk_with(&LONG, &mem, 0x4000, user), pf(PF_USER));
+        assert_eq!(walk_with(&both, &mem, 0x4000, user), pf(PF_USER | PF_FETCH));
+        // Execute-disable: honoured only with NXE (else bit 63 is reserved).
+        assert_eq!(walk_with(&nx, &mem, 0x2123, kernel), pf(PF_PRESENT | PF_FETCH));
+        assert_eq!(walk_with(&LONG, &mem, 0x2123, kernel), pf(PF_PRESENT | PF_RESERVED));
+        assert_eq!(walk_with(&nx, &mem, 0x2123, Access::default()), Ok(0xb123));
+        // SMEP: a supervisor fetch from a user page faults; a supervisor page is fine.
+        assert_eq!(walk_with(&smep, &mem, 0x1000, kernel), pf(PF_PRESENT | PF_FETCH));
+        assert_eq!(walk_with(&smep, &mem, 0x0010, kernel), Ok(0x9010));
+        assert_eq!(walk_with(&LONG, &mem, 0x1000, kernel), Ok(0xa000));
+        assert_eq!(walk_with(&smep, &mem, 0x20_0010, kernel), pf(PF_PRESENT | PF_FETCH));
+        // A user fetch from a supervisor page faults; from a user page it does not.
+        assert_eq!(walk_with(&LONG, &mem, 0x0010, user), pf(PF_PRESENT | PF_USER));
+        assert_eq!(walk_with(&smep, &mem, 0x1010, user), Ok(0xa010));
+        assert_eq!(walk_with(&LONG, &mem, 0x20_0010, user), Ok(0x20_0010));
+    }
+
+    #[test]
+    fn write_rights_for_user_and_supervisor() {
+        let mem = rights_tables(&[]);
+        let no_wp = PagingState { cr0: LONG.cr0 & !CR0_WP, ..LONG };
+        let user_write = Access { write: true, user: true, fetch: false };
+        let kernel_write = Access { write: true, ..Access::default() };
+        assert_eq!(walk_with(&LONG, &mem, 0x3000, user_write), pf(PF_PRESENT | PF_WRITE | PF_USER));
+        assert_eq!(walk_with(&no_wp, &mem, 0x3000, user_write), pf(PF_PRESENT | PF_WRITE | PF_USER));
+        assert_eq!(walk_with(&LONG, &mem, 0x3000, kernel_write), pf(PF_PRESENT | PF_WRITE));
+        assert_eq!(walk_with(&no_wp, &mem, 0x3000, kernel_write), Ok(0xc000));
+        assert_eq!(walk_with(&LONG, &mem, 0x1000, user_write), Ok(0xa000));
+    }
+
+    #[test]
+    fn reserved_bits_fault_with_rsvd() {
+        let fetch = Access::fetch(0);
+        let rsvd = pf(PF_PRESENT | PF_RESERVED);
+        // A PTE address bit above MAXPHYADDR (36).
+        let mem = rights_tables(&[(0x4000, 0x10_0000_9000 | 3)]);
+        assert_eq!(walk_with(&LONG, &mem, 0x0000, fetch), rsvd);
+        let wide = PagingState { phys_bits: 46, ..LONG };
+        assert_eq!(walk_with(&wide, &mem, 0x0000, fetch), Ok(0x10_0000_9000));
+        // PS in a PML4E.
+        let mem = rights_tables(&[(0x1000, 0x2000 | 7 | LARGE)]);
+        assert_eq!(walk_with(&LONG, &mem, 0x1000, Access::fetch(3)), pf(PF_PRESENT | PF_RESERVED | PF_USER));
+        // A 2 MiB page with bit 13 set.
+        let mem = rights_tables(&[(0x3008, 0x20_2000 | 7 | LARGE)]);
+        assert_eq!(walk_with(&LONG, &mem, 0x20_0000, fetch), rsvd);
+        // A 1 GiB page with bit 20 set.
+        let mem = rights_tables(&[(0x2008, 0x4010_0000 | 7 | LARGE)]);
+        assert_eq!(walk_with(&LONG, &mem, 0x4000_0000, fetch), rsvd);
+        // A not-present entry's other bits do not matter.
+        let mem = rights_tables(&[(0x4020, 0xffff_ffff_ffff_fffe)]);
+        assert_eq!(walk_with(&LONG, &mem, 0x4000, fetch), pf(0));
+    }
+
     #[test]
     fn tables_outside_ram_and_other_modes() {
         let mem = memory(&[(0x1000, 0x7fff_f000 | 3)]);
@@ -138,6 +337,13 @@ mod tests {
                 mem.insert((seed % 0x8000) & !7, seed.rotate_left(17));
             }
             let _ = walk(&mem, seed, seed & 1 == 0);
+            let state = PagingState {
+                efer: seed & (EFER_NXE | EFER_LMA),
+                cr4: seed & (CR4_SMEP | CR4_PAE),
+                phys_bits: seed as u8,
+                ..LONG
+            };
+            let _ = walk_with(&state, &mem, seed.rotate_left(7), Access::fetch((seed >> 40) as u8 & 3));
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod event_injection;
 pub mod exit;
 pub mod frames;
 pub mod guest_paging;
+pub mod instruction_fetch;
 pub mod io_request;
 pub mod memory_map;
 pub mod mmio_decode;
