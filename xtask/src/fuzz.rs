@@ -16,6 +16,7 @@ pub const TARGETS: &[&str] = &[
     "loader_multiboot",
     "loader_elf",
     "board",
+    "instruction_fetch",
 ];
 
 fn have_cargo_fuzz() -> bool {

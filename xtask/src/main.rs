@@ -114,7 +114,7 @@ enum Command {
     /// Fuzz the parsers of untrusted bytes (installs cargo-fuzz when missing).
     Fuzz {
         /// One target: boot_conf, acpi_s5, mmio_decode, devices, io_reply, loader_bzimage,
-        /// loader_multiboot, loader_elf or board [default: all].
+        /// loader_multiboot, loader_elf, board or instruction_fetch [default: all].
         #[arg(value_name = "TARGET")]
         target: Option<String>,
         /// How long to run each target.
