@@ -648,13 +648,22 @@ fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInstru
 
 /// The guest's paging registers, for walks of its page tables.
 pub fn guest_paging_state() -> hv_core::guest_paging::PagingState {
+    let (cr0, cr4, efer) = (vmcs::read(guest::CR0), vmcs::read(guest::CR4), vmcs::read(guest::IA32_EFER_FULL));
+    // With EPT the processor keeps the PDPTEs of PAE paging in the VMCS and stores them
+    // there on every exit (SDM 28.3.4); those are the ones it walks from.
+    let pdptes = if hv_core::control_regs::pae_paging(cr0, cr4, efer) {
+        [guest::PDPTE0_FULL, guest::PDPTE1_FULL, guest::PDPTE2_FULL, guest::PDPTE3_FULL].map(vmcs::read)
+    } else {
+        [0; 4]
+    };
     hv_core::guest_paging::PagingState {
-        cr0: vmcs::read(guest::CR0),
+        cr0,
         cr3: vmcs::read(guest::CR3),
-        cr4: vmcs::read(guest::CR4),
-        efer: vmcs::read(guest::IA32_EFER_FULL),
+        cr4,
+        efer,
         // CPUID 0x8000_0008 passes through to guests (`virt_cpuid`).
         phys_bits: crate::arch::cpuid::phys_addr_bits(),
+        pdptes,
     }
 }
 
@@ -824,18 +833,45 @@ fn handle_cr_access(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let Some(fixed) = crate::vcpu::fixed_bits() else {
         return stop_with_dump(vcpu, "VMX fixed bits unknown", u64::from(access.cr));
     };
-    let (fixed0, fixed1, shadow, field) = if access.cr == 0 {
+    // Validate, then commit: the new CR0, CR4 and EFER are worked out and checked (a
+    // #GP changes nothing) before any of them is written.
+    let cr0 = (vmcs::read(guest::CR0) & !fixed.guest_cr0_fixed0())
+        | (vmcs::read(control::CR0_READ_SHADOW) & fixed.guest_cr0_fixed0());
+    let cr4 = (vmcs::read(guest::CR4) & !fixed.cr4_fixed0) | (vmcs::read(control::CR4_READ_SHADOW) & fixed.cr4_fixed0);
+    let efer = vmcs::read(guest::IA32_EFER_FULL);
+    let gp = || inject(InterruptionInfo::hardware_exception(GP, Some(0)));
+    let (after, ia32e_mode) = if access.cr == 0 {
         // Paging switched with EFER.LME set (de)activates IA-32e mode, as the CPU would.
         let cs_long = vmcs::read(guest::CS_ACCESS_RIGHTS) & CS_LONG != 0;
-        let old = (vmcs::read(guest::CR0) & !fixed.guest_cr0_fixed0())
-            | (vmcs::read(control::CR0_READ_SHADOW) & fixed.guest_cr0_fixed0());
-        let efer = vmcs::read(guest::IA32_EFER_FULL);
-        let Ok(write) = hv_core::control_regs::mov_to_cr0(old, value, efer, vmcs::read(guest::CR4), cs_long) else {
-            return inject(InterruptionInfo::hardware_exception(GP, Some(0)));
+        let Ok(write) = hv_core::control_regs::mov_to_cr0(cr0, value, efer, cr4, cs_long) else {
+            return gp();
         };
-        if write.efer != efer {
-            let _ = vmcs::write(guest::IA32_EFER_FULL, write.efer);
-            crate::vcpu::set_ia32e_mode_guest(write.ia32e_mode);
+        ((value, cr4, write.efer), write.ia32e_mode)
+    } else {
+        ((cr0, value, efer), false)
+    };
+    // PAE paging from here on: the processor loads the PDPTEs at CR3 (a reserved bit in
+    // one is #GP) into the VMCS fields the next entry uses (SDM 4.4.1, 27.3.2.4).
+    let pdptes = if hv_core::control_regs::loads_pdptes((cr0, cr4, efer), after) {
+        match read_pdptes(vcpu) {
+            Some(Ok(pdptes)) => Some(pdptes),
+            Some(Err(hv_core::control_regs::GeneralProtection)) => return gp(),
+            None => return stop_with_dump(vcpu, "PAE page-directory-pointer table outside the guest's RAM", 0),
+        }
+    } else {
+        None
+    };
+    if let Some(pdptes) = pdptes {
+        for (field, pdpte) in
+            [guest::PDPTE0_FULL, guest::PDPTE1_FULL, guest::PDPTE2_FULL, guest::PDPTE3_FULL].into_iter().zip(pdptes)
+        {
+            let _ = vmcs::write(field, pdpte);
+        }
+    }
+    let (fixed0, fixed1, shadow, field) = if access.cr == 0 {
+        if after.2 != efer {
+            let _ = vmcs::write(guest::IA32_EFER_FULL, after.2);
+            crate::vcpu::set_ia32e_mode_guest(ia32e_mode);
         }
         (fixed.guest_cr0_fixed0(), fixed.cr0_fixed1, control::CR0_READ_SHADOW, guest::CR0)
     } else {
@@ -844,6 +880,17 @@ fn handle_cr_access(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
     let _ = vmcs::write(shadow, value);
     let _ = vmcs::write(field, hv_core::vmx_caps::apply_fixed_bits(value, fixed0, fixed1));
     skip_instruction()
+}
+
+/// The four PAE PDPTEs at the guest's CR3, checked as the processor checks them when
+/// it loads them (`Err`: the guest gets #GP); `None` when the table is not in its RAM.
+fn read_pdptes(vcpu: &Vcpu) -> Option<Result<[u64; 4], hv_core::control_regs::GeneralProtection>> {
+    let table = hv_core::control_regs::pdpt_address(vmcs::read(guest::CR3));
+    let mut pdptes = [0u64; 4];
+    for (i, pdpte) in pdptes.iter_mut().enumerate() {
+        *pdpte = vcpu.vm.read_guest_u64(table + 8 * i as u64)?;
+    }
+    Some(hv_core::control_regs::check_pdptes(pdptes, crate::arch::cpuid::phys_addr_bits()))
 }
 
 /// Reads general-purpose register `index` (SDM numbering: 0 RAX ... 15 R15; RSP from the VMCS).

@@ -7,7 +7,7 @@
 #![no_std]
 #![no_main]
 
-use guest_rt::hv_abi::start;
+use guest_rt::hv_abi::{platform, start};
 use guest_rt::{check, println, stop};
 
 core::arch::global_asm!(
@@ -34,6 +34,75 @@ protected_reloaded:
     movw %ax, (reloaded_cs)
     movw %ss, %ax
     movw %ax, (reloaded_ss)
+    // 32-bit paging with 4 MiB pages (CR4.PSE), identity: a load from the LAPIC page
+    // exits, and the hypervisor fetches the instruction through these tables.
+    movl $protected_pd32, %edi
+    movl $0x83, %eax
+    movl $1024, %ecx
+1:
+    movl %eax, (%edi)
+    addl $0x400000, %eax
+    addl $4, %edi
+    loop 1b
+    movl %cr4, %eax
+    orl $0x10, %eax
+    movl %eax, %cr4
+    movl $protected_pd32, %eax
+    movl %eax, %cr3
+    movl %cr0, %eax
+    orl $0x80000000, %eax
+    movl %eax, %cr0
+    movl ${lapic_version}, %ebx
+    movl (%ebx), %eax
+    movl %eax, (paging32_lapic_version)
+    movl %cr0, %eax
+    andl $0x7fffffff, %eax
+    movl %eax, %cr0
+    movl %cr4, %eax
+    andl $0xffffffef, %eax
+    movl %eax, %cr4
+    // PAE paging with 2 MiB pages, identity (four page directories). The MOV to CR0
+    // also sets NE, which the hypervisor's CR0 mask catches: it emulates the write and
+    // must load the four PDPTEs into the VMCS itself, or the next fetch faults. Then
+    // the same LAPIC load, fetched through the PDPTEs and these tables.
+    movl $protected_pae_pd, %edi
+    xorl %eax, %eax
+2:
+    movl %eax, %edx
+    shll $21, %edx
+    orl $0x83, %edx
+    movl %edx, (%edi)
+    movl %eax, %edx
+    shrl $11, %edx
+    movl %edx, 4(%edi)
+    addl $8, %edi
+    incl %eax
+    cmpl $2048, %eax
+    jne 2b
+    movl $protected_pae_pdpt, %edi
+    movl $protected_pae_pd, %eax
+    orl $1, %eax
+    movl $4, %ecx
+3:
+    movl %eax, (%edi)
+    movl $0, 4(%edi)
+    addl $0x1000, %eax
+    addl $8, %edi
+    loop 3b
+    movl %cr4, %eax
+    orl $0x20, %eax
+    movl %eax, %cr4
+    movl $protected_pae_pdpt, %eax
+    movl %eax, %cr3
+    movl %cr0, %eax
+    orl $0x80000020, %eax
+    movl %eax, %cr0
+    movl ${lapic_version}, %ebx
+    movl (%ebx), %eax
+    movl %eax, (pae_lapic_version)
+    movl %cr0, %eax
+    andl $0x7fffffff, %eax
+    movl %eax, %cr0
     movl $0xc0000080, %ecx
     rdmsr
     orl $0x900, %eax
@@ -62,6 +131,7 @@ protected_lm64:
     jmp 2b
     .text
     "#,
+    lapic_version = const LAPIC_VERSION,
     boot_cs = const 0x10,
     boot_ds = const 0x18,
     code64 = const start::CODE_SELECTOR,
@@ -78,6 +148,26 @@ static mut protected_cs: u16 = 0;
 static mut protected_ds: u16 = 0;
 #[no_mangle]
 static mut protected_ss: u16 = 0;
+/// The LAPIC's version register (xAPIC MMIO, SDM Vol. 3A 11.4.8), read in 32-bit
+/// paging, PAE paging and 64-bit mode: each read exits and is emulated.
+const LAPIC_VERSION: u32 = platform::LAPIC_BASE as u32 + 0x30;
+
+/// A page-aligned paging structure of `N` qwords.
+#[repr(C, align(4096))]
+struct PagingTable<const N: usize>([u64; N]);
+
+/// The 32-bit paging page directory (1024 4-byte PDEs), PAE's four page directories
+/// and its page-directory-pointer table, filled by the 32-bit stage.
+#[no_mangle]
+static mut protected_pd32: PagingTable<512> = PagingTable([0; 512]);
+#[no_mangle]
+static mut protected_pae_pd: PagingTable<2048> = PagingTable([0; 2048]);
+#[no_mangle]
+static mut protected_pae_pdpt: PagingTable<4> = PagingTable([0; 4]);
+#[no_mangle]
+static mut paging32_lapic_version: u32 = 0;
+#[no_mangle]
+static mut pae_lapic_version: u32 = 0;
 #[no_mangle]
 static mut reloaded_cs: u16 = 0;
 #[no_mangle]
@@ -113,6 +203,18 @@ extern "C" fn protected_main(_vcpu: u64, ram: u64) -> ! {
     unsafe { core::arch::asm!("mov {0:x}, cs", out(reg) code) };
     ok &= check(NAME, "reached 64-bit mode with the hypervisor's page tables", code == 0x08);
     ok &= check(NAME, "the RAM size came in ESI", ram == 16 << 20);
+    // SAFETY: plain reads: the LAPIC register (an emulated MMIO page, identity-mapped)
+    // and what the 32-bit stage stored.
+    let (long, paging32, pae) = unsafe {
+        (
+            core::ptr::with_exposed_provenance::<u32>(LAPIC_VERSION as usize).read_volatile(),
+            core::ptr::addr_of!(paging32_lapic_version).read_volatile(),
+            core::ptr::addr_of!(pae_lapic_version).read_volatile(),
+        )
+    };
+    println!("{NAME}: LAPIC version {long:#x} in 64-bit mode, {paging32:#x} in 32-bit paging, {pae:#x} in PAE paging");
+    ok &= check(NAME, "an MMIO load under 32-bit paging (4 MiB pages) was emulated", paging32 == long && long != 0);
+    ok &= check(NAME, "an MMIO load under PAE paging, entered by an emulated MOV to CR0, was emulated", pae == long);
     if ok {
         println!("PASS {NAME}");
     }

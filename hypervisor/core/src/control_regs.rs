@@ -57,9 +57,79 @@ pub fn mov_to_cr0(old: u64, value: u64, efer: u64, cr4: u64, cs_long: bool) -> R
     Ok(Cr0Write { cr0: value, efer, ia32e_mode: efer & EFER_LMA != 0 })
 }
 
+/// CR4 bits whose change, with PAE paging in use after the write, reloads the PDPTEs:
+/// PSE (4), PAE (5), PGE (7), SMEP (20). CR0: PG, CD, NW. SDM Vol. 3A 4.4.1.
+const CR4_PDPTE_RELOAD: u64 = (1 << 4) | (1 << 5) | (1 << 7) | (1 << 20);
+const CR0_PDPTE_RELOAD: u64 = CR0_PG | CR0_CD | CR0_NW;
+
+/// Whether CR0, CR4 and IA32_EFER select PAE paging (SDM 4.1.1: CR0.PG = 1,
+/// CR4.PAE = 1, EFER.LME = 0, hence not IA-32e mode).
+#[must_use]
+pub const fn pae_paging(cr0: u64, cr4: u64, efer: u64) -> bool {
+    cr0 & CR0_PG != 0 && cr4 & CR4_PAE != 0 && efer & EFER_LMA == 0
+}
+
+/// Whether an emulated MOV to CR0 or CR4 that takes the guest from `before` to `after`
+/// (each `(cr0, cr4, efer)`) makes the processor load the four PDPTEs from the PDPT at
+/// CR3 (SDM 4.4.1): PAE paging is in use after it, and it changed CR0.CD, NW or PG, or
+/// CR4.PAE, PGE, PSE or SMEP. With EPT the loaded PDPTEs go to the VMCS's guest
+/// PDPTE fields, which the next VM entry loads (SDM 27.3.2.4).
+#[must_use]
+pub const fn loads_pdptes(before: (u64, u64, u64), after: (u64, u64, u64)) -> bool {
+    pae_paging(after.0, after.1, after.2)
+        && ((before.0 ^ after.0) & CR0_PDPTE_RELOAD != 0 || (before.1 ^ after.1) & CR4_PDPTE_RELOAD != 0)
+}
+
+/// The guest-physical address of the PAE page-directory-pointer table: CR3 bits 31:5
+/// (SDM 4.4.1).
+#[must_use]
+pub const fn pdpt_address(cr3: u64) -> u64 {
+    cr3 & 0xffff_ffe0
+}
+
+/// Checks the four PDPTEs read at [`pdpt_address`] as the processor does when it loads
+/// them (SDM 4.4.1, table 4-8): a present PDPTE must have bits 2:1, 8:5 and
+/// MAXPHYADDR (`phys_bits`; 52 when outside 32..=52) through 63 clear, or the MOV
+/// raises #GP(0) and changes nothing.
+pub fn check_pdptes(pdptes: [u64; 4], phys_bits: u8) -> Result<[u64; 4], GeneralProtection> {
+    let phys_bits = if (32..=52).contains(&phys_bits) { u32::from(phys_bits) } else { 52 };
+    let reserved = 0x1e6 | !((1u64 << phys_bits) - 1);
+    if pdptes.iter().any(|&e| e & 1 != 0 && e & reserved != 0) {
+        return Err(GeneralProtection);
+    }
+    Ok(pdptes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pdptes_load_when_pae_paging_starts_or_its_bits_change() {
+        let (off, on) = (PROTECTED, PROTECTED | CR0_PG);
+        // Paging enabled with CR4.PAE, EFER.LME clear: PAE paging, load.
+        assert!(loads_pdptes((off, CR4_PAE, 0), (on, CR4_PAE, 0)));
+        // CR4.PAE set while paging is on (32-bit to PAE paging), or PGE toggled.
+        assert!(loads_pdptes((on, 0, 0), (on, CR4_PAE, 0)));
+        assert!(loads_pdptes((on, CR4_PAE, 0), (on, CR4_PAE | 1 << 7, 0)));
+        // Nothing relevant changed (WP only), 32-bit paging, IA-32e mode, paging off.
+        assert!(!loads_pdptes((on, CR4_PAE, 0), (on | 1 << 16, CR4_PAE, 0)));
+        assert!(!loads_pdptes((off, 0, 0), (on, 0, 0)));
+        assert!(!loads_pdptes((off, CR4_PAE, EFER_LME), (on, CR4_PAE, EFER_LME | EFER_LMA)));
+        assert!(!loads_pdptes((on, CR4_PAE, 0), (off, CR4_PAE, 0)));
+        assert!(pae_paging(on, CR4_PAE, 0) && !pae_paging(on, CR4_PAE, EFER_LME | EFER_LMA));
+        assert_eq!(pdpt_address(0x1234_5678_9abc_def8), 0x9abc_dee0);
+    }
+
+    #[test]
+    fn pdptes_with_reserved_bits_raise_gp() {
+        let good = [0x1000 | 1, 0, 0x3000 | 1 | 1 << 3 | 1 << 4, 0xffff_ffff_ffff_fffe];
+        assert_eq!(check_pdptes(good, 36), Ok(good), "PWT/PCD allowed; not-present entries unchecked");
+        for bad in [1 << 1, 1 << 2, 1 << 5, 1 << 8, 1 << 36, 1 << 63] {
+            assert_eq!(check_pdptes([0x1000 | 1 | bad, 0, 0, 0], 36), Err(GeneralProtection), "{bad:#x}");
+        }
+        assert_eq!(check_pdptes([0x10_0000_0000 | 1, 0, 0, 0], 46), Ok([0x10_0000_0000 | 1, 0, 0, 0]));
+    }
 
     const PROTECTED: u64 = 0x11;
     const LONG: u64 = 0x8001_0033;

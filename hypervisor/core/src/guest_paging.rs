@@ -3,11 +3,13 @@
 //! accesses) and the instruction fetch of an emulated MMIO access
 //! (`crate::instruction_fetch`).
 //!
-//! Supported: paging off (linear = physical) and 4-level IA-32e paging with 4 KiB,
-//! 2 MiB and 1 GiB pages (SDM Vol. 3A 4.5). 32-bit and PAE paging report
-//! [`WalkError::UnsupportedMode`]. Every table read goes through a callback that fails
-//! for addresses outside the guest's RAM, so a hostile CR3 or entry cannot make the
-//! hypervisor read anything else.
+//! Supported: paging off (linear = physical), 32-bit paging with 4 KiB pages and, with
+//! CR4.PSE, 4 MiB pages (PSE-36 high address bits included; SDM Vol. 3A 4.3), PAE paging
+//! with 4 KiB and 2 MiB pages (SDM 4.4; the four PDPTEs come from
+//! [`PagingState::pdptes`], the copies the processor uses, as a VMCS holds them), and
+//! 4-level IA-32e paging with 4 KiB, 2 MiB and 1 GiB pages (SDM 4.5). Every table read
+//! goes through a callback that fails for addresses outside the guest's RAM, so a
+//! hostile CR3 or entry cannot make the hypervisor read anything else.
 //!
 //! A failed walk reports the page-fault error code the processor would push (SDM Vol.
 //! 3A 4.7): not-present entries, reserved bits (SDM 4.5.4, with MAXPHYADDR from
@@ -38,6 +40,10 @@ pub struct PagingState {
     /// 51 are reserved (SDM 4.5.4). Values outside 32..=52 are taken as 52 (no such
     /// reserved bits).
     pub phys_bits: u8,
+    /// The four PDPTEs of PAE paging (SDM 4.4.1): with EPT the processor keeps them in
+    /// the VMCS (guest PDPTE0-3) once loaded, and walks from those, not from memory at
+    /// CR3. Only used in PAE paging.
+    pub pdptes: [u64; 4],
 }
 
 /// The kind of access being translated (SDM 4.6).
@@ -62,7 +68,8 @@ impl Access {
 
 const CR0_PG: u64 = 1 << 31;
 const CR0_WP: u64 = 1 << 16;
-/// CR4.PAE (bit 5) and CR4.SMEP (bit 20), SDM 2.5.
+/// CR4.PSE (bit 4), CR4.PAE (bit 5) and CR4.SMEP (bit 20), SDM 2.5.
+const CR4_PSE: u64 = 1 << 4;
 const CR4_PAE: u64 = 1 << 5;
 const CR4_SMEP: u64 = 1 << 20;
 /// IA32_EFER.NXE (bit 11) and .LMA (bit 10), SDM 2.2.1.
@@ -116,9 +123,9 @@ fn reserved_bits(state: &PagingState, level: u32, leaf: bool) -> u64 {
 }
 
 /// Translates `linear` for `access`. `read_entry(gpa)` returns the qword at
-/// guest-physical `gpa`, or `None` outside RAM. A page fault carries the error code of
-/// SDM 4.7: P when an entry was present (a rights or reserved-bit fault), W/R, U/S, RSVD,
-/// and I/D for a fetch when SMEP or (PAE and) EFER.NXE is on.
+/// guest-physical `gpa` (8-byte aligned), or `None` outside RAM. A page fault carries
+/// the error code of SDM 4.7: P when an entry was present (a rights or reserved-bit
+/// fault), W/R, U/S, RSVD, and I/D for a fetch when SMEP or (PAE and) EFER.NXE is on.
 pub fn translate_access(
     state: &PagingState,
     linear: u64,
@@ -128,11 +135,9 @@ pub fn translate_access(
     if state.cr0 & CR0_PG == 0 {
         return Ok(linear & 0xffff_ffff);
     }
-    if state.efer & EFER_LMA == 0 || state.cr4 & CR4_PAE == 0 {
-        return Err(WalkError::UnsupportedMode);
-    }
-    let nxe = state.efer & EFER_NXE != 0;
-    let smep = state.cr4 & CR4_SMEP != 0;
+    let pae = state.cr4 & CR4_PAE != 0;
+    let long = state.efer & EFER_LMA != 0;
+    let nxe = pae && state.efer & EFER_NXE != 0;
     let mut code = 0;
     if access.write {
         code |= PF_WRITE;
@@ -140,14 +145,62 @@ pub fn translate_access(
     if access.user {
         code |= PF_USER;
     }
-    // CR4.PAE is 1 here (4-level paging).
-    if access.fetch && (smep || nxe) {
+    if access.fetch && (state.cr4 & CR4_SMEP != 0 || nxe) {
         code |= PF_FETCH;
     }
+    match (pae, long) {
+        (true, true) => walk_8_byte_entries(state, linear, access, code, state.cr3 & ADDR, 4, read_entry),
+        (true, false) => {
+            // SDM 4.4.1: PDPTE i maps linear bits 31:30 = i; its bits 2:1, 8:5 and
+            // MAXPHYADDR..=63 are reserved (the processor checked them when it loaded it).
+            let linear = linear & 0xffff_ffff;
+            let pdpte = state.pdptes[(linear >> 30) as usize & 3];
+            if pdpte & PRESENT == 0 {
+                return Err(WalkError::PageFault { error_code: code });
+            }
+            if pdpte & (0x1e6 | !max_phys_mask(state)) != 0 {
+                return Err(WalkError::PageFault { error_code: code | PF_PRESENT | PF_RESERVED });
+            }
+            walk_8_byte_entries(state, linear, access, code, pdpte & ADDR, 2, read_entry)
+        }
+        (false, false) => walk_32_bit(state, linear & 0xffff_ffff, access, code, read_entry),
+        // IA-32e mode without PAE cannot be entered (MOV to CR0 faults, VM entry fails).
+        (false, true) => Err(WalkError::UnsupportedMode),
+    }
+}
+
+/// The address bits below MAXPHYADDR ([`PagingState::phys_bits`], 52 when out of range).
+fn max_phys_mask(state: &PagingState) -> u64 {
+    let phys_bits = if (32..=52).contains(&state.phys_bits) { u32::from(state.phys_bits) } else { 52 };
+    (1u64 << phys_bits) - 1
+}
+
+/// Whether `access` is denied on a page whose entries gave `writable`, `user` and
+/// `executable` at every level (SDM 4.6.1): user accesses need U/S = 1 at every level;
+/// writes need R/W = 1 (supervisor writes only with CR0.WP = 1); fetches need XD = 0
+/// (with EFER.NXE) and, for supervisor fetches with CR4.SMEP, a supervisor page.
+fn denied(state: &PagingState, access: Access, writable: bool, user: bool, executable: bool) -> bool {
+    (access.user && !user)
+        || (access.write && !writable && (access.user || state.cr0 & CR0_WP != 0))
+        || (access.fetch && (!executable || (!access.user && user && state.cr4 & CR4_SMEP != 0)))
+}
+
+/// The walk of the 8-byte-entry paging structures (4-level paging from the PML4, level
+/// 4; PAE paging from the page directory a PDPTE names, level 2) of `linear`, starting
+/// at the table at guest-physical `table`; `code` is the error code's access part.
+fn walk_8_byte_entries(
+    state: &PagingState,
+    linear: u64,
+    access: Access,
+    code: u32,
+    mut table: u64,
+    top_level: u32,
+    read_entry: impl Fn(u64) -> Option<u64>,
+) -> Result<u64, WalkError> {
+    let nxe = state.efer & EFER_NXE != 0;
     let fault = |error_code| Err(WalkError::PageFault { error_code });
-    let mut table = state.cr3 & ADDR;
     let (mut writable, mut user, mut executable) = (true, true, true);
-    for level in (1..=4u32).rev() {
+    for level in (1..=top_level).rev() {
         let shift = 12 + 9 * (level - 1);
         let index = (linear >> shift) & 0x1ff;
         let entry = read_entry(table + index * 8).ok_or(WalkError::TableOutsideRam)?;
@@ -162,13 +215,7 @@ pub fn translate_access(
         user &= entry & USER != 0;
         executable &= !(nxe && entry & EXECUTE_DISABLE != 0);
         if leaf {
-            // SDM 4.6.1: user accesses need U/S = 1 at every level; writes need R/W = 1
-            // (supervisor writes only with CR0.WP = 1); fetches need XD = 0 (with
-            // EFER.NXE) and, for supervisor fetches with CR4.SMEP, a supervisor page.
-            let denied = (access.user && !user)
-                || (access.write && !writable && (access.user || state.cr0 & CR0_WP != 0))
-                || (access.fetch && (!executable || (!access.user && user && smep)));
-            if denied {
+            if denied(state, access, writable, user, executable) {
                 return fault(code | PF_PRESENT);
             }
             let size = 1u64 << shift;
@@ -179,13 +226,61 @@ pub fn translate_access(
     Err(WalkError::UnsupportedMode)
 }
 
+/// The 32-bit paging walk of `linear` (SDM 4.3): a page directory at CR3, 4-byte
+/// entries; a PDE with PS set maps a 4 MiB page when CR4.PSE is on (bits 20:13 give
+/// physical address bits 39:32, PSE-36; bit 21 and the bits at and above MAXPHYADDR of
+/// those are reserved, SDM table 4-4), else it names a page table. No execute-disable.
+fn walk_32_bit(
+    state: &PagingState,
+    linear: u64,
+    access: Access,
+    code: u32,
+    read_entry: impl Fn(u64) -> Option<u64>,
+) -> Result<u64, WalkError> {
+    let fault = |error_code| Err(WalkError::PageFault { error_code });
+    // A 4-byte entry: the half of the aligned qword that holds it.
+    let read32 = |gpa: u64| read_entry(gpa & !7).map(|q| (q >> ((gpa & 4) * 8)) & 0xffff_ffff);
+    let pde = read32((state.cr3 & 0xffff_f000) | ((linear >> 22) << 2)).ok_or(WalkError::TableOutsideRam)?;
+    if pde & PRESENT == 0 {
+        return fault(code);
+    }
+    if state.cr4 & CR4_PSE != 0 && pde & LARGE != 0 {
+        // Physical address bits 39:32 from PDE bits 20:13, as far as MAXPHYADDR (at most
+        // 40 here) goes; the rest of 21:13 is reserved.
+        let phys_bits = (max_phys_mask(state).count_ones()).clamp(32, 40);
+        let reserved = (1u64 << 21) | (0x1f_e000 & !((1u64 << (13 + phys_bits - 32)) - 1));
+        if pde & reserved != 0 {
+            return fault(code | PF_PRESENT | PF_RESERVED);
+        }
+        if denied(state, access, pde & WRITABLE != 0, pde & USER != 0, true) {
+            return fault(code | PF_PRESENT);
+        }
+        return Ok((pde & 0xffc0_0000) | ((pde >> 13) & 0xff) << 32 | (linear & 0x3f_ffff));
+    }
+    let pte = read32((pde & 0xffff_f000) | (((linear >> 12) & 0x3ff) << 2)).ok_or(WalkError::TableOutsideRam)?;
+    if pte & PRESENT == 0 {
+        return fault(code);
+    }
+    let (writable, user) = (pde & pte & WRITABLE != 0, pde & pte & USER != 0);
+    if denied(state, access, writable, user, true) {
+        return fault(code | PF_PRESENT);
+    }
+    Ok((pte & 0xffff_f000) | (linear & 0xfff))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use alloc::collections::BTreeMap;
 
-    const LONG: PagingState =
-        PagingState { cr0: CR0_PG | CR0_WP | 1, cr3: 0x1000, cr4: CR4_PAE, efer: EFER_LMA | (1 << 8), phys_bits: 36 };
+    const LONG: PagingState = PagingState {
+        cr0: CR0_PG | CR0_WP | 1,
+        cr3: 0x1000,
+        cr4: CR4_PAE,
+        efer: EFER_LMA | (1 << 8),
+        phys_bits: 36,
+        pdptes: [0; 4],
+    };
 
     fn memory(entries: &[(u64, u64)]) -> BTreeMap<u64, u64> {
         entries.iter().copied().collect()
@@ -321,8 +416,85 @@ mod tests {
         assert_eq!(walk(&mem, 0, false), Err(WalkError::TableOutsideRam));
         let off = PagingState { cr0: 1, ..LONG };
         assert_eq!(translate(&off, 0x1234_5678, true, |_| None), Ok(0x1234_5678));
-        let legacy = PagingState { efer: 0, ..LONG };
-        assert_eq!(translate(&legacy, 0, false, |_| None), Err(WalkError::UnsupportedMode));
+        // PAE paging with no PDPTE present; 32-bit paging with a page directory
+        // outside RAM; IA-32e mode without PAE cannot exist.
+        let pae = PagingState { efer: 0, ..LONG };
+        assert_eq!(translate(&pae, 0, false, |_| None), Err(WalkError::PageFault { error_code: 0 }));
+        let bits32 = PagingState { cr4: 0, efer: 0, ..LONG };
+        assert_eq!(translate(&bits32, 0, false, |_| None), Err(WalkError::TableOutsideRam));
+        let impossible = PagingState { cr4: 0, ..LONG };
+        assert_eq!(translate(&impossible, 0, false, |_| None), Err(WalkError::UnsupportedMode));
+    }
+
+    /// 32-bit paging, CR3 = 0x1000: PDE 0 -> page table 0x2000 (user, writable), whose
+    /// PTE 5 maps 0x7000 supervisor read-only and PTE 6 maps 0x8000 user writable; PDE 1
+    /// is a 4 MiB user page at 0x0080_0000 with PA bits 33:32 = 0b11 (PSE-36); PDE 2 is a
+    /// 4 MiB page with reserved bit 21.
+    fn bits32_tables() -> BTreeMap<u64, u64> {
+        // Pairs of 4-byte entries in one qword: (low, high).
+        let pair = |low: u64, high: u64| low | high << 32;
+        memory(&[
+            (0x1000, pair(0x2000 | 7, 0x0080_0000 | 3 << 13 | LARGE | 7)),
+            (0x1008, pair(0x00c0_0000 | 1 << 21 | LARGE | 3, 0)),
+            (0x2010, pair(0, 0x7000 | 1)),
+            (0x2018, pair(0x8000 | 7, 0)),
+        ])
+    }
+
+    const BITS32: PagingState =
+        PagingState { cr0: CR0_PG | CR0_WP | 1, cr3: 0x1000, cr4: CR4_PSE, efer: 0, phys_bits: 36, pdptes: [0; 4] };
+
+    #[test]
+    fn thirty_two_bit_paging_with_4_kib_and_4_mib_pages() {
+        let mem = bits32_tables();
+        let read = Access::default();
+        assert_eq!(walk_with(&BITS32, &mem, 0x5abc, read), Ok(0x7abc));
+        assert_eq!(walk_with(&BITS32, &mem, 0x6abc, Access { write: true, user: true, fetch: false }), Ok(0x8abc));
+        assert_eq!(walk_with(&BITS32, &mem, 0x0051_2345, read), Ok(0x3_0091_2345), "PSE-36 high bits");
+        // Linear bits above 31 are not part of a 32-bit address.
+        assert_eq!(walk_with(&BITS32, &mem, 0x1_0000_5abc, read), Ok(0x7abc));
+        // Supervisor read-only page: user reads and supervisor writes (CR0.WP) fault.
+        assert_eq!(walk_with(&BITS32, &mem, 0x5000, Access { user: true, ..read }), pf(PF_PRESENT | PF_USER));
+        assert_eq!(walk_with(&BITS32, &mem, 0x5000, Access { write: true, ..read }), pf(PF_PRESENT | PF_WRITE));
+        // Not present; no I/D bit without SMEP (32-bit paging has no execute-disable).
+        assert_eq!(walk_with(&BITS32, &mem, 0x3000, Access::fetch(0)), pf(0));
+        let smep = PagingState { cr4: CR4_PSE | CR4_SMEP, ..BITS32 };
+        assert_eq!(walk_with(&smep, &mem, 0x3000, Access::fetch(0)), pf(PF_FETCH));
+        // SMEP: a supervisor fetch from a user page.
+        assert_eq!(walk_with(&smep, &mem, 0x6000, Access::fetch(0)), pf(PF_FETCH | PF_PRESENT));
+        // Reserved bit 21 of a 4 MiB PDE; PA bits above MAXPHYADDR (36 allows 35:32).
+        assert_eq!(walk_with(&BITS32, &mem, 0x0080_0000, read), pf(PF_PRESENT | PF_RESERVED));
+        let narrow = PagingState { phys_bits: 33, ..BITS32 };
+        assert_eq!(walk_with(&narrow, &mem, 0x0040_0000, read), pf(PF_PRESENT | PF_RESERVED));
+        // Without CR4.PSE the PS bit is ignored: PDE 1 names a page table (at 0x0080_6000,
+        // empty), whose PTE 0 is not present.
+        let no_pse = PagingState { cr4: 0, ..BITS32 };
+        assert_eq!(walk_with(&no_pse, &mem, 0x0040_0000, read), pf(0));
+    }
+
+    #[test]
+    fn pae_paging_from_the_pdptes() {
+        // PDPTE 1 -> PD 0x3000: PD[0] -> PT 0x4000 whose PTE 2 maps 0x9000 (XD);
+        // PD[1] = 2 MiB page at 0x0060_0000. PDPTE 0 not present, PDPTE 2 with reserved
+        // bit 1 (R/W is reserved in a PDPTE).
+        let mem =
+            memory(&[(0x3000, 0x4000 | 3), (0x3008, 0x0060_0000 | LARGE | 3), (0x4010, 0x9000 | 3 | EXECUTE_DISABLE)]);
+        let pae = PagingState {
+            cr4: CR4_PAE,
+            efer: EFER_NXE,
+            pdptes: [0, 0x3000 | 1, 0x5000 | 3, 0],
+            cr3: 0xdead_0000,
+            ..LONG
+        };
+        let read = Access::default();
+        assert_eq!(walk_with(&pae, &mem, 0x4000_2abc, read), Ok(0x9abc));
+        assert_eq!(walk_with(&pae, &mem, 0x4023_4567, read), Ok(0x0063_4567));
+        assert_eq!(walk_with(&pae, &mem, 0x4000_2000, Access::fetch(0)), pf(PF_PRESENT | PF_FETCH), "XD with NXE");
+        assert_eq!(walk_with(&pae, &mem, 0x1000, read), pf(0), "PDPTE 0 not present");
+        assert_eq!(walk_with(&pae, &mem, 0x8000_0000, read), pf(PF_PRESENT | PF_RESERVED), "PDPTE 2 reserved bit");
+        // Without NXE bit 63 is reserved, and fetches carry no I/D bit.
+        let no_nx = PagingState { efer: 0, ..pae };
+        assert_eq!(walk_with(&no_nx, &mem, 0x4000_2000, Access::fetch(0)), pf(PF_PRESENT | PF_RESERVED));
     }
 
     #[test]

@@ -223,8 +223,9 @@ mod tests {
         cr4: 1 << 5,
         efer: (1 << 8) | (1 << 10) | (1 << 11),
         phys_bits: 36,
+        pdptes: [0; 4],
     };
-    const FLAT: PagingState = PagingState { cr0: 1, cr3: 0, cr4: 0, efer: 0, phys_bits: 36 };
+    const FLAT: PagingState = PagingState { cr0: 1, cr3: 0, cr4: 0, efer: 0, phys_bits: 36, pdptes: [0; 4] };
     /// RAM: 1 MiB; every byte reads as its address's low byte.
     const RAM: u64 = 0x10_0000;
 
@@ -323,13 +324,9 @@ mod tests {
         let f = fetch_at(&long(0x40_0010), &LONG, &mem);
         assert_eq!(f.end, FetchEnd::Walk { linear: 0x40_0010, error: WalkError::TableOutsideRam });
         assert!(matches!(f.missing(), Missing::Stop { detail: 0x40_0010, .. }));
-        // 32-bit paging.
-        let legacy = PagingState { efer: 0, cr4: 0, ..LONG };
-        let f = fetch_at(
-            &CodeLocation { mode: CpuMode::Protected32, cs_base: 0, cs_limit: u32::MAX, ..long(0x10) },
-            &legacy,
-            &mem,
-        );
+        // IA-32e mode without CR4.PAE (no processor runs that way).
+        let impossible = PagingState { cr4: 0, ..LONG };
+        let f = fetch_at(&long(0x10), &impossible, &mem);
         assert_eq!(f.end, FetchEnd::Walk { linear: 0x10, error: WalkError::UnsupportedMode });
         assert!(matches!(f.missing(), Missing::Stop { .. }));
     }

@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 
 const MODES: [CpuMode; 4] = [CpuMode::Real16, CpuMode::Protected16, CpuMode::Protected32, CpuMode::Long64];
 /// Bytes of the header that sets the registers; the rest is the guest's RAM.
-const HEADER: usize = 49;
+const HEADER: usize = 81;
 
 fn u64_at(data: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(data[at..at + 8].try_into().unwrap_or([0; 8]))
@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
         cr4: u64::from(data[41]) << 4 | u64::from(data[42]) << 16,
         efer: u64::from(data[43] & 0x0d) << 8,
         phys_bits: data[44],
+        pdptes: [49, 57, 65, 73].map(|at| small(u64_at(data, at)) | u64_at(data, at) & 0xfff),
     };
     let read_entry = |gpa: u64| {
         let start = usize::try_from(gpa).ok()?;
