@@ -21,9 +21,9 @@
 //! What a processor would not deliver as a fault stops only that partition with a clear
 //! line and a dump: page tables or instruction bytes outside the guest's RAM (the
 //! processor would take an EPT violation there, fatal for an access outside RAM; KVM
-//! too treats a fetch from MMIO as an emulation failure), a paging mode the walker does
-//! not handle (32-bit and PAE paging), an unsupported instruction, a decoded instruction
-//! that does not match the exit.
+//! too treats a fetch from MMIO as an emulation failure), an unsupported instruction, a
+//! decoded instruction that does not match the exit. Every paging mode is walked
+//! (`hv_core::guest_paging`: 32-bit, PAE from the VMCS's PDPTEs, 4-level).
 
 use hv_abi::platform::IOAPIC_BASE;
 use hv_core::exit::InterruptionInfo;
