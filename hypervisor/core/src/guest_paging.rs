@@ -103,6 +103,7 @@ pub fn translate(
 
 /// The reserved bits of a present 4-level paging-structure entry at `level` (4 = PML4E,
 /// 1 = PTE) that maps a page when `leaf` (SDM 4.5.4 and the entry-format tables of 4.5).
+#[inline(always)]
 fn reserved_bits(state: &PagingState, level: u32, leaf: bool) -> u64 {
     let phys_bits = if (32..=52).contains(&state.phys_bits) { u32::from(state.phys_bits) } else { 52 };
     // Bits MAXPHYADDR..=51.
@@ -149,7 +150,7 @@ pub fn translate_access(
         code |= PF_FETCH;
     }
     match (pae, long) {
-        (true, true) => walk_8_byte_entries(state, linear, access, code, state.cr3 & ADDR, 4, read_entry),
+        (true, true) => walk_8_byte_entries::<4>(state, linear, access, code, state.cr3 & ADDR, read_entry),
         (true, false) => {
             // SDM 4.4.1: PDPTE i maps linear bits 31:30 = i; its bits 2:1, 8:5 and
             // MAXPHYADDR..=63 are reserved (the processor checked them when it loaded it).
@@ -161,7 +162,7 @@ pub fn translate_access(
             if pdpte & (0x1e6 | !max_phys_mask(state)) != 0 {
                 return Err(WalkError::PageFault { error_code: code | PF_PRESENT | PF_RESERVED });
             }
-            walk_8_byte_entries(state, linear, access, code, pdpte & ADDR, 2, read_entry)
+            walk_8_byte_entries::<2>(state, linear, access, code, pdpte & ADDR, read_entry)
         }
         (false, false) => walk_32_bit(state, linear & 0xffff_ffff, access, code, read_entry),
         // IA-32e mode without PAE cannot be entered (MOV to CR0 faults, VM entry fails).
@@ -179,6 +180,7 @@ fn max_phys_mask(state: &PagingState) -> u64 {
 /// `executable` at every level (SDM 4.6.1): user accesses need U/S = 1 at every level;
 /// writes need R/W = 1 (supervisor writes only with CR0.WP = 1); fetches need XD = 0
 /// (with EFER.NXE) and, for supervisor fetches with CR4.SMEP, a supervisor page.
+#[inline(always)]
 fn denied(state: &PagingState, access: Access, writable: bool, user: bool, executable: bool) -> bool {
     (access.user && !user)
         || (access.write && !writable && (access.user || state.cr0 & CR0_WP != 0))
@@ -187,20 +189,22 @@ fn denied(state: &PagingState, access: Access, writable: bool, user: bool, execu
 
 /// The walk of the 8-byte-entry paging structures (4-level paging from the PML4, level
 /// 4; PAE paging from the page directory a PDPTE names, level 2) of `linear`, starting
-/// at the table at guest-physical `table`; `code` is the error code's access part.
-fn walk_8_byte_entries(
+/// at the table at guest-physical `table`; `code` is the error code's access part. The
+/// top level is a constant, so that the loop unrolls and each level's reserved bits
+/// fold (the MMIO exit path walks on every emulated access).
+#[inline(always)]
+fn walk_8_byte_entries<const TOP_LEVEL: u32>(
     state: &PagingState,
     linear: u64,
     access: Access,
     code: u32,
     mut table: u64,
-    top_level: u32,
     read_entry: impl Fn(u64) -> Option<u64>,
 ) -> Result<u64, WalkError> {
     let nxe = state.efer & EFER_NXE != 0;
     let fault = |error_code| Err(WalkError::PageFault { error_code });
     let (mut writable, mut user, mut executable) = (true, true, true);
-    for level in (1..=top_level).rev() {
+    for level in (1..=TOP_LEVEL).rev() {
         let shift = 12 + 9 * (level - 1);
         let index = (linear >> shift) & 0x1ff;
         let entry = read_entry(table + index * 8).ok_or(WalkError::TableOutsideRam)?;

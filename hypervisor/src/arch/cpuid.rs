@@ -16,14 +16,20 @@ pub fn features() -> CpuFeatures {
 }
 
 /// MAXPHYADDR: physical-address width from CPUID 0x8000_0008 EAX[7:0] (SDM Vol. 2A,
-/// CPUID), 36 when the leaf is missing (SDM 4.1.4).
+/// CPUID), 36 when the leaf is missing (SDM 4.1.4). Read once, then kept: the exit
+/// paths that walk guest page tables ask for it, and under nested virtualization every
+/// CPUID the hypervisor executes is itself a VM exit.
 #[must_use]
 pub fn phys_addr_bits() -> u8 {
-    if cpuid(0x8000_0000, 0).eax >= 0x8000_0008 {
-        cpuid(0x8000_0008, 0).eax as u8
-    } else {
-        36
+    static PHYS_ADDR_BITS: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+    let known = PHYS_ADDR_BITS.load(core::sync::atomic::Ordering::Relaxed);
+    if known != 0 {
+        return known;
     }
+    let bits = if cpuid(0x8000_0000, 0).eax >= 0x8000_0008 { cpuid(0x8000_0008, 0).eax as u8 } else { 36 };
+    // Every CPU reads the same value; a race stores it twice.
+    PHYS_ADDR_BITS.store(bits, core::sync::atomic::Ordering::Relaxed);
+    bits
 }
 
 /// CPUID.1:ECX bit 26: XSAVE.
