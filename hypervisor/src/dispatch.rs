@@ -650,7 +650,8 @@ fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInstru
 pub fn guest_paging_state() -> hv_core::guest_paging::PagingState {
     let (cr0, cr4, efer) = (vmcs::read(guest::CR0), vmcs::read(guest::CR4), vmcs::read(guest::IA32_EFER_FULL));
     // With EPT the processor keeps the PDPTEs of PAE paging in the VMCS and stores them
-    // there on every exit (SDM 28.3.4); those are the ones it walks from.
+    // there on every exit (SDM Vol. 3C, VM exits, "Saving Guest State"); those are the
+    // ones it walks from.
     let pdptes = if hv_core::control_regs::pae_paging(cr0, cr4, efer) {
         [guest::PDPTE0_FULL, guest::PDPTE1_FULL, guest::PDPTE2_FULL, guest::PDPTE3_FULL].map(vmcs::read)
     } else {
@@ -851,7 +852,8 @@ fn handle_cr_access(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
         ((cr0, value, efer), false)
     };
     // PAE paging from here on: the processor loads the PDPTEs at CR3 (a reserved bit in
-    // one is #GP) into the VMCS fields the next entry uses (SDM 4.4.1, 27.3.2.4).
+    // one is #GP) into the VMCS fields the next entry uses (SDM 4.4.1; Vol. 3C, VM
+    // entries, "Loading Guest State").
     let pdptes = if hv_core::control_regs::loads_pdptes((cr0, cr4, efer), after) {
         match read_pdptes(vcpu) {
             Some(Ok(pdptes)) => Some(pdptes),

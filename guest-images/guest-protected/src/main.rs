@@ -148,8 +148,9 @@ static mut protected_cs: u16 = 0;
 static mut protected_ds: u16 = 0;
 #[no_mangle]
 static mut protected_ss: u16 = 0;
-/// The LAPIC's version register (xAPIC MMIO, SDM Vol. 3A 11.4.8), read in 32-bit
-/// paging, PAE paging and 64-bit mode: each read exits and is emulated.
+/// The LAPIC's version register (xAPIC MMIO; SDM Vol. 3A, "Local APIC Version
+/// Register"), read in 32-bit paging, PAE paging and 64-bit mode: each read exits and
+/// is emulated.
 const LAPIC_VERSION: u32 = platform::LAPIC_BASE as u32 + 0x30;
 
 /// A page-aligned paging structure of `N` qwords.

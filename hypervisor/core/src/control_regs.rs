@@ -73,7 +73,8 @@ pub const fn pae_paging(cr0: u64, cr4: u64, efer: u64) -> bool {
 /// (each `(cr0, cr4, efer)`) makes the processor load the four PDPTEs from the PDPT at
 /// CR3 (SDM 4.4.1): PAE paging is in use after it, and it changed CR0.CD, NW or PG, or
 /// CR4.PAE, PGE, PSE or SMEP. With EPT the loaded PDPTEs go to the VMCS's guest
-/// PDPTE fields, which the next VM entry loads (SDM 27.3.2.4).
+/// PDPTE fields, which the next VM entry loads (SDM Vol. 3C, VM entries, "Loading Guest
+/// State").
 #[must_use]
 pub const fn loads_pdptes(before: (u64, u64, u64), after: (u64, u64, u64)) -> bool {
     pae_paging(after.0, after.1, after.2)
