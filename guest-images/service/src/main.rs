@@ -269,7 +269,7 @@ fn serve(request: &IoRequestSlot, index: u32) -> (u8, Option<u64>) {
 #[cold]
 #[inline(never)]
 fn serve_pci_config(vm: VmId, address: u64, size: u8, towards: u8, data: u64) -> (u8, Option<u64>) {
-    if !matches!(size, 1 | 2 | 4) || address > 0x00FF_FFFF {
+    if !matches!(size, 1 | 2 | 4) || address > hv_abi::io_request::MAX_PCI_CONFIG_ADDRESS {
         return FAILED;
     }
     let write = match towards {

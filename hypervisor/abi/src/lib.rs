@@ -328,6 +328,21 @@ pub mod platform {
     /// list): a name, the inclusive port ranges the hypervisor forwards to the service
     /// partition for it, and the ISA IRQ it raises (if any). Ports of devices a guest
     /// does not have stay unclaimed: reads return all-ones, writes are ignored.
+    /// PCI configuration mechanism #1 (PCI Local Bus Specification 3.0, §3.2.2.3.2), the
+    /// `pci` device's ports: `CONFIG_ADDRESS` (a 32-bit register at 0xCF8: bit 31
+    /// enables configuration cycles, bits 23:16 bus, 15:11 device, 10:8 function, 7:2
+    /// register; 30:24 reserved, 1:0 read 0) and `CONFIG_DATA` (0xCFC-0xCFF).
+    pub mod pci {
+        pub const CONFIG_ADDRESS_PORT: u16 = 0xCF8;
+        /// The first port of `CONFIG_DATA`.
+        pub const CONFIG_DATA_PORT: u16 = 0xCFC;
+        /// `CONFIG_ADDRESS` bit 31: configuration cycles enabled.
+        pub const CONFIG_ENABLE: u32 = 1 << 31;
+        /// The bits of `CONFIG_ADDRESS` that are kept: enable, bus, device, function,
+        /// register.
+        pub const CONFIG_ADDRESS_MASK: u32 = CONFIG_ENABLE | 0x00FF_FFFC;
+    }
+
     pub mod devices {
         /// One emulated device.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -555,6 +570,20 @@ pub mod io_request {
     }
     /// Bytes per slot in the shared page (the struct plus padding to a cache line).
     pub const SLOT_BYTES: usize = 64;
+
+    /// The highest [`kind::PCI_CONFIG`] address: bus 255, device 31, function 7,
+    /// register 0xFF.
+    pub const MAX_PCI_CONFIG_ADDRESS: u64 = 0x00FF_FFFF;
+
+    /// The bus, device, function and register a [`kind::PCI_CONFIG`] address names, if it
+    /// is one ([`MAX_PCI_CONFIG_ADDRESS`] or below).
+    #[must_use]
+    pub const fn pci_config_target(address: u64) -> Option<(u8, u8, u8, u8)> {
+        if address > MAX_PCI_CONFIG_ADDRESS {
+            return None;
+        }
+        Some(((address >> 16) as u8, (address >> 11) as u8 & 0x1F, (address >> 8) as u8 & 0x07, address as u8))
+    }
 
     /// What kind of access a slot describes.
     pub mod kind {

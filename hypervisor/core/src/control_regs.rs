@@ -93,8 +93,7 @@ pub const fn pdpt_address(cr3: u64) -> u64 {
 /// MAXPHYADDR (`phys_bits`; 52 when outside 32..=52) through 63 clear, or the MOV
 /// raises #GP(0) and changes nothing.
 pub fn check_pdptes(pdptes: [u64; 4], phys_bits: u8) -> Result<[u64; 4], GeneralProtection> {
-    let phys_bits = if (32..=52).contains(&phys_bits) { u32::from(phys_bits) } else { 52 };
-    let reserved = 0x1e6 | !((1u64 << phys_bits) - 1);
+    let reserved = crate::guest_paging::pdpte_reserved_bits(phys_bits);
     if pdptes.iter().any(|&e| e & 1 != 0 && e & reserved != 0) {
         return Err(GeneralProtection);
     }

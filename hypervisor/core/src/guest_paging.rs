@@ -105,9 +105,8 @@ pub fn translate(
 /// 1 = PTE) that maps a page when `leaf` (SDM 4.5.4 and the entry-format tables of 4.5).
 #[inline(always)]
 fn reserved_bits(state: &PagingState, level: u32, leaf: bool) -> u64 {
-    let phys_bits = if (32..=52).contains(&state.phys_bits) { u32::from(state.phys_bits) } else { 52 };
     // Bits MAXPHYADDR..=51.
-    let mut reserved = ((1u64 << 52) - 1) & !((1u64 << phys_bits) - 1);
+    let mut reserved = ((1u64 << 52) - 1) & !max_phys_mask(state);
     if state.efer & EFER_NXE == 0 {
         reserved |= EXECUTE_DISABLE;
     }
@@ -152,14 +151,14 @@ pub fn translate_access(
     match (pae, long) {
         (true, true) => walk_8_byte_entries::<4>(state, linear, access, code, state.cr3 & ADDR, read_entry),
         (true, false) => {
-            // SDM 4.4.1: PDPTE i maps linear bits 31:30 = i; its bits 2:1, 8:5 and
-            // MAXPHYADDR..=63 are reserved (the processor checked them when it loaded it).
+            // SDM 4.4.1: PDPTE i maps linear bits 31:30 = i (the processor checked its
+            // reserved bits when it loaded it).
             let linear = linear & 0xffff_ffff;
             let pdpte = state.pdptes[(linear >> 30) as usize & 3];
             if pdpte & PRESENT == 0 {
                 return Err(WalkError::PageFault { error_code: code });
             }
-            if pdpte & (0x1e6 | !max_phys_mask(state)) != 0 {
+            if pdpte & pdpte_reserved_bits(state.phys_bits) != 0 {
                 return Err(WalkError::PageFault { error_code: code | PF_PRESENT | PF_RESERVED });
             }
             walk_8_byte_entries::<2>(state, linear, access, code, pdpte & ADDR, read_entry)
@@ -170,10 +169,30 @@ pub fn translate_access(
     }
 }
 
-/// The address bits below MAXPHYADDR ([`PagingState::phys_bits`], 52 when out of range).
+/// MAXPHYADDR as reported (CPUID 0x8000_0008 EAX[7:0]), taken as 52 when outside
+/// 32..=52 (so that no address bit is reserved for a value no processor reports).
+#[must_use]
+#[inline]
+pub fn max_phys_addr(phys_bits: u8) -> u32 {
+    if (32..=52).contains(&phys_bits) {
+        u32::from(phys_bits)
+    } else {
+        52
+    }
+}
+
+/// The bits of a present PAE PDPTE that must be 0 (SDM 4.4.1, table 4-8): 2:1, 8:5 and
+/// MAXPHYADDR ([`max_phys_addr`] of `phys_bits`) through 63.
+#[must_use]
+#[inline]
+pub fn pdpte_reserved_bits(phys_bits: u8) -> u64 {
+    0x1e6 | !((1u64 << max_phys_addr(phys_bits)) - 1)
+}
+
+/// The address bits below MAXPHYADDR ([`max_phys_addr`] of [`PagingState::phys_bits`]).
+#[inline(always)]
 fn max_phys_mask(state: &PagingState) -> u64 {
-    let phys_bits = if (32..=52).contains(&state.phys_bits) { u32::from(state.phys_bits) } else { 52 };
-    (1u64 << phys_bits) - 1
+    (1u64 << max_phys_addr(state.phys_bits)) - 1
 }
 
 /// Whether `access` is denied on a page whose entries gave `writable`, `user` and
@@ -251,7 +270,7 @@ fn walk_32_bit(
     if state.cr4 & CR4_PSE != 0 && pde & LARGE != 0 {
         // Physical address bits 39:32 from PDE bits 20:13, as far as MAXPHYADDR (at most
         // 40 here) goes; the rest of 21:13 is reserved.
-        let phys_bits = (max_phys_mask(state).count_ones()).clamp(32, 40);
+        let phys_bits = max_phys_addr(state.phys_bits).min(40);
         let reserved = (1u64 << 21) | (0x1f_e000 & !((1u64 << (13 + phys_bits - 32)) - 1));
         if pde & reserved != 0 {
             return fault(code | PF_PRESENT | PF_RESERVED);

@@ -92,7 +92,7 @@ pub fn post(request: &Request, sequence: u64) -> Result<IoRequestSlot, PostError
     {
         return Err(PostError::BadSize);
     }
-    if request.kind == kind::PCI_CONFIG && request.address > crate::pci_config::MAX_CONFIG_SPACE_ADDRESS {
+    if request.kind == kind::PCI_CONFIG && request.address > hv_abi::io_request::MAX_PCI_CONFIG_ADDRESS {
         return Err(PostError::BadPciConfigAddress);
     }
     Ok(IoRequestSlot {

@@ -13,15 +13,7 @@
 //! them the reset control register at 0xCF9; `CONFIG_DATA` with configuration cycles
 //! disabled) is forwarded as the port access it is.
 
-/// `CONFIG_ADDRESS`.
-pub const CONFIG_ADDRESS_PORT: u16 = 0xCF8;
-/// The first port of `CONFIG_DATA` (0xCFC-0xCFF).
-pub const CONFIG_DATA_PORT: u16 = 0xCFC;
-/// `CONFIG_ADDRESS` bit 31: configuration cycles enabled (§3.2.2.3.2).
-pub const CONFIG_ENABLE: u32 = 1 << 31;
-/// The bits of `CONFIG_ADDRESS` that are kept: enable, bus (23:16), device (15:11),
-/// function (10:8), register (7:2). Bits 30:24 are reserved and 1:0 read 0.
-pub const CONFIG_ADDRESS_MASK: u32 = CONFIG_ENABLE | 0x00FF_FFFC;
+pub use hv_abi::platform::pci::{CONFIG_ADDRESS_MASK, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT, CONFIG_ENABLE};
 
 /// Where a port access in 0xCF8-0xCFF goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,25 +54,10 @@ pub fn route(config_address: u32, port: u16, size: u8, data: Option<u64>) -> Pci
     }
 }
 
-/// The highest `PCI_CONFIG` request address: bus 255, device 31, function 7,
-/// register 0xFF.
-pub const MAX_CONFIG_SPACE_ADDRESS: u64 = 0x00FF_FFFF;
-
-/// The bus, device, function and register of a `PCI_CONFIG` request address, if it is
-/// one ([`MAX_CONFIG_SPACE_ADDRESS`] or below).
-#[must_use]
-pub fn decode_address(address: u64) -> Option<(u8, u8, u8, u8)> {
-    (address <= MAX_CONFIG_SPACE_ADDRESS).then_some((
-        (address >> 16) as u8,
-        (address >> 11) as u8 & 0x1F,
-        (address >> 8) as u8 & 0x07,
-        address as u8,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hv_abi::io_request::{pci_config_target as decode_address, MAX_PCI_CONFIG_ADDRESS};
     use proptest::prelude::*;
 
     const ENABLED_00_1F_3_REG_0X40: u32 = CONFIG_ENABLE | 0x1F << 11 | 3 << 8 | 0x40;
@@ -120,7 +97,7 @@ mod tests {
         assert_eq!(route(bus_255, 0xCFC, 4, None), PciPortRoute::ConfigSpace(0xFF_00FC));
         assert_eq!(decode_address(0xFF_00FC), Some((255, 0, 0, 0xFC)));
         assert_eq!(decode_address(0x1F << 11 | 3 << 8 | 0x42), Some((0, 31, 3, 0x42)));
-        assert_eq!(decode_address(MAX_CONFIG_SPACE_ADDRESS + 1), None);
+        assert_eq!(decode_address(MAX_PCI_CONFIG_ADDRESS + 1), None);
     }
 
     #[test]

@@ -30,15 +30,7 @@
 use crate::acpi_pm::{ResetControl, RESET_CONTROL_PORT};
 use crate::{open_bus, Nanos, Platform, PortIo};
 
-/// `CONFIG_ADDRESS`.
-pub const CONFIG_ADDRESS_PORT: u16 = 0xCF8;
-/// The first port of `CONFIG_DATA` (0xCFC-0xCFF).
-pub const CONFIG_DATA_PORT: u16 = 0xCFC;
-/// `CONFIG_ADDRESS` bit 31: configuration cycles enabled.
-pub const CONFIG_ENABLE: u32 = 1 << 31;
-/// The bits of `CONFIG_ADDRESS` that are stored: enable, bus, device, function,
-/// register.
-const CONFIG_ADDRESS_MASK: u32 = CONFIG_ENABLE | 0x00FF_FFFC;
+pub use hv_abi::platform::pci::{CONFIG_ADDRESS_MASK, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT, CONFIG_ENABLE};
 
 /// One PCI function's 256-byte configuration space.
 pub trait PciFunction {
@@ -131,13 +123,11 @@ impl PciHost {
     /// The function `CONFIG_ADDRESS` selects and the register offset, or `None`
     /// when configuration cycles are disabled.
     fn target(&self) -> Option<(u8, u8, u8, u8)> {
-        let a = self.address;
-        (a & CONFIG_ENABLE != 0).then_some((
-            (a >> 16) as u8,
-            (a >> 11) as u8 & 0x1F,
-            (a >> 8) as u8 & 0x07,
-            a as u8 & 0xFC,
-        ))
+        if self.address & CONFIG_ENABLE == 0 {
+            return None;
+        }
+        // Bits 23:0 of CONFIG_ADDRESS are laid out as a `PCI_CONFIG` request's address.
+        hv_abi::io_request::pci_config_target(u64::from(self.address & 0x00FF_FFFC))
     }
 
     fn config_data_read(&mut self) -> u32 {
@@ -205,12 +195,8 @@ impl PciHost {
 /// The function, dword offset and first byte lane of a configuration-space address
 /// (bus << 16 | device << 11 | function << 8 | register), if it and `size` are valid.
 fn config_space_target(address: u64, size: u8) -> Option<((u8, u8, u8, u8), u32)> {
-    if !matches!(size, 1 | 2 | 4) || address > 0x00FF_FFFF {
-        return None;
-    }
-    let target =
-        ((address >> 16) as u8, (address >> 11) as u8 & 0x1F, (address >> 8) as u8 & 0x07, address as u8 & 0xFC);
-    Some((target, address as u32 & 3))
+    let (bus, device, function, register) = hv_abi::io_request::pci_config_target(address)?;
+    matches!(size, 1 | 2 | 4).then_some(((bus, device, function, register & 0xFC), u32::from(register & 3)))
 }
 
 /// The byte of `CONFIG_DATA` at `port`, if it is one.
@@ -451,7 +437,7 @@ mod tests {
             let mut p = RecordingPlatform::default();
             by_request.write(CONFIG_ADDRESS_PORT, 4, config_address, 0, &mut p);
             for (address, size, value, is_write) in ops {
-                let valid = matches!(size, 1 | 2 | 4) && address <= 0xFF_FFFF;
+                let valid = matches!(size, 1 | 2 | 4) && address <= hv_abi::io_request::MAX_PCI_CONFIG_ADDRESS;
                 let saved = by_port.address;
                 by_port.address = CONFIG_ENABLE | address as u32 & 0x00FF_FFFC;
                 let port = CONFIG_DATA_PORT + (address & 3) as u16;
