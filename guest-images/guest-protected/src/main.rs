@@ -1,7 +1,9 @@
 //! `guest-protected`: starts in 32-bit flat protected mode with paging off (the start
 //! state Multiboot loaders and Linux's 32-bit boot protocol give), records CS, DS and
 //! SS, reloads the boot protocol's `__BOOT_CS` (0x10) and `__BOOT_DS` (0x18) from the
-//! boot GDT (a bad descriptor there would fault and end the guest), then enters long
+//! boot GDT (a bad descriptor there would fault and end the guest), reads the LAPIC
+//! (an emulated MMIO load) under 32-bit and PAE paging, checks that an emulated MOV to
+//! CR0 that would load a PDPTE with a reserved bit raises #GP(0), then enters long
 //! mode with the identity page tables the hypervisor wrote (CR3 = 0x1000) and
 //! continues in Rust.
 #![no_std]
@@ -94,6 +96,31 @@ protected_reloaded:
     movl %eax, %cr4
     movl $protected_pae_pdpt, %eax
     movl %eax, %cr3
+    // First with a reserved bit (bit 1) in the first PDPTE: the emulated MOV to CR0
+    // must raise #GP(0) and change nothing (SDM 4.4.1). The #GP handler (an interrupt
+    // gate, vector 13) records the error code and resumes at
+    // protected_pdpte_gp_resume, where the bit is cleared and the write repeated.
+    orl $2, (protected_pae_pdpt)
+    movl $protected_gp_handler, %eax
+    movw %ax, (protected_idt + 13 * 8)
+    movw ${boot_cs}, (protected_idt + 13 * 8 + 2)
+    movw $0x8e00, (protected_idt + 13 * 8 + 4)
+    shrl $16, %eax
+    movw %ax, (protected_idt + 13 * 8 + 6)
+    movw $(14 * 8 - 1), (protected_idtr)
+    movl $protected_idt, (protected_idtr + 2)
+    lidt (protected_idtr)
+    movl %cr0, %eax
+    orl $0x80000020, %eax
+    movl %eax, %cr0
+protected_pdpte_gp_resume:
+    movl %cr0, %eax
+    movl %eax, (pdpte_gp_cr0)
+    andl $0xfffffffd, (protected_pae_pdpt)
+    // Back to no IDT (limit 0), as the guest started.
+    movw $0, (protected_idtr)
+    movl $0, (protected_idtr + 2)
+    lidt (protected_idtr)
     movl %cr0, %eax
     orl $0x80000020, %eax
     movl %eax, %cr0
@@ -129,6 +156,13 @@ protected_lm64:
 2:
     hlt
     jmp 2b
+    .code32
+protected_gp_handler:
+    popl (pdpte_gp_error)
+    incl (pdpte_gp_count)
+    movl $protected_pdpte_gp_resume, (%esp)
+    iretl
+    .code64
     .text
     "#,
     lapic_version = const LAPIC_VERSION,
@@ -165,6 +199,19 @@ static mut protected_pd32: PagingTable<512> = PagingTable([0; 512]);
 static mut protected_pae_pd: PagingTable<2048> = PagingTable([0; 2048]);
 #[no_mangle]
 static mut protected_pae_pdpt: PagingTable<4> = PagingTable([0; 4]);
+/// The 32-bit stage's IDT (vector 13 only) and its IDTR (limit, 32-bit base).
+#[no_mangle]
+static mut protected_idt: [u64; 14] = [0; 14];
+#[no_mangle]
+static mut protected_idtr: [u16; 3] = [0; 3];
+/// What the #GP of the MOV to CR0 with a reserved PDPTE bit left: how many #GPs, the
+/// last error code, and CR0 after it.
+#[no_mangle]
+static mut pdpte_gp_count: u32 = 0;
+#[no_mangle]
+static mut pdpte_gp_error: u32 = u32::MAX;
+#[no_mangle]
+static mut pdpte_gp_cr0: u32 = 0;
 #[no_mangle]
 static mut paging32_lapic_version: u32 = 0;
 #[no_mangle]
@@ -213,6 +260,20 @@ extern "C" fn protected_main(_vcpu: u64, ram: u64) -> ! {
             core::ptr::addr_of!(pae_lapic_version).read_volatile(),
         )
     };
+    // SAFETY: plain reads of what the 32-bit stage and its #GP handler stored.
+    let (gp_count, gp_error, gp_cr0) = unsafe {
+        (
+            core::ptr::addr_of!(pdpte_gp_count).read_volatile(),
+            core::ptr::addr_of!(pdpte_gp_error).read_volatile(),
+            core::ptr::addr_of!(pdpte_gp_cr0).read_volatile(),
+        )
+    };
+    println!("{NAME}: MOV to CR0 with a reserved PDPTE bit: {gp_count} #GP, error code {gp_error:#x}, CR0 {gp_cr0:#x} after (started {cr0:#x})");
+    ok &= check(
+        NAME,
+        "a reserved bit in a PAE PDPTE made the emulated MOV to CR0 raise #GP(0) and leave CR0 as it was",
+        gp_count == 1 && gp_error == 0 && gp_cr0 == cr0,
+    );
     println!("{NAME}: LAPIC version {long:#x} in 64-bit mode, {paging32:#x} in 32-bit paging, {pae:#x} in PAE paging");
     ok &= check(NAME, "an MMIO load under 32-bit paging (4 MiB pages) was emulated", paging32 == long && long != 0);
     ok &= check(NAME, "an MMIO load under PAE paging, entered by an emulated MOV to CR0, was emulated", pae == long);
