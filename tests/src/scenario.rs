@@ -650,8 +650,8 @@ fn svc_cpus(name: &'static str, cpus: u32, config: &'static str, guests: &[(&str
     s
 }
 
-/// `svc-bad-image`: three bad images (cut short, no kernel at all, a kernel that needs
-/// more than the guest's RAM) are refused with a line naming the problem, the good
+/// `svc-bad-image`: three bad images (a kernel cut short of the size its header's
+/// `syssize` gives, no kernel at all, a kernel that needs more than the guest's RAM) are refused with a line naming the problem, the good
 /// guest beside them runs.
 fn svc_bad_image() -> Scenario {
     let mut s = service_scenario(
@@ -660,7 +660,7 @@ fn svc_bad_image() -> Scenario {
         "tests/configs/svc-bad-image.toml",
         1,
         &[
-            "[svc] service: partition cut-short not started: image truncated: protected-mode kernel needs 2561 bytes, the image has 1024",
+            "[svc] service: partition cut-short not started: image truncated: protected-mode kernel needs 6656 bytes, the image has 4608",
             "[svc] service: partition no-kernel not started: its image is not a Linux bzImage, a Multiboot kernel or an x86-64 ELF executable",
             "[svc] service: partition too-big not started: kernel with its init_size (0x4f00000 bytes at 0x100000) does not fit below 0x1000000",
             "[svc] service: partition good: flat image, 16 MiB",

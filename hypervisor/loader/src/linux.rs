@@ -84,6 +84,9 @@ pub mod offsets {
     pub const E820_ENTRIES: usize = 0x1E8;
     /// Start of the setup header: `setup_sects` (u8).
     pub const SETUP_SECTS: usize = 0x1F1;
+    /// `syssize` (u32, protocol 2.04+): the protected-mode kernel's size in 16-byte
+    /// paragraphs.
+    pub const SYSSIZE: usize = 0x1F4;
     /// `boot_flag` (u16, 0xAA55).
     pub const BOOT_FLAG: usize = 0x1FE;
     /// The second byte of the header's `jump`: the header ends at 0x202 plus it.
@@ -158,6 +161,8 @@ struct SetupHeader {
     header_end: usize,
     /// File offset of the protected-mode kernel.
     kernel_offset: usize,
+    /// How many bytes the protected-mode kernel has at least (`syssize` * 16).
+    kernel_size: u64,
     code32_start: u32,
     /// Highest address the initrd may end at (exclusive).
     initrd_limit: u64,
@@ -193,6 +198,7 @@ fn parse_header(image: &[u8]) -> Result<SetupHeader, LoadError> {
         n => usize::from(n),
     };
     let kernel_offset = (setup_sects + 1) * 512;
+    let kernel_size = u64::from(read_u32(image, off::SYSSIZE, "syssize")?) * 16;
     let code32_start = read_u32(image, off::CODE32_START, "code32_start")?;
     let initrd_addr_max = read_u32(image, off::INITRD_ADDR_MAX, "initrd_addr_max")?;
     let xloadflags = if version >= 0x020C { read_u16(image, off::XLOADFLAGS, "xloadflags")? } else { 0 };
@@ -220,7 +226,16 @@ fn parse_header(image: &[u8]) -> Result<SetupHeader, LoadError> {
     } else {
         KERNEL_ADDR
     };
-    Ok(SetupHeader { version, header_end, kernel_offset, code32_start, initrd_limit, cmdline_size, runtime_end })
+    Ok(SetupHeader {
+        version,
+        header_end,
+        kernel_offset,
+        kernel_size,
+        code32_start,
+        initrd_limit,
+        cmdline_size,
+        runtime_end,
+    })
 }
 
 /// The highest page-aligned start for `size` bytes inside one RAM range, at or above
@@ -246,16 +261,13 @@ pub fn load_with_layout(mem: &mut impl GuestMemory, image: &[u8], p: &LinuxParam
     let ram = mem.size();
     let hdr = parse_header(image)?;
 
-    // The protected-mode kernel.
+    // The protected-mode kernel: at least the `syssize` paragraphs the header promises
+    // (an image cut short would start and die in the decompressor), and at least one
+    // byte. Bytes past it (an appended signature) are loaded too.
+    let needed = (hdr.kernel_offset as u64).saturating_add(hdr.kernel_size.max(1));
     let kernel = match image.get(hdr.kernel_offset..) {
-        Some(k) if !k.is_empty() => k,
-        _ => {
-            return Err(LoadError::Truncated {
-                what: "protected-mode kernel",
-                needed: hdr.kernel_offset as u64 + 1,
-                len: image.len() as u64,
-            })
-        }
+        Some(k) if !k.is_empty() && image.len() as u64 >= needed => k,
+        _ => return Err(LoadError::Truncated { what: "protected-mode kernel", needed, len: image.len() as u64 }),
     };
     let load_end = end_of(KERNEL_ADDR, kernel.len() as u64, "kernel end")?;
     if !(KERNEL_ADDR..load_end).contains(&u64::from(hdr.code32_start)) {

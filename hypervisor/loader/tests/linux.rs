@@ -327,13 +327,30 @@ fn rejects_truncation_at_each_point() {
     rejects(&image[..0x204], &p, t("setup header magic", 0x206, 0x204));
     rejects(&image[..0x207], &p, t("setup header version", 0x208, 0x207));
     rejects(&image[..0x250], &p, t("setup header", 0x26c, 0x250));
-    // The header is complete but the kernel is missing.
-    rejects(&image[..0x26c], &p, t("protected-mode kernel", 5 * 512 + 1, 0x26c));
-    rejects(&image[..5 * 512], &p, t("protected-mode kernel", 5 * 512 + 1, 5 * 512));
+    // The header is complete but the kernel is missing, or shorter than the 0x1000
+    // bytes its `syssize` promises.
+    let full = 5 * 512 + 0x1000;
+    rejects(&image[..0x26c], &p, t("protected-mode kernel", full, 0x26c));
+    rejects(&image[..5 * 512], &p, t("protected-mode kernel", full, 5 * 512));
+    rejects(&image[..5 * 512 + 0x800], &p, t("protected-mode kernel", full, 5 * 512 + 0x800));
+    rejects(&image[..full as usize - 1], &p, t("protected-mode kernel", full, full as usize - 1));
     // Setup sectors claimed beyond the file.
     let mut image = bzimage(0x020f, 4, 0x1000);
     set_u8(&mut image, 0x1f1, 200);
-    rejects(&image, &p, t("protected-mode kernel", 201 * 512 + 1, 5 * 512 + 0x1000));
+    rejects(&image, &p, t("protected-mode kernel", 201 * 512 + 0x1000, 5 * 512 + 0x1000));
+    // A `syssize` of 0 still needs one byte of kernel.
+    let mut image = bzimage(0x020f, 4, 0x1000);
+    set_u32(&mut image, 0x1f4, 0);
+    rejects(&image[..5 * 512], &p, t("protected-mode kernel", 5 * 512 + 1, 5 * 512));
+}
+
+#[test]
+fn loads_bytes_past_syssize() {
+    // A kernel longer than its `syssize` (an appended signature) loads whole.
+    let mut image = bzimage(0x020f, 4, 0x1000);
+    set_u32(&mut image, 0x1f4, 0x800 / 16);
+    let mut mem = VecMemory::new(RAM);
+    assert!(linux::load(&mut mem, &image, &params(&[], None)).is_ok());
 }
 
 #[test]
