@@ -32,8 +32,10 @@
 //! (N = the check's number):
 //!
 //! 1. EAX is the boot loader magic 0x2BADB002;
-//! 2. EBX is not 0 and the information's flags have bit 0 (`mem_lower`, `mem_upper`);
-//! 3. `mem_lower` = 640 (KiB);
+//! 2. EBX is not 0 and the information's flags have bit 0 (`mem_lower`, `mem_upper`)
+//!    and neither bit 11 nor 12 (VBE, framebuffer: the header asks for a video mode,
+//!    bit 2, which the loader accepts without setting one, as QEMU does);
+//! 3. `mem_lower` = 639 (KiB: low RAM ends at the EBDA, 0x9FC00, as the memory map says);
 //! 4. `mem_upper` = (16 MiB - 1 MiB) / 1024 = 15360 (KiB);
 //! 5. the flags have bit 6 (`mmap_length`, `mmap_addr`);
 //! 6. the memory map holds at least 2 entries, each with `size` >= 20;
@@ -73,9 +75,10 @@
 
 /// The header's `magic`.
 const HEADER_MAGIC: u32 = 0x1BAD_B002;
-/// Header flags: page-aligned modules (bit 0), memory information (bit 1), the
-/// address fields are valid (bit 16).
-const HEADER_FLAGS: u32 = (1 << 0) | (1 << 1) | (1 << 16);
+/// Header flags: page-aligned modules (bit 0), memory information (bit 1), a video
+/// mode (bit 2: QEMU's `-kernel` boots such kernels without setting a mode, and so
+/// must this loader), the address fields are valid (bit 16).
+const HEADER_FLAGS: u32 = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 16);
 /// `magic + flags + checksum` = 0 (mod 2^32).
 const HEADER_CHECKSUM: u32 = 0u32.wrapping_sub(HEADER_MAGIC.wrapping_add(HEADER_FLAGS));
 /// EAX at entry.
@@ -89,6 +92,9 @@ const INFO_MEMORY: u32 = 1 << 0;
 const INFO_CMDLINE: u32 = 1 << 2;
 const INFO_MODS: u32 = 1 << 3;
 const INFO_MMAP: u32 = 1 << 6;
+/// Information flags: VBE (bit 11) and framebuffer (bit 12) information: no mode was
+/// set, so neither may be claimed.
+const INFO_VIDEO: u32 = (1 << 11) | (1 << 12);
 /// Byte offsets in the Multiboot information.
 const INFO_MEM_LOWER: u32 = 4;
 const INFO_MEM_UPPER: u32 = 8;
@@ -111,7 +117,7 @@ const PAGE_MASK: u32 = 0xFFF;
 /// The RAM the config gives this guest, and what the information must say about it.
 const RAM_BYTES: u32 = 16 << 20;
 const HIGH_RAM_START: u32 = 1 << 20;
-const MEM_LOWER_KIB: u32 = 640;
+const MEM_LOWER_KIB: u32 = 639;
 const MEM_UPPER_KIB: u32 = (RAM_BYTES - HIGH_RAM_START) / 1024;
 /// Memory map entry: `size` at +0 (the entry's bytes after this field), `base_addr` at
 /// +4, `length` at +12 (64-bit each), `type` at +20 (1 = RAM).
@@ -161,6 +167,8 @@ _start:
     jz .Lmb_fail
     test dword ptr [ebx], {info_memory}
     jz .Lmb_fail
+    test dword ptr [ebx], {info_video}
+    jnz .Lmb_fail
     mov ecx, 3
     cmp dword ptr [ebx + {mem_lower}], {mem_lower_kib}
     jne .Lmb_fail
@@ -483,6 +491,7 @@ guest_multiboot_end:
     info_mods = const INFO_MODS,
     info_mmap = const INFO_MMAP,
     mem_lower = const INFO_MEM_LOWER,
+    info_video = const INFO_VIDEO,
     mem_upper = const INFO_MEM_UPPER,
     cmdline = const INFO_CMDLINE_ADDR,
     mods_count = const INFO_MODS_COUNT,

@@ -33,7 +33,9 @@
 //! `mod_end` (exclusive), `string`, 0; 8-aligned), the command line, the boot loader
 //! name ([`LOADER_NAME`]), the module strings, then each module on its own page. All of
 //! it must fit in the same RAM entry below 4 GiB. The flags set are [`INFO_MEMORY`]
-//! (`mem_lower` = 640, `mem_upper` = KiB of contiguous RAM from 1 MiB on),
+//! (`mem_lower` = KiB of contiguous RAM from 0, at most 640, so that it agrees with the
+//! memory map: 639 with a PC map's EBDA; `mem_upper` = KiB of contiguous RAM from 1 MiB
+//! on),
 //! [`INFO_CMDLINE`], [`INFO_MODS`] (also when there are no modules), [`INFO_MMAP`] (when
 //! an e820 map is given) and [`INFO_LOADER_NAME`].
 //!
@@ -59,19 +61,22 @@ pub const MIN_LOAD_ADDR: u64 = 0x10_0000;
 pub const ADDRESS_LIMIT: u64 = 0xFFFF_FFFF;
 /// `boot_loader_name`.
 pub const LOADER_NAME: &str = "hv-loader";
-/// `mem_lower`: KiB of conventional memory.
-pub const MEM_LOWER_KIB: u32 = 640;
+/// The most `mem_lower` can be: KiB of conventional memory below the legacy video and
+/// BIOS areas.
+pub const MEM_LOWER_MAX_KIB: u32 = 640;
 
 /// Header flag: align modules on 4 KiB pages.
 pub const HF_PAGE_ALIGN: u32 = 1 << 0;
 /// Header flag: provide memory information.
 pub const HF_MEMORY_INFO: u32 = 1 << 1;
-/// Header flag: provide video mode information (not supported).
+/// Header flag: provide video mode information. Accepted and not met, as QEMU's
+/// `-kernel` does ("multiboot knows VBE. we don't."): the information's VBE and
+/// framebuffer flags stay clear, so the kernel sees that no mode was set.
 pub const HF_VIDEO_MODE: u32 = 1 << 2;
 /// Header flag: the address fields are valid.
 pub const HF_ADDRESS: u32 = 1 << 16;
-/// The requirement bits (0..15) this loader meets.
-pub const SUPPORTED_REQUIREMENTS: u32 = HF_PAGE_ALIGN | HF_MEMORY_INFO;
+/// The requirement bits (0..15) this loader accepts.
+pub const SUPPORTED_REQUIREMENTS: u32 = HF_PAGE_ALIGN | HF_MEMORY_INFO | HF_VIDEO_MODE;
 
 /// Information flag: `mem_lower`/`mem_upper` are valid.
 pub const INFO_MEMORY: u32 = 1 << 0;
@@ -312,7 +317,17 @@ fn plan_info(base: u64, p: &MultibootParams) -> Result<InfoPlan, LoadError> {
 /// KiB of RAM from 1 MiB up to the first byte that no e820 RAM entry covers (up to the
 /// end of guest RAM when there is no map), capped to `u32`.
 fn mem_upper_kib(e820: &[E820Entry], mem_size: u64) -> u32 {
-    let mut end = MIN_LOAD_ADDR;
+    contiguous_ram_kib(e820, mem_size, MIN_LOAD_ADDR)
+}
+
+/// `mem_lower`: KiB of RAM contiguous from address 0, at most [`MEM_LOWER_MAX_KIB`].
+fn mem_lower_kib(e820: &[E820Entry], mem_size: u64) -> u32 {
+    contiguous_ram_kib(e820, mem_size, 0).min(MEM_LOWER_MAX_KIB)
+}
+
+/// KiB of RAM contiguous from `start` in `e820` (all of `mem_size` with no map).
+fn contiguous_ram_kib(e820: &[E820Entry], mem_size: u64, start: u64) -> u32 {
+    let mut end = start;
     // Each step moves `end` to the end of a RAM range containing it; chains of adjacent
     // entries need at most one step per entry.
     for _ in 0..=e820.len() {
@@ -321,7 +336,7 @@ fn mem_upper_kib(e820: &[E820Entry], mem_size: u64) -> u32 {
             None => break,
         }
     }
-    u32::try_from(end.saturating_sub(MIN_LOAD_ADDR) / 1024).unwrap_or(u32::MAX)
+    u32::try_from(end.saturating_sub(start) / 1024).unwrap_or(u32::MAX)
 }
 
 /// A 32-bit field value, or `Overflow` (planned addresses are below 4 GiB).
@@ -379,7 +394,7 @@ pub fn load_with_layout(mem: &mut impl GuestMemory, image: &[u8], p: &MultibootP
 
     let mut info = [0u8; INFO_SIZE as usize];
     let mut flags = INFO_MEMORY | INFO_CMDLINE | INFO_MODS | INFO_LOADER_NAME;
-    put(&mut info, io::MEM_LOWER, &MEM_LOWER_KIB.to_le_bytes());
+    put(&mut info, io::MEM_LOWER, &mem_lower_kib(p.e820, ram).to_le_bytes());
     put(&mut info, io::MEM_UPPER, &mem_upper_kib(p.e820, ram).to_le_bytes());
     put(&mut info, io::CMDLINE, &addr32(plan.cmdline)?.to_le_bytes());
     put(&mut info, io::MODS_COUNT, &addr32(p.modules.len() as u64)?.to_le_bytes());

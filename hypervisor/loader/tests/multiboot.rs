@@ -47,7 +47,8 @@ fn loads_elf32_kernel_and_builds_the_information() {
 
     // flags: MEM | CMDLINE | MODS | MMAP | LOADER_NAME.
     assert_eq!(mem.u32(mbi), (1 << 0) | (1 << 2) | (1 << 3) | (1 << 6) | (1 << 9));
-    assert_eq!(mem.u32(mbi + 4), 640);
+    // mem_lower agrees with the map: RAM ends at 0x9fc00 (639 KiB), before the EBDA.
+    assert_eq!(mem.u32(mbi + 4), 639);
     assert_eq!(mem.u32(mbi + 8), ((RAM - MIB) / 1024) as u32);
     assert_eq!(mem.u32(mbi + 12), 0, "boot_device not given");
     assert_eq!(mem.c_str(mem.u32(mbi + 16).into()), "kernel quiet");
@@ -250,10 +251,45 @@ fn required_flags() {
     // Bits 0 and 1 are met; bits 16.. other than 16 are optional and ignored.
     let mut mem = VecMemory::new(RAM);
     multiboot::load(&mut mem, &mb_elf32(0x3 | (1 << 17) | (1 << 31)).build(), &no_modules(&[])).unwrap();
-    // Video mode (bit 2) and unknown mandatory bits are refused.
-    rejects(&mb_elf32(0x7).build(), &no_modules(&[]), LoadError::UnsupportedFlags(0x4));
+    // Video mode (bit 2) is accepted as QEMU accepts it, with no VBE or framebuffer
+    // information (flags 11 and 12 clear); unknown mandatory bits are refused.
+    for image in [mb_elf32(0x7).build(), mb_aout(0x4, 0)] {
+        let mut mem = VecMemory::new(RAM);
+        let entry = multiboot::load(&mut mem, &image, &no_modules(&[])).unwrap();
+        let mbi = mbi_of(entry);
+        assert_eq!(mem.u32(mbi) & ((1 << 11) | (1 << 12)), 0);
+        assert!(mem.slice(mbi + 72, 116 - 72).iter().all(|&b| b == 0));
+    }
     rejects(&mb_elf32(0x1 | (1 << 5) | (1 << 15)).build(), &no_modules(&[]), LoadError::UnsupportedFlags(0x8020));
-    rejects(&mb_aout(0x4, 0), &no_modules(&[]), LoadError::UnsupportedFlags(0x4));
+    rejects(&mb_aout(0x5 | (1 << 3), 0), &no_modules(&[]), LoadError::UnsupportedFlags(0x8));
+}
+
+#[test]
+fn mem_lower_follows_the_memory_map() {
+    let image = mb_elf32(0x3).build();
+    let load = |e820: &[E820Entry]| {
+        let mut mem = VecMemory::new(RAM);
+        let p = MultibootParams { cmdline: "", modules: &[], e820 };
+        let mbi = mbi_of(multiboot::load(&mut mem, &image, &p).unwrap());
+        (mem.u32(mbi + 4), mem.u32(mbi + 8))
+    };
+    let upper = ((RAM - MIB) / 1024) as u32;
+    // No map: all RAM from 0, capped at 640 KiB.
+    assert_eq!(load(&[]), (640, ((RAM - MIB) / 1024) as u32));
+    // A PC map: low RAM ends at the EBDA.
+    assert_eq!(load(&pc_e820(RAM)), (639, upper));
+    // Low RAM made of two adjacent entries; low RAM that does not start at 0.
+    let split = [
+        E820Entry { addr: 0, size: 0x1000, kind: E820_RAM },
+        E820Entry { addr: 0x1000, size: 0x9_f000, kind: E820_RAM },
+        E820Entry { addr: MIB, size: RAM - MIB, kind: E820_RAM },
+    ];
+    assert_eq!(load(&split), (640, upper));
+    let hole = [
+        E820Entry { addr: 0x1000, size: 0x9_f000, kind: E820_RAM },
+        E820Entry { addr: MIB, size: RAM - MIB, kind: E820_RAM },
+    ];
+    assert_eq!(load(&hole), (0, upper));
 }
 
 #[test]
