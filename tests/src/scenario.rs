@@ -529,6 +529,7 @@ fn service_scenarios() -> Vec<Scenario> {
             &[
                 "clock: host time 2026-07-01 12:0",
                 "[rtc] rtc: 2026-07-01 12:0",
+                "[rtc] PASS guest-rtc: the CMOS memory-size bytes match the 16 MiB of RAM: base 640 KiB, extended 15360 KiB (copy 15360), 0 x 64 KiB above 16 MiB",
                 " periodic interrupts in 200 ms",
                 "[rtc] PASS guest-rtc: UIP (register A bit 7) is seen set before the update, clears within 10 ms",
                 "[rtc] PASS guest-rtc: alarm at an exact time (12:0",

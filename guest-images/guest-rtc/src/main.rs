@@ -15,7 +15,10 @@
 //!    (the service partition's fallback when the hypervisor has no time is 2026-01-01,
 //!    which fails the check). Register B's DM bit switches the year to binary (26) and
 //!    back.
-//! 3. CMOS NVRAM: bytes 0x40-0x7F round-trip a pattern (also with the NMI-disable bit
+//! 3. CMOS NVRAM: the memory-size bytes a PC BIOS leaves (base memory 0x15/0x16 = 640
+//!    KiB, extended memory above 1 MiB in KiB at 0x17/0x18 and 0x30/0x31, memory above
+//!    16 MiB in 64 KiB units at 0x34/0x35) match the RAM size the guest was started
+//!    with (ESI); bytes 0x40-0x7F round-trip a pattern (also with the NMI-disable bit
 //!    set in the index).
 //! 4. Periodic interrupt: register A rate 0xA (64 Hz), register C read to clear old
 //!    flags, B.PIE set; I/O APIC pin 8 → vector 0x58 (fixed, edge, active high, to vCPU
@@ -271,7 +274,7 @@ fn is_bcd(byte: u8) -> bool {
 /// Entry point (see `hv_abi::start`).
 #[no_mangle]
 #[link_section = ".text._start"]
-pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
+pub extern "C" fn _start(_vcpu: u64, ram: u64) -> ! {
     exceptions::install();
     lapic::sync_mode();
     lapic::enable();
@@ -315,7 +318,20 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
         binary_year == 26 && bcd_year == 0x26,
     );
 
-    // 3. NVRAM round trip.
+    // 3. The memory-size bytes, then an NVRAM round trip.
+    let word = |index: u8| u64::from(cmos::read(index)) | u64::from(cmos::read(index + 1)) << 8;
+    let (base, extended, extended_copy, above_16m) = (word(0x15), word(0x17), word(0x30), word(0x34));
+    ok &= check_fmt(
+        NAME,
+        format_args!(
+            "the CMOS memory-size bytes match the {} MiB of RAM: base {base} KiB, extended {extended} KiB (copy {extended_copy}), {above_16m} x 64 KiB above 16 MiB",
+            ram >> 20
+        ),
+        base == 640
+            && extended == ((ram - (1 << 20)) >> 10).min(0xFFFF)
+            && extended_copy == extended
+            && above_16m == (ram.saturating_sub(16 << 20) >> 16).min(0xFFFF),
+    );
     let pattern = |i: u8| i.wrapping_mul(37) ^ 0xA5;
     for index in 0x40..0x80u8 {
         cmos::write(index, pattern(index));

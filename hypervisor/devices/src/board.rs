@@ -458,13 +458,48 @@ fn earliest(events: &[Nanos; TIMED.len()]) -> Nanos {
     a.min(b).min(c.min(d))
 }
 
+/// The CMOS memory-size bytes a PC BIOS leaves for BIOS-less loaders and old kernels,
+/// for `ram_bytes` of RAM from 0 (as QEMU's PC fills them, `pc_cmos_init`): base
+/// memory in KiB (0x15/0x16: 640), extended memory from 1 MiB in KiB, at most 0xFFFF
+/// (0x17/0x18, copied at 0x30/0x31), memory from 16 MiB below 4 GiB in 64 KiB units, at
+/// most 0xFFFF (0x34/0x35), and memory from 4 GiB in 64 KiB units (0x5B-0x5D, 24 bits).
+/// Each value is little-endian.
+fn cmos_memory_size(ram_bytes: u64) -> [(u8, u8); 11] {
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
+    const GIB4: u64 = 4 << 30;
+    let below_4g = ram_bytes.min(GIB4);
+    let base = (below_4g / KIB).min(640);
+    let extended = (below_4g.saturating_sub(MIB) / KIB).min(0xFFFF);
+    let above_16m = (below_4g.saturating_sub(16 * MIB) / (64 * KIB)).min(0xFFFF);
+    let above_4g = (ram_bytes.saturating_sub(GIB4) / (64 * KIB)).min(0xFF_FFFF);
+    let byte = |v: u64, n: u32| (v >> (8 * n)) as u8;
+    [
+        (0x15, byte(base, 0)),
+        (0x16, byte(base, 1)),
+        (0x17, byte(extended, 0)),
+        (0x18, byte(extended, 1)),
+        (0x30, byte(extended, 0)),
+        (0x31, byte(extended, 1)),
+        (0x34, byte(above_16m, 0)),
+        (0x35, byte(above_16m, 1)),
+        (0x5B, byte(above_4g, 0)),
+        (0x5C, byte(above_4g, 1)),
+        (0x5D, byte(above_4g, 2)),
+    ]
+}
+
 impl PcBoard {
     /// The board in its power-on state at time `now`: the RTC reads
     /// `cfg.epoch_seconds`, the PM timer counts from 0, fw_cfg reports `cfg`'s RAM and
     /// CPUs.
     #[must_use]
     pub fn new(cfg: BoardConfig, now: Nanos) -> Self {
-        Self::with_rtc(cfg, RtcCmos::new(cfg.epoch_seconds, now), now)
+        let mut rtc = RtcCmos::new(cfg.epoch_seconds, now);
+        for (index, value) in cmos_memory_size(cfg.ram_bytes) {
+            rtc.set_nvram(index, value);
+        }
+        Self::with_rtc(cfg, rtc, now)
     }
 
     /// The board in its power-on state at time `now`, around an existing RTC.
@@ -1099,6 +1134,45 @@ mod tests {
         r.out(CONFIG_ADDRESS_PORT, 4, 0);
         assert_eq!(r.inp(CONFIG_DATA_PORT, 4), 0xFFFF_FFFF);
         assert_eq!(r.inp(CONFIG_ADDRESS_PORT, 4), 0);
+    }
+
+    #[test]
+    fn cmos_holds_the_memory_size() {
+        let cmos = |ram_bytes: u64| {
+            let mut r =
+                Rig { board: PcBoard::new(BoardConfig { ram_bytes, ..config() }, 0), platform: Default::default() };
+            let mut byte = |index: u32| {
+                r.out(0x70, 1, index);
+                r.inp(0x71, 1)
+            };
+            let word = |lo: u32, byte: &mut dyn FnMut(u32) -> u32| byte(lo) | byte(lo + 1) << 8;
+            let base = word(0x15, &mut byte);
+            let (extended, extended_copy, above_16m) =
+                (word(0x17, &mut byte), word(0x30, &mut byte), word(0x34, &mut byte));
+            let above_4g = byte(0x5B) | byte(0x5C) << 8 | byte(0x5D) << 16;
+            assert_eq!(extended, extended_copy);
+            (base, extended, above_16m, above_4g)
+        };
+        // 256 MiB: 255 MiB above 1 MiB (more than the 16-bit KiB count holds), 240 MiB
+        // above 16 MiB.
+        assert_eq!(cmos(256 << 20), (640, 0xFFFF, 240 * 16, 0));
+        // 32 MiB: 31 MiB above 1 MiB.
+        assert_eq!(cmos(32 << 20), (640, 31 * 1024, 16 * 16, 0));
+        // 16 MiB: nothing above 16 MiB.
+        assert_eq!(cmos(16 << 20), (640, 15 * 1024, 0, 0));
+        // 6 GiB: 4 GiB - 16 MiB in 64 KiB units below 4 GiB, 2 GiB above it.
+        assert_eq!(cmos(6 << 30), (640, 0xFFFF, 0x1_0000 - 0x100, 2 * 16 * 1024));
+        // Less than 640 KiB.
+        assert_eq!(cmos(512 << 10), (512, 0, 0, 0));
+        // The bytes are NVRAM: a system reset keeps them.
+        let mut r = Rig {
+            board: PcBoard::new(BoardConfig { ram_bytes: 64 << 20, ..config() }, 0),
+            platform: Default::default(),
+        };
+        r.board.reset(1_000_000, &mut r.platform);
+        // 48 MiB above 16 MiB: 768 = 0x300 units.
+        r.out(0x70, 1, 0x35);
+        assert_eq!(r.inp(0x71, 1), 3);
     }
 
     #[test]
