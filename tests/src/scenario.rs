@@ -436,6 +436,20 @@ fn service_scenarios() -> Vec<Scenario> {
             ],
         ),
         service_scenario(
+            "svc-acpi-reduced",
+            2,
+            "tests/configs/svc-acpi-reduced.toml",
+            1,
+            &[
+                "[acpi] acpi: RSDP at 0x",
+                "[acpi] acpi: MADT: 1 CPUs, IOAPIC at 0xfec00000",
+                "[acpi] acpi: FADT: hardware-reduced, no PM blocks, no reset register",
+                "[acpi] acpi: \\_S5 SLP_TYP 5",
+                "[acpi] PASS guest-acpi",
+                "partition acpi: stopped itself (code 0)",
+            ],
+        ),
+        service_scenario(
             "svc-reset-shutdown",
             3,
             "tests/configs/svc-reset-shutdown.toml",

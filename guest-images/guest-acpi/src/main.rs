@@ -1,7 +1,16 @@
 //! `guest-acpi`: finds the ACPI tables the service partition's guest builder wrote at
 //! 0xE0000 (`hv-tables`) as an OS does, checks what they say about the virtual PC, reads
 //! the ACPI PM timer, and then leaves the ACPI way. Run with the `pc` devices (at least
-//! `acpi-pm` and `pci`, which holds the reset register 0xCF9).
+//! `acpi-pm` and `pci`, which holds the reset register 0xCF9), or with none of
+//! `acpi-pm`, `pci` and `pic` (the hardware-reduced case below).
+//!
+//! First it probes which of that hardware answers: PM1a control (16-bit IN of 0x604:
+//! `SCI_EN` reads 1, an unclaimed port all-ones), the PCI host's `CONFIG_ADDRESS`
+//! (32-bit IN of 0xCF8: reserved bits read 0) and the 8259 pair's ELCR (IN of 0x4D0:
+//! bits 0-2 read 0). The tables must describe exactly what answers: FADT
+//! `HW_REDUCED_ACPI` exactly without PM1a control, `RESET_REG_SUP` exactly with the PCI
+//! host (0xCF9 is its reset control register), the DSDT's `PCI0` exactly with the PCI
+//! host, MADT `PCAT_COMPAT` exactly with the 8259 pair.
 //!
 //! 1. The RSDP: the first 16-byte aligned `"RSD PTR "` in 0xE0000..0x100000 whose first
 //!    20 bytes sum to 0; revision 2 or later, with its extended checksum (all `Length`
@@ -14,11 +23,17 @@
 //!    among them); an I/O APIC at 0xFEC00000 with GSI base 0; the interrupt source
 //!    override ISA IRQ 0 → GSI 2.
 //! 4. FADT: `PM1a_EVT_BLK` 0x600, `PM1a_CNT_BLK` 0x604, `PM_TMR_BLK` 0x608, `SCI_INT` 9,
-//!    `RESET_REG_SUP` with `RESET_REG` = system I/O 0xCF9 and `RESET_VALUE` 6.
+//!    `RESET_REG_SUP` with `RESET_REG` = system I/O 0xCF9 and `RESET_VALUE` 6. Without
+//!    the fixed hardware (hardware-reduced): the three blocks are 0; without the PCI
+//!    host: `RESET_REG` and `RESET_VALUE` are 0.
 //! 5. The PM timer (32-bit IN at `PM_TMR_BLK`, forwarded to the service partition)
 //!    advances across a 1 ms delay and stays within 24 bits (`TMR_VAL_EXT` clear).
 //! 6. `\_S5` in the DSDT's AML: `Name(\_S5, Package() { SLP_TYPa, ... })`, its first
 //!    element a `ByteConst` (0x0A nn) or `Zero`/`One` (0x00/0x01).
+//!
+//! Hardware-reduced, steps 5 and the power action are skipped (there is no PM timer and
+//! no PM1 control): it prints `acpi: FADT: hardware-reduced, no PM blocks, no reset
+//! register` and stops itself with code 0.
 //!
 //! Then, with 16 MiB of RAM (RSI at entry), it powers off: PM1a control (16-bit, read,
 //! `SLP_TYP` replaced, `SLP_EN` set) = `SLP_TYPa << 10 | 1 << 13`.
@@ -99,12 +114,17 @@ const FADT_X_DSDT: usize = 140;
 /// FADT flags: `TMR_VAL_EXT` (32-bit PM timer), `RESET_REG_SUP`.
 const FADT_TMR_VAL_EXT: u32 = 1 << 8;
 const FADT_RESET_REG_SUP: u32 = 1 << 10;
+/// FADT flags: `HW_REDUCED_ACPI` (no fixed hardware).
+const FADT_HW_REDUCED_ACPI: u32 = 1 << 20;
 /// Generic Address Structure address space: system I/O (§5.2.3.2).
 const GAS_SYSTEM_IO: u8 = 1;
 
 /// MADT (§5.2.12): local interrupt controller address at 36, flags at 40, entries from 44.
 const MADT_LAPIC_ADDRESS: usize = 36;
+const MADT_FLAGS: usize = 40;
 const MADT_ENTRIES: usize = 44;
+/// MADT flags: `PCAT_COMPAT` (a dual 8259 is present).
+const MADT_PCAT_COMPAT: u32 = 1 << 0;
 const MADT_LOCAL_APIC: u8 = 0;
 const MADT_IO_APIC: u8 = 1;
 const MADT_SOURCE_OVERRIDE: u8 = 2;
@@ -119,6 +139,10 @@ const RESET_PORT: u64 = 0xCF9;
 const RESET_VALUE: u8 = 6;
 /// ISA IRQ 0 (the PIT) is wired to this GSI.
 const TIMER_GSI: u32 = 2;
+/// The probes of the hardware the tables describe: PCI `CONFIG_ADDRESS` and the 8259
+/// pair's ELCR (master; 0x4D0).
+const PCI_CONFIG_ADDRESS: u16 = 0xCF8;
+const ELCR_MASTER: u16 = 0x4D0;
 
 /// PM1 control (§4.8.3.2.1): `SLP_TYP` in bits 12:10, `SLP_EN` bit 13.
 const SLP_TYP_SHIFT: u16 = 10;
@@ -271,9 +295,35 @@ struct Madt {
     ioapic: u32,
 }
 
-fn check_madt(c: &mut Checks, madt: &[u8]) -> Madt {
+/// Which of the hardware the tables describe answers (see the module documentation).
+#[derive(Clone, Copy)]
+struct Present {
+    /// PM1a control: the ACPI fixed hardware.
+    fixed_hardware: bool,
+    /// The PCI host bridge (with the reset control register 0xCF9).
+    pci_host: bool,
+    /// The 8259 pair.
+    pic: bool,
+}
+
+impl Present {
+    fn probe() -> Self {
+        Self {
+            fixed_hardware: inw(PM1A_CNT_BLK as u16) != 0xFFFF,
+            pci_host: inl(PCI_CONFIG_ADDRESS) != 0xFFFF_FFFF,
+            pic: inb(ELCR_MASTER) & 0b111 == 0,
+        }
+    }
+}
+
+fn check_madt(c: &mut Checks, madt: &[u8], present: Present) -> Madt {
     let lapic = u32_at(madt, MADT_LAPIC_ADDRESS);
     c.check(u64::from(lapic) == LAPIC_BASE, format_args!("MADT local APIC address {lapic:#x} is {LAPIC_BASE:#x}"));
+    let flags = u32_at(madt, MADT_FLAGS);
+    c.check(
+        (flags & MADT_PCAT_COMPAT != 0) == present.pic,
+        format_args!("MADT flags {flags:#x}: PCAT_COMPAT exactly when the 8259 pair answers ({})", present.pic),
+    );
     let mut apic_ids = [false; 256];
     let (mut cpus, mut ioapics, mut ioapic, mut gsi_base, mut timer_gsi) = (0u32, 0u32, 0u32, u32::MAX, None);
     let mut at = MADT_ENTRIES;
@@ -326,6 +376,7 @@ fn check_madt(c: &mut Checks, madt: &[u8]) -> Madt {
 
 /// What the FADT says.
 struct Fadt {
+    hw_reduced: bool,
     pm1a_cnt: u32,
     pm_tmr: u32,
     reset_port: u64,
@@ -334,7 +385,7 @@ struct Fadt {
     dsdt: u64,
 }
 
-fn check_fadt(c: &mut Checks, fadt: &[u8]) -> Fadt {
+fn check_fadt(c: &mut Checks, fadt: &[u8], present: Present) -> Fadt {
     let len = fadt.len();
     c.check(len >= FADT_X_DSDT + 8, format_args!("FADT length {len} covers X_DSDT"));
     let pm1a_evt = u32_at(fadt, FADT_PM1A_EVT_BLK);
@@ -345,20 +396,42 @@ fn check_fadt(c: &mut Checks, fadt: &[u8]) -> Fadt {
     let reset_space = fadt.get(FADT_RESET_REG).copied().unwrap_or(0);
     let reset_port = u64_at(fadt, FADT_RESET_REG + 4);
     let reset_value = fadt.get(FADT_RESET_VALUE).copied().unwrap_or(0);
-    c.check(pm1a_evt == PM1A_EVT_BLK, format_args!("FADT PM1a_EVT_BLK {pm1a_evt:#x} is {PM1A_EVT_BLK:#x}"));
-    c.check(pm1a_cnt == PM1A_CNT_BLK, format_args!("FADT PM1a_CNT_BLK {pm1a_cnt:#x} is {PM1A_CNT_BLK:#x}"));
-    c.check(pm_tmr == PM_TMR_BLK, format_args!("FADT PM_TMR_BLK {pm_tmr:#x} is {PM_TMR_BLK:#x}"));
+    let hw_reduced = flags & FADT_HW_REDUCED_ACPI != 0;
+    c.check(
+        hw_reduced != present.fixed_hardware,
+        format_args!(
+            "FADT flags {flags:#x}: HW_REDUCED_ACPI exactly when PM1a control does not answer ({})",
+            !present.fixed_hardware
+        ),
+    );
+    // The fixed hardware's blocks, or none.
+    let (evt, cnt, tmr) = if present.fixed_hardware { (PM1A_EVT_BLK, PM1A_CNT_BLK, PM_TMR_BLK) } else { (0, 0, 0) };
+    c.check(pm1a_evt == evt, format_args!("FADT PM1a_EVT_BLK {pm1a_evt:#x} is {evt:#x}"));
+    c.check(pm1a_cnt == cnt, format_args!("FADT PM1a_CNT_BLK {pm1a_cnt:#x} is {cnt:#x}"));
+    c.check(pm_tmr == tmr, format_args!("FADT PM_TMR_BLK {pm_tmr:#x} is {tmr:#x}"));
     c.check(sci == SCI_INT, format_args!("FADT SCI_INT {sci} is {SCI_INT}"));
-    c.check(flags & FADT_RESET_REG_SUP != 0, format_args!("FADT flags {flags:#x} have RESET_REG_SUP"));
-    c.check(reset_space == GAS_SYSTEM_IO, format_args!("FADT RESET_REG address space {reset_space} is system I/O"));
-    c.check(reset_port == RESET_PORT, format_args!("FADT RESET_REG address {reset_port:#x} is {RESET_PORT:#x}"));
-    c.check(reset_value == RESET_VALUE, format_args!("FADT RESET_VALUE {reset_value} is {RESET_VALUE}"));
+    c.check(
+        (flags & FADT_RESET_REG_SUP != 0) == present.pci_host,
+        format_args!("FADT flags {flags:#x}: RESET_REG_SUP exactly when the PCI host answers ({})", present.pci_host),
+    );
+    let (space, port, value) = if present.pci_host { (GAS_SYSTEM_IO, RESET_PORT, RESET_VALUE) } else { (0, 0, 0) };
+    c.check(reset_space == space, format_args!("FADT RESET_REG address space {reset_space} is {space}"));
+    c.check(reset_port == port, format_args!("FADT RESET_REG address {reset_port:#x} is {port:#x}"));
+    c.check(reset_value == value, format_args!("FADT RESET_VALUE {reset_value} is {value}"));
     let (dsdt32, x_dsdt) = (u64::from(u32_at(fadt, FADT_DSDT)), u64_at(fadt, FADT_X_DSDT));
     if dsdt32 != 0 && x_dsdt != 0 {
         c.check(dsdt32 == x_dsdt, format_args!("FADT DSDT {dsdt32:#x} and X_DSDT {x_dsdt:#x} agree"));
     }
     let pm_timer_mask = if flags & FADT_TMR_VAL_EXT != 0 { u32::MAX } else { 0xFF_FFFF };
-    Fadt { pm1a_cnt, pm_tmr, reset_port, reset_value, pm_timer_mask, dsdt: if x_dsdt != 0 { x_dsdt } else { dsdt32 } }
+    Fadt {
+        hw_reduced,
+        pm1a_cnt,
+        pm_tmr,
+        reset_port,
+        reset_value,
+        pm_timer_mask,
+        dsdt: if x_dsdt != 0 { x_dsdt } else { dsdt32 },
+    }
 }
 
 /// `SLP_TYPa` of `\_S5` in the AML `aml`: `NameOp [RootChar] "_S5_" PackageOp PkgLength
@@ -482,6 +555,7 @@ fn before_reset(boot: u8, ram_bytes: u64) {
 pub extern "C" fn _start(_vcpu: u64, ram_bytes: u64) -> ! {
     let ram = Ram { bytes: ram_bytes };
     let mut c = Checks { ok: true };
+    let present = Present::probe();
     let boot = if ram_bytes == POWER_OFF_RAM { None } else { Some(start_of_boot(&mut c, ram_bytes)) };
     if let Some(boot) = boot {
         start_ap(&mut c, boot);
@@ -543,31 +617,38 @@ pub extern "C" fn _start(_vcpu: u64, ram_bytes: u64) -> ! {
 
     // MADT.
     let madt = madt.unwrap_or_else(|| fatal(format_args!("the XSDT lists no MADT (APIC)")));
-    let m = check_madt(&mut c, madt);
+    let m = check_madt(&mut c, madt, present);
     println!("acpi: MADT: {} CPUs, IOAPIC at {:#x}", m.cpus, m.ioapic);
 
     // FADT.
     let fadt = fadt.unwrap_or_else(|| fatal(format_args!("the XSDT lists no FADT (FACP)")));
-    let f = check_fadt(&mut c, fadt);
-    println!(
-        "acpi: FADT: PM1a_CNT {:#x}, PM_TMR {:#x}, reset {:#x}={}",
-        f.pm1a_cnt, f.pm_tmr, f.reset_port, f.reset_value
-    );
+    let f = check_fadt(&mut c, fadt, present);
+    if f.hw_reduced {
+        match f.reset_port {
+            0 => println!("acpi: FADT: hardware-reduced, no PM blocks, no reset register"),
+            reset => println!("acpi: FADT: hardware-reduced, no PM blocks, reset {reset:#x}={}", f.reset_value),
+        }
+    } else {
+        println!(
+            "acpi: FADT: PM1a_CNT {:#x}, PM_TMR {:#x}, reset {:#x}={}",
+            f.pm1a_cnt, f.pm_tmr, f.reset_port, f.reset_value
+        );
 
-    // The PM timer, read through the service partition's ACPI PM model.
-    let pm_tmr = port(u64::from(f.pm_tmr), "PM_TMR_BLK");
-    let t0 = inl(pm_tmr);
-    delay_us(PM_TIMER_DELAY_US);
-    let t1 = inl(pm_tmr);
-    let mask = f.pm_timer_mask;
-    c.check(
-        t0 & !mask == 0 && t1 & !mask == 0,
-        format_args!("PM timer reads {t0:#x}, {t1:#x} fit its width (mask {mask:#x})"),
-    );
-    c.check(
-        t1.wrapping_sub(t0) & mask != 0,
-        format_args!("PM timer advanced over {PM_TIMER_DELAY_US} us ({t0:#x}, then {t1:#x})"),
-    );
+        // The PM timer, read through the service partition's ACPI PM model.
+        let pm_tmr = port(u64::from(f.pm_tmr), "PM_TMR_BLK");
+        let t0 = inl(pm_tmr);
+        delay_us(PM_TIMER_DELAY_US);
+        let t1 = inl(pm_tmr);
+        let mask = f.pm_timer_mask;
+        c.check(
+            t0 & !mask == 0 && t1 & !mask == 0,
+            format_args!("PM timer reads {t0:#x}, {t1:#x} fit its width (mask {mask:#x})"),
+        );
+        c.check(
+            t1.wrapping_sub(t0) & mask != 0,
+            format_args!("PM timer advanced over {PM_TIMER_DELAY_US} us ({t0:#x}, then {t1:#x})"),
+        );
+    }
 
     // DSDT and \_S5.
     let dsdt = ram
@@ -577,12 +658,21 @@ pub extern "C" fn _start(_vcpu: u64, ram_bytes: u64) -> ! {
     let slp_typ = s5_slp_typ(&dsdt[HEADER_LEN..]).unwrap_or_else(|why| fatal(format_args!("{why}")));
     println!("acpi: \\_S5 SLP_TYP {slp_typ}");
     c.check(slp_typ <= 7, format_args!("\\_S5 SLP_TYP {slp_typ} fits the 3-bit SLP_TYP field"));
+    let pci0 = dsdt[HEADER_LEN..].windows(4).any(|w| w == b"PCI0");
+    c.check(
+        pci0 == present.pci_host,
+        format_args!("the DSDT has PCI0 ({pci0}) exactly when the PCI host answers ({})", present.pci_host),
+    );
 
     if !c.ok {
         println!("FAIL {NAME}");
         stop(1);
     }
     println!("PASS {NAME}");
+    if f.hw_reduced {
+        // No PM1 control to power off with, and (in the scenario) no reset register.
+        stop(0);
+    }
 
     match boot {
         Some(boot @ 1) => {

@@ -30,7 +30,8 @@
 //! 1. `VM_CREATE(name)`, `VM_MAP_RAM(vm, offset, bytes)`, `VM_SET_DEVICES(vm, devices)`;
 //! 2. the guest's RAM is written through the pool window (`POOL_GPA + offset`,
 //!    [`PoolMemory`], bounds-checked against the RAM size): all of it zeroed; the ACPI
-//!    and MP tables (`hv_tables::build` for `PlatformDesc::pc_defaults(vcpus)`) at
+//!    and MP tables (`hv_tables::build` for `PlatformDesc::for_devices(vcpus, devices)`:
+//!    they describe only the ACPI PM, PCI host and 8259 hardware the guest has) at
 //!    0xE0000..0x100000 (skipped, with a line, when the image overlaps that range, as a
 //!    real-mode image may); then the image:
 //!    - flat (`load=`/`entry=` on the line): copied to `load`; the boot structures of
@@ -226,7 +227,7 @@ impl Builder {
                 [loaded.kernel, loaded.data.unwrap_or(loaded.kernel)]
             }
         };
-        let desc = PlatformDesc::pc_defaults(spec.vcpus);
+        let desc = PlatformDesc::for_devices(spec.vcpus, spec.devices);
         let tables = plan::tables_fit(&used);
         if tables {
             let need = hv_tables::required_size(&desc, TABLES_GPA).map_err(Failure::Tables)?;
@@ -459,7 +460,7 @@ fn rebuild(b: &Built) -> Result<(VcpuStartState, Kind), Failure> {
         offset: b.offset,
         cpus: b.cpus.as_slice(),
         e820: e820.as_slice(),
-        desc: PlatformDesc::pc_defaults(b.spec.vcpus),
+        desc: PlatformDesc::for_devices(b.spec.vcpus, b.spec.devices),
         tables: b.tables,
     };
     let (state, kind) = {

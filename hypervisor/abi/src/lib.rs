@@ -467,6 +467,13 @@ pub mod platform {
                 self.0 == 0
             }
 
+            /// Whether the device called `name` is in the set (false for an unknown
+            /// name).
+            #[must_use]
+            pub fn has(self, name: &str) -> bool {
+                ALL.iter().position(|d| d.name == name).is_some_and(|i| self.0 & (1 << i) != 0)
+            }
+
             /// Whether guest-physical `gpa` lies in an MMIO range of a device in the set.
             #[must_use]
             pub fn claims_mmio(self, gpa: u64) -> bool {

@@ -51,18 +51,27 @@ pub const FADT_RESET_REG_SUP: u32 = 1 << 10;
 /// `FORCE_APIC_PHYSICAL_DESTINATION_MODE`: xAPIC logical flat mode addresses at most 8
 /// processors, so with more vCPUs OSPM is told to use physical destinations.
 pub const FADT_FORCE_APIC_PHYSICAL_DESTINATION_MODE: u32 = 1 << 19;
+/// `HW_REDUCED_ACPI`: the platform has none of the ACPI fixed hardware (PM1 blocks, PM
+/// timer); set when the guest has no `acpi-pm` device.
+pub const FADT_HW_REDUCED_ACPI: u32 = 1 << 20;
 
-/// The FADT `Flags` for `desc`: `WBINVD`, `PROC_C1`, `SLP_BUTTON`, `FIX_RTC` and
-/// `RESET_REG_SUP` always; `TMR_VAL_EXT` if the PM timer is 32-bit;
+/// The FADT `Flags` for `desc`: `WBINVD`, `PROC_C1`, `SLP_BUTTON` and `FIX_RTC`
+/// always; `RESET_REG_SUP` with the reset register; `TMR_VAL_EXT` if the PM timer is
+/// 32-bit; `HW_REDUCED_ACPI` without the fixed hardware;
 /// `FORCE_APIC_PHYSICAL_DESTINATION_MODE` above 8 vCPUs. `PWR_BUTTON` is 0 (a fixed
 /// power button). Not set: `WBINVD_FLUSH`, `P_LVL2_UP` (no C2), `RTC_S4`, `DCK_CAP`,
 /// `SEALED_CASE`, `HEADLESS`, `CPU_SW_SLP`, `PCI_EXP_WAK`, `USE_PLATFORM_CLOCK`,
-/// `S4_RTC_STS_VALID`, `REMOTE_POWER_ON_CAPABLE`, `FORCE_APIC_CLUSTER_MODEL`,
-/// `HW_REDUCED_ACPI` (the platform has the fixed hardware) and
+/// `S4_RTC_STS_VALID`, `REMOTE_POWER_ON_CAPABLE`, `FORCE_APIC_CLUSTER_MODEL` and
 /// `LOW_POWER_S0_IDLE_CAPABLE`. See the `FADT_*` constants for each bit's reason.
 #[must_use]
 pub fn fadt_flags(desc: &PlatformDesc) -> u32 {
-    let mut flags = FADT_WBINVD | FADT_PROC_C1 | FADT_SLP_BUTTON | FADT_FIX_RTC | FADT_RESET_REG_SUP;
+    let mut flags = FADT_WBINVD | FADT_PROC_C1 | FADT_SLP_BUTTON | FADT_FIX_RTC;
+    if desc.reset_register {
+        flags |= FADT_RESET_REG_SUP;
+    }
+    if !desc.fixed_hardware {
+        flags |= FADT_HW_REDUCED_ACPI;
+    }
     if desc.pm_timer_32bit {
         flags |= FADT_TMR_VAL_EXT;
     }
@@ -214,18 +223,20 @@ pub(crate) fn write_fadt(buf: &mut [u8], desc: &PlatformDesc, layout: &TableLayo
     o.u16(u16::from(desc.sci_irq));
     o.seek(FADT_SMI_CMD);
     o.u32(0); // no SMM: the platform is always in ACPI mode (SCI_EN reads 1)
-    o.seek(FADT_PM1A_EVT_BLK);
-    o.u32(u32::from(desc.pm1_evt_port));
-    o.seek(FADT_PM1A_CNT_BLK);
-    o.u32(u32::from(desc.pm1_cnt_port));
-    o.seek(FADT_PM_TMR_BLK);
-    o.u32(u32::from(desc.pm_tmr_port));
-    o.seek(FADT_PM1_EVT_LEN);
-    o.u8(PM1_EVT_LEN);
-    o.seek(FADT_PM1_CNT_LEN);
-    o.u8(PM1_CNT_LEN);
-    o.seek(FADT_PM_TMR_LEN);
-    o.u8(PM_TMR_LEN);
+    if desc.fixed_hardware {
+        o.seek(FADT_PM1A_EVT_BLK);
+        o.u32(u32::from(desc.pm1_evt_port));
+        o.seek(FADT_PM1A_CNT_BLK);
+        o.u32(u32::from(desc.pm1_cnt_port));
+        o.seek(FADT_PM_TMR_BLK);
+        o.u32(u32::from(desc.pm_tmr_port));
+        o.seek(FADT_PM1_EVT_LEN);
+        o.u8(PM1_EVT_LEN);
+        o.seek(FADT_PM1_CNT_LEN);
+        o.u8(PM1_CNT_LEN);
+        o.seek(FADT_PM_TMR_LEN);
+        o.u8(PM_TMR_LEN);
+    }
     o.seek(FADT_P_LVL2_LAT);
     o.u16(NO_C2_C3_LATENCY);
     o.seek(FADT_P_LVL3_LAT);
@@ -236,22 +247,26 @@ pub(crate) fn write_fadt(buf: &mut [u8], desc: &PlatformDesc, layout: &TableLayo
     o.u16(IAPC_BOOT_ARCH);
     o.seek(FADT_FLAGS);
     o.u32(fadt_flags(desc));
-    o.seek(FADT_RESET_REG);
-    gas_io(&mut o, 8, ACCESS_BYTE, desc.reset_port);
-    o.seek(FADT_RESET_VALUE);
-    o.u8(desc.reset_value);
+    if desc.reset_register {
+        o.seek(FADT_RESET_REG);
+        gas_io(&mut o, 8, ACCESS_BYTE, desc.reset_port);
+        o.seek(FADT_RESET_VALUE);
+        o.u8(desc.reset_value);
+    }
     o.seek(FADT_MINOR);
     o.u8(FADT_MINOR_VERSION);
     o.seek(FADT_X_DSDT);
     o.u64(layout.dsdt);
-    o.seek(FADT_X_PM1A_EVT_BLK);
-    gas_io(&mut o, PM1_EVT_LEN * 8, ACCESS_WORD, desc.pm1_evt_port);
-    o.seek(FADT_X_PM1A_CNT_BLK);
-    gas_io(&mut o, PM1_CNT_LEN * 8, ACCESS_WORD, desc.pm1_cnt_port);
-    o.seek(FADT_X_PM_TMR_BLK);
-    gas_io(&mut o, PM_TMR_LEN * 8, ACCESS_DWORD, desc.pm_tmr_port);
+    if desc.fixed_hardware {
+        o.seek(FADT_X_PM1A_EVT_BLK);
+        gas_io(&mut o, PM1_EVT_LEN * 8, ACCESS_WORD, desc.pm1_evt_port);
+        o.seek(FADT_X_PM1A_CNT_BLK);
+        gas_io(&mut o, PM1_CNT_LEN * 8, ACCESS_WORD, desc.pm1_cnt_port);
+        o.seek(FADT_X_PM_TMR_BLK);
+        gas_io(&mut o, PM_TMR_LEN * 8, ACCESS_DWORD, desc.pm_tmr_port);
+    }
     // Everything else (PM1b, PM2, GPE blocks, sleep registers, hypervisor vendor
-    // identity) stays zero: the region was zeroed.
+    // identity, and what `desc` says is absent) stays zero: the region was zeroed.
     o.seek(FADT_LEN);
     finish(o, FADT_LEN, "FADT")?;
     fix_checksum(buf, HEADER_CHECKSUM, "FADT")
@@ -289,7 +304,7 @@ pub(crate) fn write_madt(buf: &mut [u8], desc: &PlatformDesc) -> Result<(), Tabl
     let mut o = Out::new(buf);
     header(&mut o, b"APIC", len, MADT_REVISION, desc);
     o.u32(addr32(desc.lapic_base, "MADT")?);
-    o.u32(MADT_PCAT_COMPAT);
+    o.u32(if desc.legacy_pic { MADT_PCAT_COMPAT } else { 0 });
     for id in 0..desc.vcpus {
         let id = u8::try_from(id).map_err(|_| TableError::Internal("MADT"))?;
         o.bytes(&[0, MADT_LOCAL_APIC_LEN as u8, id, id]);
@@ -334,6 +349,9 @@ fn pci0_resources() -> [u8; 16 + 8 + 16 + 16 + 2] {
 fn dsdt_aml(s: &mut dyn Sink, desc: &PlatformDesc) {
     let typ = u64::from(desc.s5_slp_typ);
     aml::name_package(s, b"\\_S5_", &[typ, typ, 0, 0]);
+    if !desc.pci_host {
+        return;
+    }
     aml::scope(s, b"\\_SB_", &|s| {
         aml::device(s, b"PCI0", &|s| {
             aml::name_integer(s, b"_HID", u64::from(aml::eisa_id(b"PNP0A03")));

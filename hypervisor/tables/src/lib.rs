@@ -59,7 +59,7 @@
 //!   edge, active high; MP local interrupt entry); LINT0 is ExtINT on the BSP (MP
 //!   table; "virtual wire" mode — the MP feature byte 2 IMCRP bit is 0, since the
 //!   platform has no IMCR at ports 0x22/0x23). MADT flags: `PCAT_COMPAT` (a dual
-//!   8259 is present).
+//!   8259 is present) when `legacy_pic`, else 0.
 //! - **FADT**: see [`fadt_flags`] and [`IAPC_BOOT_ARCH`] for the flags and why; the
 //!   PM1a event (4 bytes), PM1a control (2) and PM timer (4) blocks in system I/O at
 //!   the given ports, both as the 32-bit fields and as `X_` Generic Address
@@ -69,13 +69,17 @@
 //!   ACPI mode, so PM1 control must read `SCI_EN` = 1 (the `hv-devices` `AcpiPm`
 //!   model does); `RESET_REG` = system I/O `reset_port`, 8 bits, byte access, with
 //!   `RESET_VALUE` = `reset_value`; `CENTURY` = `century_cmos_index`; C2/C3 latencies
-//!   0x0FFF (not supported); no day/month alarm.
+//!   0x0FFF (not supported); no day/month alarm. Without `fixed_hardware` the PM blocks
+//!   (and their lengths) are 0 and `HW_REDUCED_ACPI` is set; without `reset_register`
+//!   `RESET_REG` and `RESET_VALUE` are 0 and `RESET_REG_SUP` is clear
+//!   ([`PlatformDesc::for_devices`] sets these from a guest's devices).
 //! - **DSDT** (revision 2, 64-bit integers): `Name(\_S5, Package(4) { s5_slp_typ,
 //!   s5_slp_typ, 0, 0 })` and `Scope(\_SB) { Device(PCI0) { Name(_HID,
 //!   EISAID("PNP0A03")) Name(_UID, 0) Name(_BBN, 0) Name(_CRS, ResourceTemplate) } }`,
 //!   the PCI root bus 0 behind the configuration mechanism #1 host bridge; `_CRS` gives
 //!   bus numbers 0-255, the ports 0xCF8-0xCFF and the I/O windows 0-0xCF7 and
-//!   0xD00-0xFFFF (no memory window: no device has BARs). Not included: `_PRT`, `_OSC`,
+//!   0xD00-0xFFFF (no memory window: no device has BARs); the `\_SB` scope only when
+//!   `pci_host`. Not included: `_PRT`, `_OSC`,
 //!   processor objects, and the
 //!   other sleep states (the PM model implements only S5).
 //! - **FACS**: version 2, no hardware signature, no S4BIOS, no 64-bit wake, global
@@ -155,6 +159,20 @@ pub struct PlatformDesc {
     pub s5_slp_typ: u8,
     /// FADT `CENTURY`: the RTC CMOS index of the century byte (0..=0x7F; 0 = none).
     pub century_cmos_index: u8,
+    /// The ACPI fixed hardware is there (the guest has the `acpi-pm` device): the FADT
+    /// gives the PM1a event, PM1a control and PM timer blocks. Without it the FADT
+    /// declares a hardware-reduced ACPI platform (`HW_REDUCED_ACPI`, ACPI 6.5 §4.1) and
+    /// gives none of them, so that OSPM does not drive ports nobody answers.
+    pub fixed_hardware: bool,
+    /// The reset register is there (with `reset_port` 0xCF9: the guest has the `pci`
+    /// device, whose reset control register it is): FADT `RESET_REG_SUP` and
+    /// `RESET_REG`. Without it both are 0.
+    pub reset_register: bool,
+    /// A PCI host bridge with configuration mechanism #1 is there (`pci`): the DSDT's
+    /// `PCI0` root bus. Without it the DSDT has only `\_S5`.
+    pub pci_host: bool,
+    /// A dual 8259 is there (`pic`): MADT `PCAT_COMPAT`.
+    pub legacy_pic: bool,
     /// OEMID of every ACPI table and the RSDP (also the MP table's OEM ID, space
     /// padded).
     pub oem_id: [u8; 6],
@@ -185,8 +203,28 @@ impl PlatformDesc {
             reset_value: DEFAULT_RESET_VALUE,
             s5_slp_typ: DEFAULT_S5_SLP_TYP,
             century_cmos_index: DEFAULT_CENTURY_CMOS_INDEX,
+            fixed_hardware: true,
+            reset_register: true,
+            pci_host: true,
+            legacy_pic: true,
             oem_id: *b"HVISOR",
             oem_table_id: *b"HVGUEST ",
+        }
+    }
+
+    /// [`PlatformDesc::pc_defaults`] for a guest with `devices` (its config's
+    /// `devices`): the tables describe only the hardware it has
+    /// ([`PlatformDesc::fixed_hardware`] with `acpi-pm`, [`PlatformDesc::reset_register`]
+    /// and [`PlatformDesc::pci_host`] with `pci`, [`PlatformDesc::legacy_pic`] with
+    /// `pic`). With `"pc"` it is `pc_defaults`.
+    #[must_use]
+    pub fn for_devices(vcpus: u32, devices: hv_abi::platform::devices::DeviceSet) -> Self {
+        Self {
+            fixed_hardware: devices.has("acpi-pm"),
+            reset_register: devices.has("pci"),
+            pci_host: devices.has("pci"),
+            legacy_pic: devices.has("pic"),
+            ..Self::pc_defaults(vcpus)
         }
     }
 }
@@ -296,7 +334,10 @@ fn validate(desc: &PlatformDesc) -> Result<(), TableError> {
     bad(!(1..=15).contains(&desc.sci_irq) || desc.sci_irq == 2, "sci_irq must be an ISA IRQ 1..=15 other than 2")?;
     bad(desc.s5_slp_typ > 7, "s5_slp_typ must fit SLP_TYP (3 bits)")?;
     bad(desc.century_cmos_index > 0x7F, "century_cmos_index must be a CMOS index 0..=0x7F")?;
-    bad(desc.reset_port == 0, "reset_port must be non-zero")?;
+    bad(desc.reset_register && desc.reset_port == 0, "reset_port must be non-zero")?;
+    if !desc.fixed_hardware {
+        return Ok(());
+    }
     // The PM blocks: non-zero, inside the 64 KiB port space, not overlapping.
     let blocks = [(desc.pm1_evt_port, 4u32), (desc.pm1_cnt_port, 2), (desc.pm_tmr_port, 4)];
     for &(port, len) in &blocks {

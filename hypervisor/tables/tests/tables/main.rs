@@ -22,11 +22,13 @@ fn expected_fadt_flags(desc: &PlatformDesc) -> u32 {
     let tmr_val_ext = 1 << 8;
     let reset_reg_sup = 1 << 10;
     let force_apic_physical = 1 << 19;
+    let hw_reduced = 1 << 20;
     wbinvd
         | proc_c1
         | slp_button
         | fix_rtc
-        | reset_reg_sup
+        | if desc.reset_register { reset_reg_sup } else { 0 }
+        | if desc.fixed_hardware { 0 } else { hw_reduced }
         | if desc.pm_timer_32bit { tmr_val_ext } else { 0 }
         | if desc.vcpus > 8 { force_apic_physical } else { 0 }
 }
@@ -61,23 +63,30 @@ pub fn check_acpi(g: &parse::Guest, layout: &TableLayout, desc: &PlatformDesc) {
     assert_eq!((u64::from(f.dsdt), f.x_dsdt), (layout.dsdt, layout.dsdt));
     assert_eq!(f.sci_int, u16::from(desc.sci_irq));
     assert_eq!((f.smi_cmd, f.acpi_enable, f.acpi_disable), (0, 0, 0));
-    assert_eq!(f.pm1a_evt_blk, u32::from(desc.pm1_evt_port));
-    assert_eq!(f.pm1a_cnt_blk, u32::from(desc.pm1_cnt_port));
-    assert_eq!(f.pm_tmr_blk, u32::from(desc.pm_tmr_port));
+    // The fixed hardware's blocks, or none on a hardware-reduced platform.
+    let fixed = |port: u16| if desc.fixed_hardware { u32::from(port) } else { 0 };
+    let fixed_gas = |bits, access, port| if desc.fixed_hardware { io_gas(bits, access, port) } else { Gas::default() };
+    assert_eq!(f.pm1a_evt_blk, fixed(desc.pm1_evt_port));
+    assert_eq!(f.pm1a_cnt_blk, fixed(desc.pm1_cnt_port));
+    assert_eq!(f.pm_tmr_blk, fixed(desc.pm_tmr_port));
     assert_eq!((f.pm1b_evt_blk, f.pm1b_cnt_blk, f.pm2_cnt_blk, f.gpe0_blk, f.gpe1_blk), (0, 0, 0, 0, 0));
-    assert_eq!((f.pm1_evt_len, f.pm1_cnt_len, f.pm2_cnt_len, f.pm_tmr_len), (4, 2, 0, 4));
+    let lens = if desc.fixed_hardware { (4, 2, 0, 4) } else { (0, 0, 0, 0) };
+    assert_eq!((f.pm1_evt_len, f.pm1_cnt_len, f.pm2_cnt_len, f.pm_tmr_len), lens);
     assert_eq!((f.gpe0_blk_len, f.gpe1_blk_len), (0, 0));
     assert!(f.p_lvl2_lat > 100 && f.p_lvl3_lat > 1000, "no C2/C3");
     assert_eq!(f.century, desc.century_cmos_index);
     assert_eq!(f.iapc_boot_arch, 0b101, "LEGACY_DEVICES | VGA not present, no 8042");
     assert_eq!(f.flags, expected_fadt_flags(desc));
     assert_eq!(f.flags & (1 << 4), 0, "PWR_BUTTON 0: fixed-feature power button");
-    assert_eq!(f.flags & (1 << 20), 0, "not hardware-reduced");
-    assert_eq!(f.reset_reg, io_gas(8, 1, desc.reset_port));
-    assert_eq!(f.reset_value, desc.reset_value);
-    assert_eq!(f.x_pm1a_evt_blk, io_gas(32, 2, desc.pm1_evt_port));
-    assert_eq!(f.x_pm1a_cnt_blk, io_gas(16, 2, desc.pm1_cnt_port));
-    assert_eq!(f.x_pm_tmr_blk, io_gas(32, 3, desc.pm_tmr_port));
+    assert_eq!(f.flags & (1 << 20) == 0, desc.fixed_hardware, "hardware-reduced exactly without the fixed hardware");
+    if desc.reset_register {
+        assert_eq!((f.reset_reg, f.reset_value), (io_gas(8, 1, desc.reset_port), desc.reset_value));
+    } else {
+        assert_eq!((f.reset_reg, f.reset_value), (Gas::default(), 0));
+    }
+    assert_eq!(f.x_pm1a_evt_blk, fixed_gas(32, 2, desc.pm1_evt_port));
+    assert_eq!(f.x_pm1a_cnt_blk, fixed_gas(16, 2, desc.pm1_cnt_port));
+    assert_eq!(f.x_pm_tmr_blk, fixed_gas(32, 3, desc.pm_tmr_port));
     for gas in [
         f.x_pm1b_evt_blk,
         f.x_pm1b_cnt_blk,
@@ -99,7 +108,7 @@ pub fn check_acpi(g: &parse::Guest, layout: &TableLayout, desc: &PlatformDesc) {
     let m = &a.madt;
     assert_eq!(m.revision, 5);
     assert_eq!(u64::from(m.local_apic_address), desc.lapic_base);
-    assert_eq!(m.flags, 1, "PCAT_COMPAT");
+    assert_eq!(m.flags, u32::from(desc.legacy_pic), "PCAT_COMPAT exactly with the 8259 pair");
     let mut expected: Vec<MadtEntry> =
         (0..n).map(|i| MadtEntry::LocalApic { uid: i as u8, apic_id: i as u8, flags: 1 }).collect();
     expected.push(MadtEntry::IoApic { id: desc.ioapic_id, address: desc.ioapic_base as u32, gsi_base: 0 });
@@ -111,17 +120,17 @@ pub fn check_acpi(g: &parse::Guest, layout: &TableLayout, desc: &PlatformDesc) {
     // DSDT.
     assert_eq!(a.dsdt.revision, 2);
     let t = u64::from(desc.s5_slp_typ);
-    assert_eq!(
-        parse::aml_objects(a.aml()),
-        [
-            ("\\_S5_".to_string(), AmlObject::Package(vec![t, t, 0, 0])),
+    let mut objects = vec![("\\_S5_".to_string(), AmlObject::Package(vec![t, t, 0, 0]))];
+    if desc.pci_host {
+        objects.extend([
             ("\\_SB_.PCI0".to_string(), AmlObject::Device),
             ("\\_SB_.PCI0._HID".to_string(), AmlObject::Integer(0x030A_D041)), // EISAID("PNP0A03")
             ("\\_SB_.PCI0._UID".to_string(), AmlObject::Integer(0)),
             ("\\_SB_.PCI0._BBN".to_string(), AmlObject::Integer(0)),
             ("\\_SB_.PCI0._CRS".to_string(), AmlObject::Buffer(pci0_crs())),
-        ]
-    );
+        ]);
+    }
+    assert_eq!(parse::aml_objects(a.aml()), objects);
 }
 
 /// Checks the MP tables against `desc` with the independent parser.
@@ -210,6 +219,26 @@ fn pc_defaults_for_several_vcpu_counts() {
         check_mp(&g, &layout, &desc);
         check_placement(&g, &layout);
         assert_eq!(layout.used_bytes, hv_tables::required_size(&desc, F_SEGMENT).unwrap());
+    }
+}
+
+/// A guest without `acpi-pm`, `pci` or `pic` gets tables that describe only what it
+/// has: a hardware-reduced FADT with no PM blocks and no reset register, no PCI0, no
+/// PCAT_COMPAT; each device on its own brings its part back.
+#[test]
+fn tables_follow_the_devices() {
+    use hv_abi::platform::devices::DeviceSet;
+    let set = |names: &[&str]| names.iter().fold(DeviceSet::default(), |s, n| s.with(n).unwrap());
+    assert_eq!(PlatformDesc::for_devices(2, set(&["pc"])), PlatformDesc::pc_defaults(2));
+    for names in [&[][..], &["com1"], &["acpi-pm"], &["pci"], &["pic"], &["acpi-pm", "pic"]] {
+        let desc = PlatformDesc::for_devices(2, set(names));
+        assert_eq!(desc.fixed_hardware, names.contains(&"acpi-pm"));
+        assert_eq!((desc.reset_register, desc.pci_host), (names.contains(&"pci"), names.contains(&"pci")));
+        assert_eq!(desc.legacy_pic, names.contains(&"pic"));
+        let (g, layout) = parse::build_guest(&desc, 0xE_0000, 0x2_0000).unwrap();
+        check_acpi(&g, &layout, &desc);
+        check_mp(&g, &layout, &desc);
+        check_placement(&g, &layout);
     }
 }
 

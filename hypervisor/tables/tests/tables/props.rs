@@ -105,6 +105,7 @@ proptest! {
         s5_slp_typ in 0u8..=7,
         century in 0u8..=0x7F,
         timer32 in any::<bool>(),
+        present in any::<(bool, bool, bool, bool)>(),
         bases in (1u64..(1 << 32), 1u64..(1 << 32)),
         oem in (any::<[u8; 6]>(), any::<[u8; 8]>()),
         gpa in 0xE_0000u64..0x10_0000,
@@ -127,6 +128,10 @@ proptest! {
             reset_value: junk as u8,
             s5_slp_typ,
             century_cmos_index: century,
+            fixed_hardware: present.0,
+            reset_register: present.1,
+            pci_host: present.2,
+            legacy_pic: present.3,
             oem_id: oem.0,
             oem_table_id: oem.1,
         };

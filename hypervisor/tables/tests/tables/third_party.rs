@@ -136,6 +136,27 @@ fn acpi_crate_reads_the_tables() {
     }
 }
 
+/// A guest with none of `acpi-pm`, `pci` and `pic`: the `acpi` crate sees a
+/// hardware-reduced platform with no PM timer, no reset register and no 8259s.
+#[test]
+fn acpi_crate_reads_hardware_reduced_tables() {
+    let desc = PlatformDesc::for_devices(2, hv_abi::platform::devices::DeviceSet::default());
+    let (g, layout) = parse::build_guest(&desc, 0xE_0000, 0x2_0000).unwrap();
+    // SAFETY: `layout.rsdp` is the RSDP of tables in `g`, which outlives `tables`.
+    let tables = unsafe { AcpiTables::from_rsdp(memory(&g), layout.rsdp as usize) }.expect("from_rsdp");
+    let info = tables.platform_info().expect("platform info");
+    let InterruptModel::Apic(apic) = &info.interrupt_model else { panic!("not the APIC model") };
+    assert!(!apic.also_has_legacy_pics);
+    assert!(info.pm_timer.is_none());
+    let fadt = tables.find_table::<Fadt>().expect("FADT");
+    let flags = { fadt.flags };
+    assert!(flags.system_is_hw_reduced_acpi());
+    assert!(!flags.supports_system_reset_via_fadt());
+    assert_eq!(fadt.pm1a_event_block().unwrap().address, 0);
+    assert_eq!(fadt.pm1a_control_block().unwrap().address, 0);
+    assert_eq!(fadt.reset_register().unwrap().address, 0);
+}
+
 #[test]
 fn acpi_crate_bios_scan_finds_the_rsdp() {
     // The whole first MiB (the crate also reads the EBDA pointer at 0x40E, which is 0
