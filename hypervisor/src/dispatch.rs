@@ -573,40 +573,76 @@ fn pci_config_port_access(vcpu: &'static Vcpu, io: &IoInstruction, data: u64) ->
 /// Most elements of a REP string instruction done per exit; the instruction is then
 /// re-executed (as the CPU does when interrupted), so a huge RCX cannot hold a CPU.
 const STRING_IO_BUDGET: u64 = 4096;
-/// RFLAGS.DF (SDM 3.4.3.3) and the CS access-rights L bit (64-bit code, SDM 25.4.1).
-const RFLAGS_DF: u64 = 1 << 10;
+/// The CS access-rights L bit (64-bit code, SDM Vol. 3C "Guest Register State").
 const CS_LONG: u64 = 1 << 13;
 
-/// INS/OUTS, with or without REP: each element's memory operand (ES:RDI for INS, DS:RSI
-/// for OUTS) goes through the guest's page tables first (a fault is delivered to the
-/// guest as #PF before the port is touched), then the port access is made as for
-/// IN/OUT (forwarded or unclaimed). 64-bit guests only so far (segment bases are 0
-/// there); others are stopped with a clear line.
+/// INS/OUTS, with or without REP, as the processor executes them
+/// (`hv_core::string_io`): the address size (a 0x67 prefix) masks rCX and the offset
+/// register and wraps their updates; INS writes ES:rDI, OUTS reads DS:rSI or the
+/// segment its override names (in 64-bit mode only FS and GS have a base). Each
+/// element's memory operand goes through the guest's page tables first, as a user
+/// access at CPL 3 (a fault is delivered to the guest as #PF before the port is
+/// touched), then the port access is made as for IN/OUT (forwarded or unclaimed).
+/// 64-bit guests only so far; others are stopped with a clear line.
 #[inline(never)]
 fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInstruction) -> Outcome {
+    use hv_core::guest_paging::Access;
+    use hv_core::mmio_decode::{CpuMode, Segment};
+    use hv_core::string_io::{self, StringIo, StringRegs};
     let io = &io;
     if vmcs::read(guest::CS_ACCESS_RIGHTS) & CS_LONG == 0 {
         return stop_with_dump(vcpu, "string I/O outside 64-bit mode is not emulated yet", u64::from(io.port()));
     }
-    let size = u64::from(io.size());
-    let step = if vmcs::read(guest::RFLAGS) & RFLAGS_DF != 0 { size.wrapping_neg() } else { size };
+    let mode = CpuMode::Long64;
+    let form = match string_io_form(vcpu, regs, io.is_in(), mode) {
+        Ok(form) => form,
+        Err(outcome) => return outcome,
+    };
+    let string = StringIo {
+        form,
+        is_in: io.is_in(),
+        rep: io.rep(),
+        size: io.size(),
+        down: vmcs::read(guest::RFLAGS) & string_io::RFLAGS_DF != 0,
+        mode,
+    };
+    let segment_base = match form.segment {
+        Segment::Fs => vmcs::read(guest::FS_BASE),
+        Segment::Gs => vmcs::read(guest::GS_BASE),
+        // Zero in 64-bit mode (`string_io::segment_base_applies`).
+        _ => 0,
+    };
+    let access =
+        Access { write: io.is_in(), user: string_io::cpl(vmcs::read(guest::SS_ACCESS_RIGHTS)) == 3, fetch: false };
     let state = guest_paging_state();
-    let mut remaining = if io.rep() { regs.rcx } else { 1 };
+    let mut sregs = StringRegs { rcx: regs.rcx, rsi: regs.rsi, rdi: regs.rdi };
+    let mut remaining = string.count(&sregs);
     let mut done = 0;
+    let mut result = Outcome::Continue;
     while remaining > 0 && done < STRING_IO_BUDGET {
-        let linear = if io.is_in() { regs.rdi } else { regs.rsi };
         let mut hosts = [0u64; 4];
+        let mut fault = None;
         for (byte, host) in hosts.iter_mut().enumerate().take(usize::from(io.size())) {
-            match guest_byte(vcpu, &state, linear.wrapping_add(byte as u64), io.is_in()) {
+            match guest_byte(vcpu, regs, &state, string.linear(&sregs, segment_base, byte as u64), access) {
                 Ok(h) => *host = h,
-                Err(fault) => return fault,
+                Err(outcome) => {
+                    fault = Some(outcome);
+                    break;
+                }
             }
+        }
+        if let Some(outcome) = fault {
+            result = outcome;
+            break;
         }
         let hosts = &hosts[..usize::from(io.size())];
         if io.is_in() {
             let value = match port_access(vcpu, io, 0) {
                 Ok(c) => hv_core::io_request::value_read(c, io.size()),
-                Err(stop) => return stop,
+                Err(stop) => {
+                    result = stop;
+                    break;
+                }
             };
             for (i, &host) in hosts.iter().enumerate() {
                 // SAFETY: one byte inside the VM's RAM (checked by `guest_byte`),
@@ -620,29 +656,56 @@ fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInstru
                 data |= u64::from(unsafe { frames::phys_to_virt(host).read_volatile() }) << (8 * i);
             }
             if let Err(stop) = port_access(vcpu, io, data) {
-                return stop;
+                result = stop;
+                break;
             }
         }
         // Registers follow each completed element, so a fault on a later one leaves them
         // as the CPU would (SDM: REP string instructions, "interrupted" state).
-        if io.is_in() {
-            regs.rdi = regs.rdi.wrapping_add(step);
-        } else {
-            regs.rsi = regs.rsi.wrapping_add(step);
-        }
+        sregs = string.after_element(sregs);
         remaining -= 1;
-        if io.rep() {
-            regs.rcx = remaining;
-        }
         done += 1;
         if vcpu.vm.stop_requested() {
-            return Outcome::Stop;
+            result = Outcome::Stop;
+            break;
         }
     }
-    if remaining == 0 {
+    regs.rcx = sregs.rcx;
+    regs.rsi = sregs.rsi;
+    regs.rdi = sregs.rdi;
+    if remaining == 0 && result == Outcome::Continue {
         skip_instruction()
     } else {
-        Outcome::Continue
+        result
+    }
+}
+
+/// The address size and segment of the INS/OUTS that exited: from the VM-exit
+/// instruction-information field when the processor reports them there for INS/OUTS,
+/// else from the instruction's prefixes, fetched at CS:RIP as the MMIO path fetches
+/// (`Err`: the fetch fault delivered to the guest, or the partition stopped when the
+/// bytes are not an INS/OUTS any more).
+#[inline(never)]
+fn string_io_form(
+    vcpu: &'static Vcpu,
+    regs: &mut GuestRegisters,
+    is_in: bool,
+    mode: hv_core::mmio_decode::CpuMode,
+) -> Result<hv_core::string_io::StringIoForm, Outcome> {
+    use hv_core::string_io::{from_instruction_bytes, from_instruction_info, PrefixError};
+    if crate::vcpu::ins_outs_info_supported() {
+        let info = vmcs::read(ro::VMEXIT_INSTRUCTION_INFO) as u32;
+        if let Some(form) = from_instruction_info(info, is_in) {
+            return Ok(form);
+        }
+    }
+    let fetched = crate::mmio::fetch_string_io_instruction(vcpu);
+    match from_instruction_bytes(fetched.bytes(), mode, is_in) {
+        Ok(form) => Ok(form),
+        Err(PrefixError::Truncated) => Err(crate::mmio::string_io_fetch_failed(vcpu, regs, &fetched)),
+        Err(PrefixError::NotThisInstruction) => {
+            Err(stop_with_dump(vcpu, "the string I/O instruction at RIP is not the INS/OUTS that exited", 0))
+        }
     }
 }
 
@@ -668,21 +731,23 @@ pub fn guest_paging_state() -> hv_core::guest_paging::PagingState {
     }
 }
 
-/// The host-physical address of the guest byte at guest-linear `linear`, checked for a
-/// read or (`write`) a write through the guest's page tables; `Err` carries the outcome
-/// when the guest must see a page fault or be stopped.
+/// The host-physical address of the guest byte at guest-linear `linear`, checked for
+/// `access` (a data read or write, user-mode at CPL 3) through the guest's page tables;
+/// `Err` carries the outcome when the guest must see a page fault (with CR2 and the
+/// SDM Vol. 3A "Page-Fault Exceptions" error code) or be stopped.
 fn guest_byte(
     vcpu: &'static Vcpu,
+    regs: &mut GuestRegisters,
     state: &hv_core::guest_paging::PagingState,
     linear: u64,
-    write: bool,
+    access: hv_core::guest_paging::Access,
 ) -> Result<u64, Outcome> {
-    use hv_core::guest_paging::{translate, WalkError};
-    let gpa = match translate(state, linear, write, |gpa| vcpu.vm.read_guest_u64(gpa)) {
+    use hv_core::guest_paging::{translate_access, WalkError};
+    let gpa = match translate_access(state, linear, access, |gpa| vcpu.vm.read_guest_u64(gpa)) {
         Ok(gpa) => gpa,
         Err(WalkError::PageFault { error_code }) => {
-            // SAFETY: only this physical CPU touches the vCPU's registers.
-            unsafe { (*vcpu.regs.get()).cr2 = linear };
+            // The exit path reloads CR2 from `regs` before this entry.
+            regs.cr2 = linear;
             return Err(inject(InterruptionInfo::hardware_exception(PF, Some(error_code))));
         }
         Err(WalkError::TableOutsideRam) => {
