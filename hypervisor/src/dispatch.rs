@@ -246,23 +246,76 @@ pub fn skip_instruction() -> Outcome {
 }
 
 /// Advances the guest's RIP by `len` bytes, completing an instruction the hypervisor
-/// emulated.
+/// emulated: ends STI/MOV-SS blocking and, with RFLAGS.TF set, leaves the single-step
+/// trap pending (`single_step_trap`), as the instruction would on hardware.
 #[inline(always)]
 pub fn advance_rip(len: u64) -> Outcome {
+    complete_instruction::<true>(len)
+}
+
+/// [`advance_rip`] without the single-step check, for the service partition's
+/// `SERVICE_REPLY_WAIT` only (`service::commit_wait`): its code is the hypervisor's own
+/// (`guest-images/service`) and never runs with TF, and the check would cost every
+/// forwarded round trip a second RFLAGS read.
+#[inline(always)]
+pub fn advance_rip_trusted(len: u64) -> Outcome {
+    complete_instruction::<false>(len)
+}
+
+#[inline(always)]
+fn complete_instruction<const SINGLE_STEP: bool>(len: u64) -> Outcome {
     let rip = vmcs::read_present(guest::RIP);
     vmcs::write_ignoring_failure(guest::RIP, rip.wrapping_add(len));
     // Skipping an instruction ends any STI/MOV-SS blocking (SDM 25.4.2, bits 0 and 1
     // of the interruptibility state); the field is written only when one is set.
     let interruptibility = vmcs::read_present(guest::INTERRUPTIBILITY_STATE);
-    if interruptibility & BLOCKING_BY_STI_MOV_SS != 0 {
-        vmcs::write_ignoring_failure(guest::INTERRUPTIBILITY_STATE, interruptibility & !BLOCKING_BY_STI_MOV_SS);
+    // One test for both rare cases (any interruptibility bit, or TF), so that the common
+    // completion pays only the RFLAGS read and one AND more than before; the branch
+    // looks again. Bit 8 of the interruptibility state is reserved (0, checked by VM
+    // entry), so bit 8 of `rare` is TF.
+    let tf = if SINGLE_STEP { vmcs::read_present(guest::RFLAGS) & RFLAGS_TF } else { 0 };
+    let rare = interruptibility | tf;
+    if rare != 0 {
+        if interruptibility & BLOCKING_BY_STI_MOV_SS != 0 {
+            vmcs::write_ignoring_failure(guest::INTERRUPTIBILITY_STATE, interruptibility & !BLOCKING_BY_STI_MOV_SS);
+        }
+        // An instruction the guest executed with RFLAGS.TF set ends with a single-step
+        // trap (SDM Vol. 3B "Single-Step Exception Condition"); the VM exit took its
+        // place.
+        if rare & RFLAGS_TF != 0 {
+            single_step_trap();
+        }
     }
     Outcome::Continue
 }
 
 /// Interruptibility state bits 0 (blocking by STI) and 1 (blocking by MOV SS), SDM
-/// 25.4.2 table 25-3.
+/// Vol. 3C "Guest Non-Register State".
 const BLOCKING_BY_STI_MOV_SS: u64 = 0x3;
+/// RFLAGS.TF (SDM Vol. 1 3.4.3.3, "System Flags and IOPL Field").
+const RFLAGS_TF: u64 = 1 << 8;
+/// The BS bit (bit 14) of the guest pending-debug-exceptions field: a single-step
+/// trap is pending (SDM Vol. 3C "Guest Non-Register State").
+pub const PENDING_DEBUG_BS: u64 = 1 << 14;
+
+/// Makes the single-step #DB of the instruction just completed pending, as KVM and Xen
+/// do: the BS bit of the pending-debug-exceptions field, which VM entry delivers as a
+/// #DB with DR6.BS set, with the priority of a trap on the previous instruction, ahead
+/// of NMIs, external interrupts and the interrupt- and NMI-window exits (SDM Vol. 3C
+/// "Delivery of Pending Debug Exceptions after VM Entry"). An event injected on the
+/// same entry would discard it, so `virq` holds interrupts back while BS is set.
+/// IA32_DEBUGCTL.BTF (single-step on branches only) is always 0 for guests (the MSR is
+/// not virtualised: RDMSR/WRMSR of it raise #GP), so TF alone decides. VM entry requires
+/// BS with TF = 1 only under STI/MOV-SS blocking or in HLT activity, which a completed
+/// instruction clears (`advance_rip`) or does not use.
+///
+/// Inlined with no call: the exit paths that complete instructions must save no host
+/// registers (`try_handle_exit_inline`).
+#[inline(always)]
+fn single_step_trap() {
+    let pending = vmcs::read_present(guest::PENDING_DBG_EXCEPTIONS);
+    vmcs::write_ignoring_failure(guest::PENDING_DBG_EXCEPTIONS, pending | PENDING_DEBUG_BS);
+}
 
 /// Queues `event` for delivery into the guest on the next VM entry (SDM 27.6).
 pub fn inject(event: Injection) -> Outcome {

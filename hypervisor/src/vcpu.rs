@@ -518,6 +518,8 @@ pub fn reset_to_real_mode(cs: u64, cs_base: u64, ip: u64) -> Result<(), VmInstru
     vmcs::write(guest::CS_SELECTOR, cs)?;
     vmcs::write(guest::CS_BASE, cs_base)?;
     vmcs::write(guest::RIP, ip)?;
+    // No single-step trap of the old context survives INIT (`dispatch::single_step_trap`).
+    vmcs::write(guest::PENDING_DBG_EXCEPTIONS, 0)?;
     vmcs::write(guest::RFLAGS, 0x2)
 }
 
