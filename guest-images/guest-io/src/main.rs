@@ -1,7 +1,9 @@
 //! `guest-io`: with no device claiming them, ports read all-ones and ignore writes;
 //! IN of 8 and 16 bits keeps the rest of RAX; INS/OUTS with and without REP, both
 //! directions, across a page boundary and beyond one exit's worth of elements; a
-//! string source that is not mapped gives the guest a #PF.
+//! string source that is not mapped gives the guest a #PF. The address size and the
+//! segment count: REP INSB with a 0x67 prefix uses ECX and EDI only (stale upper bits
+//! ignored, then cleared); OUTSB with an FS override reads at FS base + RSI.
 #![no_std]
 #![no_main]
 
@@ -100,6 +102,41 @@ pub extern "C" fn _start(_vcpu: u64, _ram: u64) -> ! {
         NAME,
         "OUTSB from an unmapped source gives a #PF with CR2",
         seen().is_some_and(|s| s.vector == 14 && s.cr2 == UNMAPPED),
+    );
+
+    // REP INSB with an address-size prefix (67 f3 6c) in 64-bit mode: ECX elements at
+    // EDI; the stale upper halves of RCX and RDI are ignored, and the 32-bit updates
+    // zero-extend (RCX = 0, RDI = EDI + 16).
+    let stale = 0xdead_beef_0000_0000u64;
+    let at = 11_000;
+    // SAFETY: BUF is only used by this code; 40 bytes inside it.
+    unsafe { core::ptr::write_bytes(buf().wrapping_add(at), 0, 40) };
+    let target = buf().wrapping_add(at) as u64;
+    let (rdi, rcx): (u64, u64);
+    // SAFETY: 16 bytes at BUF + 11000 (BUF lies below 4 GiB, so EDI is its address).
+    unsafe {
+        core::arch::asm!("cld", ".byte 0x67, 0xf3, 0x6c", inout("rdi") stale | target => rdi, inout("rcx") stale | 16 => rcx, in("dx") 0x80u16)
+    };
+    // SAFETY: reading back BUF.
+    let bytes = unsafe { core::slice::from_raw_parts(buf(), 3 * 4096) };
+    ok &= check(
+        NAME,
+        "REP INSB with a 0x67 prefix transfers ECX bytes at EDI; RCX = 0, RDI = EDI + 16 zero-extended",
+        bytes[at..at + 16].iter().all(|&b| b == 0xff) && bytes[at + 16] == 0 && rcx == 0 && rdi == target + 16,
+    );
+
+    // OUTSB with an FS override (64 6e) reads at FS base + RSI: with FS base at an
+    // unmapped address, a #PF there (CR2 = FS base + RSI, not-present read).
+    const IA32_FS_BASE: u32 = 0xc000_0100;
+    guest_rt::msr::write(IA32_FS_BASE, UNMAPPED);
+    expect_fault(2);
+    // SAFETY: faults on purpose; the handler resumes after the 2-byte FS: OUTSB.
+    unsafe { core::arch::asm!(".byte 0x64, 0x6e", in("rsi") 0x10u64, in("dx") 0x80u16) };
+    guest_rt::msr::write(IA32_FS_BASE, 0);
+    ok &= check(
+        NAME,
+        "FS: OUTSB reads at FS base + RSI (#PF with CR2 = FS base + RSI)",
+        seen().is_some_and(|s| s.vector == 14 && s.cr2 == UNMAPPED + 0x10 && s.error_code == 0),
     );
 
     if ok {
