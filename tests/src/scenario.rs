@@ -921,6 +921,8 @@ fn base_catalogue() -> Vec<Scenario> {
         guests("guest-io", ICELAKE, 2, "tests/configs/guest-io.toml", &[("io", "guest-io")]).expecting(&[
             "[io] PASS guest-io: REP INSB with a 0x67 prefix transfers ECX bytes at EDI; RCX = 0, RDI = EDI + 16 zero-extended",
             "[io] PASS guest-io: FS: OUTSB reads at FS base + RSI (#PF with CR2 = FS base + RSI)",
+            "[io] PASS guest-io: CPL 3 REP INSB into a supervisor page: #PF with P | W | U/S (0x7), CR2 = the target",
+            "[io] PASS guest-io: CPL 3 REP OUTSB from a supervisor page: #PF with P | U/S (0x5), CR2 = the target",
         ]),
         guests("guest-realmode", ICELAKE, 2, "tests/configs/guest-realmode.toml", &[("realmode", "guest-realmode")]),
         guests(

@@ -354,6 +354,17 @@ pub mod exceptions {
         load();
     }
 
+    /// Points `vector`'s gate at `handler` as an interrupt gate that ring 3 may reach
+    /// with `INT vector` (DPL 3), for tests that run code at CPL 3. Call after
+    /// [`install`], on the boot vCPU, before any other vCPU runs.
+    pub fn set_user_gate(vector: u8, handler: u64) {
+        let h = handler;
+        let low = (h & 0xffff) | (0x08 << 16) | (0xee00 << 32) | ((h >> 16) & 0xffff) << 48;
+        // SAFETY: as in `install`: one gate, written by the boot vCPU while no other vCPU
+        // runs; the CPU reads it only when the vector is raised.
+        unsafe { (*core::ptr::addr_of_mut!(IDT)).0[usize::from(vector)] = [low, h >> 32] };
+    }
+
     /// Loads the IDT that [`install`] filled into this vCPU's IDTR.
     pub fn load() {
         let limit = (core::mem::size_of::<Idt>() - 1) as u16;
