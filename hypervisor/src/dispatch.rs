@@ -246,23 +246,76 @@ pub fn skip_instruction() -> Outcome {
 }
 
 /// Advances the guest's RIP by `len` bytes, completing an instruction the hypervisor
-/// emulated.
+/// emulated: ends STI/MOV-SS blocking and, with RFLAGS.TF set, leaves the single-step
+/// trap pending (`single_step_trap`), as the instruction would on hardware.
 #[inline(always)]
 pub fn advance_rip(len: u64) -> Outcome {
+    complete_instruction::<true>(len)
+}
+
+/// [`advance_rip`] without the single-step check, for the service partition's
+/// `SERVICE_REPLY_WAIT` only (`service::commit_wait`): its code is the hypervisor's own
+/// (`guest-images/service`) and never runs with TF, and the check would cost every
+/// forwarded round trip a second RFLAGS read.
+#[inline(always)]
+pub fn advance_rip_trusted(len: u64) -> Outcome {
+    complete_instruction::<false>(len)
+}
+
+#[inline(always)]
+fn complete_instruction<const SINGLE_STEP: bool>(len: u64) -> Outcome {
     let rip = vmcs::read_present(guest::RIP);
     vmcs::write_ignoring_failure(guest::RIP, rip.wrapping_add(len));
     // Skipping an instruction ends any STI/MOV-SS blocking (SDM 25.4.2, bits 0 and 1
     // of the interruptibility state); the field is written only when one is set.
     let interruptibility = vmcs::read_present(guest::INTERRUPTIBILITY_STATE);
-    if interruptibility & BLOCKING_BY_STI_MOV_SS != 0 {
-        vmcs::write_ignoring_failure(guest::INTERRUPTIBILITY_STATE, interruptibility & !BLOCKING_BY_STI_MOV_SS);
+    // One test for both rare cases (any interruptibility bit, or TF), so that the common
+    // completion pays only the RFLAGS read and one AND more than before; the branch
+    // looks again. Bit 8 of the interruptibility state is reserved (0, checked by VM
+    // entry), so bit 8 of `rare` is TF.
+    let tf = if SINGLE_STEP { vmcs::read_present(guest::RFLAGS) & RFLAGS_TF } else { 0 };
+    let rare = interruptibility | tf;
+    if rare != 0 {
+        if interruptibility & BLOCKING_BY_STI_MOV_SS != 0 {
+            vmcs::write_ignoring_failure(guest::INTERRUPTIBILITY_STATE, interruptibility & !BLOCKING_BY_STI_MOV_SS);
+        }
+        // An instruction the guest executed with RFLAGS.TF set ends with a single-step
+        // trap (SDM Vol. 3B "Single-Step Exception Condition"); the VM exit took its
+        // place.
+        if rare & RFLAGS_TF != 0 {
+            single_step_trap();
+        }
     }
     Outcome::Continue
 }
 
 /// Interruptibility state bits 0 (blocking by STI) and 1 (blocking by MOV SS), SDM
-/// 25.4.2 table 25-3.
+/// Vol. 3C "Guest Non-Register State".
 const BLOCKING_BY_STI_MOV_SS: u64 = 0x3;
+/// RFLAGS.TF (SDM Vol. 1 3.4.3.3, "System Flags and IOPL Field").
+const RFLAGS_TF: u64 = 1 << 8;
+/// The BS bit (bit 14) of the guest pending-debug-exceptions field: a single-step
+/// trap is pending (SDM Vol. 3C "Guest Non-Register State").
+pub const PENDING_DEBUG_BS: u64 = 1 << 14;
+
+/// Makes the single-step #DB of the instruction just completed pending, as KVM and Xen
+/// do: the BS bit of the pending-debug-exceptions field, which VM entry delivers as a
+/// #DB with DR6.BS set, with the priority of a trap on the previous instruction, ahead
+/// of NMIs, external interrupts and the interrupt- and NMI-window exits (SDM Vol. 3C
+/// "Delivery of Pending Debug Exceptions after VM Entry"). An event injected on the
+/// same entry would discard it, so `virq` holds interrupts back while BS is set.
+/// IA32_DEBUGCTL.BTF (single-step on branches only) is always 0 for guests (the MSR is
+/// not virtualised: RDMSR/WRMSR of it raise #GP), so TF alone decides. VM entry requires
+/// BS with TF = 1 only under STI/MOV-SS blocking or in HLT activity, which a completed
+/// instruction clears (`advance_rip`) or does not use.
+///
+/// Inlined with no call: the exit paths that complete instructions must save no host
+/// registers (`try_handle_exit_inline`).
+#[inline(always)]
+fn single_step_trap() {
+    let pending = vmcs::read_present(guest::PENDING_DBG_EXCEPTIONS);
+    vmcs::write_ignoring_failure(guest::PENDING_DBG_EXCEPTIONS, pending | PENDING_DEBUG_BS);
+}
 
 /// Queues `event` for delivery into the guest on the next VM entry (SDM 27.6).
 pub fn inject(event: Injection) -> Outcome {
@@ -573,40 +626,76 @@ fn pci_config_port_access(vcpu: &'static Vcpu, io: &IoInstruction, data: u64) ->
 /// Most elements of a REP string instruction done per exit; the instruction is then
 /// re-executed (as the CPU does when interrupted), so a huge RCX cannot hold a CPU.
 const STRING_IO_BUDGET: u64 = 4096;
-/// RFLAGS.DF (SDM 3.4.3.3) and the CS access-rights L bit (64-bit code, SDM 25.4.1).
-const RFLAGS_DF: u64 = 1 << 10;
+/// The CS access-rights L bit (64-bit code, SDM Vol. 3C "Guest Register State").
 const CS_LONG: u64 = 1 << 13;
 
-/// INS/OUTS, with or without REP: each element's memory operand (ES:RDI for INS, DS:RSI
-/// for OUTS) goes through the guest's page tables first (a fault is delivered to the
-/// guest as #PF before the port is touched), then the port access is made as for
-/// IN/OUT (forwarded or unclaimed). 64-bit guests only so far (segment bases are 0
-/// there); others are stopped with a clear line.
+/// INS/OUTS, with or without REP, as the processor executes them
+/// (`hv_core::string_io`): the address size (a 0x67 prefix) masks rCX and the offset
+/// register and wraps their updates; INS writes ES:rDI, OUTS reads DS:rSI or the
+/// segment its override names (in 64-bit mode only FS and GS have a base). Each
+/// element's memory operand goes through the guest's page tables first, as a user
+/// access at CPL 3 (a fault is delivered to the guest as #PF before the port is
+/// touched), then the port access is made as for IN/OUT (forwarded or unclaimed).
+/// 64-bit guests only so far; others are stopped with a clear line.
 #[inline(never)]
 fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInstruction) -> Outcome {
+    use hv_core::guest_paging::Access;
+    use hv_core::mmio_decode::{CpuMode, Segment};
+    use hv_core::string_io::{self, StringIo, StringRegs};
     let io = &io;
     if vmcs::read(guest::CS_ACCESS_RIGHTS) & CS_LONG == 0 {
         return stop_with_dump(vcpu, "string I/O outside 64-bit mode is not emulated yet", u64::from(io.port()));
     }
-    let size = u64::from(io.size());
-    let step = if vmcs::read(guest::RFLAGS) & RFLAGS_DF != 0 { size.wrapping_neg() } else { size };
+    let mode = CpuMode::Long64;
+    let form = match string_io_form(vcpu, regs, io.is_in(), mode) {
+        Ok(form) => form,
+        Err(outcome) => return outcome,
+    };
+    let string = StringIo {
+        form,
+        is_in: io.is_in(),
+        rep: io.rep(),
+        size: io.size(),
+        down: vmcs::read(guest::RFLAGS) & string_io::RFLAGS_DF != 0,
+        mode,
+    };
+    let segment_base = match form.segment {
+        Segment::Fs => vmcs::read(guest::FS_BASE),
+        Segment::Gs => vmcs::read(guest::GS_BASE),
+        // Zero in 64-bit mode (`string_io::segment_base_applies`).
+        _ => 0,
+    };
+    let access =
+        Access { write: io.is_in(), user: string_io::cpl(vmcs::read(guest::SS_ACCESS_RIGHTS)) == 3, fetch: false };
     let state = guest_paging_state();
-    let mut remaining = if io.rep() { regs.rcx } else { 1 };
+    let mut sregs = StringRegs { rcx: regs.rcx, rsi: regs.rsi, rdi: regs.rdi };
+    let mut remaining = string.count(&sregs);
     let mut done = 0;
+    let mut result = Outcome::Continue;
     while remaining > 0 && done < STRING_IO_BUDGET {
-        let linear = if io.is_in() { regs.rdi } else { regs.rsi };
         let mut hosts = [0u64; 4];
+        let mut fault = None;
         for (byte, host) in hosts.iter_mut().enumerate().take(usize::from(io.size())) {
-            match guest_byte(vcpu, &state, linear.wrapping_add(byte as u64), io.is_in()) {
+            match guest_byte(vcpu, regs, &state, string.linear(&sregs, segment_base, byte as u64), access) {
                 Ok(h) => *host = h,
-                Err(fault) => return fault,
+                Err(outcome) => {
+                    fault = Some(outcome);
+                    break;
+                }
             }
+        }
+        if let Some(outcome) = fault {
+            result = outcome;
+            break;
         }
         let hosts = &hosts[..usize::from(io.size())];
         if io.is_in() {
             let value = match port_access(vcpu, io, 0) {
                 Ok(c) => hv_core::io_request::value_read(c, io.size()),
-                Err(stop) => return stop,
+                Err(stop) => {
+                    result = stop;
+                    break;
+                }
             };
             for (i, &host) in hosts.iter().enumerate() {
                 // SAFETY: one byte inside the VM's RAM (checked by `guest_byte`),
@@ -620,29 +709,56 @@ fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInstru
                 data |= u64::from(unsafe { frames::phys_to_virt(host).read_volatile() }) << (8 * i);
             }
             if let Err(stop) = port_access(vcpu, io, data) {
-                return stop;
+                result = stop;
+                break;
             }
         }
         // Registers follow each completed element, so a fault on a later one leaves them
         // as the CPU would (SDM: REP string instructions, "interrupted" state).
-        if io.is_in() {
-            regs.rdi = regs.rdi.wrapping_add(step);
-        } else {
-            regs.rsi = regs.rsi.wrapping_add(step);
-        }
+        sregs = string.after_element(sregs);
         remaining -= 1;
-        if io.rep() {
-            regs.rcx = remaining;
-        }
         done += 1;
         if vcpu.vm.stop_requested() {
-            return Outcome::Stop;
+            result = Outcome::Stop;
+            break;
         }
     }
-    if remaining == 0 {
+    regs.rcx = sregs.rcx;
+    regs.rsi = sregs.rsi;
+    regs.rdi = sregs.rdi;
+    if remaining == 0 && result == Outcome::Continue {
         skip_instruction()
     } else {
-        Outcome::Continue
+        result
+    }
+}
+
+/// The address size and segment of the INS/OUTS that exited: from the VM-exit
+/// instruction-information field when the processor reports them there for INS/OUTS,
+/// else from the instruction's prefixes, fetched at CS:RIP as the MMIO path fetches
+/// (`Err`: the fetch fault delivered to the guest, or the partition stopped when the
+/// bytes are not an INS/OUTS any more).
+#[inline(never)]
+fn string_io_form(
+    vcpu: &'static Vcpu,
+    regs: &mut GuestRegisters,
+    is_in: bool,
+    mode: hv_core::mmio_decode::CpuMode,
+) -> Result<hv_core::string_io::StringIoForm, Outcome> {
+    use hv_core::string_io::{from_instruction_bytes, from_instruction_info, PrefixError};
+    if crate::vcpu::ins_outs_info_supported() {
+        let info = vmcs::read(ro::VMEXIT_INSTRUCTION_INFO) as u32;
+        if let Some(form) = from_instruction_info(info, is_in) {
+            return Ok(form);
+        }
+    }
+    let fetched = crate::mmio::fetch_string_io_instruction(vcpu);
+    match from_instruction_bytes(fetched.bytes(), mode, is_in) {
+        Ok(form) => Ok(form),
+        Err(PrefixError::Truncated) => Err(crate::mmio::string_io_fetch_failed(vcpu, regs, &fetched)),
+        Err(PrefixError::NotThisInstruction) => {
+            Err(stop_with_dump(vcpu, "the string I/O instruction at RIP is not the INS/OUTS that exited", 0))
+        }
     }
 }
 
@@ -668,21 +784,23 @@ pub fn guest_paging_state() -> hv_core::guest_paging::PagingState {
     }
 }
 
-/// The host-physical address of the guest byte at guest-linear `linear`, checked for a
-/// read or (`write`) a write through the guest's page tables; `Err` carries the outcome
-/// when the guest must see a page fault or be stopped.
+/// The host-physical address of the guest byte at guest-linear `linear`, checked for
+/// `access` (a data read or write, user-mode at CPL 3) through the guest's page tables;
+/// `Err` carries the outcome when the guest must see a page fault (with CR2 and the
+/// SDM Vol. 3A "Page-Fault Exceptions" error code) or be stopped.
 fn guest_byte(
     vcpu: &'static Vcpu,
+    regs: &mut GuestRegisters,
     state: &hv_core::guest_paging::PagingState,
     linear: u64,
-    write: bool,
+    access: hv_core::guest_paging::Access,
 ) -> Result<u64, Outcome> {
-    use hv_core::guest_paging::{translate, WalkError};
-    let gpa = match translate(state, linear, write, |gpa| vcpu.vm.read_guest_u64(gpa)) {
+    use hv_core::guest_paging::{translate_access, WalkError};
+    let gpa = match translate_access(state, linear, access, |gpa| vcpu.vm.read_guest_u64(gpa)) {
         Ok(gpa) => gpa,
         Err(WalkError::PageFault { error_code }) => {
-            // SAFETY: only this physical CPU touches the vCPU's registers.
-            unsafe { (*vcpu.regs.get()).cr2 = linear };
+            // The exit path reloads CR2 from `regs` before this entry.
+            regs.cr2 = linear;
             return Err(inject(InterruptionInfo::hardware_exception(PF, Some(error_code))));
         }
         Err(WalkError::TableOutsideRam) => {

@@ -184,10 +184,10 @@ fn store_string(
             return stop;
         }
         let rdi = if down { regs.rdi.wrapping_sub(step) } else { regs.rdi.wrapping_add(step) };
-        regs.rdi = (regs.rdi & !address_mask) | (rdi & address_mask);
+        regs.rdi = hv_core::string_io::write_sized(regs.rdi, rdi, address_size);
         remaining -= 1;
         if rep {
-            regs.rcx = (regs.rcx & !address_mask) | remaining;
+            regs.rcx = hv_core::string_io::write_sized(regs.rcx, remaining, address_size);
         }
         let next = if down { at.wrapping_sub(step) } else { at.wrapping_add(step) };
         let same_page = next & !(PAGE - 1) == at & !(PAGE - 1) && (next & (PAGE - 1)) + step <= PAGE;
@@ -300,6 +300,50 @@ fn fetch_instruction(vcpu: &'static Vcpu) -> Fetched {
         true
     };
     instruction_fetch::fetch(&at, &dispatch::guest_paging_state(), |gpa| vcpu.vm.read_guest_u64(gpa), read_ram)
+}
+
+/// The INS/OUTS at CS:RIP (when the exit does not describe its prefixes), fetched as
+/// [`fetch_instruction`] fetches an MMIO instruction. A copy of it rather than a second
+/// caller, so that the MMIO path's inlining (and its cost) stays as it is.
+#[inline(never)]
+pub fn fetch_string_io_instruction(vcpu: &'static Vcpu) -> Fetched {
+    let at = CodeLocation {
+        mode: cpu_mode(),
+        cs_base: vmcs::read(guest::CS_BASE),
+        cs_limit: vmcs::read(guest::CS_LIMIT) as u32,
+        rip: vmcs::read(guest::RIP),
+        cpl: hv_core::string_io::cpl(vmcs::read(guest::SS_ACCESS_RIGHTS)),
+    };
+    let read_ram = |gpa: u64, dst: &mut [u8]| {
+        let Some(host) = vcpu.vm.guest_range(gpa, dst.len() as u64) else {
+            return false;
+        };
+        // SAFETY: `dst.len()` bytes inside the VM's RAM (checked), direct-mapped; the
+        // guest may change them concurrently, which only changes the prefixes read (and
+        // the opcode is checked against the exit).
+        let src = unsafe { core::slice::from_raw_parts(frames::phys_to_virt(host), dst.len()) };
+        dst.copy_from_slice(src);
+        true
+    };
+    instruction_fetch::fetch(&at, &dispatch::guest_paging_state(), |gpa| vcpu.vm.read_guest_u64(gpa), read_ram)
+}
+
+/// The prefixes of the INS/OUTS run into bytes that could not be fetched: the fault
+/// the processor would raise (RIP unchanged), or the partition stopped (as
+/// [`fetch_failed`] for MMIO, without its log line).
+#[cold]
+#[inline(never)]
+pub fn string_io_fetch_failed(vcpu: &'static Vcpu, regs: &mut GuestRegisters, fetched: &Fetched) -> Outcome {
+    match fetched.missing() {
+        Missing::Fault(fault) => {
+            if let Some(cr2) = fault.cr2 {
+                // The exit path reloads CR2 from `regs` before this entry.
+                regs.cr2 = cr2;
+            }
+            dispatch::inject(InterruptionInfo::hardware_exception(fault.vector, fault.error_code))
+        }
+        Missing::Stop { what, detail } => dispatch::stop_with_dump(vcpu, what, detail),
+    }
 }
 
 /// The decoder needs bytes that could not be fetched: delivers the fault the processor

@@ -661,7 +661,7 @@ fn take_wait(svc: &'static Vcpu) -> Result<Option<u64>, ForwardError> {
 fn commit_wait(svc: &'static Vcpu, regs: &GuestRegisters) {
     svc.exits[usize::from(EXIT_VMCALL)].fetch_add(1, Ordering::Relaxed);
     svc.wake_at.store(regs.rcx, Ordering::Release);
-    let _ = dispatch::advance_rip(vmcs::read_present(ro::VMEXIT_INSTRUCTION_LEN));
+    let _ = dispatch::advance_rip_trusted(vmcs::read_present(ro::VMEXIT_INSTRUCTION_LEN));
 }
 
 /// A service vCPU exit other than `SERVICE_REPLY_WAIT`: handled as any partition's.

@@ -49,6 +49,9 @@ struct EventFeatures {
     /// x2APIC mode, APIC-register virtualization and virtual-interrupt delivery are all
     /// allowed (SDM A.3.2, A.3.3), and the configuration does not turn it off.
     apicv: bool,
+    /// The VM-exit instruction-information field is valid for INS/OUTS
+    /// (IA32_VMX_BASIC bit 54, SDM Vol. 3D A.1 "Basic VMX Information").
+    ins_outs_info: bool,
 }
 
 /// IA32_VMX_CR0_FIXED0/1 and IA32_VMX_CR4_FIXED0/1 (SDM A.7, A.8).
@@ -100,6 +103,7 @@ pub fn init(raw: &hv_core::vmx_caps::RawVmxMsrs, apicv_allowed: bool) -> Result<
             && controls.proc & vmx_controls::proc1::ACTIVATE_SECONDARY != 0
             && hv_core::vmx_caps::allowed1(raw.procbased, vmx_controls::proc1::USE_TPR_SHADOW)
             && hv_core::vmx_caps::allowed1(raw.procbased2, APICV_PROC2),
+        ins_outs_info: raw.basic & hv_core::string_io::BASIC_INS_OUTS_INFO != 0,
     });
     Ok(())
 }
@@ -150,6 +154,12 @@ fn update_control(field: u32, clear: u32, set: u32) -> Result<(), VmInstructionE
 /// The VMX-preemption timer's rate when the CPU has the timer.
 pub fn preemption_timer_rate() -> Option<u8> {
     EVENT_FEATURES.get().and_then(|f| f.preemption_timer_rate)
+}
+
+/// Whether INS/OUTS exits report their address size and segment in the VM-exit
+/// instruction-information field.
+pub fn ins_outs_info_supported() -> bool {
+    EVENT_FEATURES.get().is_some_and(|f| f.ins_outs_info)
 }
 
 /// Whether NMI-window exiting is available.
@@ -508,6 +518,8 @@ pub fn reset_to_real_mode(cs: u64, cs_base: u64, ip: u64) -> Result<(), VmInstru
     vmcs::write(guest::CS_SELECTOR, cs)?;
     vmcs::write(guest::CS_BASE, cs_base)?;
     vmcs::write(guest::RIP, ip)?;
+    // No single-step trap of the old context survives INIT (`dispatch::single_step_trap`).
+    vmcs::write(guest::PENDING_DBG_EXCEPTIONS, 0)?;
     vmcs::write(guest::RFLAGS, 0x2)
 }
 

@@ -481,7 +481,12 @@ fn inject_and_arm(vcpu: &'static Vcpu) -> bool {
             let state = GuestEventState {
                 interrupts_enabled: vmcs::read(guest::RFLAGS) & RFLAGS_IF != 0,
                 interruptibility: vmcs::read(guest::INTERRUPTIBILITY_STATE) as u32,
-                event_queued: vmcs::read(control::VMENTRY_INTERRUPTION_INFO_FIELD) as u32 & ENTRY_VALID != 0,
+                // A single-step trap left pending by a completed instruction
+                // (`dispatch::single_step_trap`) counts as a queued event: an injection
+                // would discard it, and it goes first (SDM Vol. 3C "Delivery of
+                // Pending Debug Exceptions after VM Entry").
+                event_queued: vmcs::read(control::VMENTRY_INTERRUPTION_INFO_FIELD) as u32 & ENTRY_VALID != 0
+                    || vmcs::read(guest::PENDING_DBG_EXCEPTIONS) & crate::dispatch::PENDING_DEBUG_BS != 0,
             };
             let pending = Pending { nmi, extint, interrupt };
             let plan = plan_entry(state, pending, crate::vcpu::nmi_window_supported());

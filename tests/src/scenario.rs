@@ -229,6 +229,13 @@ impl Scenario {
         self.timeout = timeout;
         self
     }
+
+    /// This scenario with more `lines` the serial log must contain.
+    #[must_use]
+    pub fn expecting(mut self, lines: &[&str]) -> Self {
+        self.expected.extend(lines.iter().map(|l| l.to_string()));
+        self
+    }
 }
 
 /// `scenario` with `pairs` of texts (A, B) whose first lines must come in that order.
@@ -926,7 +933,12 @@ fn base_catalogue() -> Vec<Scenario> {
         guests("guest-hello", ICELAKE, 2, "tests/configs/guest-hello.toml", &[("hello", "guest-hello")]),
         guests("guest-cpuid", ICELAKE, 2, "tests/configs/guest-cpuid.toml", &[("cpuid", "guest-cpuid")]),
         guests("guest-msr", ICELAKE, 2, "tests/configs/guest-msr.toml", &[("msr", "guest-msr")]),
-        guests("guest-io", ICELAKE, 2, "tests/configs/guest-io.toml", &[("io", "guest-io")]),
+        guests("guest-io", ICELAKE, 2, "tests/configs/guest-io.toml", &[("io", "guest-io")]).expecting(&[
+            "[io] PASS guest-io: REP INSB with a 0x67 prefix transfers ECX bytes at EDI; RCX = 0, RDI = EDI + 16 zero-extended",
+            "[io] PASS guest-io: FS: OUTSB reads at FS base + RSI (#PF with CR2 = FS base + RSI)",
+            "[io] PASS guest-io: CPL 3 REP INSB into a supervisor page: #PF with P | W | U/S (0x7), CR2 = the target",
+            "[io] PASS guest-io: CPL 3 REP OUTSB from a supervisor page: #PF with P | U/S (0x5), CR2 = the target",
+        ]),
         guests("guest-realmode", ICELAKE, 2, "tests/configs/guest-realmode.toml", &[("realmode", "guest-realmode")]),
         guests(
             "guest-protected",
@@ -941,7 +953,11 @@ fn base_catalogue() -> Vec<Scenario> {
             2,
             "tests/configs/guest-exceptions.toml",
             &[("exceptions", "guest-exceptions")],
-        ),
+        )
+        .expecting(&[
+            "[exceptions] PASS guest-exceptions: single-step over CPUID: one #DB with DR6.BS after it",
+            "[exceptions] PASS guest-exceptions: single-step over IN: one #DB with DR6.BS after it",
+        ]),
         service_scenario(
             "guest-hypercall",
             2,

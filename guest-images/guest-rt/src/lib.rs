@@ -214,6 +214,13 @@ pub mod exceptions {
     /// [`TRAP`]: an announced trap, resumed where it reports).
     static SKIP: AtomicU64 = AtomicU64::new(0);
     const TRAP: u64 = u64::MAX;
+    /// Exceptions taken, per vector.
+    static COUNTS: [AtomicU64; 32] = [const { AtomicU64::new(0) }; 32];
+    /// DR6 at the last #DB.
+    static DR6: AtomicU64 = AtomicU64::new(0);
+    /// The #DB vector and RFLAGS.TF.
+    const DB: u64 = 1;
+    const RFLAGS_TF: u64 = 1 << 8;
 
     #[repr(C)]
     struct Frame {
@@ -300,6 +307,17 @@ pub mod exceptions {
         let cr2: u64;
         // SAFETY: reading CR2 has no side effects (the guest runs in ring 0).
         unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
+        if let Some(count) = COUNTS.get(frame.vector as usize) {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+        if frame.vector == DB {
+            let dr6: u64;
+            // SAFETY: reading DR6 has no side effects (the guest runs in ring 0).
+            unsafe { core::arch::asm!("mov {}, dr6", out(reg) dr6, options(nomem, nostack)) };
+            DR6.store(dr6, Ordering::SeqCst);
+            // A single-step trap: resume without TF, so that it traps once.
+            frame.rflags &= !RFLAGS_TF;
+        }
         VECTOR.store(frame.vector, Ordering::SeqCst);
         ERROR.store(frame.error_code, Ordering::SeqCst);
         RIP.store(frame.rip, Ordering::SeqCst);
@@ -334,6 +352,17 @@ pub mod exceptions {
             unsafe { (*core::ptr::addr_of_mut!(IDT)).0[v as usize] = [low, h >> 32] };
         }
         load();
+    }
+
+    /// Points `vector`'s gate at `handler` as an interrupt gate that ring 3 may reach
+    /// with `INT vector` (DPL 3), for tests that run code at CPL 3. Call after
+    /// [`install`], on the boot vCPU, before any other vCPU runs.
+    pub fn set_user_gate(vector: u8, handler: u64) {
+        let h = handler;
+        let low = (h & 0xffff) | (0x08 << 16) | (0xee00 << 32) | ((h >> 16) & 0xffff) << 48;
+        // SAFETY: as in `install`: one gate, written by the boot vCPU while no other vCPU
+        // runs; the CPU reads it only when the vector is raised.
+        unsafe { (*core::ptr::addr_of_mut!(IDT)).0[usize::from(vector)] = [low, h >> 32] };
     }
 
     /// Loads the IDT that [`install`] filled into this vCPU's IDTR.
@@ -374,6 +403,23 @@ pub mod exceptions {
     /// Whether `f` (one RDMSR or WRMSR, 2 bytes) raises #GP(0).
     pub fn msr_gp(f: impl FnOnce()) -> bool {
         fault_of(2, f).is_some_and(|s| s.vector == 13 && s.error_code == 0)
+    }
+
+    /// How many exceptions of `vector` (0-31) this guest has taken.
+    pub fn count(vector: u8) -> u64 {
+        COUNTS.get(usize::from(vector)).map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+
+    /// DR6 as the last #DB handler found it (the handler also clears RFLAGS.TF in the
+    /// frame it returns to).
+    pub fn last_dr6() -> u64 {
+        DR6.load(Ordering::SeqCst)
+    }
+
+    /// Clears DR6 (its reserved bits read as 1 whatever is written).
+    pub fn clear_dr6() {
+        // SAFETY: the guest runs in ring 0; DR6 only reports debug conditions.
+        unsafe { core::arch::asm!("mov dr6, {}", in(reg) 0u64, options(nomem, nostack)) };
     }
 
     /// The exception seen since the last [`expect_fault`], if any.

@@ -30,6 +30,7 @@ pub mod memory_map;
 pub mod mmio_decode;
 pub mod pci_config;
 pub mod preflight;
+pub mod string_io;
 pub mod tsc_freq;
 pub mod vioapic;
 pub mod virt_cpuid;
