@@ -169,17 +169,59 @@ fn evaluate(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
 
 /// Executes the INVEPT that `partition::protect_range` asked this vCPU's CPU for, if it
 /// did (also while the vCPU waits on a deferred request, so that the caller is not held
-/// up). `Stop` when INVEPT failed (the partition is stopped).
+/// up). `Stop` when INVEPT failed (the partition is stopped). The request is taken
+/// (swapped to false) before the INVEPT: one made after the take stays set and gets
+/// an INVEPT of its own, so no request is marked done by an INVEPT older than it.
 pub fn flush_ept_if_requested(vcpu: &'static Vcpu) -> Outcome {
     if vcpu.ept_flush_pending.load(Ordering::Acquire) {
-        if crate::vmx::invept::invalidate(vcpu.vm.eptp.load(Ordering::Acquire)).is_err() {
-            log::error!("partition {}: vcpu {}: INVEPT failed; stopping the partition", vcpu.vm.name, vcpu.id);
-            vcpu.vm.stop(u64::MAX);
-            return Outcome::Stop;
-        }
-        vcpu.ept_flush_pending.store(false, Ordering::Release);
+        return flush_ept_now(vcpu);
     }
     Outcome::Continue
+}
+
+/// [`flush_ept_if_requested`] when a request is there.
+#[cold]
+#[inline(never)]
+fn flush_ept_now(vcpu: &'static Vcpu) -> Outcome {
+    if vcpu.ept_flush_pending.swap(false, Ordering::SeqCst)
+        && crate::vmx::invept::invalidate(vcpu.vm.eptp.load(Ordering::Acquire)).is_err()
+    {
+        log::error!("partition {}: vcpu {}: INVEPT failed; stopping the partition", vcpu.vm.name, vcpu.id);
+        vcpu.vm.stop(u64::MAX);
+        return Outcome::Stop;
+    }
+    Outcome::Continue
+}
+
+/// Marks `vcpu` as in guest mode for the entry that follows (its CPU, interrupts off,
+/// after everything else before the entry), then carries out an INVEPT request that
+/// came meanwhile (`partition::flush_ept` reads `in_guest` after it sets the request,
+/// so a request this look misses waits for the vCPU's next exit). `false` when INVEPT
+/// failed (the partition is stopped). The caller clears `in_guest` after the exit.
+#[inline(always)]
+pub fn enter_guest_mode(vcpu: &'static Vcpu) -> bool {
+    vcpu.in_guest.store(true, Ordering::SeqCst);
+    if vcpu.ept_flush_pending.load(Ordering::SeqCst) {
+        return flush_before_entry(vcpu);
+    }
+    true
+}
+
+/// [`enter_guest_mode`] found an INVEPT request.
+#[cold]
+#[inline(never)]
+fn flush_before_entry(vcpu: &'static Vcpu) -> bool {
+    if flush_ept_now(vcpu) == Outcome::Stop {
+        vcpu.in_guest.store(false, Ordering::Release);
+        return false;
+    }
+    true
+}
+
+/// `vcpu` left guest mode (after its exit; see [`enter_guest_mode`]).
+#[inline(always)]
+pub fn left_guest_mode(vcpu: &Vcpu) {
+    vcpu.in_guest.store(false, Ordering::Release);
 }
 
 /// Whether a reset of the partition began (a device timer run on this CPU may have
