@@ -626,8 +626,8 @@ fn run_until_wait(svc: &'static Vcpu, deadline: u64) -> Result<u64, ForwardError
         if crate::arch::tsc::now() > deadline {
             return Err(ForwardError::MissedDeadline);
         }
-        if crate::virq::prepare_entry(svc, regs) == Outcome::Stop {
-            return Err(ForwardError::ServiceStopped);
+        if crate::virq::prepare_entry_by(svc, regs, deadline) == Outcome::Stop {
+            return Err(not_entered(svc));
         }
         if !crate::virq::enter_guest_mode(svc) {
             return Err(ForwardError::ServiceStopped);
@@ -644,6 +644,25 @@ fn run_until_wait(svc: &'static Vcpu, deadline: u64) -> Result<u64, ForwardError
             Entry::FailInvalid | Entry::FailValid => return Err(entry_failed(svc)),
         }
     }
+}
+
+/// [`run_until_wait`]'s `prepare_entry_by` gave `Stop`: the service partition stopped,
+/// or the vCPU sleeps (halted, or waiting for a start-up IPI after an INIT) and the
+/// deadline passed (logged here; the caller reports the missed deadline and stops the
+/// service partition, as for a vCPU that runs too long).
+#[cold]
+#[inline(never)]
+fn not_entered(svc: &'static Vcpu) -> ForwardError {
+    if svc.vm.stop_requested() {
+        return ForwardError::ServiceStopped;
+    }
+    let state = match svc.mp_state() {
+        partition::MpState::Halted => "is halted (HLT)",
+        partition::MpState::WaitForSipi => "waits for a start-up IPI (after an INIT)",
+        partition::MpState::Runnable => "did not run",
+    };
+    log::error!("partition {}: vcpu {} {state} past the deadline of the work it owes", svc.vm.name, svc.id);
+    ForwardError::MissedDeadline
 }
 
 /// The service vCPU's exit that just happened (its VMCS current): a `SERVICE_REPLY_WAIT`

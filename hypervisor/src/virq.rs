@@ -75,12 +75,29 @@ pub fn prepare_entry(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome 
     if vcpu.attention.load(Ordering::Acquire) == 0 {
         return Outcome::Continue;
     }
-    evaluate(vcpu, regs)
+    evaluate(vcpu, regs, NO_SLEEP_DEADLINE)
 }
 
-/// The full evaluation before an entry (see [`prepare_entry`]).
+/// No deadline for [`prepare_entry_by`]'s sleep.
+const NO_SLEEP_DEADLINE: u64 = u64::MAX;
+
+/// [`prepare_entry`] for a vCPU that owes work by TSC `deadline` (a service vCPU
+/// serving a request or a timer wake-up): a halted vCPU, or one waiting for a start-up
+/// IPI (after an INIT), sleeps no later than `deadline`, and `Stop` comes back once it
+/// has passed while the vCPU still sleeps, even though the partition is not stopping
+/// (the caller tells the two apart and treats the second as a missed deadline).
+#[inline(always)]
+pub fn prepare_entry_by(vcpu: &'static Vcpu, regs: &mut GuestRegisters, deadline: u64) -> Outcome {
+    if vcpu.attention.load(Ordering::Acquire) == 0 {
+        return Outcome::Continue;
+    }
+    evaluate(vcpu, regs, deadline)
+}
+
+/// The full evaluation before an entry (see [`prepare_entry`] and [`prepare_entry_by`]:
+/// `sleep_deadline` bounds the sleep of a halted or waiting vCPU).
 #[inline(never)]
-fn evaluate(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+fn evaluate(vcpu: &'static Vcpu, regs: &mut GuestRegisters, sleep_deadline: u64) -> Outcome {
     // Cleared before anything is looked at: a change made from now on sets a bit again
     // and is seen by the next entry at the latest (its kick makes that one come soon).
     vcpu.attention.swap(0, Ordering::AcqRel);
@@ -139,7 +156,11 @@ fn evaluate(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
                 }
             }
         }
-        sleep_until_kicked(vcpu);
+        if tsc::now() >= sleep_deadline {
+            // Owes work it can no longer do in time; the caller decides what follows.
+            return Outcome::Stop;
+        }
+        sleep_until_kicked(vcpu, sleep_deadline);
         if vcpu.init_pending.swap(false, Ordering::AcqRel) {
             apply_init(vcpu);
         }
@@ -428,15 +449,15 @@ fn halted_forever(vcpu: &'static Vcpu) -> Option<Outcome> {
 }
 
 /// Sleeps in `hlt` until a kick or the host timer, armed at the guest's next timer
-/// deadline. Called with interrupts off; `sti; hlt` cannot miss a kick that arrives
+/// deadline (or the service partition's wake-up on this CPU, or `sleep_deadline` when
+/// earlier). Called with interrupts off; `sti; hlt` cannot miss a kick that arrives
 /// after the caller's last check, because the interrupt stays pending until then.
-fn sleep_until_kicked(vcpu: &'static Vcpu) {
+fn sleep_until_kicked(vcpu: &'static Vcpu, sleep_deadline: u64) {
     let guest_deadline = vcpu.lapic().next_deadline();
     // The service partition's vCPU on this CPU runs its device timers from here too.
-    let deadline = match (guest_deadline, crate::service::wake_deadline(vcpu.cpu)) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let wake = crate::service::wake_deadline(vcpu.cpu);
+    let own = Some(sleep_deadline).filter(|&t| t != NO_SLEEP_DEADLINE);
+    let deadline = [guest_deadline, wake, own].into_iter().flatten().min();
     sleep_until(deadline);
 }
 
