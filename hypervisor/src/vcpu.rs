@@ -265,7 +265,12 @@ pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
     if crate::virq::prepare_entry(vcpu, regs) == Outcome::Continue && crate::virq::enter_guest_mode(vcpu) {
         let ctx = core::ptr::from_ref::<Vcpu>(vcpu).cast::<()>();
         let entry = run::enter_with(regs, vcpu.launched.load(Ordering::Relaxed), on_exit, ctx);
+        // Nothing on this CPU is in guest mode now: also not the service vCPU, whose
+        // VMRESUME in this frame may have been the entry that failed.
         crate::virq::left_guest_mode(vcpu);
+        if let Some(svc) = crate::partition::service_vcpu_for_cpu(vcpu.cpu) {
+            crate::virq::left_guest_mode(svc);
+        }
         match entry {
             Entry::Exited => {}
             Entry::FailInvalid | Entry::FailValid => {
