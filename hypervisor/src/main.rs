@@ -312,8 +312,17 @@ extern "C" fn bsp_main() -> ! {
     );
 
     if started > 0 {
-        run_partitions_on_this_cpu(0, caps);
+        let mut ran_guest = run_partitions_on_this_cpu(0, caps);
+        // A guest vCPU the service partition starts on this CPU later (`VCPU_START`)
+        // runs here, as the APs run theirs (each CPU runs at most one).
         while partition::any_running() {
+            if !ran_guest {
+                if let Some(v) = partition::vcpu_for_cpu(0).filter(|v| v.started.load(Ordering::Acquire)) {
+                    vcpu::run(v, caps);
+                    ran_guest = true;
+                    continue;
+                }
+            }
             core::hint::spin_loop();
         }
         service::shut_down();
@@ -339,8 +348,9 @@ extern "C" fn bsp_main() -> ! {
 
 /// Runs what this CPU was given: first the service partition's vCPU until it waits
 /// for requests, then the guest vCPU (which switches to the service vCPU on forwarded
-/// exits) until its partition stops.
-fn run_partitions_on_this_cpu(cpu: u32, caps: &'static hv_core::vmx_caps::VmxCapabilities) {
+/// exits) until its partition stops. Whether it ran a guest vCPU (the BSP does not wait
+/// for one here: it is the CPU that notices when every partition has stopped).
+fn run_partitions_on_this_cpu(cpu: u32, caps: &'static hv_core::vmx_caps::VmxCapabilities) -> bool {
     let service = partition::service_vcpu_for_cpu(cpu).filter(|v| v.started.load(Ordering::Acquire));
     if let Some(svc) = service {
         // On the BSP this is where the service partition builds and starts the guests.
@@ -351,7 +361,9 @@ fn run_partitions_on_this_cpu(cpu: u32, caps: &'static hv_core::vmx_caps::VmxCap
     }
     if let Some(v) = partition::vcpu_for_cpu(cpu).filter(|v| v.started.load(Ordering::Acquire)) {
         vcpu::run(v, caps);
+        return true;
     }
+    false
 }
 
 /// Set once every guest has stopped: CPUs still waiting for a guest vCPU give up.
@@ -479,7 +491,7 @@ extern "C" fn ap_entry(index: u64) -> ! {
     }
     VMX_DONE.fetch_add(1, Ordering::AcqRel);
     if let Some(caps) = VMX_CAPS.get() {
-        run_partitions_on_this_cpu(index as u32, caps);
+        let _ = run_partitions_on_this_cpu(index as u32, caps);
     }
     let is_last = index == u64::from(AP_COUNT.load(Ordering::Acquire));
     if is_last && CONF.get().is_some_and(|c| c.selftest == SelfTest::CpuFault) {

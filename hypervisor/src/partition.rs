@@ -146,8 +146,13 @@ pub struct Vcpu {
     /// the state (Release); the vCPU's CPU clears them all before it evaluates.
     pub attention: AtomicU32,
     /// The VM's EPT changed: INVEPT on this vCPU's CPU before it runs again (set by
-    /// [`protect_range`], cleared by the vCPU's CPU once done).
+    /// [`protect_range`], cleared by the vCPU's CPU when it executes it).
     pub ept_flush_pending: AtomicBool,
+    /// The vCPU is in guest mode, or about to enter it: set by its CPU (SeqCst) before
+    /// its last look at [`Vcpu::ept_flush_pending`] ahead of every entry
+    /// (`virq::enter_guest_mode`), cleared after every exit. [`protect_range`] waits
+    /// only for vCPUs with this set: any other flushes before it next enters.
+    pub in_guest: AtomicBool,
     /// Host-physical address of the vCPU's VMCS region (0 before its set-up).
     pub vmcs: AtomicU64,
     /// The VMCS was launched (the next entry is a VMRESUME).
@@ -545,6 +550,7 @@ pub fn create_vcpu(handle: VmHandle, cpu: u32) -> Result<VcpuHandle, ControlErro
         entry_controls_set: AtomicU8::new(0),
         attention: AtomicU32::new(attention::ALL),
         ept_flush_pending: AtomicBool::new(false),
+        in_guest: AtomicBool::new(false),
         vmcs: AtomicU64::new(0),
         launched: AtomicBool::new(false),
         io_sequence: AtomicU64::new(u64::from(vm.generation) << 32),
@@ -613,29 +619,63 @@ pub fn protect_range(handle: VmHandle, gpa: u64, len: u64, perms: EptPermissions
         let ept = ept.as_mut().ok_or(ControlError::BadState)?;
         ept.protect(GuestPhysAddr::new(gpa), len, perms).map_err(|_| ControlError::BadRange)?
     };
-    flush_ept(vm);
+    let flushed = flush_ept(vm);
     flush.acknowledge();
-    Ok(())
+    if flushed {
+        Ok(())
+    } else {
+        Err(ControlError::BadState)
+    }
 }
 
-/// Has every vCPU of `vm` execute INVEPT before its next entry, and waits for those on
-/// other CPUs that are still running (a stopping VM's vCPUs never enter again).
-fn flush_ept(vm: &'static Vm) {
+/// How long [`flush_ept`] waits for a vCPU in guest mode on another CPU to leave it
+/// (a kicked vCPU exits within the kick backstop, `virq::KICK_BACKSTOP_US`).
+const FLUSH_WAIT_TIMEOUT_US: u64 = 1_000_000;
+
+/// Has every vCPU of `vm` execute INVEPT before its next entry, and waits until none
+/// on another CPU is still in guest mode with the old translations; `false` when one
+/// did not leave guest mode within [`FLUSH_WAIT_TIMEOUT_US`] (the VM is stopped, with
+/// a line).
+///
+/// The handshake of `hv_core::ept_flush`, as KVM's TLB-flush requests: the request bit is set (SeqCst) before the vCPU's
+/// `in_guest` is read, and the vCPU's CPU sets `in_guest` (SeqCst) before it reads the
+/// request bit ahead of every entry (`virq::enter_guest_mode`). So a vCPU seen outside
+/// guest mode flushes before it next enters, and only vCPUs in guest mode need the
+/// wait: they are kicked, and their next exit ends it (their CPU flushes before it
+/// enters again). A vCPU in the hypervisor (a hypercall such as another
+/// `MEMORY_PROTECT`, a forwarded access, a service vCPU in `SERVICE_REPLY_WAIT`, a halted
+/// or held vCPU) is not waited for, so two callers cannot wait for each other. The wait
+/// ends too when the VM stops (its vCPUs never enter again) and for a held vCPU (a
+/// reset in progress: it flushes before it runs again).
+fn flush_ept(vm: &'static Vm) -> bool {
     let here = crate::arch::percpu::index();
     for v in vm.vcpus() {
-        v.ept_flush_pending.store(true, Ordering::Release);
+        v.ept_flush_pending.store(true, Ordering::SeqCst);
         v.request_attention(attention::EPT_FLUSH);
         crate::virq::kick(v);
     }
-    // A held vCPU (a reset in progress) runs no guest code and flushes before it does.
+    let deadline = crate::arch::tsc::deadline_us(FLUSH_WAIT_TIMEOUT_US);
     for v in vm.vcpus().filter(|v| v.cpu != here && v.started.load(Ordering::Acquire)) {
-        while v.ept_flush_pending.load(Ordering::Acquire)
-            && !vm.stop_requested()
-            && !v.reset_held.load(Ordering::Acquire)
-        {
+        while hv_core::ept_flush::must_wait(
+            v.ept_flush_pending.load(Ordering::SeqCst),
+            v.in_guest.load(Ordering::SeqCst),
+            vm.stop_requested(),
+            v.reset_held.load(Ordering::Acquire),
+        ) {
+            if crate::arch::tsc::now() > deadline {
+                log::error!(
+                    "partition {}: vcpu {} did not leave guest mode within {} ms for an EPT flush (INVEPT); stopping this partition",
+                    vm.name,
+                    v.id,
+                    FLUSH_WAIT_TIMEOUT_US / 1000
+                );
+                vm.stop(u64::MAX);
+                return false;
+            }
             core::hint::spin_loop();
         }
     }
+    true
 }
 
 /// vCPU level: the registers of a vCPU that has stopped (KVM's `KVM_GET_REGS`);

@@ -165,7 +165,7 @@ pub struct PortForward {
     /// RAX at the guest's exit (the data of an OUT; `post` masks it to the size).
     data: u64,
     /// The service vCPU it was handed to (`None`: nothing in flight).
-    svc: Option<&'static Vcpu>,
+    pub svc: Option<&'static Vcpu>,
     /// The guest's reset epoch when the access was posted.
     epoch: u32,
 }
@@ -241,8 +241,12 @@ pub fn begin_port_forward(
     {
         return PortForwardStart::Declined;
     }
-    if !vmcs::load_from(&svc.vmcs) {
-        // VMPTRLD failed and changed nothing: the guest's VMCS is still current.
+    // In guest mode from here (an INVEPT asked for since the look at its attention is
+    // carried out now); the exit hook clears it.
+    if !crate::virq::enter_guest_mode(svc) || !vmcs::load_from(&svc.vmcs) {
+        // The service partition stopped (INVEPT failed), or VMPTRLD failed and changed
+        // nothing: the guest's VMCS is still current.
+        crate::virq::left_guest_mode(svc);
         return PortForwardStart::Declined;
     }
     // SAFETY: only this CPU touches the service vCPU's registers, and the vCPU is not
@@ -253,6 +257,7 @@ pub fn begin_port_forward(
     let frame_rsp = core::ptr::from_mut::<run::ExitFrame>(frame) as u64;
     if svc_regs.host_rsp != frame_rsp {
         if vmcs::write(x86::vmx::vmcs::host::RSP, frame_rsp).is_err() {
+            crate::virq::left_guest_mode(svc);
             return host_rsp_failed(guest);
         }
         svc_regs.host_rsp = frame_rsp;
@@ -621,10 +626,15 @@ fn run_until_wait(svc: &'static Vcpu, deadline: u64) -> Result<u64, ForwardError
         if crate::arch::tsc::now() > deadline {
             return Err(ForwardError::MissedDeadline);
         }
-        if crate::virq::prepare_entry(svc, regs) == Outcome::Stop {
+        if crate::virq::prepare_entry_by(svc, regs, deadline) == Outcome::Stop {
+            return Err(not_entered(svc));
+        }
+        if !crate::virq::enter_guest_mode(svc) {
             return Err(ForwardError::ServiceStopped);
         }
-        match run::enter(regs, svc.launched.load(Ordering::Relaxed)) {
+        let entry = run::enter(regs, svc.launched.load(Ordering::Relaxed));
+        crate::virq::left_guest_mode(svc);
+        match entry {
             Entry::Exited => {
                 svc.launched.store(true, Ordering::Relaxed);
                 if let Some(reply) = take_wait(svc)? {
@@ -634,6 +644,25 @@ fn run_until_wait(svc: &'static Vcpu, deadline: u64) -> Result<u64, ForwardError
             Entry::FailInvalid | Entry::FailValid => return Err(entry_failed(svc)),
         }
     }
+}
+
+/// [`run_until_wait`]'s `prepare_entry_by` gave `Stop`: the service partition stopped,
+/// or the vCPU sleeps (halted, or waiting for a start-up IPI after an INIT) and the
+/// deadline passed (logged here; the caller reports the missed deadline and stops the
+/// service partition, as for a vCPU that runs too long).
+#[cold]
+#[inline(never)]
+fn not_entered(svc: &'static Vcpu) -> ForwardError {
+    if svc.vm.stop_requested() {
+        return ForwardError::ServiceStopped;
+    }
+    let state = match svc.mp_state() {
+        partition::MpState::Halted => "is halted (HLT)",
+        partition::MpState::WaitForSipi => "waits for a start-up IPI (after an INIT)",
+        partition::MpState::Runnable => "did not run",
+    };
+    log::error!("partition {}: vcpu {} {state} past the deadline of the work it owes", svc.vm.name, svc.id);
+    ForwardError::MissedDeadline
 }
 
 /// The service vCPU's exit that just happened (its VMCS current): a `SERVICE_REPLY_WAIT`

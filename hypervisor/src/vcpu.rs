@@ -272,9 +272,16 @@ pub fn run(vcpu: &'static Vcpu, caps: &VmxCapabilities) {
     // calls `on_exit` after every exit and returns only when the partition stops (a
     // stop request reaches `prepare_entry` through the vCPU's attention bits: `Vm::stop`
     // sets them, and a new vCPU starts with all of them set) or an entry fails.
-    if crate::virq::prepare_entry(vcpu, regs) == Outcome::Continue {
+    if crate::virq::prepare_entry(vcpu, regs) == Outcome::Continue && crate::virq::enter_guest_mode(vcpu) {
         let ctx = core::ptr::from_ref::<Vcpu>(vcpu).cast::<()>();
-        match run::enter_with(regs, vcpu.launched.load(Ordering::Relaxed), on_exit, ctx) {
+        let entry = run::enter_with(regs, vcpu.launched.load(Ordering::Relaxed), on_exit, ctx);
+        // Nothing on this CPU is in guest mode now: also not the service vCPU, whose
+        // VMRESUME in this frame may have been the entry that failed.
+        crate::virq::left_guest_mode(vcpu);
+        if let Some(svc) = crate::partition::service_vcpu_for_cpu(vcpu.cpu) {
+            crate::virq::left_guest_mode(svc);
+        }
+        match entry {
             Entry::Exited => {}
             Entry::FailInvalid | Entry::FailValid => {
                 let err = VmInstructionError::current();
@@ -305,13 +312,28 @@ extern "C" fn on_exit(regs: *mut GuestRegisters, ctx: *const (), frame: *mut run
     // `regs` its registers (`Vcpu::regs`), which only this CPU touches and `run` does
     // not use while the guest runs.
     let (vcpu, guest) = unsafe { (&*ctx.cast::<Vcpu>(), &mut *regs) };
+    crate::virq::left_guest_mode(vcpu);
     match dispatch::try_handle_exit_inline(vcpu, guest) {
-        InlineExit::Done(Outcome::Continue) if vcpu.attention.load(Ordering::Acquire) == 0 => run::RESUME_KEEP_CR2,
+        InlineExit::Done(Outcome::Continue) if vcpu.attention.load(Ordering::Acquire) == 0 => {
+            resume(vcpu, run::RESUME_KEEP_CR2)
+        }
         InlineExit::Done(Outcome::Continue) => on_entry_attention(regs, ctx),
         InlineExit::Done(Outcome::Stop) => run::LEAVE,
         InlineExit::Cpuid => on_cpuid_exit(regs, ctx),
         InlineExit::PortIo(io) => on_port_io_exit(regs, ctx, io, frame),
         InlineExit::NotInline => on_exit_general(regs, ctx),
+    }
+}
+
+/// The hook's result `code` (an entry of `vcpu`): `vcpu` is marked in guest mode
+/// (`virq::enter_guest_mode`, which carries out an INVEPT request that came since the
+/// last look); [`run::LEAVE`] when that INVEPT failed and the partition stopped.
+#[inline(always)]
+fn resume(vcpu: &'static Vcpu, code: u64) -> u64 {
+    if crate::virq::enter_guest_mode(vcpu) {
+        code
+    } else {
+        run::LEAVE
     }
 }
 
@@ -364,7 +386,7 @@ fn resume_after_port_io(vcpu: &'static Vcpu, outcome: Outcome, regs: *mut GuestR
         return run::LEAVE;
     }
     if vcpu.attention.load(Ordering::Acquire) == 0 {
-        return run::RESUME;
+        return resume(vcpu, run::RESUME);
     }
     on_entry_attention(regs, ctx)
 }
@@ -386,6 +408,9 @@ extern "C" fn on_service_exit(svc_regs: *mut GuestRegisters, ctx: *const (), fra
     frame.on_exit = on_exit;
     // SAFETY: only this CPU touches the guest vCPU's `port_forward`.
     let in_flight = unsafe { &*vcpu.port_forward.get() };
+    if let Some(svc) = in_flight.svc {
+        crate::virq::left_guest_mode(svc);
+    }
     // SAFETY: as above (the guest's registers, not in use by the stub until we return).
     let guest = unsafe { &mut *regs };
     let Some(result) = crate::service::take_port_answer(vcpu, guest.rax, svc_regs, in_flight) else {
@@ -427,7 +452,7 @@ extern "C" fn on_cpuid_exit(regs: *mut GuestRegisters, ctx: *const ()) -> u64 {
         return run::LEAVE;
     }
     if vcpu.attention.load(Ordering::Acquire) == 0 {
-        return run::RESUME_KEEP_CR2;
+        return resume(vcpu, run::RESUME_KEEP_CR2);
     }
     on_entry_attention(regs, ctx)
 }
@@ -441,7 +466,7 @@ extern "C" fn on_exit_general(regs: *mut GuestRegisters, ctx: *const ()) -> u64 
     if dispatch::handle_exit(vcpu, regs) == Outcome::Stop || crate::virq::prepare_entry(vcpu, regs) == Outcome::Stop {
         return run::LEAVE;
     }
-    run::RESUME
+    resume(vcpu, run::RESUME)
 }
 
 /// [`on_exit`] after an exit handled inline when the next entry needs the full
@@ -453,7 +478,7 @@ extern "C" fn on_entry_attention(regs: *mut GuestRegisters, ctx: *const ()) -> u
     if crate::virq::prepare_entry(vcpu, regs) == Outcome::Stop {
         return run::LEAVE;
     }
-    run::RESUME
+    resume(vcpu, run::RESUME)
 }
 
 /// The vCPU left its loop: it reports its exits, the last one out the partition's

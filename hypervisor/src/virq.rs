@@ -75,12 +75,29 @@ pub fn prepare_entry(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome 
     if vcpu.attention.load(Ordering::Acquire) == 0 {
         return Outcome::Continue;
     }
-    evaluate(vcpu, regs)
+    evaluate(vcpu, regs, NO_SLEEP_DEADLINE)
 }
 
-/// The full evaluation before an entry (see [`prepare_entry`]).
+/// No deadline for [`prepare_entry_by`]'s sleep.
+const NO_SLEEP_DEADLINE: u64 = u64::MAX;
+
+/// [`prepare_entry`] for a vCPU that owes work by TSC `deadline` (a service vCPU
+/// serving a request or a timer wake-up): a halted vCPU, or one waiting for a start-up
+/// IPI (after an INIT), sleeps no later than `deadline`, and `Stop` comes back once it
+/// has passed while the vCPU still sleeps, even though the partition is not stopping
+/// (the caller tells the two apart and treats the second as a missed deadline).
+#[inline(always)]
+pub fn prepare_entry_by(vcpu: &'static Vcpu, regs: &mut GuestRegisters, deadline: u64) -> Outcome {
+    if vcpu.attention.load(Ordering::Acquire) == 0 {
+        return Outcome::Continue;
+    }
+    evaluate(vcpu, regs, deadline)
+}
+
+/// The full evaluation before an entry (see [`prepare_entry`] and [`prepare_entry_by`]:
+/// `sleep_deadline` bounds the sleep of a halted or waiting vCPU).
 #[inline(never)]
-fn evaluate(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
+fn evaluate(vcpu: &'static Vcpu, regs: &mut GuestRegisters, sleep_deadline: u64) -> Outcome {
     // Cleared before anything is looked at: a change made from now on sets a bit again
     // and is seen by the next entry at the latest (its kick makes that one come soon).
     vcpu.attention.swap(0, Ordering::AcqRel);
@@ -139,7 +156,11 @@ fn evaluate(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
                 }
             }
         }
-        sleep_until_kicked(vcpu);
+        if tsc::now() >= sleep_deadline {
+            // Owes work it can no longer do in time; the caller decides what follows.
+            return Outcome::Stop;
+        }
+        sleep_until_kicked(vcpu, sleep_deadline);
         if vcpu.init_pending.swap(false, Ordering::AcqRel) {
             apply_init(vcpu);
         }
@@ -169,17 +190,59 @@ fn evaluate(vcpu: &'static Vcpu, regs: &mut GuestRegisters) -> Outcome {
 
 /// Executes the INVEPT that `partition::protect_range` asked this vCPU's CPU for, if it
 /// did (also while the vCPU waits on a deferred request, so that the caller is not held
-/// up). `Stop` when INVEPT failed (the partition is stopped).
+/// up). `Stop` when INVEPT failed (the partition is stopped). The request is taken
+/// (swapped to false) before the INVEPT: one made after the take stays set and gets
+/// an INVEPT of its own, so no request is marked done by an INVEPT older than it.
 pub fn flush_ept_if_requested(vcpu: &'static Vcpu) -> Outcome {
     if vcpu.ept_flush_pending.load(Ordering::Acquire) {
-        if crate::vmx::invept::invalidate(vcpu.vm.eptp.load(Ordering::Acquire)).is_err() {
-            log::error!("partition {}: vcpu {}: INVEPT failed; stopping the partition", vcpu.vm.name, vcpu.id);
-            vcpu.vm.stop(u64::MAX);
-            return Outcome::Stop;
-        }
-        vcpu.ept_flush_pending.store(false, Ordering::Release);
+        return flush_ept_now(vcpu);
     }
     Outcome::Continue
+}
+
+/// [`flush_ept_if_requested`] when a request is there.
+#[cold]
+#[inline(never)]
+fn flush_ept_now(vcpu: &'static Vcpu) -> Outcome {
+    if vcpu.ept_flush_pending.swap(false, Ordering::SeqCst)
+        && crate::vmx::invept::invalidate(vcpu.vm.eptp.load(Ordering::Acquire)).is_err()
+    {
+        log::error!("partition {}: vcpu {}: INVEPT failed; stopping the partition", vcpu.vm.name, vcpu.id);
+        vcpu.vm.stop(u64::MAX);
+        return Outcome::Stop;
+    }
+    Outcome::Continue
+}
+
+/// Marks `vcpu` as in guest mode for the entry that follows (its CPU, interrupts off,
+/// after everything else before the entry), then carries out an INVEPT request that
+/// came meanwhile (`partition::flush_ept` reads `in_guest` after it sets the request,
+/// so a request this look misses waits for the vCPU's next exit). `false` when INVEPT
+/// failed (the partition is stopped). The caller clears `in_guest` after the exit.
+#[inline(always)]
+pub fn enter_guest_mode(vcpu: &'static Vcpu) -> bool {
+    vcpu.in_guest.store(true, Ordering::SeqCst);
+    if vcpu.ept_flush_pending.load(Ordering::SeqCst) {
+        return flush_before_entry(vcpu);
+    }
+    true
+}
+
+/// [`enter_guest_mode`] found an INVEPT request.
+#[cold]
+#[inline(never)]
+fn flush_before_entry(vcpu: &'static Vcpu) -> bool {
+    if flush_ept_now(vcpu) == Outcome::Stop {
+        vcpu.in_guest.store(false, Ordering::Release);
+        return false;
+    }
+    true
+}
+
+/// `vcpu` left guest mode (after its exit; see [`enter_guest_mode`]).
+#[inline(always)]
+pub fn left_guest_mode(vcpu: &Vcpu) {
+    vcpu.in_guest.store(false, Ordering::Release);
 }
 
 /// Whether a reset of the partition began (a device timer run on this CPU may have
@@ -386,15 +449,15 @@ fn halted_forever(vcpu: &'static Vcpu) -> Option<Outcome> {
 }
 
 /// Sleeps in `hlt` until a kick or the host timer, armed at the guest's next timer
-/// deadline. Called with interrupts off; `sti; hlt` cannot miss a kick that arrives
+/// deadline (or the service partition's wake-up on this CPU, or `sleep_deadline` when
+/// earlier). Called with interrupts off; `sti; hlt` cannot miss a kick that arrives
 /// after the caller's last check, because the interrupt stays pending until then.
-fn sleep_until_kicked(vcpu: &'static Vcpu) {
+fn sleep_until_kicked(vcpu: &'static Vcpu, sleep_deadline: u64) {
     let guest_deadline = vcpu.lapic().next_deadline();
     // The service partition's vCPU on this CPU runs its device timers from here too.
-    let deadline = match (guest_deadline, crate::service::wake_deadline(vcpu.cpu)) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let wake = crate::service::wake_deadline(vcpu.cpu);
+    let own = Some(sleep_deadline).filter(|&t| t != NO_SLEEP_DEADLINE);
+    let deadline = [guest_deadline, wake, own].into_iter().flatten().min();
     sleep_until(deadline);
 }
 

@@ -386,6 +386,42 @@ fn service_scenarios() -> Vec<Scenario> {
                 "partition bystander: stopped itself (code 0)",
             ],
         ),
+        // The service vCPU sleeps (HLT with interrupts off; waiting for a start-up IPI
+        // after an INIT) instead of answering: the request deadline covers the sleep.
+        service_scenario(
+            "svc-halt",
+            2,
+            "tests/configs/svc-halt.toml",
+            2,
+            &[
+                "[victim] svc-fault: the service partition answers",
+                "[victim] svc-fault: asking the service partition to halt",
+                "[svc] service: fault test: halting this vcpu with interrupts off",
+                "partition svc: vcpu 1 is halted (HLT) past the deadline of the work it owes",
+                "partition svc: missed the 2000 ms deadline on a request (port 0xf6); stopping it",
+                "partition victim: vcpu 0: port 0xf6 write failed: the service partition missed the request deadline; stopping this partition",
+                "partition victim: stopped by the hypervisor",
+                "[bystander] PASS guest-hello",
+                "partition bystander: stopped itself (code 0)",
+            ],
+        ),
+        service_scenario(
+            "svc-init",
+            2,
+            "tests/configs/svc-init.toml",
+            2,
+            &[
+                "[victim] svc-fault: the service partition answers",
+                "[victim] svc-fault: asking the service partition to take an INIT",
+                "[svc] service: fault test: sending this vcpu an INIT",
+                "partition svc: vcpu 1 waits for a start-up IPI (after an INIT) past the deadline of the work it owes",
+                "partition svc: missed the 2000 ms deadline on a request (port 0xf6); stopping it",
+                "partition victim: vcpu 0: port 0xf6 write failed: the service partition missed the request deadline; stopping this partition",
+                "partition victim: stopped by the hypervisor",
+                "[bystander] PASS guest-hello",
+                "partition bystander: stopped itself (code 0)",
+            ],
+        ),
         service_scenario(
             "svc-deferred",
             2,
@@ -1027,6 +1063,7 @@ fn base_catalogue() -> Vec<Scenario> {
             "guest-memprotect",
             "tests/configs/guest-memprotect.toml",
             &[
+                "[memprotect] PASS guest-memprotect: both vCPUs called MEMORY_PROTECT 200 times at once, every call succeeded",
                 "[memprotect] PASS guest-memprotect: checks done; making vCPU 1's page read-only",
                 "partition memprotect: vcpu 1: write at guest-physical 0x",
                 "which its memory rights forbid (MEMORY_PROTECT); stopping this partition",

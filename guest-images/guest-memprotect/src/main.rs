@@ -1,7 +1,10 @@
 //! `guest-memprotect`: changes the EPT rights of its own RAM with the MEMORY_PROTECT
 //! hypercall, on two vCPUs.
 //!
-//! vCPU 0 checks the argument rules and that a page made read-only still reads, and
+//! First both vCPUs call MEMORY_PROTECT at the same time, [`ROUNDS`] times each on a
+//! page of their own (read-only, then read/write again, then a write): each call waits
+//! until the other vCPU's CPU has flushed, and two calls in flight at once must not
+//! wait for each other. Then vCPU 0 checks the argument rules and that a page made read-only still reads, and
 //! that rights can be given back. vCPU 1 keeps writing a page of its own, so its CPU
 //! holds a writable translation of it; vCPU 0 then makes that page read-only. The
 //! hypercall returns only once every CPU of the partition has dropped the old
@@ -11,7 +14,7 @@
 #![no_std]
 #![no_main]
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use guest_rt::hv_abi::{hypercall as hc, Error};
 use guest_rt::{check, exceptions, lapic, println, raw_hypercall, smp, stop};
@@ -24,11 +27,17 @@ const X: u64 = 4;
 
 /// Pages of its own RAM to play with (page aligned, in the image's .bss).
 #[repr(C, align(4096))]
-struct Pages([[u64; 512]; 3]);
-static mut PAGES: Pages = Pages([[0; 512]; 3]);
+struct Pages([[u64; 512]; 5]);
+static mut PAGES: Pages = Pages([[0; 512]; 5]);
 
 /// Writes vCPU 1 has done to its page.
 static AP_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// MEMORY_PROTECT rounds of each vCPU in the concurrent phase.
+const ROUNDS: u64 = 100;
+/// vCPU 1 began its rounds; vCPU 1's calls that did not return 0 (`u64::MAX`: not done).
+static AP_STARTED: AtomicBool = AtomicBool::new(false);
+static AP_FAILED_CALLS: AtomicU64 = AtomicU64::new(u64::MAX);
 
 fn page(n: usize) -> *mut u64 {
     // SAFETY: only the address is taken; each page is used by one vCPU at a time.
@@ -39,7 +48,23 @@ fn protect(gpa: u64, len: u64, rights: u64) -> u64 {
     raw_hypercall(hc::MEMORY_PROTECT, gpa, len, rights, 0)
 }
 
+/// [`ROUNDS`] times: page `n` read-only, read/write again, then written. Returns the
+/// calls that did not return 0.
+fn protect_rounds(n: usize) -> u64 {
+    let p = page(n);
+    let mut failed = 0;
+    for i in 0..ROUNDS {
+        failed += u64::from(protect(p as u64, 4096, R) != 0);
+        failed += u64::from(protect(p as u64, 4096, R | W | X) != 0);
+        // SAFETY: page `n` belongs to this vCPU and is writable again; volatile.
+        unsafe { p.write_volatile(i) };
+    }
+    failed
+}
+
 extern "C" fn ap_entry(_apic_id: u32) -> ! {
+    AP_STARTED.store(true, Ordering::SeqCst);
+    AP_FAILED_CALLS.store(protect_rounds(3), Ordering::SeqCst);
     let p = page(2);
     loop {
         // SAFETY: page 2 belongs to this vCPU; volatile so every write reaches memory.
@@ -91,6 +116,19 @@ pub extern "C" fn _start(_vcpu: u64, ram_bytes: u64) -> ! {
     // Across CPUs: vCPU 1 writes page 2 in a loop.
     let online = smp::start_aps(1, ap_entry);
     ok &= check(NAME, "vCPU 1 came online", online == 1);
+    // Both vCPUs change rights at the same time.
+    while online == 1 && !AP_STARTED.load(Ordering::SeqCst) {
+        core::hint::spin_loop();
+    }
+    let failed = protect_rounds(4);
+    while online == 1 && AP_FAILED_CALLS.load(Ordering::SeqCst) == u64::MAX {
+        core::hint::spin_loop();
+    }
+    ok &= check(
+        NAME,
+        "both vCPUs called MEMORY_PROTECT 200 times at once, every call succeeded",
+        failed == 0 && AP_FAILED_CALLS.load(Ordering::SeqCst) == 0,
+    );
     let before = AP_WRITES.load(Ordering::SeqCst);
     while AP_WRITES.load(Ordering::SeqCst) < before + 1000 {
         core::hint::spin_loop();

@@ -1,6 +1,7 @@
 //! The `svc-fault-test` port (`hv_abi::platform::devices`, only in test configs): the
 //! service partition misbehaves on purpose, for the scenarios that check that the
-//! hypervisor survives a broken service partition (`svc-crash`, `svc-deadline`).
+//! hypervisor survives a broken service partition (`svc-crash`, `svc-deadline`,
+//! `svc-halt`, `svc-init`).
 
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
@@ -10,10 +11,13 @@ use hv_abi::hypercall as hc;
 /// Fails on purpose, for the scenarios that check how the hypervisor survives a broken
 /// service partition: `FAULT_TEST_CRASH` triple-faults this vCPU (an empty IDT, then a
 /// breakpoint), `FAULT_TEST_HANG` spins with interrupts off and never replies,
+/// `FAULT_TEST_HALT` halts with interrupts off, `FAULT_TEST_INIT` sends this vCPU an
+/// INIT (it then waits for a start-up IPI that never comes),
 /// `FAULT_TEST_CREATE_FLOOD` calls `VM_CREATE` in a loop and reports what it got.
 pub fn perform(value: u8) {
     use hv_abi::platform::devices::{
-        FAULT_TEST_CRASH, FAULT_TEST_CREATE_FLOOD, FAULT_TEST_CREATE_FLOOD_CALLS, FAULT_TEST_HANG,
+        FAULT_TEST_CRASH, FAULT_TEST_CREATE_FLOOD, FAULT_TEST_CREATE_FLOOD_CALLS, FAULT_TEST_HALT, FAULT_TEST_HANG,
+        FAULT_TEST_INIT,
     };
     match value {
         FAULT_TEST_CREATE_FLOOD => {
@@ -33,6 +37,23 @@ pub fn perform(value: u8) {
             // delivered (#BP -> #GP -> #DF -> triple fault), which the hypervisor handles
             // by stopping this partition. Nothing after it runs.
             unsafe { core::arch::asm!("lidt [{}]", "int3", in(reg) empty.as_ptr(), options(nostack)) };
+        }
+        FAULT_TEST_HALT => {
+            println!("service: fault test: halting this vcpu with interrupts off");
+            loop {
+                // SAFETY: deliberately stuck: HLT with interrupts off sleeps until an NMI
+                // or INIT, which nothing sends; the hypervisor's request deadline ends it.
+                unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+            }
+        }
+        FAULT_TEST_INIT => {
+            use guest_rt::lapic::{self, icr};
+            println!("service: fault test: sending this vcpu an INIT");
+            lapic::send_ipi(lapic::id(), icr::INIT | icr::ASSERT);
+            // The INIT takes effect at the next exit at the latest; nothing below runs.
+            loop {
+                core::hint::spin_loop();
+            }
         }
         FAULT_TEST_HANG => {
             println!("service: fault test: hanging this vcpu with interrupts off");

@@ -420,6 +420,12 @@ pub mod platform {
         /// `svc-fault-test` values.
         pub const FAULT_TEST_CRASH: u8 = 1;
         pub const FAULT_TEST_HANG: u8 = 2;
+        /// Makes the service vCPU halt with interrupts off (`cli; hlt`) instead of
+        /// answering: it sleeps, owing the answer, until the request deadline.
+        pub const FAULT_TEST_HALT: u8 = 4;
+        /// Makes the service vCPU send itself an INIT instead of answering: it waits for
+        /// a start-up IPI, owing the answer, until the request deadline.
+        pub const FAULT_TEST_INIT: u8 = 5;
         /// Makes the service vCPU call `VM_CREATE` [`FAULT_TEST_CREATE_FLOOD_CALLS`]
         /// times (a control interface called in a loop must not exhaust the
         /// hypervisor's memory), stop the VMs it got, report, and answer.

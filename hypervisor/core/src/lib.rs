@@ -20,6 +20,7 @@ pub mod console_output;
 pub mod control_regs;
 pub mod cpu_features;
 pub mod ept;
+pub mod ept_flush;
 pub mod event_injection;
 pub mod exit;
 pub mod frames;
