@@ -370,56 +370,25 @@ fn service_scenarios() -> Vec<Scenario> {
                 "partition bystander: stopped itself (code 0)",
             ],
         ),
-        service_scenario(
-            "svc-deadline",
-            2,
-            "tests/configs/svc-deadline.toml",
-            2,
-            &[
-                "[victim] svc-fault: the service partition answers",
-                "[victim] svc-fault: asking the service partition to hang",
-                "[svc] service: fault test: hanging this vcpu with interrupts off",
-                "partition svc: missed the 2000 ms deadline on a request (port 0xf6); stopping it",
-                "partition victim: vcpu 0: port 0xf6 write failed: the service partition missed the request deadline; stopping this partition",
-                "partition victim: stopped by the hypervisor",
-                "[bystander] PASS guest-hello",
-                "partition bystander: stopped itself (code 0)",
-            ],
-        ),
+        svc_missed_deadline("svc-deadline", "tests/configs/svc-deadline.toml", "hang", &["[svc] service: fault test: hanging this vcpu with interrupts off"]),
         // The service vCPU sleeps (HLT with interrupts off; waiting for a start-up IPI
         // after an INIT) instead of answering: the request deadline covers the sleep.
-        service_scenario(
+        svc_missed_deadline(
             "svc-halt",
-            2,
             "tests/configs/svc-halt.toml",
-            2,
+            "halt",
             &[
-                "[victim] svc-fault: the service partition answers",
-                "[victim] svc-fault: asking the service partition to halt",
                 "[svc] service: fault test: halting this vcpu with interrupts off",
                 "partition svc: vcpu 1 is halted (HLT) past the deadline of the work it owes",
-                "partition svc: missed the 2000 ms deadline on a request (port 0xf6); stopping it",
-                "partition victim: vcpu 0: port 0xf6 write failed: the service partition missed the request deadline; stopping this partition",
-                "partition victim: stopped by the hypervisor",
-                "[bystander] PASS guest-hello",
-                "partition bystander: stopped itself (code 0)",
             ],
         ),
-        service_scenario(
+        svc_missed_deadline(
             "svc-init",
-            2,
             "tests/configs/svc-init.toml",
-            2,
+            "take an INIT",
             &[
-                "[victim] svc-fault: the service partition answers",
-                "[victim] svc-fault: asking the service partition to take an INIT",
                 "[svc] service: fault test: sending this vcpu an INIT",
                 "partition svc: vcpu 1 waits for a start-up IPI (after an INIT) past the deadline of the work it owes",
-                "partition svc: missed the 2000 ms deadline on a request (port 0xf6); stopping it",
-                "partition victim: vcpu 0: port 0xf6 write failed: the service partition missed the request deadline; stopping this partition",
-                "partition victim: stopped by the hypervisor",
-                "[bystander] PASS guest-hello",
-                "partition bystander: stopped itself (code 0)",
             ],
         ),
         service_scenario(
@@ -706,6 +675,25 @@ fn svc_cpus(name: &'static str, cpus: u32, config: &'static str, guests: &[(&str
     let mut s = service_scenario(name, cpus, config, guests.len() as u32, &borrowed);
     s.timeout = Duration::from_secs(120 + 90 * u64::from(cpus));
     s
+}
+
+/// A scenario in which the service partition's vCPU is made (`guest-svc-fault`, the
+/// `svc-fault-test` port) to `fault` and so misses the request deadline, with the lines
+/// `how` between the request and the hypervisor's verdict: the hypervisor stops the
+/// service partition and the guest waiting on it, each with a line, and the guest with
+/// no devices (`bystander`) runs to its end.
+fn svc_missed_deadline(name: &'static str, config: &'static str, fault: &str, how: &[&str]) -> Scenario {
+    let asking = format!("[victim] svc-fault: asking the service partition to {fault}");
+    let mut lines = vec!["[victim] svc-fault: the service partition answers", asking.as_str()];
+    lines.extend_from_slice(how);
+    lines.extend_from_slice(&[
+        "partition svc: missed the 2000 ms deadline on a request (port 0xf6); stopping it",
+        "partition victim: vcpu 0: port 0xf6 write failed: the service partition missed the request deadline; stopping this partition",
+        "partition victim: stopped by the hypervisor",
+        "[bystander] PASS guest-hello",
+        "partition bystander: stopped itself (code 0)",
+    ]);
+    service_scenario(name, 2, config, 2, &lines)
 }
 
 /// `svc-bad-image`: three bad images (a kernel cut short of the size its header's
