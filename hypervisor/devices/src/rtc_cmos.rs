@@ -29,7 +29,13 @@
 //!   raw and read back as written; clearing `SET` decodes them (out-of-range values
 //!   are clamped into range) and restarts the clock from that time. Setting `SET`
 //!   also clears `UIE`, as the datasheet says. Writes to a time byte while `SET` is 0
-//!   take effect at once (the chip accepts them too; software that cares uses `SET`).
+//!   take effect at once (the chip accepts them too; software that cares uses `SET`),
+//!   with one exception: a date whose day lies past its month's end (day 31 written
+//!   before month 3 on 15 February, or year 2025 written on 29 February 2024) reads back
+//!   as written until the next update, as the chip's registers would, so that the
+//!   writes that follow in the same second can complete it (`unsettled`); at that
+//!   update the day is clamped to the month (the chip's behaviour for such a date is
+//!   undefined).
 //!   The divider chain keeps its phase through `SET`: the next update comes at the
 //!   next boundary of the original one-second phase, as on the chip.
 //! - **Register A**: `UIP` (bit 7, read-only) is 1 during the last 244 µs
@@ -305,6 +311,11 @@ pub struct RtcCmos {
     day_of_week_offset: u8,
     /// The frozen time bytes while `SET` is 1.
     latched: Option<TimeBytes>,
+    /// Time bytes written while `SET` is 0 whose day lies past their month's end, and
+    /// when: they read back as written until the next update, when the clock is set
+    /// from them as of that time (the day clamped), unless a write in between makes
+    /// the date valid (see the module documentation).
+    unsettled: Option<(TimeBytes, Nanos)>,
     /// Events up to this time have been accounted for in `flags`.
     last: Nanos,
     /// The level last reported on IRQ 8.
@@ -329,6 +340,7 @@ impl RtcCmos {
             secs_at_phase: wall,
             day_of_week_offset: 0,
             latched: None,
+            unsettled: None,
             last: now,
             irq_high: false,
         }
@@ -467,9 +479,42 @@ impl RtcCmos {
         }
     }
 
-    /// The time bytes as the guest sees them at `now`.
+    /// The time bytes as the guest sees them at `now` (after [`RtcCmos::settle`]).
     fn time_bytes(&self, now: Nanos) -> TimeBytes {
-        self.latched.unwrap_or_else(|| self.encode_time(self.wall_secs(now)))
+        match (self.latched, self.unsettled) {
+            (Some(latched), _) => latched,
+            (None, Some((written, _))) => written,
+            (None, None) => self.encode_time(self.wall_secs(now)),
+        }
+    }
+
+    /// Whether `bytes` (in the current modes) hold a month 1-12 and a day 1-31 that
+    /// lies past that month's end: a date a later write may still complete.
+    fn day_past_month_end(&self, bytes: TimeBytes) -> bool {
+        let year = i64::from(self.decode(bytes.century).min(99)) * 100 + i64::from(self.decode(bytes.year).min(99));
+        let (month, day) = (self.decode(bytes.month), self.decode(bytes.day));
+        (1..=12).contains(&month) && (1..=31).contains(&day) && day > days_in_month(year, month)
+    }
+
+    /// Sets the clock from [`RtcCmos::unsettled`] bytes once an update came after
+    /// their write (see the module documentation).
+    fn settle(&mut self, now: Nanos) {
+        if let Some((written, at)) = self.unsettled {
+            if self.elapsed_secs(now) > self.elapsed_secs(at) {
+                self.unsettled = None;
+                self.set_clock(written, at);
+            }
+        }
+    }
+
+    /// A time byte write while `SET` is 0 left `bytes` at `now`.
+    fn write_running(&mut self, bytes: TimeBytes, now: Nanos) {
+        if self.day_past_month_end(bytes) {
+            self.unsettled = Some((bytes, now));
+        } else {
+            self.unsettled = None;
+            self.set_clock(bytes, now);
+        }
     }
 
     /// Sets the clock to the time `bytes` (in the current modes) at `now`, clamping
@@ -585,6 +630,7 @@ impl RtcCmos {
 
     /// Accounts for the events in (last, now] and updates IRQ 8.
     fn advance(&mut self, now: Nanos, platform: &mut dyn Platform) {
+        self.settle(now);
         if now > self.last {
             if let Some(shift) = self.periodic_shift() {
                 if self.periodic_count(now, shift) > self.periodic_count(self.last, shift) {
@@ -654,19 +700,32 @@ impl RtcCmos {
             *field = value;
             match &mut self.latched {
                 Some(latched) => *latched = time,
-                None => self.set_clock(time, now),
+                None => self.write_running(time, now),
             }
             return;
         }
         match index {
             REG_A => self.reg_a = value & !A_UIP,
             REG_B => {
+                // Unsettled bytes are in the current data modes: when those change, the
+                // bytes set the clock now, while they can still be decoded.
+                if (value ^ self.reg_b) & (B_DM | B_24H) != 0 {
+                    if let Some((written, at)) = self.unsettled.take() {
+                        self.set_clock(written, at);
+                    }
+                }
                 let was_set = self.reg_b & B_SET != 0;
                 // "UIE is cleared when SET goes to 1" (Register B, UIE).
                 self.reg_b = if value & B_SET != 0 { value & !B_UIE } else { value };
                 match (was_set, self.reg_b & B_SET != 0) {
-                    // Freeze the time as shown in the (new) modes.
-                    (false, true) => self.latched = Some(self.encode_time(self.wall_secs(now))),
+                    // Freeze the time as shown in the (new) modes, or as written when
+                    // unsettled (the modes did not change).
+                    (false, true) => {
+                        self.latched = Some(match self.unsettled.take() {
+                            Some((written, _)) => written,
+                            None => self.encode_time(self.wall_secs(now)),
+                        });
+                    }
                     (true, false) => {
                         if let Some(latched) = self.latched.take() {
                             self.set_clock(latched, now);
@@ -921,14 +980,55 @@ mod tests {
         assert_eq!(read(&mut rtc, &mut p, REG_MINUTES, T0), 0xAB);
         write(&mut rtc, &mut p, REG_B, B_24H, T0);
         assert_eq!(time(&mut rtc, &mut p, T0), [0x07, 0x59, 0x13, 5, 0x29, 0x02, 0x24, 0x20]);
-        // Without SET, a single time byte write takes effect at once (2025 has no
-        // 29 February). The day of week is a register of its own, as on the chip:
-        // changing the date does not change it.
+        // Without SET, a single time byte write takes effect at once. 2025 has no
+        // 29 February: the date reads as written until the next update, which clamps
+        // the day. The day of week is a register of its own, as on the chip: changing
+        // the date does not change it.
         write(&mut rtc, &mut p, REG_YEAR, 0x25, T0);
-        assert_eq!(time(&mut rtc, &mut p, T0), [0x07, 0x59, 0x13, 5, 0x28, 0x02, 0x25, 0x20]);
+        assert_eq!(time(&mut rtc, &mut p, T0), [0x07, 0x59, 0x13, 5, 0x29, 0x02, 0x25, 0x20]);
+        assert_eq!(time(&mut rtc, &mut p, T0 + S), [0x08, 0x59, 0x13, 5, 0x28, 0x02, 0x25, 0x20]);
         // The day of week keeps the offset the guest wrote.
         write(&mut rtc, &mut p, REG_DAY_OF_WEEK, 2, T0);
         assert_eq!(read(&mut rtc, &mut p, REG_DAY_OF_WEEK, T0 + 86_400 * S), 3);
+    }
+
+    #[test]
+    fn date_written_byte_by_byte_without_set() {
+        // From 29 February 2024: day 31, then month 3 (and then year 2023), in the same
+        // second, with SET clear, as a DOS-era tool does: 31 March, not the 29th the
+        // first write alone would have clamped it to.
+        let (mut clock, mut p) = rtc();
+        write(&mut clock, &mut p, REG_DAY_OF_MONTH, 0x31, T0);
+        assert_eq!(read(&mut clock, &mut p, REG_DAY_OF_MONTH, T0), 0x31);
+        write(&mut clock, &mut p, REG_MONTH, 0x03, T0);
+        assert_eq!(time(&mut clock, &mut p, T0), [0x07, 0x45, 0x13, 5, 0x31, 0x03, 0x24, 0x20]);
+        write(&mut clock, &mut p, REG_YEAR, 0x23, T0);
+        assert_eq!(time(&mut clock, &mut p, T0 + 2 * S), [0x09, 0x45, 0x13, 5, 0x31, 0x03, 0x23, 0x20]);
+        // Month first, then day: the same.
+        let (mut clock, mut p) = rtc();
+        write(&mut clock, &mut p, REG_MONTH, 0x04, T0);
+        write(&mut clock, &mut p, REG_DAY_OF_MONTH, 0x30, T0);
+        assert_eq!(time(&mut clock, &mut p, T0 + S), [0x08, 0x45, 0x13, 5, 0x30, 0x04, 0x24, 0x20]);
+        // A day past the month's end that nothing completes is clamped at the next
+        // update, from the time it was written: 30 February becomes the 29th.
+        let (mut clock, mut p) = rtc();
+        write(&mut clock, &mut p, REG_DAY_OF_MONTH, 0x30, T0 + S / 2);
+        assert_eq!(read(&mut clock, &mut p, REG_DAY_OF_MONTH, T0 + S / 2), 0x30);
+        assert_eq!(time(&mut clock, &mut p, T0 + 3 * S), [0x10, 0x45, 0x13, 5, 0x29, 0x02, 0x24, 0x20]);
+        // Setting SET keeps the bytes as written: day 31, then SET, month 5, SET clear:
+        // 31 May.
+        let (mut clock, mut p) = rtc();
+        write(&mut clock, &mut p, REG_DAY_OF_MONTH, 0x31, T0);
+        write(&mut clock, &mut p, REG_B, B_SET | B_24H, T0);
+        write(&mut clock, &mut p, REG_MONTH, 0x05, T0);
+        write(&mut clock, &mut p, REG_B, B_24H, T0);
+        assert_eq!(time(&mut clock, &mut p, T0), [0x07, 0x45, 0x13, 5, 0x31, 0x05, 0x24, 0x20]);
+        // A change of data mode decodes them first (in the mode they were written in):
+        // 31 February, then binary mode: 29 February, read in binary.
+        let (mut clock, mut p) = rtc();
+        write(&mut clock, &mut p, REG_DAY_OF_MONTH, 0x31, T0);
+        write(&mut clock, &mut p, REG_B, B_DM | B_24H, T0);
+        assert_eq!(time(&mut clock, &mut p, T0), [7, 45, 13, 5, 29, 2, 24, 20]);
     }
 
     #[test]
