@@ -643,10 +643,10 @@ fn handle_string_io(vcpu: &'static Vcpu, regs: &mut GuestRegisters, io: IoInstru
     use hv_core::mmio_decode::{CpuMode, Segment};
     use hv_core::string_io::{self, StringIo, StringRegs};
     let io = &io;
-    if vmcs::read(guest::CS_ACCESS_RIGHTS) & CS_LONG == 0 {
+    let mode = crate::mmio::cpu_mode();
+    if mode != CpuMode::Long64 {
         return stop_with_dump(vcpu, "string I/O outside 64-bit mode is not emulated yet", u64::from(io.port()));
     }
-    let mode = CpuMode::Long64;
     let form = match string_io_form(vcpu, regs, io.is_in(), mode) {
         Ok(form) => form,
         Err(outcome) => return outcome,
@@ -752,7 +752,7 @@ fn string_io_form(
             return Ok(form);
         }
     }
-    let fetched = crate::mmio::fetch_string_io_instruction(vcpu);
+    let fetched = crate::mmio::fetch_string_io_instruction(vcpu, mode);
     match from_instruction_bytes(fetched.bytes(), mode, is_in) {
         Ok(form) => Ok(form),
         Err(PrefixError::Truncated) => Err(crate::mmio::string_io_fetch_failed(vcpu, regs, &fetched)),

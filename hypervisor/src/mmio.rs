@@ -32,6 +32,7 @@ use hv_core::io_request::Completion;
 use hv_core::mmio_decode::{
     self, alu, merge_register, register_value, CpuMode, DecodeError, MmioOp, Operand, ALU_FLAGS_MASK,
 };
+use hv_core::string_io::{StringIo, StringIoForm, StringRegs, RFLAGS_DF};
 use hv_core::vlapic::ApicMode;
 use x86::vmx::vmcs::guest;
 
@@ -87,8 +88,9 @@ pub fn handle_mmio(
     offset: u64,
     exit_was_write: bool,
 ) -> Outcome {
-    let fetched = fetch_instruction(vcpu);
-    let instruction = match mmio_decode::decode(fetched.bytes(), cpu_mode()) {
+    let mode = cpu_mode();
+    let fetched = fetch_instruction(vcpu, mode);
+    let instruction = match mmio_decode::decode(fetched.bytes(), mode) {
         Ok(i) => i,
         Err(DecodeError::Truncated) => return fetch_failed(vcpu, regs, &fetched),
         Err(e) => {
@@ -147,7 +149,15 @@ pub fn handle_mmio(
             let _ = vmcs::write(guest::RFLAGS, (rflags & !ALU_FLAGS_MASK) | result.flags);
         }
         MmioOp::StoreString { rep } if device == Device::Forwarded => {
-            return store_string(vcpu, regs, offset, size, rep, instruction.address_size, u64::from(instruction.len));
+            let string = StringIo {
+                form: StringIoForm { address_size: instruction.address_size, segment: mmio_decode::Segment::Es },
+                is_in: true,
+                rep,
+                size,
+                down: vmcs::read(guest::RFLAGS) & RFLAGS_DF != 0,
+                mode,
+            };
+            return store_string(vcpu, regs, offset, &string, u64::from(instruction.len));
         }
         MmioOp::StoreString { .. } => {
             return dispatch::stop_with_dump(vcpu, "string store to an emulated device page is not emulated", offset);
@@ -156,39 +166,26 @@ pub fn handle_mmio(
     dispatch::advance_rip(u64::from(instruction.len))
 }
 
-/// RFLAGS.DF (SDM 3.4.3.3).
-const RFLAGS_DF: u64 = 1 << 10;
-
-/// STOS / REP STOS into a forwarded device at guest-physical `gpa` (the exiting
-/// element): stores rAX's low `size` bytes element by element while the elements stay
-/// in `gpa`'s page (which the guest's page tables map to one guest-physical page),
-/// moving rDI (and counting rCX down) as the CPU does. A REP store that reaches the
-/// page's end is re-executed for the rest, as after an interrupted string instruction.
-fn store_string(
-    vcpu: &'static Vcpu,
-    regs: &mut GuestRegisters,
-    gpa: u64,
-    size: u8,
-    rep: bool,
-    address_size: u8,
-    len: u64,
-) -> Outcome {
-    let address_mask = mmio_decode::size_mask(address_size);
+/// STOS / REP STOS (`string`) into a forwarded device at guest-physical `gpa` (the
+/// exiting element): stores rAX's low `string.size` bytes element by element while the
+/// elements stay in `gpa`'s page (which the guest's page tables map to one
+/// guest-physical page), moving rDI (and counting rCX down) as the CPU does: by the
+/// same rules as INS, which also writes through ES:rDI (`hv_core::string_io`). A REP
+/// store that reaches the page's end is re-executed for the rest, as after an
+/// interrupted string instruction.
+fn store_string(vcpu: &'static Vcpu, regs: &mut GuestRegisters, gpa: u64, string: &StringIo, len: u64) -> Outcome {
+    let (size, down) = (string.size, string.down);
     let step = u64::from(size);
-    let down = vmcs::read(guest::RFLAGS) & RFLAGS_DF != 0;
-    let mut remaining = if rep { regs.rcx & address_mask } else { 1 };
+    let mut remaining = string.count(&StringRegs { rcx: regs.rcx, rsi: regs.rsi, rdi: regs.rdi });
     let value = regs.rax & mmio_decode::size_mask(size);
     let mut at = gpa;
     while remaining > 0 {
         if let Err(stop) = device_write(vcpu, Device::Forwarded, at, size, value) {
             return stop;
         }
-        let rdi = if down { regs.rdi.wrapping_sub(step) } else { regs.rdi.wrapping_add(step) };
-        regs.rdi = hv_core::string_io::write_sized(regs.rdi, rdi, address_size);
+        let after = string.after_element(StringRegs { rcx: regs.rcx, rsi: regs.rsi, rdi: regs.rdi });
+        (regs.rcx, regs.rdi) = (after.rcx, after.rdi);
         remaining -= 1;
-        if rep {
-            regs.rcx = hv_core::string_io::write_sized(regs.rcx, remaining, address_size);
-        }
         let next = if down { at.wrapping_sub(step) } else { at.wrapping_add(step) };
         let same_page = next & !(PAGE - 1) == at & !(PAGE - 1) && (next & (PAGE - 1)) + step <= PAGE;
         if remaining > 0 && (!same_page || vcpu.vm.stop_requested()) {
@@ -263,7 +260,7 @@ fn device_write(vcpu: &'static Vcpu, device: Device, offset: u64, size: u8, valu
 }
 
 /// The guest's mode for decoding, from CR0.PE and the code segment (SDM Vol. 1 3.6).
-fn cpu_mode() -> CpuMode {
+pub fn cpu_mode() -> CpuMode {
     let cs = vmcs::read(guest::CS_ACCESS_RIGHTS);
     if vmcs::read(guest::CR0) & CR0_PE == 0 {
         CpuMode::Real16
@@ -281,10 +278,10 @@ fn cpu_mode() -> CpuMode {
 /// the compiler inlines the whole MMIO path and cost every MMIO round trip about 36
 /// instructions (`cargo xtask bench`, `io.forwarded_mmio`).
 macro_rules! fetch_at_rip {
-    ($vcpu:expr) => {{
+    ($vcpu:expr, $mode:expr) => {{
         let vcpu: &'static Vcpu = $vcpu;
         let at = CodeLocation {
-            mode: cpu_mode(),
+            mode: $mode,
             cs_base: vmcs::read(guest::CS_BASE),
             cs_limit: vmcs::read(guest::CS_LIMIT) as u32,
             rip: vmcs::read(guest::RIP),
@@ -309,16 +306,16 @@ macro_rules! fetch_at_rip {
 
 /// Reads up to 15 instruction bytes at CS:RIP as the processor would (within the CS
 /// limit, through the guest's page tables); fewer when a byte cannot be fetched: the
-/// decoder then says whether the instruction fits.
-fn fetch_instruction(vcpu: &'static Vcpu) -> Fetched {
-    fetch_at_rip!(vcpu)
+/// decoder then says whether the instruction fits. `mode` is [`cpu_mode`].
+fn fetch_instruction(vcpu: &'static Vcpu, mode: CpuMode) -> Fetched {
+    fetch_at_rip!(vcpu, mode)
 }
 
 /// The INS/OUTS at CS:RIP (when the exit does not describe its prefixes), fetched as
 /// [`fetch_instruction`] fetches an MMIO instruction.
 #[inline(never)]
-pub fn fetch_string_io_instruction(vcpu: &'static Vcpu) -> Fetched {
-    fetch_at_rip!(vcpu)
+pub fn fetch_string_io_instruction(vcpu: &'static Vcpu, mode: CpuMode) -> Fetched {
+    fetch_at_rip!(vcpu, mode)
 }
 
 /// The prefixes of the INS/OUTS run into bytes that could not be fetched: the fault
