@@ -464,8 +464,7 @@ pub mod platform {
                 if name == "pc" {
                     return Some(Self(self.0 | Self::PC.0));
                 }
-                let i = ALL.iter().position(|d| d.name == name)?;
-                Some(Self(self.0 | 1 << i))
+                Some(Self(self.0 | 1 << Self::index(name)?))
             }
 
             #[must_use]
@@ -477,7 +476,12 @@ pub mod platform {
             /// name).
             #[must_use]
             pub fn has(self, name: &str) -> bool {
-                ALL.iter().position(|d| d.name == name).is_some_and(|i| self.0 & (1 << i) != 0)
+                Self::index(name).is_some_and(|i| self.0 & (1 << i) != 0)
+            }
+
+            /// The bit of the device called `name` (its place in [`ALL`]).
+            fn index(name: &str) -> Option<usize> {
+                ALL.iter().position(|d| d.name == name)
             }
 
             /// Whether guest-physical `gpa` lies in an MMIO range of a device in the set.
